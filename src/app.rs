@@ -1,0 +1,144 @@
+//! Builds every task from a validated config and owns the shutdown order.
+//!
+//! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers.
+//! Stop: pollers first (no new readings) → pipeline drains and commits everything queued →
+//! uplink gets `shutdown_timeout` for in-flight publishes, publishes `offline`, disconnects →
+//! the outbox commits the last acks.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::broker::{BrokerError, LocalBroker};
+use crate::config::Config;
+use crate::device::modbus::ModbusDriver;
+use crate::outbox::{Outbox, OutboxError};
+use crate::pipeline::{self, PipelineStats};
+use crate::poller::{self, Schedule};
+use crate::topics::{self, Topics};
+use crate::uplink::{Uplink, UplinkError, UplinkStats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    #[error(transparent)]
+    Uplink(#[from] UplinkError),
+    #[error("internal: {0}")]
+    Internal(String),
+}
+
+/// Handles the caller can watch while the gateway runs.
+#[derive(Clone)]
+pub struct Running {
+    pub outbox: Outbox,
+    pub uplink: Option<Arc<UplinkStats>>,
+    pub pipeline: Arc<PipelineStats>,
+}
+
+/// Runs the gateway until `stop` is cancelled. `on_ready` is called once the outbox is open and
+/// the broker listens.
+pub async fn run(
+    cfg: Config,
+    stop: CancellationToken,
+    on_ready: impl FnOnce(&Running),
+) -> Result<(), AppError> {
+    let topics = Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id);
+    let outbox = Outbox::open(&cfg.gateway.data_dir, &cfg.outbox).await?;
+    tracing::info!(path = %outbox.path().display(), "outbox open");
+
+    let mut local = match cfg.broker.clone() {
+        Some(b) => {
+            let broker = tokio::task::spawn_blocking(move || LocalBroker::start(&b))
+                .await
+                .map_err(|e| AppError::Internal(e.to_string()))??;
+            tracing::info!(listen = %broker.listen, "embedded MQTT broker listening");
+            Some(broker)
+        }
+        None => None,
+    };
+    if let Some(b) = local.as_mut() {
+        b.publish(&topics.gateway_status(), topics::ONLINE.as_bytes(), true)
+            .await?;
+    }
+
+    let uplink = match cfg.upstream.clone() {
+        Some(up) => Some(Uplink::new(up, topics.clone(), outbox.clone())?),
+        None => {
+            tracing::warn!("no [upstream] configured: messages are kept in the outbox (bounded) and published locally only");
+            None
+        }
+    };
+    let running = Running {
+        outbox: outbox.clone(),
+        uplink: uplink.as_ref().map(|u| u.stats()),
+        pipeline: Arc::new(PipelineStats::default()),
+    };
+
+    let (tx, rx) = mpsc::channel(1024);
+    let pipe = tokio::spawn(pipeline::run(
+        rx,
+        outbox.clone(),
+        local,
+        topics.clone(),
+        running.pipeline.clone(),
+    ));
+    let uplink_stop = CancellationToken::new();
+    let uplink_task =
+        uplink.map(|u| tokio::spawn(u.run(uplink_stop.clone(), cfg.gateway.shutdown_timeout)));
+
+    let poll_stop = CancellationToken::new();
+    let mut pollers = JoinSet::new();
+    for d in &cfg.devices {
+        let driver = ModbusDriver::new(d.clone());
+        tracing::info!(
+            device = %d.name,
+            points = d.points.len(),
+            requests_per_cycle = driver.requests_per_cycle(),
+            "polling device"
+        );
+        let schedule = Schedule {
+            interval: d.interval,
+            backoff_max: d.backoff_max,
+        };
+        pollers.spawn(poller::run(
+            d.name.clone(),
+            driver,
+            schedule,
+            tx.clone(),
+            poll_stop.clone(),
+        ));
+    }
+    drop(tx);
+    on_ready(&running);
+    tracing::info!(devices = cfg.devices.len(), gateway = %cfg.gateway.id, "fieldbridge running");
+
+    stop.cancelled().await;
+    tracing::info!("shutting down");
+    poll_stop.cancel();
+    while pollers.join_next().await.is_some() {}
+    let local = pipe.await.map_err(|e| AppError::Internal(e.to_string()))?;
+    outbox.flush().await?;
+    uplink_stop.cancel();
+    if let Some(t) = uplink_task {
+        let _ = t.await;
+    }
+    if let Some(mut b) = local {
+        let _ = b
+            .publish(&topics.gateway_status(), topics::OFFLINE.as_bytes(), true)
+            .await;
+    }
+    outbox.flush().await?;
+    let s = outbox.stats();
+    tracing::info!(
+        queued = s.rows.load(Ordering::Relaxed),
+        dropped = s.dropped.load(Ordering::Relaxed),
+        "stopped"
+    );
+    Ok(())
+}

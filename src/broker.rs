@@ -1,0 +1,153 @@
+//! The embedded MQTT broker (rumqttd, in-process), so clients on the board can subscribe to
+//! readings and retained device status without any other software.
+//!
+//! Our small `[broker]` section is mapped onto `rumqttd::Config` here and nowhere else. rumqttd's
+//! `start()` blocks forever and has no shutdown API, so it runs on its own thread for the life of
+//! the process. Its in-process link publishes at QoS 0; retained messages go through
+//! `Packet::Publish` with the retain flag. rumqttd keeps everything in memory: retained status is
+//! re-published by us after every start.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use rumqttd::local::LinkTx;
+use rumqttd::protocol::{Packet, Publish};
+use rumqttd::{ConnectionSettings, Notification, RouterConfig, ServerSettings};
+
+use crate::config::Broker as BrokerConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error("embedded broker cannot listen on {addr}: {source} (is another MQTT broker, e.g. mosquitto, using that port? change [broker] listen)")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("embedded broker did not start listening on {addr} within {}", humantime::format_duration(*wait))]
+    NotListening { addr: SocketAddr, wait: Duration },
+    #[error("embedded broker: {0}")]
+    Link(String),
+}
+
+/// The gateway's own publishing handle into the embedded broker.
+pub struct LocalBroker {
+    tx: LinkTx,
+    pub listen: SocketAddr,
+}
+
+fn rumqttd_config(cfg: &BrokerConfig) -> rumqttd::Config {
+    // The rumqttd sample config uses 100 MiB × 10 segments per filter; a Pi needs far less.
+    let segment = (cfg.max_payload_bytes * 4).max(256 * 1024);
+    let connections = ConnectionSettings {
+        connection_timeout_ms: 5000,
+        max_payload_size: cfg.max_payload_bytes,
+        max_inflight_count: 100,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server = ServerSettings {
+        name: "local".into(),
+        listen: cfg.listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections,
+    };
+    rumqttd::Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: cfg.max_connections + 1,
+            max_outgoing_packet_count: 200,
+            max_segment_size: segment,
+            max_segment_count: 4,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v4: Some(HashMap::from([("local".to_string(), server)])),
+        ..Default::default()
+    }
+}
+
+impl LocalBroker {
+    /// Starts the broker and returns once its listener accepts connections.
+    pub fn start(cfg: &BrokerConfig) -> Result<LocalBroker, BrokerError> {
+        // rumqttd only logs a bind failure from its listener thread; check first so a busy port
+        // is a clear startup error instead of a silently missing broker.
+        drop(
+            TcpListener::bind(cfg.listen).map_err(|source| BrokerError::Bind {
+                addr: cfg.listen,
+                source,
+            })?,
+        );
+        let mut broker = rumqttd::Broker::new(rumqttd_config(cfg));
+        let (tx, mut rx) = broker
+            .link("fieldbridge")
+            .map_err(|e| BrokerError::Link(e.to_string()))?;
+        std::thread::Builder::new()
+            .name("mqtt-broker".into())
+            .spawn(move || {
+                if let Err(e) = broker.start() {
+                    tracing::error!(error = %e, "embedded broker stopped");
+                } else {
+                    tracing::error!("embedded broker listener stopped");
+                }
+            })
+            .map_err(|e| BrokerError::Link(e.to_string()))?;
+        // The router parks a link it has nothing for (`Unschedule`); it must be woken or our
+        // publishes stall. Nothing else arrives here since the link subscribes to nothing.
+        std::thread::Builder::new()
+            .name("mqtt-link".into())
+            .spawn(move || loop {
+                match rx.recv() {
+                    Ok(Some(Notification::Unschedule)) => {
+                        if rx.ready().is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            })
+            .map_err(|e| BrokerError::Link(e.to_string()))?;
+        let probe = if cfg.listen.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], cfg.listen.port()))
+        } else {
+            cfg.listen
+        };
+        let wait = Duration::from_secs(10);
+        let deadline = std::time::Instant::now() + wait;
+        while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
+            if std::time::Instant::now() > deadline {
+                return Err(BrokerError::NotListening {
+                    addr: cfg.listen,
+                    wait,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(LocalBroker {
+            tx,
+            listen: cfg.listen,
+        })
+    }
+
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &[u8],
+        retain: bool,
+    ) -> Result<(), BrokerError> {
+        let p = Publish::new(
+            bytes::Bytes::copy_from_slice(topic.as_bytes()),
+            bytes::Bytes::copy_from_slice(payload),
+            retain,
+        );
+        self.tx
+            .send(Packet::Publish(p, None))
+            .await
+            .map(|_| ())
+            .map_err(|e| BrokerError::Link(e.to_string()))
+    }
+}

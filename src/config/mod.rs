@@ -1,0 +1,261 @@
+//! Configuration: one TOML file → `Config`, or every problem of the file at once.
+//!
+//! Two stages: `raw` (serde, `deny_unknown_fields`) then `validate` (pure: no files, no network),
+//! which collects every issue with its key path. `load` adds the file name and line to each issue
+//! and reads the files the config points at (password file, CA file). Nothing else in the crate
+//! sees raw config.
+
+pub mod locate;
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::device::decode::{DataType, Table, WordOrder};
+use locate::{line_of_offset, line_of_path, path_at_offset, KeyPath};
+
+pub use validate::validate;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub gateway: Gateway,
+    /// `None` when the embedded broker is disabled.
+    pub broker: Option<Broker>,
+    pub upstream: Option<Upstream>,
+    pub outbox: OutboxSettings,
+    pub devices: Vec<Device>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub topic_prefix: String,
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Broker {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    pub max_payload_bytes: usize,
+}
+
+#[derive(Clone)]
+pub struct Upstream {
+    pub host: String,
+    pub port: u16,
+    pub client_id: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<PathBuf>,
+    pub keep_alive: Duration,
+    pub connect_timeout: Duration,
+    pub inflight: u16,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub tls: Option<Tls>,
+}
+
+// Hand-written so a password never reaches a log line through `{:?}`.
+impl fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Upstream")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("client_id", &self.client_id)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("keep_alive", &self.keep_alive)
+            .field("tls", &self.tls)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub ca_file: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutboxSettings {
+    pub max_rows: u64,
+    pub max_bytes: u64,
+    pub commit_interval: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub name: Arc<str>,
+    pub transport: Transport,
+    pub unit_id: u8,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub backoff_max: Duration,
+    pub max_gap: u16,
+    pub points: Vec<Point>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    Tcp { host: String, port: u16 },
+}
+
+#[derive(Debug, Clone)]
+pub struct Point {
+    pub name: Arc<str>,
+    pub table: Table,
+    pub address: u16,
+    pub data_type: DataType,
+    pub unit: Option<Arc<str>>,
+    pub scale: f64,
+    pub offset: f64,
+    pub word_order: WordOrder,
+}
+
+/// One problem found in a config, before it is located in a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub path: KeyPath,
+    pub message: String,
+}
+
+/// A problem with its place in the file.
+#[derive(Debug, Clone)]
+pub struct Located {
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read the config file: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}", render(file, issues))]
+    Invalid { file: PathBuf, issues: Vec<Located> },
+}
+
+fn render(file: &Path, issues: &[Located]) -> String {
+    let mut out = format!(
+        "{}: {} problem{} in the configuration:",
+        file.display(),
+        issues.len(),
+        if issues.len() == 1 { "" } else { "s" }
+    );
+    for i in issues {
+        out.push_str("\n  ");
+        match i.line {
+            Some(l) => out.push_str(&format!("{}:{l}: ", file.display())),
+            None => out.push_str(&format!("{}: ", file.display())),
+        }
+        if !i.key.is_empty() {
+            out.push_str(&format!("key '{}': ", i.key));
+        }
+        out.push_str(&i.message);
+    }
+    out
+}
+
+/// Reads, parses, validates a config file, and loads the files it names.
+pub fn load(file: &Path) -> Result<Config, ConfigError> {
+    let src = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    let mut cfg = parse_str(&src).map_err(|issues| ConfigError::Invalid {
+        file: file.to_path_buf(),
+        issues,
+    })?;
+    // Relative paths inside the config are relative to the config file, not to the cwd of
+    // whoever started the daemon.
+    let base = file.parent().unwrap_or(Path::new("."));
+    let mut issues = Vec::new();
+    if let Some(up) = cfg.upstream.as_mut() {
+        if let Some(pf) = up.password_file.clone() {
+            let pf = base.join(pf);
+            match std::fs::read_to_string(&pf) {
+                Ok(s) => up.password = Some(s.trim_end_matches(['\n', '\r']).to_string()),
+                Err(e) => issues.push(Issue {
+                    path: KeyPath::root().key("upstream").key("password_file"),
+                    message: format!("cannot read {}: {e}", pf.display()),
+                }),
+            }
+        }
+        if let Some(tls) = up.tls.as_mut() {
+            tls.ca_file = base.join(&tls.ca_file);
+            if let Err(e) = std::fs::metadata(&tls.ca_file) {
+                issues.push(Issue {
+                    path: KeyPath::root().key("upstream").key("tls").key("ca_file"),
+                    message: format!("cannot read {}: {e}", tls.ca_file.display()),
+                });
+            }
+        }
+    }
+    cfg.gateway.data_dir = base.join(&cfg.gateway.data_dir);
+    if issues.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(ConfigError::Invalid {
+            file: file.to_path_buf(),
+            issues: locate_all(&src, issues),
+        })
+    }
+}
+
+/// Parses and validates config text; every problem comes back located by line and key.
+pub fn parse_str(src: &str) -> Result<Config, Vec<Located>> {
+    let raw: raw::RawConfig = match toml::from_str(src) {
+        Ok(r) => r,
+        Err(e) => return Err(vec![locate_serde(src, &e)]),
+    };
+    validate(&raw).map_err(|issues| locate_all(src, issues))
+}
+
+fn locate_all(src: &str, issues: Vec<Issue>) -> Vec<Located> {
+    issues
+        .into_iter()
+        .map(|i| Located {
+            line: line_of_path(src, &i.path),
+            key: i.path.to_string(),
+            message: i.message,
+        })
+        .collect()
+}
+
+fn locate_serde(src: &str, e: &toml::de::Error) -> Located {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let mut key = path_at_offset(src, span.start).to_string();
+            // "missing field `x`": the span covers the table that lacks it; name the full key.
+            if let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next())
+            {
+                key = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
+            Located {
+                line: Some(line_of_offset(src, span.start)),
+                key,
+                message,
+            }
+        }
+        None => Located {
+            line: None,
+            key: String::new(),
+            message,
+        },
+    }
+}

@@ -1,0 +1,212 @@
+//! The configuration file as serde sees it: plain data, every table `deny_unknown_fields`.
+//!
+//! Enumerations (device kind, register table, data type, word order) and durations stay strings
+//! here on purpose: serde stops at the first error, while `validate` checks them all and reports
+//! every mistake of a file in one run.
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub gateway: RawGateway,
+    #[serde(default)]
+    pub broker: RawBroker,
+    pub upstream: Option<RawUpstream>,
+    #[serde(default)]
+    pub outbox: RawOutbox,
+    #[serde(default)]
+    pub devices: Vec<RawDevice>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub id: String,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: String,
+    #[serde(default = "default_prefix")]
+    pub topic_prefix: String,
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default = "default_max_connections")]
+    pub max_connections: i64,
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: i64,
+}
+
+impl Default for RawBroker {
+    fn default() -> Self {
+        RawBroker {
+            enabled: true,
+            listen: default_listen(),
+            max_connections: default_max_connections(),
+            max_payload_bytes: default_max_payload(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub host: String,
+    pub port: Option<i64>,
+    pub client_id: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub password_file: Option<String>,
+    #[serde(default = "default_keep_alive")]
+    pub keep_alive: String,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: String,
+    #[serde(default = "default_inflight")]
+    pub inflight: i64,
+    #[serde(default = "default_reconnect_min")]
+    pub reconnect_min: String,
+    #[serde(default = "default_reconnect_max")]
+    pub reconnect_max: String,
+    pub tls: Option<RawTls>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub ca_file: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    #[serde(default = "default_max_rows")]
+    pub max_rows: i64,
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: i64,
+    #[serde(default = "default_commit_interval")]
+    pub commit_interval: String,
+}
+
+impl Default for RawOutbox {
+    fn default() -> Self {
+        RawOutbox {
+            max_rows: default_max_rows(),
+            max_bytes: default_max_bytes(),
+            commit_interval: default_commit_interval(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDevice {
+    pub name: String,
+    pub kind: String,
+    pub host: Option<String>,
+    #[serde(default = "default_modbus_port")]
+    pub port: i64,
+    #[serde(default = "default_unit_id")]
+    pub unit_id: i64,
+    #[serde(default = "default_interval")]
+    pub interval: String,
+    #[serde(default = "default_timeout")]
+    pub timeout: String,
+    #[serde(default = "default_backoff_max")]
+    pub backoff_max: String,
+    #[serde(default = "default_word_order")]
+    pub word_order: String,
+    #[serde(default)]
+    pub max_gap: i64,
+    #[serde(default)]
+    pub points: Vec<RawPoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPoint {
+    pub name: String,
+    pub table: String,
+    pub address: i64,
+    #[serde(rename = "type")]
+    pub data_type: String,
+    pub unit: Option<String>,
+    #[serde(default = "one")]
+    pub scale: f64,
+    #[serde(default)]
+    pub offset: f64,
+    pub word_order: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn one() -> f64 {
+    1.0
+}
+fn default_data_dir() -> String {
+    "/var/lib/fieldbridge".into()
+}
+fn default_prefix() -> String {
+    "fieldbridge".into()
+}
+fn default_shutdown_timeout() -> String {
+    "5s".into()
+}
+fn default_listen() -> String {
+    "127.0.0.1:1883".into()
+}
+fn default_max_connections() -> i64 {
+    64
+}
+fn default_max_payload() -> i64 {
+    65536
+}
+fn default_keep_alive() -> String {
+    "30s".into()
+}
+fn default_connect_timeout() -> String {
+    "10s".into()
+}
+fn default_inflight() -> i64 {
+    64
+}
+fn default_reconnect_min() -> String {
+    "1s".into()
+}
+fn default_reconnect_max() -> String {
+    "60s".into()
+}
+fn default_max_rows() -> i64 {
+    1_000_000
+}
+fn default_max_bytes() -> i64 {
+    256 * 1024 * 1024
+}
+fn default_commit_interval() -> String {
+    "100ms".into()
+}
+fn default_modbus_port() -> i64 {
+    502
+}
+fn default_unit_id() -> i64 {
+    1
+}
+fn default_interval() -> String {
+    "5s".into()
+}
+fn default_timeout() -> String {
+    "1s".into()
+}
+fn default_backoff_max() -> String {
+    "60s".into()
+}
+fn default_word_order() -> String {
+    "ABCD".into()
+}

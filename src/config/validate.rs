@@ -1,0 +1,414 @@
+//! Pure validation: `RawConfig` → `Config`, collecting every issue with its key path.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::locate::KeyPath;
+use super::raw::{RawConfig, RawDevice, RawPoint, RawUpstream};
+use super::{
+    Broker, Config, Device, Gateway, Issue, OutboxSettings, Point, Tls, Transport, Upstream,
+};
+use crate::device::decode::{DataType, Table, WordOrder};
+use crate::topics::{topic_level_problem, RESERVED_POINT};
+
+struct Check {
+    issues: Vec<Issue>,
+}
+
+impl Check {
+    fn push(&mut self, path: KeyPath, message: impl Into<String>) {
+        self.issues.push(Issue {
+            path,
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, path: KeyPath, s: &str, min: Duration, max: Duration) -> Duration {
+        match humantime::parse_duration(s) {
+            Ok(d) if d < min || d > max => {
+                self.push(
+                    path,
+                    format!(
+                        "{s:?} is out of range; valid: {} to {}",
+                        humantime::format_duration(min),
+                        humantime::format_duration(max)
+                    ),
+                );
+                min
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.push(
+                    path,
+                    format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"5s\", \"2m\""),
+                );
+                min
+            }
+        }
+    }
+
+    fn int<T: TryFrom<i64> + Default>(&mut self, path: KeyPath, v: i64, lo: i64, hi: i64) -> T {
+        if v < lo || v > hi {
+            self.push(path, format!("{v} is out of range; valid: {lo} to {hi}"));
+            return T::default();
+        }
+        T::try_from(v).unwrap_or_default()
+    }
+
+    fn parsed<T: std::str::FromStr + Copy>(
+        &mut self,
+        path: KeyPath,
+        s: &str,
+        what: &str,
+        valid: &str,
+        fallback: T,
+    ) -> T {
+        match s.parse() {
+            Ok(v) => v,
+            Err(_) => {
+                self.push(path, format!("unknown {what} {s:?}; valid: {valid}"));
+                fallback
+            }
+        }
+    }
+
+    fn topic_level(&mut self, path: KeyPath, s: &str) {
+        if let Some(p) = topic_level_problem(s) {
+            self.push(path, format!("{s:?} {p} (it becomes a topic level)"));
+        }
+    }
+}
+
+pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
+    let mut c = Check { issues: Vec::new() };
+    let root = KeyPath::root();
+
+    let g = root.key("gateway");
+    c.topic_level(g.key("id"), &raw.gateway.id);
+    let prefix = &raw.gateway.topic_prefix;
+    if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
+        c.push(
+            g.key("topic_prefix"),
+            format!("{prefix:?} must be non-empty without a leading or trailing '/'"),
+        );
+    } else {
+        for level in prefix.split('/') {
+            if let Some(p) = topic_level_problem(level) {
+                c.push(
+                    g.key("topic_prefix"),
+                    format!("{prefix:?}: level {level:?} {p}"),
+                );
+            }
+        }
+    }
+    if raw.gateway.data_dir.is_empty() {
+        c.push(g.key("data_dir"), "must not be empty");
+    }
+    let gateway = Gateway {
+        id: raw.gateway.id.clone(),
+        data_dir: PathBuf::from(&raw.gateway.data_dir),
+        topic_prefix: prefix.clone(),
+        shutdown_timeout: c.duration(
+            g.key("shutdown_timeout"),
+            &raw.gateway.shutdown_timeout,
+            Duration::from_millis(100),
+            Duration::from_secs(300),
+        ),
+    };
+
+    let b = root.key("broker");
+    let broker = if raw.broker.enabled {
+        let listen = match raw.broker.listen.parse::<SocketAddr>() {
+            Ok(a) => a,
+            Err(_) => {
+                c.push(
+                    b.key("listen"),
+                    format!(
+                        "{:?} is not an IP address with a port; write e.g. \"127.0.0.1:1883\"",
+                        raw.broker.listen
+                    ),
+                );
+                SocketAddr::from(([127, 0, 0, 1], 1883))
+            }
+        };
+        Some(Broker {
+            listen,
+            max_connections: c.int(
+                b.key("max_connections"),
+                raw.broker.max_connections,
+                1,
+                10_000,
+            ),
+            max_payload_bytes: c.int(
+                b.key("max_payload_bytes"),
+                raw.broker.max_payload_bytes,
+                128,
+                256 * 1024 * 1024,
+            ),
+        })
+    } else {
+        None
+    };
+
+    let upstream = raw
+        .upstream
+        .as_ref()
+        .map(|u| upstream(&mut c, root.key("upstream"), u, &gateway.id));
+
+    let o = root.key("outbox");
+    let outbox = OutboxSettings {
+        max_rows: c.int(o.key("max_rows"), raw.outbox.max_rows, 1, i64::MAX),
+        max_bytes: c.int(o.key("max_bytes"), raw.outbox.max_bytes, 1024, i64::MAX),
+        commit_interval: c.duration(
+            o.key("commit_interval"),
+            &raw.outbox.commit_interval,
+            Duration::ZERO,
+            Duration::from_secs(10),
+        ),
+    };
+
+    let mut names = HashSet::new();
+    let mut devices = Vec::new();
+    for (i, d) in raw.devices.iter().enumerate() {
+        let p = root.key("devices").index(i);
+        if !names.insert(d.name.as_str()) {
+            c.push(
+                p.key("name"),
+                format!(
+                    "duplicate device name {:?}; device names must be unique",
+                    d.name
+                ),
+            );
+        }
+        devices.push(device(&mut c, p, d));
+    }
+
+    if c.issues.is_empty() {
+        Ok(Config {
+            gateway,
+            broker,
+            upstream,
+            outbox,
+            devices,
+        })
+    } else {
+        Err(c.issues)
+    }
+}
+
+fn upstream(c: &mut Check, p: KeyPath, u: &RawUpstream, gateway_id: &str) -> Upstream {
+    if u.host.trim().is_empty() {
+        c.push(p.key("host"), "must not be empty");
+    }
+    let default_port = if u.tls.is_some() { 8883 } else { 1883 };
+    let port = c.int(p.key("port"), u.port.unwrap_or(default_port), 1, 65535);
+    let client_id = u
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("fieldbridge-{gateway_id}"));
+    if client_id.is_empty() || client_id.len() > 256 {
+        c.push(p.key("client_id"), "must be 1 to 256 bytes long");
+    }
+    if u.password.is_some() && u.password_file.is_some() {
+        c.push(
+            p.key("password_file"),
+            "set either password or password_file, not both",
+        );
+    }
+    if (u.password.is_some() || u.password_file.is_some()) && u.username.is_none() {
+        c.push(p.key("username"), "a password needs a username");
+    }
+    // rumqttc asserts whole seconds ≥ 1; MQTT keep-alive is a u16 of seconds.
+    let keep_alive = c.duration(
+        p.key("keep_alive"),
+        &u.keep_alive,
+        Duration::from_secs(1),
+        Duration::from_secs(65535),
+    );
+    let reconnect_min = c.duration(
+        p.key("reconnect_min"),
+        &u.reconnect_min,
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+    );
+    let reconnect_max = c.duration(
+        p.key("reconnect_max"),
+        &u.reconnect_max,
+        Duration::from_millis(10),
+        Duration::from_secs(3600),
+    );
+    if reconnect_max < reconnect_min {
+        c.push(
+            p.key("reconnect_max"),
+            "must not be shorter than reconnect_min",
+        );
+    }
+    Upstream {
+        host: u.host.clone(),
+        port,
+        client_id,
+        username: u.username.clone(),
+        password: u.password.clone(),
+        password_file: u.password_file.as_ref().map(PathBuf::from),
+        keep_alive: Duration::from_secs(keep_alive.as_secs().max(1)),
+        connect_timeout: c.duration(
+            p.key("connect_timeout"),
+            &u.connect_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(300),
+        ),
+        inflight: c.int(p.key("inflight"), u.inflight, 1, 1000),
+        reconnect_min,
+        reconnect_max,
+        tls: u.tls.as_ref().map(|t| Tls {
+            ca_file: PathBuf::from(&t.ca_file),
+        }),
+    }
+}
+
+fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> Device {
+    c.topic_level(p.key("name"), &d.name);
+    let transport = match d.kind.as_str() {
+        "modbus_tcp" => {
+            let host = d.host.clone().unwrap_or_default();
+            if host.trim().is_empty() {
+                c.push(
+                    p.key("host"),
+                    "missing: a modbus_tcp device needs host = \"<address>\"",
+                );
+            }
+            Transport::Tcp {
+                host,
+                port: c.int(p.key("port"), d.port, 1, 65535),
+            }
+        }
+        other => {
+            c.push(
+                p.key("kind"),
+                format!("unknown device kind {other:?}; valid: modbus_tcp"),
+            );
+            Transport::Tcp {
+                host: String::new(),
+                port: 502,
+            }
+        }
+    };
+    // 0 and 255 are common "this device" ids behind Modbus TCP; 248-254 are reserved but some
+    // gateways use them, so TCP accepts the whole byte.
+    let unit_id = c.int(p.key("unit_id"), d.unit_id, 0, 255);
+    let interval = c.duration(
+        p.key("interval"),
+        &d.interval,
+        Duration::from_millis(10),
+        Duration::from_secs(86_400),
+    );
+    let timeout = c.duration(
+        p.key("timeout"),
+        &d.timeout,
+        Duration::from_millis(10),
+        Duration::from_secs(600),
+    );
+    let backoff_max = c.duration(
+        p.key("backoff_max"),
+        &d.backoff_max,
+        Duration::from_millis(10),
+        Duration::from_secs(86_400),
+    );
+    let word_order = c.parsed(
+        p.key("word_order"),
+        &d.word_order,
+        "word order",
+        WordOrder::NAMES,
+        WordOrder::Abcd,
+    );
+    let max_gap = c.int(p.key("max_gap"), d.max_gap, 0, 124);
+    if d.points.is_empty() {
+        c.push(
+            p.key("points"),
+            "a device needs at least one [[devices.points]]",
+        );
+    }
+    let mut names = HashSet::new();
+    let mut points = Vec::new();
+    for (i, pt) in d.points.iter().enumerate() {
+        let pp = p.key("points").index(i);
+        if !names.insert(pt.name.as_str()) {
+            c.push(
+                pp.key("name"),
+                format!("duplicate point name {:?} in device {:?}", pt.name, d.name),
+            );
+        }
+        points.push(point(c, pp, pt, word_order));
+    }
+    Device {
+        name: Arc::from(d.name.as_str()),
+        transport,
+        unit_id,
+        interval,
+        timeout,
+        backoff_max,
+        max_gap,
+        points,
+    }
+}
+
+fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> Point {
+    c.topic_level(p.key("name"), &pt.name);
+    if pt.name == RESERVED_POINT {
+        c.push(
+            p.key("name"),
+            "\"status\" is reserved for the device status topic; choose another name",
+        );
+    }
+    let table = c.parsed(
+        p.key("table"),
+        &pt.table,
+        "table",
+        Table::NAMES,
+        Table::Holding,
+    );
+    let data_type = c.parsed(
+        p.key("type"),
+        &pt.data_type,
+        "data type",
+        DataType::NAMES,
+        DataType::U16,
+    );
+    if table.is_bits() && data_type != DataType::Bool {
+        c.push(
+            p.key("type"),
+            format!("a point in the {table} table is a single bit; valid: type = \"bool\""),
+        );
+    }
+    let last = 65536 - i64::from(data_type.width());
+    let address = c.int(p.key("address"), pt.address, 0, last);
+    let word_order = match &pt.word_order {
+        Some(s) => c.parsed(
+            p.key("word_order"),
+            s,
+            "word order",
+            WordOrder::NAMES,
+            device_order,
+        ),
+        None => device_order,
+    };
+    if !pt.scale.is_finite() || pt.scale == 0.0 {
+        c.push(p.key("scale"), "must be a finite, non-zero number");
+    }
+    if !pt.offset.is_finite() {
+        c.push(p.key("offset"), "must be a finite number");
+    }
+    Point {
+        name: Arc::from(pt.name.as_str()),
+        table,
+        address,
+        data_type,
+        unit: pt.unit.as_deref().map(Arc::from),
+        scale: pt.scale,
+        offset: pt.offset,
+        word_order,
+    }
+}

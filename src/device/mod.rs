@@ -1,0 +1,32 @@
+//! Devices: the `Driver` trait every device kind implements, and the drivers themselves.
+//!
+//! A driver's `poll()` does one complete read of the device's points and returns readings or a
+//! typed error. It never sleeps or retries: timing, backoff and status belong to the poller.
+
+pub mod decode;
+pub mod modbus;
+pub mod plan;
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::reading::Reading;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("cannot resolve {addr}: {reason}")]
+    Resolve { addr: String, reason: String },
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect { addr: String, reason: String },
+    #[error("no answer within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+    #[error("connection lost: {0}")]
+    Transport(String),
+}
+
+pub trait Driver: Send {
+    /// One complete read of every point. Per-point failures that the device reported (e.g. a
+    /// Modbus exception) come back as readings with bad quality; an `Err` means the device did
+    /// not answer at all.
+    fn poll(&mut self) -> impl Future<Output = Result<Vec<Reading>, DeviceError>> + Send;
+}

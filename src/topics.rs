@@ -1,0 +1,141 @@
+//! The user-facing topic and payload scheme (design.md §6), in one place.
+//!
+//! Readings: `<prefix>/<gateway>/<device>/<point>` with a JSON payload
+//! `{"id": "<message id>", "value": …, "unit": "…", "ts": <ms>, "quality": "good"}`.
+//! Device status: `<prefix>/<gateway>/<device>/status` = `online` | `offline`, retained.
+//! Gateway status: `<prefix>/<gateway>/status` = `online` | `offline`, retained.
+
+use serde_json::{json, Map, Number};
+
+use crate::reading::{Reading, Value};
+
+/// The point name that would collide with the device status topic.
+pub const RESERVED_POINT: &str = "status";
+
+#[derive(Debug, Clone)]
+pub struct Topics {
+    base: String,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, gateway_id: &str) -> Self {
+        Topics {
+            base: format!("{prefix}/{gateway_id}"),
+        }
+    }
+    pub fn reading(&self, device: &str, point: &str) -> String {
+        format!("{}/{device}/{point}", self.base)
+    }
+    pub fn device_status(&self, device: &str) -> String {
+        format!("{}/{device}/status", self.base)
+    }
+    pub fn gateway_status(&self) -> String {
+        format!("{}/status", self.base)
+    }
+    /// Everything this gateway publishes, for a subscriber.
+    pub fn all(&self) -> String {
+        format!("{}/#", self.base)
+    }
+}
+
+pub const ONLINE: &str = "online";
+pub const OFFLINE: &str = "offline";
+
+/// Why a string cannot be one level of a topic, or `None` when it can.
+pub fn topic_level_problem(s: &str) -> Option<&'static str> {
+    if s.is_empty() {
+        Some("must not be empty")
+    } else if s.contains(['+', '#']) {
+        Some("must not contain the MQTT wildcards '+' or '#'")
+    } else if s.contains('/') {
+        Some("must not contain '/'")
+    } else if s.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        Some("must not contain spaces or control characters")
+    } else {
+        None
+    }
+}
+
+/// The JSON payload of a reading; `id` is the stable message id that survives resends.
+pub fn reading_payload(r: &Reading, id: &str) -> Vec<u8> {
+    let mut m = Map::new();
+    m.insert("id".into(), json!(id));
+    m.insert("value".into(), value_json(&r.value));
+    if let Some(u) = &r.unit {
+        m.insert("unit".into(), json!(u.as_ref()));
+    }
+    m.insert("ts".into(), json!(r.ts_ms));
+    m.insert("quality".into(), json!(r.quality.as_str()));
+    if let Some(e) = &r.error {
+        m.insert("error".into(), json!(e));
+    }
+    serde_json::Value::Object(m).to_string().into_bytes()
+}
+
+fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Bool(b) => serde_json::Value::Bool(*b),
+        Value::Int(i) => json!(i),
+        Value::UInt(u) => json!(u),
+        Value::Float(f) => Number::from_f64(*f)
+            .map(serde_json::Value::Number)
+            .unwrap_or(serde_json::Value::Null),
+        Value::Null => serde_json::Value::Null,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reading::Quality;
+
+    fn reading(value: Value) -> Reading {
+        Reading {
+            device: "boiler".into(),
+            point: "temp".into(),
+            value,
+            unit: Some("°C".into()),
+            ts_ms: 1_700_000_000_123,
+            quality: Quality::Good,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn topics_follow_prefix_gateway_device_point() {
+        let t = Topics::new("fieldbridge", "gw1");
+        assert_eq!(t.reading("boiler", "temp"), "fieldbridge/gw1/boiler/temp");
+        assert_eq!(t.device_status("boiler"), "fieldbridge/gw1/boiler/status");
+        assert_eq!(t.gateway_status(), "fieldbridge/gw1/status");
+    }
+
+    #[test]
+    fn payload_values_are_typed_json_not_strings() {
+        let cases: &[(Value, serde_json::Value)] = &[
+            (Value::Float(21.5), json!(21.5)),
+            (Value::Int(-3), json!(-3)),
+            (Value::UInt(4_000_000_000), json!(4_000_000_000u64)),
+            (Value::Bool(true), json!(true)),
+            (Value::Null, serde_json::Value::Null),
+        ];
+        for (v, want) in cases {
+            let p: serde_json::Value =
+                serde_json::from_slice(&reading_payload(&reading(v.clone()), "x-1")).unwrap();
+            assert_eq!(&p["value"], want);
+            assert_eq!(p["id"], "x-1");
+            assert_eq!(p["ts"], 1_700_000_000_123i64);
+            assert_eq!(p["quality"], "good");
+            assert_eq!(p["unit"], "°C");
+        }
+    }
+
+    #[test]
+    fn topic_levels_with_wildcards_or_slashes_are_rejected() {
+        for bad in ["", "a+b", "#", "a/b", "a b"] {
+            assert!(topic_level_problem(bad).is_some(), "{bad:?}");
+        }
+        for good in ["boiler", "plc-1", "temp_2", "Ünit"] {
+            assert!(topic_level_problem(good).is_none(), "{good:?}");
+        }
+    }
+}

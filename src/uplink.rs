@@ -1,0 +1,399 @@
+//! The uplink: the only owner of the rumqttc client and event loop. It sends outbox rows upstream
+//! in order at QoS 1 and deletes a row only on the broker's PUBACK for the PUBLISH that carried it.
+//!
+//! Every connection is a fresh clean session with a fresh in-flight table: rumqttc drops
+//! unacknowledged QoS 1 publishes on a clean reconnect anyway, and the outbox is the one source
+//! of truth, so after any disconnect sending restarts from the oldest row still stored (a row
+//! acked just before the link died may be sent twice; none is lost). The Last Will marks the
+//! gateway `offline` (retained); `online` is published retained on every connect. Reconnects use
+//! capped, jittered exponential backoff; a black-holed link is detected by the keep-alive ping.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::{
+    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
+    TlsConfiguration, Transport,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Tls, Upstream};
+use crate::outbox::inflight::{InFlight, Tag};
+use crate::outbox::Outbox;
+use crate::topics::{self, Topics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UplinkError {
+    #[error("upstream TLS: cannot read CA file {path}: {reason}")]
+    CaFile { path: String, reason: String },
+    #[error("upstream TLS: {0}")]
+    Tls(String),
+}
+
+#[derive(Debug, Default)]
+pub struct UplinkStats {
+    pub connected: AtomicBool,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+pub struct Uplink {
+    cfg: Upstream,
+    transport: Transport,
+    topics: Topics,
+    outbox: Outbox,
+    stats: Arc<UplinkStats>,
+}
+
+/// Why a session ended.
+enum End {
+    Stopped,
+    Failed(String),
+}
+
+/// Reconnect delay after `attempt` consecutive failures (≥ 1): exponential from `min`, capped at
+/// `max`, then "equal jitter" (between half and all of it) with `r` in [0, 1), so a fleet of
+/// gateways does not reconnect in lockstep after a broker restart.
+pub fn reconnect_delay(min: Duration, max: Duration, attempt: u32, r: f64) -> Duration {
+    let exp = attempt.saturating_sub(1).min(30);
+    let base = min.saturating_mul(1u32 << exp.min(31)).min(max);
+    base.mul_f64(0.5 + 0.5 * r.clamp(0.0, 1.0))
+}
+
+fn tls_transport(t: &Tls) -> Result<Transport, UplinkError> {
+    let ca_err = |reason: String| UplinkError::CaFile {
+        path: t.ca_file.display().to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(&t.ca_file).map_err(|e| ca_err(e.to_string()))?;
+    for c in certs {
+        let c = c.map_err(|e| ca_err(e.to_string()))?;
+        roots.add(c).map_err(|e| ca_err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(ca_err("no certificate found in the file".into()));
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| UplinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
+        Arc::new(config),
+    )))
+}
+
+impl Uplink {
+    pub fn new(cfg: Upstream, topics: Topics, outbox: Outbox) -> Result<Uplink, UplinkError> {
+        let transport = match &cfg.tls {
+            Some(t) => tls_transport(t)?,
+            None => Transport::Tcp,
+        };
+        Ok(Uplink {
+            cfg,
+            transport,
+            topics,
+            outbox,
+            stats: Arc::new(UplinkStats::default()),
+        })
+    }
+
+    pub fn stats(&self) -> Arc<UplinkStats> {
+        self.stats.clone()
+    }
+
+    fn options(&self) -> MqttOptions {
+        let c = &self.cfg;
+        let mut o = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
+        o.set_keep_alive(c.keep_alive);
+        o.set_clean_session(true);
+        o.set_last_will(LastWill::new(
+            self.topics.gateway_status(),
+            topics::OFFLINE,
+            QoS::AtLeastOnce,
+            true,
+        ));
+        if let Some(u) = &c.username {
+            o.set_credentials(u.clone(), c.password.clone().unwrap_or_default());
+        }
+        // Packet ids cycle through rumqttc's inflight range; making it larger than our window
+        // keeps a slow PUBACK from colliding with a new publish.
+        o.set_inflight(c.inflight.saturating_mul(4));
+        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        o.set_transport(self.transport.clone());
+        o
+    }
+
+    /// Runs until `stop` is cancelled; then gives in-flight publishes `grace` to be acknowledged,
+    /// publishes `offline` and disconnects cleanly.
+    pub async fn run(self, stop: CancellationToken, grace: Duration) {
+        let mut attempt = 0u32;
+        loop {
+            match self.session(&stop, grace, &mut attempt).await {
+                End::Stopped => return,
+                End::Failed(reason) => {
+                    if self.stats.connected.swap(false, Ordering::Relaxed) {
+                        tracing::warn!(event = "upstream_disconnected", error = %reason, "upstream connection lost");
+                    } else {
+                        tracing::warn!(event = "upstream_connect_failed", host = %self.cfg.host, port = self.cfg.port, error = %reason, "cannot connect upstream");
+                    }
+                }
+            }
+            attempt = attempt.saturating_add(1);
+            let delay = reconnect_delay(
+                self.cfg.reconnect_min,
+                self.cfg.reconnect_max,
+                attempt,
+                rand::random::<f64>(),
+            );
+            tracing::debug!(retry_in = ?delay, "upstream reconnect scheduled");
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = sleep(delay) => {}
+            }
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn connect(&self, ev: &mut EventLoop) -> Result<(), String> {
+        let wait = self.cfg.connect_timeout + Duration::from_secs(1);
+        let connack = timeout(wait, async {
+            loop {
+                match ev.poll().await {
+                    Ok(Event::Incoming(Incoming::ConnAck(a))) => return Ok(a),
+                    Ok(_) => {}
+                    Err(e) => return Err(describe(&e)),
+                }
+            }
+        })
+        .await
+        .map_err(|_| format!("no CONNACK within {}", humantime::format_duration(wait)))??;
+        if connack.code != rumqttc::ConnectReturnCode::Success {
+            return Err(format!("broker refused the connection: {:?}", connack.code));
+        }
+        Ok(())
+    }
+
+    async fn session(&self, stop: &CancellationToken, grace: Duration, attempt: &mut u32) -> End {
+        let window = usize::from(self.cfg.inflight);
+        let (client, mut ev) = AsyncClient::new(self.options(), window + 16);
+        let mut net = ev.network_options();
+        net.set_connection_timeout(self.cfg.connect_timeout.as_secs().max(1));
+        ev.set_network_options(net);
+
+        tokio::select! {
+            _ = stop.cancelled() => return End::Stopped,
+            r = self.connect(&mut ev) => if let Err(e) = r { return End::Failed(e) },
+        }
+        *attempt = 0;
+        self.stats.connected.store(true, Ordering::Relaxed);
+        tracing::info!(event = "upstream_connected", host = %self.cfg.host, port = self.cfg.port, "connected upstream");
+
+        let mut inflight = InFlight::default();
+        let status = self.topics.gateway_status();
+        if let Err(e) = client.try_publish(&status, QoS::AtLeastOnce, true, topics::ONLINE) {
+            return End::Failed(e.to_string());
+        }
+        inflight.requested(Tag::Control);
+
+        let mut latest = self.outbox.latest();
+        let mut latest_open = true;
+        let mut last_sent: i64 = 0;
+        let mut acks: Vec<i64> = Vec::new();
+        let mut stopping = false;
+        let mut deadline = Instant::now();
+        loop {
+            if !stopping && inflight.len() < window {
+                let newest = *latest.borrow_and_update();
+                if newest > last_sent {
+                    let room = window - inflight.len();
+                    let rows = match self.outbox.fetch_after(last_sent, room).await {
+                        Ok(r) => r,
+                        Err(e) => return End::Failed(format!("reading the outbox: {e}")),
+                    };
+                    if rows.is_empty() {
+                        // Everything up to `newest` was acked or dropped meanwhile.
+                        last_sent = newest;
+                    }
+                    for r in rows {
+                        let m = r.message;
+                        if let Err(e) =
+                            client.try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
+                        {
+                            return End::Failed(e.to_string());
+                        }
+                        inflight.requested(Tag::Row(r.id));
+                        last_sent = r.id;
+                        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            let idle = !stopping
+                && latest_open
+                && inflight.len() < window
+                && *latest.borrow() <= last_sent;
+            tokio::select! {
+                biased;
+                _ = stop.cancelled(), if !stopping => {
+                    stopping = true;
+                    deadline = Instant::now() + grace;
+                }
+                _ = sleep_until(deadline), if stopping => break,
+                e = ev.poll() => match e {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        if let Err(m) = inflight.on_outgoing_publish(pkid) {
+                            return End::Failed(format!("in-flight bookkeeping: {m:?}"));
+                        }
+                    }
+                    Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
+                        if let Err(m) = inflight.on_await_ack(pkid) {
+                            return End::Failed(format!("in-flight bookkeeping: {m:?}"));
+                        }
+                    }
+                    Ok(Event::Incoming(Incoming::PubAck(a))) => match inflight.on_puback(a.pkid) {
+                        Ok(Tag::Row(id)) => acks.push(id),
+                        Ok(Tag::Control) => {}
+                        Err(m) => tracing::warn!(pkid = a.pkid, "unexpected PUBACK: {m:?}"),
+                    },
+                    Ok(_) => {}
+                    Err(e) => {
+                        self.flush_acks(&mut acks).await;
+                        return End::Failed(describe(&e));
+                    }
+                },
+                r = latest.changed(), if idle => {
+                    if r.is_err() {
+                        latest_open = false;
+                    }
+                }
+            }
+            self.flush_acks(&mut acks).await;
+            if stopping && inflight.rows() == 0 {
+                break;
+            }
+        }
+        if inflight.rows() > 0 {
+            tracing::warn!(
+                unacked = inflight.rows(),
+                "shutdown deadline reached with publishes unacknowledged; they stay in the outbox and are sent after restart"
+            );
+        }
+        self.say_goodbye(
+            &client,
+            &mut ev,
+            &mut inflight,
+            &status,
+            deadline.max(Instant::now() + Duration::from_secs(1)),
+        )
+        .await;
+        End::Stopped
+    }
+
+    /// Publishes `offline` (retained) and disconnects cleanly. A clean DISCONNECT suppresses the
+    /// Last Will, so the status must be published explicitly.
+    async fn say_goodbye(
+        &self,
+        client: &AsyncClient,
+        ev: &mut EventLoop,
+        inflight: &mut InFlight,
+        status: &str,
+        deadline: Instant,
+    ) {
+        if client
+            .try_publish(status, QoS::AtLeastOnce, true, topics::OFFLINE)
+            .is_err()
+        {
+            return;
+        }
+        inflight.requested(Tag::Control);
+        let mut acks = Vec::new();
+        let mut disconnecting = false;
+        loop {
+            let e = tokio::select! {
+                _ = sleep_until(deadline) => break,
+                e = ev.poll() => e,
+            };
+            match e {
+                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                    let _ = inflight.on_outgoing_publish(pkid);
+                }
+                Ok(Event::Incoming(Incoming::PubAck(a))) => {
+                    if let Ok(Tag::Row(id)) = inflight.on_puback(a.pkid) {
+                        acks.push(id);
+                    }
+                }
+                // Stop polling once the DISCONNECT is out, or rumqttc reconnects.
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(_) => break,
+            }
+            if inflight.is_empty() && !disconnecting {
+                disconnecting = true;
+                let _ = client.try_disconnect();
+            }
+        }
+        self.flush_acks(&mut acks).await;
+        self.stats.connected.store(false, Ordering::Relaxed);
+        tracing::info!(
+            event = "upstream_disconnected",
+            "disconnected from upstream (shutdown)"
+        );
+    }
+
+    async fn flush_acks(&self, acks: &mut Vec<i64>) {
+        if acks.is_empty() {
+            return;
+        }
+        let n = acks.len() as u64;
+        if let Err(e) = self.outbox.ack(std::mem::take(acks)).await {
+            tracing::error!(error = %e, "cannot record acknowledgements; rows will be sent again");
+        }
+        self.stats.acked.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+fn describe(e: &ConnectionError) -> String {
+    match e {
+        ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => {
+            "no answer to keep-alive ping (link dead or broker hung)".into()
+        }
+        ConnectionError::ConnectionRefused(code) => {
+            format!("broker refused the connection: {code:?}")
+        }
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconnect_delay_grows_exponentially_is_capped_and_jittered() {
+        let min = Duration::from_secs(1);
+        let max = Duration::from_secs(60);
+        let cases: &[(u32, f64, u64)] = &[
+            (1, 0.999_999, 1000),
+            (1, 0.0, 500),
+            (2, 0.999_999, 2000),
+            (4, 0.999_999, 8000),
+            (7, 0.999_999, 60_000),
+            (7, 0.0, 30_000),
+            (u32::MAX, 0.5, 45_000),
+        ];
+        for &(attempt, r, ms) in cases {
+            let d = reconnect_delay(min, max, attempt, r).as_millis() as u64;
+            assert!(
+                d.abs_diff(ms) <= 1,
+                "attempt {attempt}, r {r}: {d} ms, want {ms}"
+            );
+        }
+    }
+}
