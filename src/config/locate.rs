@@ -124,7 +124,8 @@ pub fn path_at_offset(src: &str, offset: usize) -> KeyPath {
 fn flatten(t: &DeTable, path: &KeyPath, out: &mut Vec<(KeyPath, usize, usize)>) {
     for (k, v) in t.iter() {
         let p = path.key(k.get_ref());
-        out.push((p.clone(), k.span().start, k.span().end.max(v.span().end)));
+        let (ks, vs) = (k.span(), v.span());
+        out.push((p.clone(), ks.start.min(vs.start), ks.end.max(vs.end)));
         match v.get_ref() {
             DeValue::Table(inner) => flatten(inner, &p, out),
             DeValue::Array(items) => {
