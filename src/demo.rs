@@ -79,7 +79,7 @@ impl SimDevice {
     fn bit(&self, coil: bool, addr: u16) -> Option<bool> {
         let t = self.start.elapsed().as_secs();
         match (self.kind, coil, addr) {
-            (SimKind::Boiler, true, 0) => Some((t / 15) % 2 == 0),
+            (SimKind::Boiler, true, 0) => Some((t / 15).is_multiple_of(2)),
             (_, _, a) if a < 100 => Some(false),
             _ => None,
         }

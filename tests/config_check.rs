@@ -33,7 +33,8 @@ fn check_file(file: &Path) -> (i32, String) {
         .arg(file)
         .output()
         .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     (out.status.code().unwrap_or(-1), text)
 }
 
@@ -62,29 +63,125 @@ fn the_shipped_example_configs_parse_and_validate() {
 fn each_bad_config_exits_2_naming_the_file_line_and_key() {
     // (what is wrong, replace this, with this, key that must be named, line it is on)
     let cases: &[(&str, &str, &str, &str, usize)] = &[
-        ("misspelt key", "unit_id = 1", "unitid = 1", "devices[0].unitid", 9),
-        ("wrong type", "unit_id = 1", "unit_id = \"one\"", "devices[0].unit_id", 9),
-        ("unit id out of range", "unit_id = 1", "unit_id = 300", "devices[0].unit_id", 9),
-        ("bad address", "address = 0", "address = 70000", "devices[0].points[0].address", 14),
-        ("negative address", "address = 0", "address = -1", "devices[0].points[0].address", 14),
-        ("unknown data type", "type = \"f32\"", "type = \"float\"", "devices[0].points[0].type", 15),
-        ("wildcard in topic prefix", "id = \"gw\"", "id = \"gw\"\ntopic_prefix = \"plant/#\"", "gateway.topic_prefix", 3),
-        ("wildcard in gateway id", "id = \"gw\"", "id = \"g+w\"", "gateway.id", 2),
+        (
+            "misspelt key",
+            "unit_id = 1",
+            "unitid = 1",
+            "devices[0].unitid",
+            9,
+        ),
+        (
+            "wrong type",
+            "unit_id = 1",
+            "unit_id = \"one\"",
+            "devices[0].unit_id",
+            9,
+        ),
+        (
+            "unit id out of range",
+            "unit_id = 1",
+            "unit_id = 300",
+            "devices[0].unit_id",
+            9,
+        ),
+        (
+            "bad address",
+            "address = 0",
+            "address = 70000",
+            "devices[0].points[0].address",
+            14,
+        ),
+        (
+            "negative address",
+            "address = 0",
+            "address = -1",
+            "devices[0].points[0].address",
+            14,
+        ),
+        (
+            "unknown data type",
+            "type = \"f32\"",
+            "type = \"float\"",
+            "devices[0].points[0].type",
+            15,
+        ),
+        (
+            "wildcard in topic prefix",
+            "id = \"gw\"",
+            "id = \"gw\"\ntopic_prefix = \"plant/#\"",
+            "gateway.topic_prefix",
+            3,
+        ),
+        (
+            "wildcard in gateway id",
+            "id = \"gw\"",
+            "id = \"g+w\"",
+            "gateway.id",
+            2,
+        ),
         ("missing required key", "id = \"gw\"\n", "", "gateway.id", 1),
-        ("missing host", "host = \"127.0.0.1\"\n", "", "devices[0].host", 5),
-        ("unknown table", "table = \"holding\"", "table = \"holdings\"", "devices[0].points[0].table", 13),
-        ("unknown kind", "kind = \"modbus_tcp\"", "kind = \"modbus\"", "devices[0].kind", 7),
-        ("bad duration", "unit_id = 1", "interval = \"5 parsecs\"", "devices[0].interval", 9),
-        ("bad broker listen address", "[[devices]]", "[broker]\nlisten = \"localhost\"\n\n[[devices]]", "broker.listen", 6),
-        ("coil typed as a number", "table = \"holding\"", "table = \"coil\"", "devices[0].points[0].type", 15),
-        ("point named status", "name = \"temp\"", "name = \"status\"", "devices[0].points[0].name", 12),
+        (
+            "missing host",
+            "host = \"127.0.0.1\"\n",
+            "",
+            "devices[0].host",
+            5,
+        ),
+        (
+            "unknown table",
+            "table = \"holding\"",
+            "table = \"holdings\"",
+            "devices[0].points[0].table",
+            13,
+        ),
+        (
+            "unknown kind",
+            "kind = \"modbus_tcp\"",
+            "kind = \"modbus\"",
+            "devices[0].kind",
+            7,
+        ),
+        (
+            "bad duration",
+            "unit_id = 1",
+            "interval = \"5 parsecs\"",
+            "devices[0].interval",
+            9,
+        ),
+        (
+            "bad broker listen address",
+            "[[devices]]",
+            "[broker]\nlisten = \"localhost\"\n\n[[devices]]",
+            "broker.listen",
+            6,
+        ),
+        (
+            "coil typed as a number",
+            "table = \"holding\"",
+            "table = \"coil\"",
+            "devices[0].points[0].type",
+            15,
+        ),
+        (
+            "point named status",
+            "name = \"temp\"",
+            "name = \"status\"",
+            "devices[0].points[0].name",
+            12,
+        ),
     ];
     for (what, from, to, key, line) in cases {
         assert!(GOOD.contains(from), "{what}: fixture lacks {from:?}");
         let (code, text) = check(&GOOD.replacen(from, to, 1));
         assert_eq!(code, 2, "{what}: exit code\n{text}");
-        assert!(text.contains(&format!("'{key}'")), "{what}: key {key} not named in\n{text}");
-        assert!(text.contains(&format!("fb.toml:{line}:")), "{what}: line {line} not named in\n{text}");
+        assert!(
+            text.contains(&format!("'{key}'")),
+            "{what}: key {key} not named in\n{text}"
+        );
+        assert!(
+            text.contains(&format!("fb.toml:{line}:")),
+            "{what}: line {line} not named in\n{text}"
+        );
     }
 }
 
@@ -106,7 +203,11 @@ fn every_problem_of_a_file_is_reported_at_once() {
     let (code, text) = check(&bad);
     assert_eq!(code, 2, "{text}");
     assert!(text.contains("3 problems"), "{text}");
-    for key in ["devices[0].unit_id", "devices[0].points[0].address", "devices[0].points[0].type"] {
+    for key in [
+        "devices[0].unit_id",
+        "devices[0].points[0].address",
+        "devices[0].points[0].type",
+    ] {
         assert!(text.contains(key), "{key} missing from\n{text}");
     }
     // the message says what would be valid

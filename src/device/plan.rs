@@ -72,7 +72,8 @@ mod tests {
     fn points_merge_into_the_fewest_requests_within_limits() {
         use DataType::*;
         use Table::*;
-        let cases: Vec<(Vec<Point>, u16, Vec<(Table, u16, u16)>)> = vec![
+        type Case = (Vec<Point>, u16, Vec<(Table, u16, u16)>);
+        let cases: Vec<Case> = vec![
             // contiguous registers become one request
             (
                 vec![

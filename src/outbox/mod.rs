@@ -64,6 +64,9 @@ pub struct Stats {
     pub commits: AtomicU64,
 }
 
+/// Messages waiting for the group commit, and who to tell when it is done.
+type PendingAppend = (Vec<Message>, oneshot::Sender<Result<(), String>>);
+
 enum WriteCmd {
     Append(Vec<Message>, oneshot::Sender<Result<(), String>>),
     Ack(Vec<i64>),
@@ -270,7 +273,7 @@ const MAX_GROUP: usize = 20_000;
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) {
         while let Some(first) = rx.recv().await {
-            let mut appends: Vec<(Vec<Message>, oneshot::Sender<Result<(), String>>)> = Vec::new();
+            let mut appends: Vec<PendingAppend> = Vec::new();
             let mut acks: Vec<i64> = Vec::new();
             let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
             let mut count = 0usize;
@@ -314,11 +317,7 @@ impl Writer {
         }
     }
 
-    async fn commit(
-        &mut self,
-        appends: &[(Vec<Message>, oneshot::Sender<Result<(), String>>)],
-        acks: &[i64],
-    ) -> Result<(), sqlx::Error> {
+    async fn commit(&mut self, appends: &[PendingAppend], acks: &[i64]) -> Result<(), sqlx::Error> {
         let now = crate::reading::now_ms();
         let mut tx = self.conn.begin().await?;
         let mut added_rows = 0u64;
@@ -456,7 +455,7 @@ mod tests {
         Message {
             topic: format!("t/{i}"),
             payload: format!("p{i}").into_bytes(),
-            retain: i % 2 == 0,
+            retain: i.is_multiple_of(2),
         }
     }
 

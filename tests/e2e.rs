@@ -1,0 +1,324 @@
+//! End to end against real peers: pymodbus plays the Modbus TCP device, mosquitto the upstream
+//! broker, and the real `fieldbridge` binary runs in between.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+use std::time::Duration;
+
+use common::gateway::{split_id, Gateway, Spec};
+use common::peers::{wait_until_sync, Message, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay};
+use serde_json::json;
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn is_reading(m: &Message) -> bool {
+    !m.topic.ends_with("/status") && m.payload.first() == Some(&b'{')
+}
+
+/// Message ids seen, per gateway boot: (boot → seq → times seen).
+fn ids_seen(msgs: &[Message]) -> BTreeMap<String, BTreeMap<u64, usize>> {
+    let mut out: BTreeMap<String, BTreeMap<u64, usize>> = BTreeMap::new();
+    for m in msgs.iter().filter(|m| is_reading(m)) {
+        let (boot, seq) = split_id(m.json()["id"].as_str().expect("id"));
+        *out.entry(boot).or_default().entry(seq).or_default() += 1;
+    }
+    out
+}
+
+/// Every sequence number 0..=upto of `boot` was received upstream (the gateway numbers its
+/// messages without gaps, so a missing number is a lost message).
+fn has_all(w: &MqttWatcher, boot: &str, upto: u64) -> bool {
+    ids_seen(&w.messages())
+        .get(boot)
+        .is_some_and(|seqs| (0..=upto).all(|s| seqs.contains_key(&s)))
+}
+
+fn duplicates(w: &MqttWatcher) -> usize {
+    ids_seen(&w.messages())
+        .values()
+        .flat_map(|s| s.values())
+        .map(|n| n - 1)
+        .sum()
+}
+
+/// The newest (boot, seq) the local broker has shown.
+fn newest_local(local: &MqttWatcher) -> Option<(String, u64)> {
+    local
+        .messages()
+        .iter()
+        .rfind(|m| is_reading(m))
+        .map(|m| split_id(m.json()["id"].as_str().unwrap()))
+}
+
+fn value_of(w: &MqttWatcher, point: &str) -> serde_json::Value {
+    let topic = format!("fieldbridge/gw/dev/{point}");
+    w.wait_for_sync(|m| m.topic == topic, LONG).json()
+}
+
+#[test]
+fn readings_arrive_upstream_with_exactly_the_decoded_values() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+
+    let expect = [
+        ("f32_abcd", json!(21.5)),
+        ("i32", json!(-123456)),
+        ("u16_scaled", json!(234.5)),
+        ("f32_cdab", json!(21.5)),
+        ("i16", json!(-42)),
+        ("u32", json!(4_000_000_000u64)),
+        ("input_u16", json!(777)),
+        ("input_f32", json!(-3.25)),
+        ("coil0", json!(true)),
+        ("coil1", json!(false)),
+        ("discrete1", json!(true)),
+    ];
+    for (point, want) in expect {
+        let p = value_of(&up, point);
+        assert_eq!(p["value"], want, "{point}: {p}");
+        assert_eq!(p["quality"], "good", "{point}");
+        assert!(
+            p["ts"].as_i64().unwrap() > 1_600_000_000_000,
+            "ts in ms: {p}"
+        );
+        assert!(p["id"].is_string(), "{p}");
+    }
+    assert_eq!(value_of(&up, "f32_abcd")["unit"], "°C");
+    let status = up.wait_for_sync(|m| m.topic == "fieldbridge/gw/dev/status", LONG);
+    assert_eq!(status.text(), "online");
+}
+
+#[test]
+fn an_upstream_black_hole_loses_no_reading_produced_during_the_outage() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let relay = Relay::start(mosq.addr());
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(relay.port()));
+    spec.interval = "50ms";
+    let gw = Gateway::start(&spec, dir.path());
+    let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
+
+    up.wait_for_sync(is_reading, LONG);
+    relay.set_mode(Mode::BlackHole);
+    // The outage lasts until the gateway has noticed the dead link (keep-alive 1 s) and the
+    // device has produced plenty of readings that could not go upstream.
+    wait_until_sync("the gateway to detect the dead link", LONG, || {
+        gw.log().contains("upstream_disconnected")
+    });
+    let (boot, at_detect) = newest_local(&local).unwrap();
+    wait_until_sync("more readings during the outage", LONG, || {
+        newest_local(&local).is_some_and(|(_, s)| s > at_detect + 100)
+    });
+    relay.set_mode(Mode::Pass);
+    let (_, upto) = newest_local(&local).unwrap();
+    wait_until_sync(
+        "every reading up to the end of the outage upstream",
+        LONG,
+        || has_all(&up, &boot, upto),
+    );
+    let dups = duplicates(&up);
+    eprintln!("outage: {} readings checked, {dups} duplicates", upto + 1);
+    assert!(
+        dups <= 2 * 64 + 10,
+        "duplicates bounded by the in-flight window: {dups}"
+    );
+}
+
+#[test]
+fn a_refused_then_restored_upstream_loses_nothing_either() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let relay = Relay::start(mosq.addr());
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(relay.port()));
+    spec.interval = "50ms";
+    let gw = Gateway::start(&spec, dir.path());
+    let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
+
+    up.wait_for_sync(is_reading, LONG);
+    relay.set_mode(Mode::Refuse);
+    let (boot, at_cut) = newest_local(&local).unwrap();
+    wait_until_sync("readings during the outage", LONG, || {
+        newest_local(&local).is_some_and(|(_, s)| s > at_cut + 100)
+    });
+    relay.set_mode(Mode::Pass);
+    let (_, upto) = newest_local(&local).unwrap();
+    wait_until_sync(
+        "every reading up to the end of the outage upstream",
+        LONG,
+        || has_all(&up, &boot, upto),
+    );
+}
+
+#[test]
+fn rows_pending_at_a_kill_9_are_delivered_after_restart() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let relay = Relay::start(mosq.addr());
+    relay.set_mode(Mode::Refuse);
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(relay.port()));
+    spec.interval = "50ms";
+    let mut gw = Gateway::start(&spec, dir.path());
+    let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
+    wait_until_sync(
+        "readings queued while upstream is unreachable",
+        LONG,
+        || newest_local(&local).is_some_and(|(_, s)| s >= 60),
+    );
+    // Everything the local broker showed was committed first (append before local publish).
+    let (boot, upto) = newest_local(&local).unwrap();
+    gw.kill9();
+    assert_eq!(up.count(is_reading), 0, "nothing could have gone upstream");
+
+    relay.set_mode(Mode::Pass);
+    let _gw = Gateway::start(&spec, dir.path());
+    wait_until_sync("all rows pending at the kill upstream", LONG, || {
+        has_all(&up, &boot, upto)
+    });
+}
+
+#[test]
+fn the_last_will_marks_a_killed_gateway_offline_and_a_restart_online() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(sim.port, Some(mosq.port));
+    let live = MqttWatcher::connect(mosq.port, "fieldbridge/gw/status");
+    let mut gw = Gateway::start(&spec, dir.path());
+    let status = |want: &str, times: usize| {
+        wait_until_sync(want, LONG, || live.count(|m| m.text() == want) == times);
+        // A subscriber arriving afterwards gets it as the retained value.
+        let w = MqttWatcher::connect(mosq.port, "fieldbridge/gw/status");
+        w.wait_for_sync(|m| m.retain && m.text() == want, LONG);
+    };
+    status("online", 1);
+    gw.kill9();
+    status("offline", 1);
+    let _gw = Gateway::start(&spec, dir.path());
+    status("online", 2);
+}
+
+#[test]
+fn a_clean_shutdown_publishes_offline_and_leaves_nothing_unsent() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+    up.wait_for_sync(is_reading, LONG);
+    let status = gw.terminate();
+    assert!(status.success(), "exit status {status}\n{}", gw.log());
+    up.wait_for_sync(
+        |m| m.topic == "fieldbridge/gw/status" && m.text() == "offline",
+        LONG,
+    );
+    let log = gw.log();
+    assert!(log.contains("stopped") && log.contains("queued=0"), "{log}");
+    // every reading the gateway numbered reached upstream
+    let seen = ids_seen(&up.messages());
+    for (boot, seqs) in seen {
+        let max = *seqs.keys().max().unwrap();
+        let all: BTreeSet<u64> = seqs.keys().copied().collect();
+        assert_eq!(all.len() as u64, max + 1, "gaps in boot {boot}");
+    }
+}
+
+#[test]
+fn a_local_client_receives_readings_and_retained_device_status() {
+    let sim = ModbusSim::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&Spec::new(sim.port, None), dir.path());
+    let first = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/dev/#");
+    first.wait_for_sync(|m| m.topic == "fieldbridge/gw/dev/status", LONG);
+    // An independent client (mosquitto_sub) connecting later gets the retained status...
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &gw.broker_port.to_string()])
+        .args([
+            "-t",
+            "fieldbridge/gw/dev/status",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-v",
+            "--retained-only",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "fieldbridge/gw/dev/status online"
+    );
+    // ...and live readings.
+    let out = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &gw.broker_port.to_string()])
+        .args(["-t", "fieldbridge/gw/dev/i32", "-C", "1", "-W", "10"])
+        .output()
+        .unwrap();
+    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON reading");
+    assert_eq!(p["value"], -123456);
+}
+
+#[test]
+fn a_muted_device_goes_offline_and_comes_back_online() {
+    let mut sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/dev/status");
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+    let count = |s: &str| up.count(|m| m.text() == s);
+    wait_until_sync("online", LONG, || count("online") == 1);
+    sim.mute();
+    wait_until_sync("offline after the device stops answering", LONG, || {
+        count("offline") == 1
+    });
+    sim.unmute();
+    wait_until_sync("online again", LONG, || count("online") == 2);
+}
+
+#[test]
+fn a_late_reply_is_never_read_as_the_answer_to_the_next_request() {
+    let mut sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/dev/#");
+    let dir = tempfile::tempdir().unwrap();
+    let _gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+    up.wait_for_sync(|m| m.text() == "online", LONG);
+    // Replies now come 0.4 s late with a 0.3 s timeout: every request times out and its answer
+    // arrives while the next request would be waiting.
+    sim.set_delay(Duration::from_millis(400));
+    up.wait_for_sync(|m| m.text() == "offline", LONG);
+    sim.set_delay(Duration::ZERO);
+    up.wait_for_sync(|m| m.text() == "online" && !m.retain, LONG);
+    let before = up.messages().len();
+    wait_until_sync("several polls after recovery", LONG, || {
+        up.count(|m| m.topic.ends_with("/i32")) > 5 && up.messages().len() > before + 40
+    });
+    // Every reading after recovery is the right value for its own point.
+    let expect: BTreeMap<&str, serde_json::Value> = [
+        ("f32_abcd", json!(21.5)),
+        ("i32", json!(-123456)),
+        ("u16_scaled", json!(234.5)),
+        ("input_u16", json!(777)),
+        ("input_f32", json!(-3.25)),
+        ("coil0", json!(true)),
+        ("discrete1", json!(true)),
+    ]
+    .into();
+    for m in up.messages().iter().filter(|m| is_reading(m)) {
+        let point = m.topic.rsplit('/').next().unwrap();
+        if let Some(want) = expect.get(point) {
+            assert_eq!(&m.json()["value"], want, "{point}: {}", m.text());
+        }
+    }
+}
