@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::gateway::{split_id, Gateway, Spec};
-use common::peers::{wait_until_sync, Message, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay};
+use common::peers::{
+    wait_for_value_sync, wait_until_sync, Message, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay,
+};
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -112,7 +114,7 @@ fn an_upstream_black_hole_loses_no_reading_produced_during_the_outage() {
     wait_until_sync("the gateway to detect the dead link", LONG, || {
         gw.log().contains("upstream_disconnected")
     });
-    let (boot, at_detect) = newest_local(&local).unwrap();
+    let (boot, at_detect) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
     wait_until_sync("more readings during the outage", LONG, || {
         newest_local(&local).is_some_and(|(_, s)| s > at_detect + 100)
     });
@@ -145,7 +147,7 @@ fn a_refused_then_restored_upstream_loses_nothing_either() {
 
     up.wait_for_sync(is_reading, LONG);
     relay.set_mode(Mode::Refuse);
-    let (boot, at_cut) = newest_local(&local).unwrap();
+    let (boot, at_cut) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
     wait_until_sync("readings during the outage", LONG, || {
         newest_local(&local).is_some_and(|(_, s)| s > at_cut + 100)
     });
@@ -293,13 +295,14 @@ fn a_late_reply_is_never_read_as_the_answer_to_the_next_request() {
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/dev/#");
     let dir = tempfile::tempdir().unwrap();
     let _gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
-    up.wait_for_sync(|m| m.text() == "online", LONG);
+    let count = |s: &str| up.count(|m| m.text() == s);
+    wait_until_sync("online", LONG, || count("online") == 1);
     // Replies now come 0.4 s late with a 0.3 s timeout: every request times out and its answer
     // arrives while the next request would be waiting.
     sim.set_delay(Duration::from_millis(400));
-    up.wait_for_sync(|m| m.text() == "offline", LONG);
+    wait_until_sync("offline", LONG, || count("offline") == 1);
     sim.set_delay(Duration::ZERO);
-    up.wait_for_sync(|m| m.text() == "online" && !m.retain, LONG);
+    wait_until_sync("online again", LONG, || count("online") == 2);
     let before = up.messages().len();
     wait_until_sync("several polls after recovery", LONG, || {
         up.count(|m| m.topic.ends_with("/i32")) > 5 && up.messages().len() > before + 40
@@ -321,4 +324,131 @@ fn a_late_reply_is_never_read_as_the_answer_to_the_next_request() {
             assert_eq!(&m.json()["value"], want, "{point}: {}", m.text());
         }
     }
+}
+
+/// A throw-away CA and a server certificate for 127.0.0.1/localhost, made with openssl.
+fn make_certs(dir: &std::path::Path, ca_name: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let subj = format!("/CN={ca_name}");
+    run(&[
+        &["req", "-x509"][..],
+        &ec,
+        &[
+            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", &subj,
+        ],
+    ]
+    .concat());
+    run(&[
+        &["req"][..],
+        &ec,
+        &[
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ],
+    ]
+    .concat());
+    std::fs::write(
+        dir.join("ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
+    )
+    .unwrap();
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext",
+    ]);
+}
+
+fn tls_mosquitto(certs: &std::path::Path) -> (Mosquitto, u16) {
+    let tls_port = common::peers::free_port();
+    let mosq = Mosquitto::start_with_config(&format!(
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+        d = certs.display()
+    ));
+    wait_until_sync("the TLS listener", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
+    });
+    (mosq, tls_port)
+}
+
+#[test]
+fn readings_arrive_over_tls_verified_against_the_configured_ca_file() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path(), "fieldbridge-test-ca");
+    let (mosq, tls_port) = tls_mosquitto(certs.path());
+    let sim = ModbusSim::start(1);
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(tls_port));
+    spec.extra_upstream = format!(
+        "[upstream.tls]\nca_file = \"{}/ca.pem\"\n",
+        certs.path().display()
+    );
+    let _gw = Gateway::start(&spec, dir.path());
+    assert_eq!(value_of(&up, "i32")["value"], -123456);
+    up.wait_for_sync(
+        |m| m.topic == "fieldbridge/gw/status" && m.text() == "online",
+        LONG,
+    );
+}
+
+#[test]
+fn a_server_certificate_from_another_ca_is_refused_with_a_clear_error() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path(), "the-real-ca");
+    let other = tempfile::tempdir().unwrap();
+    make_certs(other.path(), "some-other-ca");
+    let (mosq, tls_port) = tls_mosquitto(certs.path());
+    let sim = ModbusSim::start(1);
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(tls_port));
+    spec.extra_upstream = format!(
+        "[upstream.tls]\nca_file = \"{}/ca.pem\"\n",
+        other.path().display()
+    );
+    let gw = Gateway::start(&spec, dir.path());
+    wait_until_sync("a certificate error in the log", LONG, || {
+        let log = gw.log();
+        log.contains("upstream_connect_failed") && log.contains("certificate")
+    });
+    assert_eq!(
+        up.count(|_| true),
+        0,
+        "nothing may reach the broker over an unverified link"
+    );
 }

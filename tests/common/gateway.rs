@@ -23,7 +23,7 @@ pub struct Spec {
     pub timeout: &'static str,
     /// `[[devices.points]]` tables of the one device, "dev".
     pub points: String,
-    pub extra_upstream: &'static str,
+    pub extra_upstream: String,
 }
 
 impl Spec {
@@ -36,7 +36,7 @@ impl Spec {
             interval: "100ms",
             timeout: "300ms",
             points: POINTS.to_string(),
-            extra_upstream: "",
+            extra_upstream: String::new(),
         }
     }
 
