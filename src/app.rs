@@ -16,7 +16,7 @@ use crate::broker::{BrokerError, LocalBroker};
 use crate::config::Config;
 use crate::device::modbus::ModbusDriver;
 use crate::outbox::{Outbox, OutboxError};
-use crate::pipeline::{self, PipelineStats};
+use crate::pipeline;
 use crate::poller::{self, Schedule};
 use crate::topics::{self, Topics};
 use crate::uplink::{Uplink, UplinkError, UplinkStats};
@@ -38,7 +38,6 @@ pub enum AppError {
 pub struct Running {
     pub outbox: Outbox,
     pub uplink: Option<Arc<UplinkStats>>,
-    pub pipeline: Arc<PipelineStats>,
 }
 
 /// Runs the gateway until `stop` is cancelled. `on_ready` is called once the outbox is open and
@@ -77,17 +76,10 @@ pub async fn run(
     let running = Running {
         outbox: outbox.clone(),
         uplink: uplink.as_ref().map(|u| u.stats()),
-        pipeline: Arc::new(PipelineStats::default()),
     };
 
     let (tx, rx) = mpsc::channel(1024);
-    let pipe = tokio::spawn(pipeline::run(
-        rx,
-        outbox.clone(),
-        local,
-        topics.clone(),
-        running.pipeline.clone(),
-    ));
+    let pipe = tokio::spawn(pipeline::run(rx, outbox.clone(), local, topics.clone()));
     let uplink_stop = CancellationToken::new();
     let uplink_task =
         uplink.map(|u| tokio::spawn(u.run(uplink_stop.clone(), cfg.gateway.shutdown_timeout)));

@@ -86,6 +86,27 @@ pub struct OutboxSettings {
     pub max_rows: u64,
     pub max_bytes: u64,
     pub commit_interval: Duration,
+    /// Rows older than this (in gateway running time, see outbox) are dropped.
+    pub max_age: Option<Duration>,
+    pub overflow: Overflow,
+}
+
+/// What a full outbox gives up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Overflow {
+    DropOldest,
+    DropNewest,
+}
+
+impl std::str::FromStr for Overflow {
+    type Err = ();
+    fn from_str(s: &str) -> Result<Self, ()> {
+        match s {
+            "drop_oldest" => Ok(Overflow::DropOldest),
+            "drop_newest" => Ok(Overflow::DropNewest),
+            _ => Err(()),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -92,6 +92,9 @@ pub struct RawOutbox {
     pub max_bytes: i64,
     #[serde(default = "default_commit_interval")]
     pub commit_interval: String,
+    pub max_age: Option<String>,
+    #[serde(default = "default_overflow")]
+    pub overflow: String,
 }
 
 impl Default for RawOutbox {
@@ -100,6 +103,8 @@ impl Default for RawOutbox {
             max_rows: default_max_rows(),
             max_bytes: default_max_bytes(),
             commit_interval: default_commit_interval(),
+            max_age: None,
+            overflow: default_overflow(),
         }
     }
 }
@@ -188,6 +193,9 @@ fn default_max_rows() -> i64 {
 }
 fn default_max_bytes() -> i64 {
     256 * 1024 * 1024
+}
+fn default_overflow() -> String {
+    "drop_oldest".into()
 }
 fn default_commit_interval() -> String {
     "100ms".into()

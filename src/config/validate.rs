@@ -9,7 +9,8 @@ use std::time::Duration;
 use super::locate::KeyPath;
 use super::raw::{RawConfig, RawDevice, RawPoint, RawUpstream};
 use super::{
-    Broker, Config, Device, Gateway, Issue, OutboxSettings, Point, Tls, Transport, Upstream,
+    Broker, Config, Device, Gateway, Issue, OutboxSettings, Overflow, Point, Tls, Transport,
+    Upstream,
 };
 use crate::device::decode::{DataType, Table, WordOrder};
 use crate::topics::{topic_level_problem, RESERVED_POINT};
@@ -167,6 +168,21 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
             &raw.outbox.commit_interval,
             Duration::ZERO,
             Duration::from_secs(10),
+        ),
+        max_age: raw.outbox.max_age.as_ref().map(|a| {
+            c.duration(
+                o.key("max_age"),
+                a,
+                Duration::from_secs(1),
+                Duration::from_secs(10 * 365 * 86_400),
+            )
+        }),
+        overflow: c.parsed(
+            o.key("overflow"),
+            &raw.outbox.overflow,
+            "overflow policy",
+            "drop_oldest, drop_newest",
+            Overflow::DropOldest,
         ),
     };
 

@@ -1,14 +1,23 @@
 //! The durable outbox: every message bound upstream is committed to SQLite before anyone sees it,
-//! and deleted only when the upstream broker has acknowledged it (design.md §3, O1–O5).
+//! and deleted only when the upstream broker has acknowledged it (design.md §3, O1–O7).
 //!
 //! One writer task owns the write connection and group-commits: appends and acks that arrive
 //! within `commit_interval` share one transaction (an SD card wears out on per-message fsyncs).
 //! `append` returns only after that transaction committed with `synchronous=FULL` in WAL mode, so
 //! a process crash loses nothing that was appended and a power cut at most the group being
 //! committed. In-flight state is not persisted: after a restart every row is sent again (O3).
-//! The outbox is bounded by rows and bytes; when full, the oldest rows are dropped, counted and
-//! logged at error level (O5). Rows are ordered by their id, never by timestamp, so a clock jump
-//! (a Pi without RTC syncing NTP) cannot reorder or drop anything.
+//!
+//! Bounds (O5): rows, bytes and optionally age. When full, `drop_oldest` deletes the oldest rows,
+//! `drop_newest` refuses the new ones; every drop is counted and logged at error level. A write
+//! that fails (disk full, I/O error) is counted as a drop too; the next commit is tried afresh, so
+//! the outbox recovers by itself when space returns.
+//!
+//! Time: rows are ordered by id, never by timestamp. Age is measured on a clock that only runs
+//! while the gateway runs (`mono_ms`, persisted in each row and continued after a restart), so the
+//! jump of the wall clock when a Pi without RTC syncs NTP cannot make rows look old.
+//!
+//! A database that is not a database or is corrupt is moved aside (`outbox.db.corrupt-<unix
+//! time>`) and a fresh one is created (O6): the gateway starts and says so at error level.
 
 pub mod inflight;
 
@@ -23,7 +32,7 @@ use sqlx::{Connection, SqliteConnection};
 use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::time::Instant;
 
-use crate::config::OutboxSettings;
+use crate::config::{OutboxSettings, Overflow};
 
 /// A message bound upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +40,12 @@ pub struct Message {
     pub topic: String,
     pub payload: Vec<u8>,
     pub retain: bool,
+}
+
+impl Message {
+    fn size(&self) -> u64 {
+        (self.topic.len() + self.payload.len()) as u64
+    }
 }
 
 /// A stored message with its row id.
@@ -49,6 +64,13 @@ pub enum OutboxError {
     },
     #[error("outbox {path}: {source}")]
     Db { path: PathBuf, source: sqlx::Error },
+    #[error("outbox {path}: cannot move the corrupt database aside: {source}")]
+    Quarantine {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("outbox: write failed, messages not stored: {0}")]
+    WriteFailed(String),
     #[error("outbox is closed")]
     Closed,
 }
@@ -58,10 +80,24 @@ pub enum OutboxError {
 pub struct Stats {
     pub appended: AtomicU64,
     pub acked: AtomicU64,
+    /// Every message given up: overflow, age, and failed writes.
     pub dropped: AtomicU64,
     pub rows: AtomicU64,
     pub bytes: AtomicU64,
     pub commits: AtomicU64,
+}
+
+/// Milliseconds of gateway running time, continued across restarts from the newest row.
+#[derive(Debug)]
+struct RunClock {
+    base_ms: i64,
+    started: Instant,
+}
+
+impl RunClock {
+    fn now_ms(&self) -> i64 {
+        self.base_ms + self.started.elapsed().as_millis() as i64
+    }
 }
 
 /// Messages waiting for the group commit, and who to tell when it is done.
@@ -80,6 +116,7 @@ pub struct Outbox {
     reader: Arc<Mutex<SqliteConnection>>,
     latest: watch::Receiver<i64>,
     stats: Arc<Stats>,
+    clock: Arc<RunClock>,
     path: PathBuf,
 }
 
@@ -116,7 +153,8 @@ async fn init_schema(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
                 topic TEXT NOT NULL,
                 payload BLOB NOT NULL,
                 retain INTEGER NOT NULL,
-                created_ms INTEGER NOT NULL
+                created_ms INTEGER NOT NULL,
+                mono_ms INTEGER NOT NULL
             )",
         )
         .execute(&mut *conn)
@@ -131,51 +169,118 @@ async fn init_schema(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
     Ok(())
 }
 
+/// SQLITE_CORRUPT (11) and SQLITE_NOTADB (26), including their extended codes.
+fn is_corruption(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .and_then(|c| c.parse::<i32>().ok())
+            .is_some_and(|c| matches!(c & 0xff, 11 | 26)),
+        _ => false,
+    }
+}
+
+/// Renames the database and its WAL/SHM files to `<name>.corrupt-<unix seconds>`.
+fn quarantine(path: &Path) -> Result<PathBuf, OutboxError> {
+    let stamp = crate::reading::now_ms() / 1000;
+    let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
+    for suffix in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{suffix}", path.display()));
+        if from.exists() {
+            let to = PathBuf::from(format!("{}{suffix}", aside.display()));
+            std::fs::rename(&from, &to).map_err(|source| OutboxError::Quarantine {
+                path: from.clone(),
+                source,
+            })?;
+        }
+    }
+    Ok(aside)
+}
+
+struct Opened {
+    writer: SqliteConnection,
+    reader: SqliteConnection,
+    rows: i64,
+    bytes: i64,
+    max_id: i64,
+    max_mono: i64,
+}
+
+async fn open_db(path: &Path) -> Result<Opened, sqlx::Error> {
+    let mut writer = connect(path).await?;
+    init_schema(&mut writer).await?;
+    let reader = connect(path).await?;
+    let (rows, bytes, max_id, max_mono): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*), COALESCE(SUM(LENGTH(topic) + LENGTH(payload)), 0),
+                COALESCE(MAX(id), 0), COALESCE(MAX(mono_ms), 0) FROM outbox",
+    )
+    .fetch_one(&mut writer)
+    .await?;
+    Ok(Opened {
+        writer,
+        reader,
+        rows,
+        bytes,
+        max_id,
+        max_mono,
+    })
+}
+
 impl Outbox {
-    /// Opens (or creates) `dir/outbox.db` and starts the writer task.
+    /// Opens (or creates) `dir/outbox.db` and starts the writer task. A corrupt database is
+    /// moved aside and replaced by an empty one.
     pub async fn open(dir: &Path, settings: &OutboxSettings) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(dir).map_err(|source| OutboxError::Dir {
             path: dir.to_path_buf(),
             source,
         })?;
         let path = dir.join("outbox.db");
-        let err = db_err(&path);
-        let mut writer = connect(&path).await.map_err(&err)?;
-        init_schema(&mut writer).await.map_err(&err)?;
-        let reader = connect(&path).await.map_err(&err)?;
-        let (rows, bytes, max_id): (i64, i64, i64) = sqlx::query_as(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(topic) + LENGTH(payload)), 0),
-                    COALESCE(MAX(id), 0) FROM outbox",
-        )
-        .fetch_one(&mut writer)
-        .await
-        .map_err(&err)?;
+        let opened = match open_db(&path).await {
+            Ok(o) => o,
+            Err(e) if is_corruption(&e) => {
+                let aside = quarantine(&path)?;
+                tracing::error!(
+                    event = "outbox_quarantined",
+                    error = %e,
+                    path = %path.display(),
+                    moved_to = %aside.display(),
+                    "outbox database is corrupt: moved it aside and started a new, empty one; messages in the old file were not sent"
+                );
+                open_db(&path).await.map_err(db_err(&path))?
+            }
+            Err(e) => return Err(db_err(&path)(e)),
+        };
         let stats = Arc::new(Stats::default());
-        stats.rows.store(rows as u64, Ordering::Relaxed);
-        stats.bytes.store(bytes as u64, Ordering::Relaxed);
-        if rows > 0 {
+        stats.rows.store(opened.rows as u64, Ordering::Relaxed);
+        stats.bytes.store(opened.bytes as u64, Ordering::Relaxed);
+        if opened.rows > 0 {
             tracing::info!(
-                rows,
-                bytes,
+                rows = opened.rows,
+                bytes = opened.bytes,
                 "outbox holds unsent messages from before; sending them first"
             );
         }
-        let (latest_tx, latest) = watch::channel(max_id);
+        let clock = Arc::new(RunClock {
+            base_ms: opened.max_mono + 1,
+            started: Instant::now(),
+        });
+        let (latest_tx, latest) = watch::channel(opened.max_id);
         let (tx, rx) = mpsc::channel(256);
         let w = Writer {
-            conn: writer,
+            conn: opened.writer,
             settings: settings.clone(),
             stats: stats.clone(),
             latest: latest_tx,
+            clock: clock.clone(),
             path: path.clone(),
         };
         tokio::spawn(w.run(rx));
-        let path = path.clone();
         Ok(Outbox {
             tx,
-            reader: Arc::new(Mutex::new(reader)),
+            reader: Arc::new(Mutex::new(opened.reader)),
             latest,
             stats,
+            clock,
             path,
         })
     }
@@ -189,6 +294,7 @@ impl Outbox {
     }
 
     /// Durably appends `messages`; returns after the transaction that holds them committed.
+    /// Messages refused by `drop_newest` count as stored-and-dropped, not as an error.
     pub async fn append(&self, messages: Vec<Message>) -> Result<(), OutboxError> {
         if messages.is_empty() {
             return Ok(());
@@ -200,10 +306,7 @@ impl Outbox {
             .map_err(|_| OutboxError::Closed)?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(OutboxError::Db {
-                path: self.path.clone(),
-                source: sqlx::Error::Protocol(e),
-            }),
+            Ok(Err(e)) => Err(OutboxError::WriteFailed(e)),
             Err(_) => Err(OutboxError::Closed),
         }
     }
@@ -229,13 +332,20 @@ impl Outbox {
         rx.await.map_err(|_| OutboxError::Closed)
     }
 
-    /// Up to `limit` rows with an id greater than `after`, oldest first.
-    pub async fn fetch_after(&self, after: i64, limit: usize) -> Result<Vec<Row>, OutboxError> {
+    /// Up to `limit` rows with an id greater than `after` (and at most `upto`), oldest first.
+    pub async fn fetch_range(
+        &self,
+        after: i64,
+        upto: i64,
+        limit: usize,
+    ) -> Result<Vec<Row>, OutboxError> {
         let mut conn = self.reader.lock().await;
         let rows: Vec<(i64, String, Vec<u8>, bool)> = sqlx::query_as(
-            "SELECT id, topic, payload, retain FROM outbox WHERE id > ? ORDER BY id LIMIT ?",
+            "SELECT id, topic, payload, retain FROM outbox WHERE id > ? AND id <= ?
+             ORDER BY id LIMIT ?",
         )
         .bind(after)
+        .bind(upto)
         .bind(limit as i64)
         .fetch_all(&mut *conn)
         .await
@@ -253,6 +363,21 @@ impl Outbox {
             .collect())
     }
 
+    /// Up to `limit` rows with an id greater than `after`, oldest first.
+    pub async fn fetch_after(&self, after: i64, limit: usize) -> Result<Vec<Row>, OutboxError> {
+        self.fetch_range(after, i64::MAX, limit).await
+    }
+
+    /// How long the oldest stored message has waited (in gateway running time).
+    pub async fn oldest_age(&self) -> Result<Option<Duration>, OutboxError> {
+        let mut conn = self.reader.lock().await;
+        let row: Option<(i64,)> = sqlx::query_as("SELECT mono_ms FROM outbox ORDER BY id LIMIT 1")
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(db_err(&self.path))?;
+        Ok(row.map(|(m,)| Duration::from_millis((self.clock.now_ms() - m).max(0) as u64)))
+    }
+
     /// The id of the newest committed row; changes whenever a commit adds rows.
     pub fn latest(&self) -> watch::Receiver<i64> {
         self.latest.clone()
@@ -264,15 +389,37 @@ struct Writer {
     settings: OutboxSettings,
     stats: Arc<Stats>,
     latest: watch::Sender<i64>,
+    clock: Arc<RunClock>,
     path: PathBuf,
 }
 
 /// Upper bound of messages in one transaction, so one commit never holds the writer for long.
 const MAX_GROUP: usize = 20_000;
+/// How often the age limit is applied when nothing else happens.
+const AGE_TICK: Duration = Duration::from_secs(1);
+
+/// Why messages were given up, for the log line.
+#[derive(Debug, Clone, Copy)]
+enum DropReason {
+    Full,
+    Age,
+}
 
 impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) {
-        while let Some(first) = rx.recv().await {
+        loop {
+            let first = if self.settings.max_age.is_some() {
+                match tokio::time::timeout(AGE_TICK, rx.recv()).await {
+                    Ok(Some(cmd)) => Some(cmd),
+                    Ok(None) => break,
+                    Err(_) => None,
+                }
+            } else {
+                match rx.recv().await {
+                    Some(cmd) => Some(cmd),
+                    None => break,
+                }
+            };
             let mut appends: Vec<PendingAppend> = Vec::new();
             let mut acks: Vec<i64> = Vec::new();
             let mut flushes: Vec<oneshot::Sender<()>> = Vec::new();
@@ -288,24 +435,21 @@ impl Writer {
                 }
                 WriteCmd::Flush(tx) => flushes.push(tx),
             };
-            take(first, &mut count);
-            // Group commit: collect what arrives within the interval into one transaction.
-            let deadline = Instant::now() + self.settings.commit_interval;
-            while count < MAX_GROUP {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(cmd)) => take(cmd, &mut count),
-                    Ok(None) | Err(_) => break,
+            if let Some(cmd) = first {
+                take(cmd, &mut count);
+                // Group commit: collect what arrives within the interval into one transaction.
+                let deadline = Instant::now() + self.settings.commit_interval;
+                while count < MAX_GROUP {
+                    match tokio::time::timeout_at(deadline, rx.recv()).await {
+                        Ok(Some(cmd)) => take(cmd, &mut count),
+                        Ok(None) | Err(_) => break,
+                    }
                 }
             }
+            let offered: u64 = appends.iter().map(|(m, _)| m.len() as u64).sum();
             let result = self.commit(&appends, &acks).await;
-            match &result {
-                Ok(()) => {}
-                Err(e) => tracing::error!(
-                    error = %e,
-                    path = %self.path.display(),
-                    lost = appends.iter().map(|(m, _)| m.len()).sum::<usize>(),
-                    "outbox commit failed; these messages were not stored"
-                ),
+            if let Err(e) = &result {
+                self.count_drops(offered, None, Some(e));
             }
             let reply = result.map_err(|e| e.to_string());
             for (_, tx) in appends {
@@ -317,31 +461,48 @@ impl Writer {
         }
     }
 
+    fn count_drops(&self, n: u64, reason: Option<DropReason>, error: Option<&sqlx::Error>) {
+        if n == 0 {
+            return;
+        }
+        let total = self.stats.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        match (reason, error) {
+            (_, Some(e)) => tracing::error!(
+                event = "outbox_drop",
+                reason = "write_failed",
+                dropped = n,
+                dropped_total = total,
+                error = %e,
+                path = %self.path.display(),
+                "outbox write failed (disk full?): these messages were not stored and will not reach upstream"
+            ),
+            (Some(r), None) => tracing::error!(
+                event = "outbox_drop",
+                reason = ?r,
+                dropped = n,
+                dropped_total = total,
+                policy = ?self.settings.overflow,
+                max_rows = self.settings.max_rows,
+                max_bytes = self.settings.max_bytes,
+                max_age = ?self.settings.max_age,
+                "outbox limit reached: messages dropped"
+            ),
+            (None, None) => {}
+        }
+    }
+
     async fn commit(&mut self, appends: &[PendingAppend], acks: &[i64]) -> Result<(), sqlx::Error> {
         let now = crate::reading::now_ms();
+        let mono = self.clock.now_ms();
+        let s = &self.settings;
         let mut tx = self.conn.begin().await?;
-        let mut added_rows = 0u64;
-        let mut added_bytes = 0u64;
-        let mut last_id = None;
-        for (msgs, _) in appends {
-            for m in msgs {
-                let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO outbox (topic, payload, retain, created_ms) VALUES (?, ?, ?, ?)
-                     RETURNING id",
-                )
-                .bind(&m.topic)
-                .bind(&m.payload)
-                .bind(m.retain)
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                last_id = Some(id);
-                added_rows += 1;
-                added_bytes += (m.topic.len() + m.payload.len()) as u64;
-            }
-        }
-        let mut removed_rows = 0u64;
-        let mut removed_bytes = 0u64;
+
+        // Acks first: they make room for this group's appends.
+        let (mut rows, mut bytes) = (
+            self.stats.rows.load(Ordering::Relaxed),
+            self.stats.bytes.load(Ordering::Relaxed),
+        );
+        let mut acked = 0u64;
         for chunk in acks.chunks(500) {
             let placeholders = vec!["?"; chunk.len()].join(",");
             let sql = format!(
@@ -354,39 +515,67 @@ impl Writer {
                 q = q.bind(id);
             }
             for (len,) in q.fetch_all(&mut *tx).await? {
-                removed_rows += 1;
-                removed_bytes += len as u64;
+                acked += 1;
+                rows -= 1;
+                bytes = bytes.saturating_sub(len as u64);
             }
         }
-        let rows = self.stats.rows.load(Ordering::Relaxed) + added_rows - removed_rows;
-        let bytes = self.stats.bytes.load(Ordering::Relaxed) + added_bytes - removed_bytes;
-        let (dropped_rows, dropped_bytes) =
-            enforce_bounds(&mut tx, &self.settings, rows, bytes).await?;
+
+        let mut aged = 0u64;
+        if let Some(max_age) = s.max_age {
+            let limit = mono - max_age.as_millis() as i64;
+            for (len,) in sqlx::query_as::<_, (i64,)>(
+                "DELETE FROM outbox WHERE mono_ms < ? RETURNING LENGTH(topic) + LENGTH(payload)",
+            )
+            .bind(limit)
+            .fetch_all(&mut *tx)
+            .await?
+            {
+                aged += 1;
+                rows -= 1;
+                bytes = bytes.saturating_sub(len as u64);
+            }
+        }
+
+        let mut refused = 0u64;
+        let mut added = 0u64;
+        let mut last_id = None;
+        for (msgs, _) in appends {
+            for m in msgs {
+                let fits = rows < s.max_rows && bytes + m.size() <= s.max_bytes;
+                if !fits && s.overflow == Overflow::DropNewest {
+                    refused += 1;
+                    continue;
+                }
+                let (id,): (i64,) = sqlx::query_as(
+                    "INSERT INTO outbox (topic, payload, retain, created_ms, mono_ms)
+                     VALUES (?, ?, ?, ?, ?) RETURNING id",
+                )
+                .bind(&m.topic)
+                .bind(&m.payload)
+                .bind(m.retain)
+                .bind(now)
+                .bind(mono)
+                .fetch_one(&mut *tx)
+                .await?;
+                last_id = Some(id);
+                added += 1;
+                rows += 1;
+                bytes += m.size();
+            }
+        }
+        let (evicted, evicted_bytes) = enforce_bounds(&mut tx, s, rows, bytes).await?;
         tx.commit().await?;
+
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.stats.appended.fetch_add(added_rows, Ordering::Relaxed);
-        self.stats.acked.fetch_add(removed_rows, Ordering::Relaxed);
-        self.stats
-            .rows
-            .store(rows - dropped_rows, Ordering::Relaxed);
+        self.stats.appended.fetch_add(added, Ordering::Relaxed);
+        self.stats.acked.fetch_add(acked, Ordering::Relaxed);
+        self.stats.rows.store(rows - evicted, Ordering::Relaxed);
         self.stats
             .bytes
-            .store(bytes - dropped_bytes, Ordering::Relaxed);
-        if dropped_rows > 0 {
-            let total = self
-                .stats
-                .dropped
-                .fetch_add(dropped_rows, Ordering::Relaxed)
-                + dropped_rows;
-            tracing::error!(
-                event = "outbox_drop",
-                dropped = dropped_rows,
-                dropped_total = total,
-                max_rows = self.settings.max_rows,
-                max_bytes = self.settings.max_bytes,
-                "outbox full: dropped the oldest messages"
-            );
-        }
+            .store(bytes.saturating_sub(evicted_bytes), Ordering::Relaxed);
+        self.count_drops(refused + evicted, Some(DropReason::Full), None);
+        self.count_drops(aged, Some(DropReason::Age), None);
         if let Some(id) = last_id {
             self.latest.send_replace(id);
         }
@@ -411,7 +600,7 @@ async fn enforce_bounds(
     while r > max_rows || b > max_bytes {
         let page: Vec<(i64, i64)> = sqlx::query_as(
             "SELECT id, LENGTH(topic) + LENGTH(payload) FROM outbox WHERE id > ?
-                 ORDER BY id LIMIT 1000",
+             ORDER BY id LIMIT 1000",
         )
         .bind(upto.unwrap_or(0))
         .fetch_all(&mut **tx)
@@ -448,7 +637,18 @@ mod tests {
             max_rows,
             max_bytes,
             commit_interval: Duration::from_millis(5),
+            max_age: None,
+            overflow: Overflow::DropOldest,
         }
+    }
+
+    async fn topics(ob: &Outbox) -> Vec<String> {
+        ob.fetch_after(0, 100)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.message.topic)
+            .collect()
     }
 
     fn msg(i: usize) -> Message {
@@ -538,5 +738,96 @@ mod tests {
         let rows = ob.fetch_after(first, 10).await.unwrap();
         assert_eq!(rows.len(), 1);
         assert_eq!(rows[0].id, second);
+    }
+
+    #[tokio::test]
+    async fn drop_newest_keeps_the_stored_rows_and_refuses_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = settings(3, 1 << 20);
+        st.overflow = Overflow::DropNewest;
+        let ob = Outbox::open(dir.path(), &st).await.unwrap();
+        ob.append((0..5).map(msg).collect()).await.unwrap();
+        assert_eq!(topics(&ob).await, vec!["t/0", "t/1", "t/2"]);
+        assert_eq!(ob.stats().dropped.load(Ordering::Relaxed), 2);
+        // an ack makes room again
+        let first = ob.fetch_after(0, 1).await.unwrap()[0].id;
+        ob.ack(vec![first]).await.unwrap();
+        ob.append(vec![msg(9)]).await.unwrap();
+        assert_eq!(topics(&ob).await, vec!["t/1", "t/2", "t/9"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rows_older_than_max_age_in_running_time_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = settings(100, 1 << 20);
+        st.max_age = Some(Duration::from_secs(60));
+        let ob = Outbox::open(dir.path(), &st).await.unwrap();
+        ob.append(vec![msg(0)]).await.unwrap();
+        tokio::time::advance(Duration::from_secs(30)).await;
+        ob.append(vec![msg(1)]).await.unwrap();
+        tokio::time::advance(Duration::from_secs(31)).await;
+        ob.append(vec![msg(2)]).await.unwrap();
+        assert_eq!(topics(&ob).await, vec!["t/1", "t/2"]);
+        assert_eq!(ob.stats().dropped.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test]
+    async fn wall_clock_timestamps_neither_order_nor_age_rows() {
+        // Rows written before NTP synced carry 1970 wall-clock times; after the sync new rows
+        // carry 2026. Neither the order nor the age limit may depend on that.
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = settings(100, 1 << 20);
+        st.max_age = Some(Duration::from_secs(3600));
+        let ob = Outbox::open(dir.path(), &st).await.unwrap();
+        ob.append(vec![msg(0), msg(1)]).await.unwrap();
+        let mut conn = connect(ob.path()).await.unwrap();
+        sqlx::query("UPDATE outbox SET created_ms = 0")
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        ob.append(vec![msg(2)]).await.unwrap();
+        assert_eq!(topics(&ob).await, vec!["t/0", "t/1", "t/2"]);
+        assert_eq!(ob.stats().dropped.load(Ordering::Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn the_running_clock_continues_after_a_restart_so_older_rows_stay_older() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = settings(100, 1 << 20);
+        let ob = Outbox::open(dir.path(), &st).await.unwrap();
+        ob.append(vec![msg(0), msg(1)]).await.unwrap();
+        drop(ob);
+        let ob = Outbox::open(dir.path(), &st).await.unwrap();
+        ob.append(vec![msg(2)]).await.unwrap();
+        let mut conn = connect(ob.path()).await.unwrap();
+        let stamps: Vec<(i64,)> = sqlx::query_as("SELECT mono_ms FROM outbox ORDER BY id")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(stamps.len(), 3);
+        assert!(stamps[2].0 > stamps[1].0, "{stamps:?}");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_database_is_moved_aside_and_a_fresh_one_works() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("outbox.db"), vec![0xA5u8; 8192]).unwrap();
+        let ob = Outbox::open(dir.path(), &settings(100, 1 << 20))
+            .await
+            .unwrap();
+        ob.append(vec![msg(0)]).await.unwrap();
+        assert_eq!(topics(&ob).await, vec!["t/0"]);
+        let aside: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("outbox.db.corrupt-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
+        let kept = std::fs::read(dir.path().join(&aside[0])).unwrap();
+        assert_eq!(
+            kept,
+            vec![0xA5u8; 8192],
+            "the corrupt file is kept for inspection"
+        );
     }
 }
