@@ -212,6 +212,8 @@ fn main() {
                 max_rows: 10_000_000,
                 max_bytes: 1 << 34,
                 commit_interval: Duration::from_millis(0),
+                max_age: None,
+                overflow: fieldbridge::config::Overflow::DropOldest,
             };
             let ob = Outbox::open(&data, &settings).await.unwrap();
             let mut seq = 0u64;
