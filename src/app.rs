@@ -18,6 +18,7 @@ use crate::device::modbus::ModbusDriver;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline;
 use crate::poller::{self, Schedule};
+use crate::stats::{Board, Reporter};
 use crate::topics::{self, Topics};
 use crate::uplink::{Uplink, UplinkError, UplinkStats};
 
@@ -79,7 +80,28 @@ pub async fn run(
     };
 
     let (tx, rx) = mpsc::channel(1024);
-    let pipe = tokio::spawn(pipeline::run(rx, outbox.clone(), local, topics.clone()));
+    let board = Arc::new(Board::new(cfg.devices.iter().map(|d| &d.name)));
+    let (routed_tx, routed_rx) = mpsc::channel(256);
+    let pipe_stop = CancellationToken::new();
+    let pipe = tokio::spawn(pipeline::run(
+        rx,
+        routed_rx,
+        outbox.clone(),
+        local,
+        topics.clone(),
+        board.clone(),
+        pipe_stop.clone(),
+    ));
+    let stats_stop = CancellationToken::new();
+    let reporter = Reporter {
+        interval: cfg.gateway.stats_interval,
+        outbox: outbox.clone(),
+        uplink: running.uplink.clone(),
+        board,
+        topics: topics.clone(),
+        tx: routed_tx.clone(),
+    };
+    let stats_task = tokio::spawn(reporter.run(stats_stop.clone()));
     let uplink_stop = CancellationToken::new();
     let uplink_task =
         uplink.map(|u| tokio::spawn(u.run(uplink_stop.clone(), cfg.gateway.shutdown_timeout)));
@@ -113,7 +135,10 @@ pub async fn run(
     stop.cancelled().await;
     tracing::info!("shutting down");
     poll_stop.cancel();
+    stats_stop.cancel();
     while pollers.join_next().await.is_some() {}
+    let _ = stats_task.await;
+    pipe_stop.cancel();
     let local = pipe.await.map_err(|e| AppError::Internal(e.to_string()))?;
     outbox.flush().await?;
     uplink_stop.cancel();

@@ -6,12 +6,15 @@
 //! gets it; the outbox counts and logs the loss, and polling and local clients go on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::broker::LocalBroker;
 use crate::outbox::{Message, Outbox};
 use crate::reading::DeviceEvent;
+use crate::stats::Board;
 use crate::topics::{self, Topics};
 
 /// Makes message ids that are unique across restarts and stable across resends: a random boot
@@ -75,36 +78,104 @@ pub fn to_messages(events: &[DeviceEvent], topics: &Topics, ids: &MessageIds) ->
 
 const MAX_BATCH: usize = 5000;
 
-/// Runs until every sender of `rx` is gone, then returns (with the broker handle) after the last
-/// batch is committed.
+/// Where a message that is not a device event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Outbox (then upstream) and the local broker, like a reading.
+    Everywhere,
+    /// Outbox only: it came from a local client and is already in the local broker.
+    UpstreamOnly,
+    /// Local broker only: it came from upstream.
+    LocalOnly,
+}
+
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub message: Message,
+    pub route: Route,
+}
+
+/// Splits one batch into what goes to the outbox and what goes to the local broker, keeping
+/// the order within each.
+pub fn split_routes(device: Vec<Message>, routed: Vec<Routed>) -> (Vec<Message>, Vec<Message>) {
+    let mut up = device.clone();
+    let mut local = device;
+    for r in routed {
+        match r.route {
+            Route::Everywhere => {
+                up.push(r.message.clone());
+                local.push(r.message);
+            }
+            Route::UpstreamOnly => up.push(r.message),
+            Route::LocalOnly => local.push(r.message),
+        }
+    }
+    (up, local)
+}
+
+/// Runs until `stop`, then takes what is still queued on both channels, commits it and returns
+/// the broker handle. `other` carries routed messages (stats, forwarding). The caller stops the
+/// producers before cancelling `stop`, so nothing they sent is left behind.
 pub async fn run(
-    mut rx: mpsc::Receiver<DeviceEvent>,
+    mut events: mpsc::Receiver<DeviceEvent>,
+    mut other: mpsc::Receiver<Routed>,
     outbox: Outbox,
     mut local: Option<LocalBroker>,
     topics: Topics,
+    board: Arc<Board>,
+    stop: CancellationToken,
 ) -> Option<LocalBroker> {
     let ids = MessageIds::new();
-    let mut events = Vec::new();
-    loop {
-        events.clear();
-        if rx.recv_many(&mut events, MAX_BATCH).await == 0 {
-            break;
+    let mut evs = Vec::new();
+    let mut routed = Vec::new();
+    let (mut events_open, mut other_open) = (true, true);
+    let mut stopping = false;
+    while !stopping {
+        evs.clear();
+        routed.clear();
+        tokio::select! {
+            n = events.recv_many(&mut evs, MAX_BATCH), if events_open => events_open = n > 0,
+            n = other.recv_many(&mut routed, MAX_BATCH), if other_open => other_open = n > 0,
+            _ = stop.cancelled() => stopping = true,
         }
-        let messages = to_messages(&events, &topics, &ids);
-        // The outbox counts and logs a failed write as a drop; local subscribers still get
-        // the messages.
-        if let Err(e) = outbox.append(messages.clone()).await {
-            tracing::debug!(error = %e, n = messages.len(), "published locally only");
+        // Take whatever else is already queued on either side into the same group commit.
+        while let Ok(e) = events.try_recv() {
+            evs.push(e);
+            if evs.len() >= MAX_BATCH && !stopping {
+                break;
+            }
         }
-        if let Some(b) = local.as_mut() {
-            for m in &messages {
-                if let Err(e) = b.publish(&m.topic, &m.payload, m.retain).await {
-                    tracing::warn!(error = %e, topic = %m.topic, "local publish failed");
-                }
+        while let Ok(r) = other.try_recv() {
+            routed.push(r);
+            if routed.len() >= MAX_BATCH && !stopping {
+                break;
+            }
+        }
+        board.observe(&evs);
+        let (up, down) = split_routes(to_messages(&evs, &topics, &ids), routed.drain(..).collect());
+        deliver(&outbox, local.as_mut(), up, down).await;
+    }
+    local
+}
+
+async fn deliver(
+    outbox: &Outbox,
+    local: Option<&mut LocalBroker>,
+    up: Vec<Message>,
+    down: Vec<Message>,
+) {
+    // The outbox counts and logs a failed write as a drop; local subscribers still get the
+    // messages.
+    if let Err(e) = outbox.append(up).await {
+        tracing::debug!(error = %e, "published locally only");
+    }
+    if let Some(b) = local {
+        for m in &down {
+            if let Err(e) = b.publish(&m.topic, &m.payload, m.retain).await {
+                tracing::warn!(error = %e, topic = %m.topic, "local publish failed");
             }
         }
     }
-    local
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! `{"id": "<message id>", "value": …, "unit": "…", "ts": <ms>, "quality": "good"}`.
 //! Device status: `<prefix>/<gateway>/<device>/status` = `online` | `offline`, retained.
 //! Gateway status: `<prefix>/<gateway>/status` = `online` | `offline`, retained.
+//! Statistics: `<prefix>/<gateway>/stats`, JSON, retained.
 
 use serde_json::{json, Map, Number};
 
@@ -31,6 +32,9 @@ impl Topics {
     }
     pub fn gateway_status(&self) -> String {
         format!("{}/status", self.base)
+    }
+    pub fn stats(&self) -> String {
+        format!("{}/stats", self.base)
     }
     /// Everything this gateway publishes, for a subscriber.
     pub fn all(&self) -> String {

@@ -452,3 +452,24 @@ fn a_server_certificate_from_another_ca_is_refused_with_a_clear_error() {
         "nothing may reach the broker over an unverified link"
     );
 }
+
+#[test]
+fn stats_are_published_retained_upstream_and_locally() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(mosq.port));
+    spec.stats_interval = "200ms";
+    let gw = Gateway::start(&spec, dir.path());
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/stats");
+    let m = up.wait_for_sync(|m| m.json()["devices"]["online"] == 1, LONG);
+    let v = m.json();
+    assert_eq!(v["devices"]["total"], 1, "{v}");
+    assert_eq!(v["upstream"]["connected"], true, "{v}");
+    assert!(v["outbox"]["acked"].as_u64().unwrap() > 0, "{v}");
+    let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/stats");
+    local.wait_for_sync(|m| m.retain, LONG);
+    wait_until_sync("a stats log line", LONG, || {
+        gw.log().contains("event=\"stats\"")
+    });
+}

@@ -36,6 +36,7 @@ pub struct Gateway {
     pub data_dir: PathBuf,
     pub topic_prefix: String,
     pub shutdown_timeout: Duration,
+    pub stats_interval: Duration,
 }
 
 #[derive(Debug, Clone)]

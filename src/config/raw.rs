@@ -29,6 +29,8 @@ pub struct RawGateway {
     pub topic_prefix: String,
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: String,
+    #[serde(default = "default_stats_interval")]
+    pub stats_interval: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +165,9 @@ fn default_prefix() -> String {
 }
 fn default_shutdown_timeout() -> String {
     "5s".into()
+}
+fn default_stats_interval() -> String {
+    "60s".into()
 }
 fn default_listen() -> String {
     "127.0.0.1:1883".into()

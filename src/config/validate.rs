@@ -118,6 +118,12 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
             Duration::from_millis(100),
             Duration::from_secs(300),
         ),
+        stats_interval: c.duration(
+            g.key("stats_interval"),
+            &raw.gateway.stats_interval,
+            Duration::from_millis(100),
+            Duration::from_secs(86_400),
+        ),
     };
 
     let b = root.key("broker");

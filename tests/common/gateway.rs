@@ -24,6 +24,7 @@ pub struct Spec {
     /// `[[devices.points]]` tables of the one device, "dev".
     pub points: String,
     pub extra_upstream: String,
+    pub stats_interval: &'static str,
 }
 
 impl Spec {
@@ -37,6 +38,7 @@ impl Spec {
             timeout: "300ms",
             points: POINTS.to_string(),
             extra_upstream: String::new(),
+            stats_interval: "60s",
         }
     }
 
@@ -53,6 +55,7 @@ impl Spec {
 id = "{id}"
 data_dir = "{dir}"
 shutdown_timeout = "3s"
+stats_interval = "{stats}"
 
 [broker]
 listen = "127.0.0.1:{bp}"
@@ -80,6 +83,7 @@ backoff_max = "500ms"
             interval = self.interval,
             timeout = self.timeout,
             points = self.points,
+            stats = self.stats_interval,
         )
     }
 }
