@@ -152,7 +152,10 @@ pub async fn run(
             }
         }
         board.observe(&evs);
-        let (up, down) = split_routes(to_messages(&evs, &topics, &ids), routed.drain(..).collect());
+        let (up, down) = split_routes(
+            to_messages(&evs, &topics, &ids),
+            std::mem::take(&mut routed),
+        );
         deliver(&outbox, local.as_mut(), up, down).await;
     }
     local
