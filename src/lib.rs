@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod poller;
 pub mod reading;
+pub mod replay;
 pub mod stats;
 pub mod telemetry;
 pub mod topics;

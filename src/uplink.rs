@@ -17,19 +17,22 @@ use rumqttc::{
     TlsConfiguration, Transport,
 };
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Tls, Upstream};
 use crate::outbox::inflight::{InFlight, Tag};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Row};
+use crate::replay::{quotas, Bucket};
 use crate::topics::{self, Topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
     #[error("upstream TLS: cannot read CA file {path}: {reason}")]
     CaFile { path: String, reason: String },
+    #[error("upstream TLS: cannot use {path}: {reason}")]
+    ClientCert { path: String, reason: String },
     #[error("upstream TLS: {0}")]
     Tls(String),
 }
@@ -80,11 +83,31 @@ fn tls_transport(t: &Tls) -> Result<Transport, UplinkError> {
         return Err(ca_err("no certificate found in the file".into()));
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| UplinkError::Tls(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match &t.client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let file_err = |path: &std::path::Path, reason: String| UplinkError::ClientCert {
+                path: path.display().to_string(),
+                reason,
+            };
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| file_err(cert, e.to_string()))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| file_err(cert, e.to_string()))?;
+            if chain.is_empty() {
+                return Err(file_err(cert, "no certificate found in the file".into()));
+            }
+            let key_der =
+                PrivateKeyDer::from_pem_file(key).map_err(|e| file_err(key, e.to_string()))?;
+            builder
+                .with_client_auth_cert(chain, key_der)
+                .map_err(|e| UplinkError::Tls(format!("client certificate and key: {e}")))?
+        }
+    };
     Ok(Transport::tls_with_config(TlsConfiguration::Rustls(
         Arc::new(config),
     )))
@@ -205,40 +228,64 @@ impl Uplink {
 
         let mut latest = self.outbox.latest();
         let mut latest_open = true;
-        let mut last_sent: i64 = 0;
+        // Rows up to `replay_end` were stored before this connection: the backlog.
+        let replay_end = *latest.borrow_and_update();
+        let mut backlog_sent: i64 = 0;
+        let mut backlog_done = replay_end == 0;
+        let mut live_sent: i64 = replay_end;
+        let mut bucket = Bucket::new(self.cfg.replay_rate, std::time::Instant::now());
         let mut acks: Vec<i64> = Vec::new();
         let mut stopping = false;
         let mut deadline = Instant::now();
         loop {
             if !stopping && inflight.len() < window {
                 let newest = *latest.borrow_and_update();
-                if newest > last_sent {
-                    let room = window - inflight.len();
-                    let rows = match self.outbox.fetch_after(last_sent, room).await {
-                        Ok(r) => r,
-                        Err(e) => return End::Failed(format!("reading the outbox: {e}")),
-                    };
-                    if rows.is_empty() {
-                        // Everything up to `newest` was acked or dropped meanwhile.
-                        last_sent = newest;
-                    }
-                    for r in rows {
-                        let m = r.message;
-                        if let Err(e) =
-                            client.try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
-                        {
-                            return End::Failed(e.to_string());
+                let room = window - inflight.len();
+                let (live_cap, _) = quotas(room, newest > live_sent, !backlog_done);
+                let mut sent_now = 0;
+                if live_cap > 0 && newest > live_sent {
+                    match self.outbox.fetch_range(live_sent, newest, live_cap).await {
+                        Ok(rows) => {
+                            // Empty: everything up to `newest` was acked or dropped meanwhile.
+                            live_sent = rows.last().map_or(newest, |r| r.id);
+                            sent_now += rows.len();
+                            if let Err(e) = self.send_rows(&client, &mut inflight, rows) {
+                                return End::Failed(e);
+                            }
                         }
-                        inflight.requested(Tag::Row(r.id));
-                        last_sent = r.id;
-                        self.stats.sent.fetch_add(1, Ordering::Relaxed);
+                        Err(e) => return End::Failed(format!("reading the outbox: {e}")),
+                    }
+                }
+                let backlog_room =
+                    (room - sent_now).min(bucket.available(std::time::Instant::now()));
+                if !backlog_done && backlog_room > 0 {
+                    match self
+                        .outbox
+                        .fetch_range(backlog_sent, replay_end, backlog_room)
+                        .await
+                    {
+                        Ok(rows) => {
+                            if rows.len() < backlog_room {
+                                backlog_done = true;
+                                tracing::debug!("backlog replayed");
+                            }
+                            backlog_sent = rows.last().map_or(backlog_sent, |r| r.id);
+                            bucket.take(rows.len());
+                            if let Err(e) = self.send_rows(&client, &mut inflight, rows) {
+                                return End::Failed(e);
+                            }
+                        }
+                        Err(e) => return End::Failed(format!("reading the outbox: {e}")),
                     }
                 }
             }
-            let idle = !stopping
-                && latest_open
-                && inflight.len() < window
-                && *latest.borrow() <= last_sent;
+            let room = !stopping && inflight.len() < window;
+            let idle = room && latest_open && *latest.borrow() <= live_sent;
+            // Only the rate limit holds the backlog back: wake up when the next token is due.
+            let token_wait = match (room && !backlog_done, bucket.next_token()) {
+                (true, Some(d)) => d,
+                _ => Duration::from_secs(3600),
+            };
             tokio::select! {
                 biased;
                 _ = stop.cancelled(), if !stopping => {
@@ -273,6 +320,7 @@ impl Uplink {
                         latest_open = false;
                     }
                 }
+                _ = sleep(token_wait), if room && !backlog_done => {}
             }
             self.flush_acks(&mut acks).await;
             if stopping && inflight.rows() == 0 {
@@ -345,6 +393,23 @@ impl Uplink {
             event = "upstream_disconnected",
             "disconnected from upstream (shutdown)"
         );
+    }
+
+    fn send_rows(
+        &self,
+        client: &AsyncClient,
+        inflight: &mut InFlight,
+        rows: Vec<Row>,
+    ) -> Result<(), String> {
+        for r in rows {
+            let m = r.message;
+            client
+                .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
+                .map_err(|e| e.to_string())?;
+            inflight.requested(Tag::Row(r.id));
+            self.stats.sent.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
     }
 
     async fn flush_acks(&self, acks: &mut Vec<i64>) {

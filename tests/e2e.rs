@@ -326,77 +326,48 @@ fn a_late_reply_is_never_read_as_the_answer_to_the_next_request() {
     }
 }
 
-/// A throw-away CA and a server certificate for 127.0.0.1/localhost, made with openssl.
+/// A throw-away CA, a server certificate for 127.0.0.1/localhost and a client certificate,
+/// made with openssl.
 fn make_certs(dir: &std::path::Path, ca_name: &str) {
-    let run = |args: &[&str]| {
+    let run = |args: &str| {
         let out = Command::new("openssl")
-            .args(args)
+            .args(args.split_whitespace())
             .current_dir(dir)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "openssl {args}: {err}");
     };
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    run(&format!(
+        "req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN={ca_name}"
+    ));
+    // x509v3 extensions also make them version 3 certificates, which rustls requires
+    let exts = [
+        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
     ];
-    let subj = format!("/CN={ca_name}");
-    run(&[
-        &["req", "-x509"][..],
-        &ec,
-        &[
-            "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", &subj,
-        ],
-    ]
-    .concat());
-    run(&[
-        &["req"][..],
-        &ec,
-        &[
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=localhost",
-        ],
-    ]
-    .concat());
-    std::fs::write(
-        dir.join("ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    run(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "server.pem",
-        "-days",
-        "2",
-        "-extfile",
-        "ext",
-    ]);
+    for (name, ext) in exts {
+        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
+    }
+    for (name, cn) in [("server", "localhost"), ("client", "gw")] {
+        run(&format!(
+            "req {ec} -keyout {name}.key -out {name}.csr -subj /CN={cn}"
+        ));
+        run(&format!(
+            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"
+        ));
+    }
 }
 
 fn tls_mosquitto(certs: &std::path::Path) -> (Mosquitto, u16) {
+    tls_mosquitto_with(certs, "")
+}
+
+fn tls_mosquitto_with(certs: &std::path::Path, extra: &str) -> (Mosquitto, u16) {
     let tls_port = common::peers::free_port();
     let mosq = Mosquitto::start_with_config(&format!(
-        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n",
+        "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n{extra}",
         d = certs.display()
     ));
     wait_until_sync("the TLS listener", LONG, || {
@@ -472,4 +443,100 @@ fn stats_are_published_retained_upstream_and_locally() {
     wait_until_sync("a stats log line", LONG, || {
         gw.log().contains("event=\"stats\"")
     });
+}
+
+#[test]
+fn mutual_tls_with_a_client_certificate_is_accepted_where_one_is_required() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path(), "fieldbridge-test-ca");
+    let (mosq, tls_port) = tls_mosquitto_with(certs.path(), "require_certificate true\n");
+    let sim = ModbusSim::start(1);
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let d = certs.path().display();
+
+    // without a client certificate the broker refuses the handshake
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(tls_port));
+    spec.extra_upstream = format!("[upstream.tls]\nca_file = \"{d}/ca.pem\"\n");
+    let gw = Gateway::start(&spec, dir.path());
+    wait_until_sync("a refused TLS connection in the log", LONG, || {
+        gw.log().contains("upstream_connect_failed")
+    });
+    assert_eq!(up.count(|_| true), 0);
+    drop(gw);
+
+    let dir = tempfile::tempdir().unwrap();
+    spec.extra_upstream = format!(
+        "[upstream.tls]\nca_file = \"{d}/ca.pem\"\ncert_file = \"{d}/client.pem\"\nkey_file = \"{d}/client.key\"\n"
+    );
+    let _gw = Gateway::start(&spec, dir.path());
+    assert_eq!(value_of(&up, "i32")["value"], -123456);
+}
+
+#[test]
+fn a_sigstopped_broker_is_detected_by_keep_alive_and_nothing_is_lost() {
+    let sim = ModbusSim::start(1);
+    let mut mosq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(mosq.port));
+    spec.interval = "50ms";
+    let gw = Gateway::start(&spec, dir.path());
+    let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    up.wait_for_sync(is_reading, LONG);
+    mosq.sigstop();
+    // keep-alive is 1 s: the dead link must be noticed within a few seconds, not minutes
+    wait_until_sync(
+        "the gateway to detect the hung broker",
+        Duration::from_secs(6),
+        || gw.log().contains("upstream_disconnected"),
+    );
+    let (boot, _) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
+    mosq.sigcont();
+    let _ = &mut mosq;
+    let (_, upto) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
+    wait_until_sync(
+        "every reading upstream after the broker resumed",
+        LONG,
+        || has_all(&up, &boot, upto),
+    );
+}
+
+#[test]
+fn a_rate_limited_backlog_replay_does_not_hold_back_live_readings() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let relay = Relay::start(mosq.addr());
+    relay.set_mode(Mode::Refuse);
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(relay.port()));
+    spec.interval = "50ms";
+    spec.extra_upstream = "replay_rate = 100\n".into();
+    let gw = Gateway::start(&spec, dir.path());
+    let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
+    wait_until_sync("a backlog of 600 readings", LONG, || {
+        newest_local(&local).is_some_and(|(_, s)| s >= 600)
+    });
+    relay.set_mode(Mode::Pass);
+    let (boot, backlog_end) = newest_local(&local).unwrap();
+    // At 100 msg/s the backlog needs about 6 s; a live reading must arrive long before that.
+    let live = up.wait_for_sync(
+        |m| is_reading(m) && split_id(m.json()["id"].as_str().unwrap()).1 > backlog_end + 24,
+        LONG,
+    );
+    let backlog_delivered = ids_seen(&up.messages())
+        .get(&boot)
+        .map_or(0, |s| s.keys().filter(|k| **k <= backlog_end).count());
+    assert!(
+        backlog_delivered < backlog_end as usize / 2,
+        "live reading {} arrived only after {backlog_delivered} of {backlog_end} backlog rows",
+        live.text()
+    );
+    let (_, upto) = newest_local(&local).unwrap();
+    wait_until_sync(
+        "the whole backlog and the live readings upstream",
+        LONG,
+        || has_all(&up, &boot, upto),
+    );
 }

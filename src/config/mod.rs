@@ -59,6 +59,8 @@ pub struct Upstream {
     pub inflight: u16,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Messages per second for the backlog replay after a reconnect; `None` = unlimited.
+    pub replay_rate: Option<f64>,
     pub tls: Option<Tls>,
 }
 
@@ -80,6 +82,8 @@ impl fmt::Debug for Upstream {
 #[derive(Debug, Clone)]
 pub struct Tls {
     pub ca_file: PathBuf,
+    /// Client certificate and key (PEM) for mutual TLS.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Debug, Clone)]
@@ -213,11 +217,22 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         }
         if let Some(tls) = up.tls.as_mut() {
             tls.ca_file = base.join(&tls.ca_file);
-            if let Err(e) = std::fs::metadata(&tls.ca_file) {
-                issues.push(Issue {
-                    path: KeyPath::root().key("upstream").key("tls").key("ca_file"),
-                    message: format!("cannot read {}: {e}", tls.ca_file.display()),
-                });
+            if let Some((cert, key)) = tls.client.as_mut() {
+                *cert = base.join(&*cert);
+                *key = base.join(&*key);
+            }
+            let mut files = vec![("ca_file", tls.ca_file.clone())];
+            if let Some((cert, key)) = &tls.client {
+                files.push(("cert_file", cert.clone()));
+                files.push(("key_file", key.clone()));
+            }
+            for (key, file) in files {
+                if let Err(e) = std::fs::File::open(&file) {
+                    issues.push(Issue {
+                        path: KeyPath::root().key("upstream").key("tls").key(key),
+                        message: format!("cannot read {}: {e}", file.display()),
+                    });
+                }
             }
         }
     }

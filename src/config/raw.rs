@@ -76,6 +76,7 @@ pub struct RawUpstream {
     pub reconnect_min: String,
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max: String,
+    pub replay_rate: Option<f64>,
     pub tls: Option<RawTls>,
 }
 
@@ -83,6 +84,8 @@ pub struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     pub ca_file: String,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -268,6 +268,26 @@ fn upstream(c: &mut Check, p: KeyPath, u: &RawUpstream, gateway_id: &str) -> Ups
             "must not be shorter than reconnect_min",
         );
     }
+    if let Some(r) = u.replay_rate {
+        if !(r.is_finite() && r >= 1.0) {
+            c.push(
+                p.key("replay_rate"),
+                format!("{r} is not a rate; valid: messages per second, 1 or more"),
+            );
+        }
+    }
+    if let Some(t) = &u.tls {
+        if t.cert_file.is_some() != t.key_file.is_some() {
+            c.push(
+                p.key("tls").key(if t.cert_file.is_some() {
+                    "key_file"
+                } else {
+                    "cert_file"
+                }),
+                "mutual TLS needs both cert_file and key_file",
+            );
+        }
+    }
     Upstream {
         host: u.host.clone(),
         port,
@@ -285,8 +305,13 @@ fn upstream(c: &mut Check, p: KeyPath, u: &RawUpstream, gateway_id: &str) -> Ups
         inflight: c.int(p.key("inflight"), u.inflight, 1, 1000),
         reconnect_min,
         reconnect_max,
+        replay_rate: u.replay_rate,
         tls: u.tls.as_ref().map(|t| Tls {
             ca_file: PathBuf::from(&t.ca_file),
+            client: match (&t.cert_file, &t.key_file) {
+                (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+                _ => None,
+            },
         }),
     }
 }
