@@ -52,9 +52,11 @@ pub async fn run(
     let outbox = Outbox::open(&cfg.gateway.data_dir, &cfg.outbox).await?;
     tracing::info!(path = %outbox.path().display(), "outbox open");
 
+    let (routed_tx, routed_rx) = mpsc::channel(256);
     let mut local = match cfg.broker.clone() {
         Some(b) => {
-            let broker = tokio::task::spawn_blocking(move || LocalBroker::start(&b))
+            let (forward, ftx) = (cfg.forward.clone(), routed_tx.clone());
+            let broker = tokio::task::spawn_blocking(move || LocalBroker::start(&b, forward, ftx))
                 .await
                 .map_err(|e| AppError::Internal(e.to_string()))??;
             tracing::info!(listen = %broker.listen, "embedded MQTT broker listening");
@@ -68,7 +70,13 @@ pub async fn run(
     }
 
     let uplink = match cfg.upstream.clone() {
-        Some(up) => Some(Uplink::new(up, topics.clone(), outbox.clone())?),
+        Some(up) => Some(Uplink::new(
+            up,
+            topics.clone(),
+            outbox.clone(),
+            cfg.subscribe.clone(),
+            routed_tx.clone(),
+        )?),
         None => {
             tracing::warn!("no [upstream] configured: messages are kept in the outbox (bounded) and published locally only");
             None
@@ -81,7 +89,6 @@ pub async fn run(
 
     let (tx, rx) = mpsc::channel(1024);
     let board = Arc::new(Board::new(cfg.devices.iter().map(|d| &d.name)));
-    let (routed_tx, routed_rx) = mpsc::channel(256);
     let pipe_stop = CancellationToken::new();
     let pipe = tokio::spawn(pipeline::run(
         rx,

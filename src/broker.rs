@@ -6,6 +6,10 @@
 //! the process. Its in-process link publishes at QoS 0; retained messages go through
 //! `Packet::Publish` with the retain flag. rumqttd keeps everything in memory: retained status is
 //! re-published by us after every start.
+//!
+//! Forwarding: the link subscribes to the `[[forward]]` filters; what local clients publish there
+//! is sent to the outbox (upstream only). The link also receives what the gateway itself
+//! published, so those copies are recognised and dropped (see `echo`).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,7 +19,15 @@ use rumqttd::local::LinkTx;
 use rumqttd::protocol::{Packet, Publish};
 use rumqttd::{ConnectionSettings, Notification, RouterConfig, ServerSettings};
 
-use crate::config::Broker as BrokerConfig;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+
+use crate::config::{BridgeRule, Broker as BrokerConfig};
+use crate::echo::Echoes;
+use crate::outbox::Message;
+use crate::pipeline::{Route, Routed};
+use crate::topics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -34,7 +46,15 @@ pub enum BrokerError {
 pub struct LocalBroker {
     tx: LinkTx,
     pub listen: SocketAddr,
+    forward: Vec<BridgeRule>,
+    echoes: Arc<Mutex<Echoes>>,
 }
+
+/// Messages local clients publish that match a `[[forward]]` filter go to the outbox (remapped)
+/// through this channel.
+pub type ForwardTx = mpsc::Sender<Routed>;
+
+const ECHO_CAPACITY: usize = 10_000;
 
 fn rumqttd_config(cfg: &BrokerConfig) -> rumqttd::Config {
     // The rumqttd sample config uses 100 MiB × 10 segments per filter; a Pi needs far less.
@@ -71,8 +91,13 @@ fn rumqttd_config(cfg: &BrokerConfig) -> rumqttd::Config {
 }
 
 impl LocalBroker {
-    /// Starts the broker and returns once its listener accepts connections.
-    pub fn start(cfg: &BrokerConfig) -> Result<LocalBroker, BrokerError> {
+    /// Starts the broker and returns once its listener accepts connections. With `forward`
+    /// rules, messages of local clients matching them are sent to `forward_tx`.
+    pub fn start(
+        cfg: &BrokerConfig,
+        forward: Vec<BridgeRule>,
+        forward_tx: ForwardTx,
+    ) -> Result<LocalBroker, BrokerError> {
         // rumqttd only logs a bind failure from its listener thread; check first so a busy port
         // is a clear startup error instead of a silently missing broker.
         drop(
@@ -82,9 +107,16 @@ impl LocalBroker {
             })?,
         );
         let mut broker = rumqttd::Broker::new(rumqttd_config(cfg));
-        let (tx, mut rx) = broker
+        let (mut tx, mut rx) = broker
             .link("fieldbridge")
             .map_err(|e| BrokerError::Link(e.to_string()))?;
+        for rule in &forward {
+            tx.subscribe(rule.filter.clone())
+                .map_err(|e| BrokerError::Link(e.to_string()))?;
+        }
+        let echoes = Arc::new(Mutex::new(Echoes::new(ECHO_CAPACITY)));
+        let link_echoes = echoes.clone();
+        let rules = forward.clone();
         std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {
@@ -96,13 +128,41 @@ impl LocalBroker {
             })
             .map_err(|e| BrokerError::Link(e.to_string()))?;
         // The router parks a link it has nothing for (`Unschedule`); it must be woken or our
-        // publishes stall. Nothing else arrives here since the link subscribes to nothing.
+        // publishes stall. Forwarded publishes of local clients arrive here too.
         std::thread::Builder::new()
             .name("mqtt-link".into())
             .spawn(move || loop {
                 match rx.recv() {
                     Ok(Some(Notification::Unschedule)) => {
                         if rx.ready().is_err() {
+                            break;
+                        }
+                    }
+                    Ok(Some(Notification::Forward(f))) => {
+                        let p = f.publish;
+                        let ours = link_echoes
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .take(&p.topic, &p.payload);
+                        if ours {
+                            continue;
+                        }
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        let Some(rule) = rules.iter().find(|r| topics::matches(&r.filter, &topic))
+                        else {
+                            continue;
+                        };
+                        let routed = Routed {
+                            message: Message {
+                                topic: rule.to_remote(&topic),
+                                payload: p.payload.to_vec(),
+                                retain: p.retain,
+                            },
+                            route: Route::UpstreamOnly,
+                        };
+                        // Blocking is right here: this thread exists only to drain the link,
+                        // and back-pressure from the outbox must not drop forwarded messages.
+                        if forward_tx.blocking_send(routed).is_err() {
                             break;
                         }
                     }
@@ -130,6 +190,8 @@ impl LocalBroker {
         Ok(LocalBroker {
             tx,
             listen: cfg.listen,
+            forward,
+            echoes,
         })
     }
 
@@ -139,6 +201,17 @@ impl LocalBroker {
         payload: &[u8],
         retain: bool,
     ) -> Result<(), BrokerError> {
+        if self
+            .forward
+            .iter()
+            .any(|r| topics::matches(&r.filter, topic))
+        {
+            // Our link subscribes to the forward filters and will receive this back.
+            self.echoes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect(topic.as_bytes(), payload);
+        }
         let p = Publish::new(
             bytes::Bytes::copy_from_slice(topic.as_bytes()),
             bytes::Bytes::copy_from_slice(payload),

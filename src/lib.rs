@@ -8,6 +8,7 @@ pub mod broker;
 pub mod config;
 pub mod demo;
 pub mod device;
+pub mod echo;
 pub mod outbox;
 pub mod pipeline;
 pub mod poller;

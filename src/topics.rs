@@ -60,6 +60,59 @@ pub fn topic_level_problem(s: &str) -> Option<&'static str> {
     }
 }
 
+/// Why a string cannot be an MQTT topic filter, or `None` when it can.
+pub fn filter_problem(f: &str) -> Option<&'static str> {
+    if f.is_empty() {
+        return Some("must not be empty");
+    }
+    let levels: Vec<&str> = f.split('/').collect();
+    for (i, l) in levels.iter().enumerate() {
+        if l.contains('#') && (*l != "#" || i + 1 != levels.len()) {
+            return Some("'#' must be a whole level and the last one");
+        }
+        if l.contains('+') && *l != "+" {
+            return Some("'+' must be a whole level");
+        }
+    }
+    None
+}
+
+/// MQTT topic filter matching (`+` one level, `#` the rest, including the parent level).
+/// Topics starting with `$` are not matched by a leading wildcard, as brokers do.
+pub fn matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut t = topic.split('/');
+    for f in filter.split('/') {
+        match f {
+            "#" => return true,
+            "+" => {
+                if t.next().is_none() {
+                    return false;
+                }
+            }
+            lit => {
+                if t.next() != Some(lit) {
+                    return false;
+                }
+            }
+        }
+    }
+    t.next().is_none()
+}
+
+/// Replaces a leading `from` (whole levels) by `to`; other topics are returned unchanged.
+pub fn remap(topic: &str, from: &str, to: &str) -> String {
+    if topic == from {
+        return to.to_string();
+    }
+    match topic.strip_prefix(from).and_then(|r| r.strip_prefix('/')) {
+        Some(rest) if !from.is_empty() => format!("{to}/{rest}"),
+        _ => topic.to_string(),
+    }
+}
+
 /// The JSON payload of a reading; `id` is the stable message id that survives resends.
 pub fn reading_payload(r: &Reading, id: &str) -> Vec<u8> {
     let mut m = Map::new();
@@ -130,6 +183,50 @@ mod tests {
             assert_eq!(p["ts"], 1_700_000_000_123i64);
             assert_eq!(p["quality"], "good");
             assert_eq!(p["unit"], "°C");
+        }
+    }
+
+    #[test]
+    fn filters_match_topics_like_an_mqtt_broker() {
+        let cases = [
+            ("a/b", "a/b", true),
+            ("a/b", "a/c", false),
+            ("a/+", "a/b", true),
+            ("a/+", "a/b/c", false),
+            ("a/+/c", "a/b/c", true),
+            ("a/#", "a", true),
+            ("a/#", "a/b/c", true),
+            ("#", "a/b", true),
+            ("#", "$SYS/x", false),
+            ("+/x", "$SYS/x", false),
+            ("a/b/c", "a/b", false),
+            ("+", "", true),
+        ];
+        for (f, t, want) in cases {
+            assert_eq!(matches(f, t), want, "{f} vs {t}");
+        }
+    }
+
+    #[test]
+    fn bad_filters_are_named() {
+        for bad in ["", "a/#/b", "a#", "a/b+", "#/a"] {
+            assert!(filter_problem(bad).is_some(), "{bad:?}");
+        }
+        for good in ["#", "a/+/b", "a/#", "+"] {
+            assert!(filter_problem(good).is_none(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn remap_replaces_whole_leading_levels_only() {
+        let cases = [
+            ("lan/t1", "lan", "site/lan", "site/lan/t1"),
+            ("lan", "lan", "site/lan", "site/lan"),
+            ("lane/t1", "lan", "site/lan", "lane/t1"),
+            ("other/t", "lan", "x", "other/t"),
+        ];
+        for (t, from, to, want) in cases {
+            assert_eq!(remap(t, from, to), want);
         }
     }
 

@@ -21,9 +21,15 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::time::{sleep, sleep_until, timeout, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Tls, Upstream};
+use std::sync::Mutex;
+
+use tokio::sync::mpsc;
+
+use crate::config::{BridgeRule, Tls, Upstream};
+use crate::echo::Echoes;
 use crate::outbox::inflight::{InFlight, Tag};
-use crate::outbox::{Outbox, Row};
+use crate::outbox::{Message, Outbox, Row};
+use crate::pipeline::{Route, Routed};
 use crate::replay::{quotas, Bucket};
 use crate::topics::{self, Topics};
 
@@ -51,6 +57,10 @@ pub struct Uplink {
     topics: Topics,
     outbox: Outbox,
     stats: Arc<UplinkStats>,
+    subscribe: Vec<BridgeRule>,
+    downlink: mpsc::Sender<Routed>,
+    /// What we published that our own subscriptions will bring back (see `echo`).
+    echoes: Mutex<Echoes>,
 }
 
 /// Why a session ended.
@@ -114,7 +124,14 @@ fn tls_transport(t: &Tls) -> Result<Transport, UplinkError> {
 }
 
 impl Uplink {
-    pub fn new(cfg: Upstream, topics: Topics, outbox: Outbox) -> Result<Uplink, UplinkError> {
+    /// `subscribe` rules deliver upstream messages into the local broker through `downlink`.
+    pub fn new(
+        cfg: Upstream,
+        topics: Topics,
+        outbox: Outbox,
+        subscribe: Vec<BridgeRule>,
+        downlink: mpsc::Sender<Routed>,
+    ) -> Result<Uplink, UplinkError> {
         let transport = match &cfg.tls {
             Some(t) => tls_transport(t)?,
             None => Transport::Tcp,
@@ -125,7 +142,64 @@ impl Uplink {
             topics,
             outbox,
             stats: Arc::new(UplinkStats::default()),
+            subscribe,
+            downlink,
+            echoes: Mutex::new(Echoes::new(10_000)),
         })
+    }
+
+    /// Publishes at QoS 1, remembering the message if our own subscriptions will echo it.
+    fn publish(
+        &self,
+        client: &AsyncClient,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), String> {
+        if self
+            .subscribe
+            .iter()
+            .any(|r| topics::matches(&r.filter, &topic))
+        {
+            self.echoes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .expect(topic.as_bytes(), &payload);
+        }
+        client
+            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
+            .map_err(|e| e.to_string())
+    }
+
+    /// An upstream message for one of our subscriptions: into the local broker, unless it is
+    /// the echo of something we published.
+    async fn deliver_down(&self, p: &rumqttc::Publish) {
+        let ours = self
+            .echoes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take(p.topic.as_bytes(), &p.payload);
+        if ours {
+            return;
+        }
+        let Some(rule) = self
+            .subscribe
+            .iter()
+            .find(|r| topics::matches(&r.filter, &p.topic))
+        else {
+            return;
+        };
+        let routed = Routed {
+            message: Message {
+                topic: rule.to_local(&p.topic),
+                payload: p.payload.to_vec(),
+                retain: p.retain,
+            },
+            route: Route::LocalOnly,
+        };
+        if self.downlink.send(routed).await.is_err() {
+            tracing::debug!(topic = %p.topic, "pipeline stopped; upstream message not delivered locally");
+        }
     }
 
     pub fn stats(&self) -> Arc<UplinkStats> {
@@ -221,10 +295,15 @@ impl Uplink {
 
         let mut inflight = InFlight::default();
         let status = self.topics.gateway_status();
-        if let Err(e) = client.try_publish(&status, QoS::AtLeastOnce, true, topics::ONLINE) {
-            return End::Failed(e.to_string());
+        if let Err(e) = self.publish(&client, status.clone(), topics::ONLINE.into(), true) {
+            return End::Failed(e);
         }
         inflight.requested(Tag::Control);
+        for rule in &self.subscribe {
+            if let Err(e) = client.try_subscribe(rule.filter.clone(), QoS::AtLeastOnce) {
+                return End::Failed(e.to_string());
+            }
+        }
 
         let mut latest = self.outbox.latest();
         let mut latest_open = true;
@@ -309,6 +388,7 @@ impl Uplink {
                         Ok(Tag::Control) => {}
                         Err(m) => tracing::warn!(pkid = a.pkid, "unexpected PUBACK: {m:?}"),
                     },
+                    Ok(Event::Incoming(Incoming::Publish(p))) => self.deliver_down(&p).await,
                     Ok(_) => {}
                     Err(e) => {
                         self.flush_acks(&mut acks).await;
@@ -354,8 +434,8 @@ impl Uplink {
         status: &str,
         deadline: Instant,
     ) {
-        if client
-            .try_publish(status, QoS::AtLeastOnce, true, topics::OFFLINE)
+        if self
+            .publish(client, status.into(), topics::OFFLINE.into(), true)
             .is_err()
         {
             return;
@@ -403,9 +483,7 @@ impl Uplink {
     ) -> Result<(), String> {
         for r in rows {
             let m = r.message;
-            client
-                .try_publish(m.topic, QoS::AtLeastOnce, m.retain, m.payload)
-                .map_err(|e| e.to_string())?;
+            self.publish(client, m.topic, m.payload, m.retain)?;
             inflight.requested(Tag::Row(r.id));
             self.stats.sent.fetch_add(1, Ordering::Relaxed);
         }

@@ -540,3 +540,101 @@ fn a_rate_limited_backlog_replay_does_not_hold_back_live_readings() {
         || has_all(&up, &boot, upto),
     );
 }
+
+fn mosquitto_pub(port: u16, topic: &str, lines: &str) {
+    use std::io::Write;
+    let mut child = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-l",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    assert!(child.wait().unwrap().success());
+}
+
+#[test]
+fn a_local_client_publishing_during_an_outage_reaches_upstream_afterwards() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let relay = Relay::start(mosq.addr());
+    relay.set_mode(Mode::Refuse);
+    let up = MqttWatcher::connect(mosq.port, "site/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(relay.port()));
+    spec.extra =
+        "[[forward]]\nfilter = \"lan/#\"\nlocal_prefix = \"lan\"\nremote_prefix = \"site/lan\"\n"
+            .into();
+    let gw = Gateway::start(&spec, dir.path());
+    let lines: String = (0..50).map(|i| format!("{i}\n")).collect();
+    mosquitto_pub(gw.broker_port, "lan/esp32/temp", &lines);
+    // not forwarded: outside the filter
+    mosquitto_pub(gw.broker_port, "other/x", "no\n");
+    relay.set_mode(Mode::Pass);
+    wait_until_sync("all 50 forwarded messages upstream", LONG, || {
+        up.count(|m| m.topic == "site/lan/esp32/temp") >= 50
+    });
+    let got: Vec<String> = up
+        .messages()
+        .iter()
+        .filter(|m| m.topic == "site/lan/esp32/temp")
+        .map(|m| m.text())
+        .collect();
+    let want: Vec<String> = (0..50).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "in order, each once");
+}
+
+#[test]
+fn upstream_subscriptions_reach_local_clients_and_nothing_loops_between_the_two() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(mosq.port));
+    // The widest filters in both directions: everything would loop without echo suppression.
+    spec.extra = "[[forward]]\nfilter = \"#\"\n\n[[subscribe]]\nfilter = \"#\"\n".into();
+    let gw = Gateway::start(&spec, dir.path());
+    let up = MqttWatcher::connect(mosq.port, "#");
+    let local = MqttWatcher::connect(gw.broker_port, "#");
+    wait_until_sync("readings on both sides", LONG, || {
+        up.count(is_reading) > 20 && local.count(is_reading) > 20
+    });
+    mosquitto_pub(mosq.port, "cmd/valve", "open\n");
+    local.wait_for_sync(|m| m.topic == "cmd/valve", LONG);
+    mosquitto_pub(gw.broker_port, "lan/esp32", "21.5\n");
+    up.wait_for_sync(|m| m.topic == "lan/esp32", LONG);
+    // Let a few hundred more readings pass through both directions, then count copies.
+    let seen = up.count(is_reading);
+    wait_until_sync("more readings", LONG, || up.count(is_reading) > seen + 200);
+    assert_eq!(
+        up.count(|m| m.topic == "cmd/valve"),
+        1,
+        "the command is not sent back up"
+    );
+    assert_eq!(local.count(|m| m.topic == "cmd/valve"), 1);
+    assert_eq!(up.count(|m| m.topic == "lan/esp32"), 1);
+    assert_eq!(
+        local.count(|m| m.topic == "lan/esp32"),
+        1,
+        "not delivered back down"
+    );
+    assert_eq!(duplicates(&up), 0, "no reading reaches upstream twice");
+    assert_eq!(
+        duplicates(&local),
+        0,
+        "no reading reaches local clients twice"
+    );
+}

@@ -28,6 +28,34 @@ pub struct Config {
     pub upstream: Option<Upstream>,
     pub outbox: OutboxSettings,
     pub devices: Vec<Device>,
+    /// Local topics forwarded upstream through the outbox.
+    pub forward: Vec<BridgeRule>,
+    /// Upstream topics delivered into the local broker.
+    pub subscribe: Vec<BridgeRule>,
+}
+
+/// A topic filter with an optional prefix remap between the local and the upstream side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BridgeRule {
+    /// Matched on the side the message comes from.
+    pub filter: String,
+    /// (local prefix, remote prefix)
+    pub remap: Option<(String, String)>,
+}
+
+impl BridgeRule {
+    pub fn to_remote(&self, local_topic: &str) -> String {
+        match &self.remap {
+            Some((l, r)) => crate::topics::remap(local_topic, l, r),
+            None => local_topic.to_string(),
+        }
+    }
+    pub fn to_local(&self, remote_topic: &str) -> String {
+        match &self.remap {
+            Some((l, r)) => crate::topics::remap(remote_topic, r, l),
+            None => remote_topic.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -17,6 +17,19 @@ pub struct RawConfig {
     pub outbox: RawOutbox,
     #[serde(default)]
     pub devices: Vec<RawDevice>,
+    #[serde(default)]
+    pub forward: Vec<RawBridgeRule>,
+    #[serde(default)]
+    pub subscribe: Vec<RawBridgeRule>,
+}
+
+/// `[[forward]]` (local → upstream) and `[[subscribe]]` (upstream → local).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBridgeRule {
+    pub filter: String,
+    pub local_prefix: Option<String>,
+    pub remote_prefix: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

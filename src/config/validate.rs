@@ -7,13 +7,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::locate::KeyPath;
-use super::raw::{RawConfig, RawDevice, RawPoint, RawUpstream};
+use super::raw::{RawBridgeRule, RawConfig, RawDevice, RawPoint, RawUpstream};
 use super::{
-    Broker, Config, Device, Gateway, Issue, OutboxSettings, Overflow, Point, Tls, Transport,
-    Upstream,
+    BridgeRule, Broker, Config, Device, Gateway, Issue, OutboxSettings, Overflow, Point, Tls,
+    Transport, Upstream,
 };
 use crate::device::decode::{DataType, Table, WordOrder};
-use crate::topics::{topic_level_problem, RESERVED_POINT};
+use crate::topics::{self, topic_level_problem, RESERVED_POINT};
 
 struct Check {
     issues: Vec<Issue>,
@@ -208,6 +208,21 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
         devices.push(device(&mut c, p, d));
     }
 
+    let forward = bridge_rules(&mut c, root.key("forward"), &raw.forward);
+    let subscribe = bridge_rules(&mut c, root.key("subscribe"), &raw.subscribe);
+    if !forward.is_empty() && broker.is_none() {
+        c.push(
+            root.key("forward"),
+            "forwarding needs the embedded broker ([broker] enabled = true)",
+        );
+    }
+    if !subscribe.is_empty() && upstream.is_none() {
+        c.push(
+            root.key("subscribe"),
+            "subscribing needs an [upstream] section",
+        );
+    }
+
     if c.issues.is_empty() {
         Ok(Config {
             gateway,
@@ -215,10 +230,53 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
             upstream,
             outbox,
             devices,
+            forward,
+            subscribe,
         })
     } else {
         Err(c.issues)
     }
+}
+
+fn bridge_rules(c: &mut Check, p: KeyPath, raw: &[RawBridgeRule]) -> Vec<BridgeRule> {
+    let mut out = Vec::new();
+    for (i, r) in raw.iter().enumerate() {
+        let rp = p.index(i);
+        if let Some(problem) = topics::filter_problem(&r.filter) {
+            c.push(rp.key("filter"), format!("{:?} {problem}", r.filter));
+        }
+        let remap = match (&r.local_prefix, &r.remote_prefix) {
+            (Some(l), Some(rm)) => {
+                for (key, v) in [("local_prefix", l), ("remote_prefix", rm)] {
+                    if v.is_empty()
+                        || v.contains(['+', '#'])
+                        || v.starts_with('/')
+                        || v.ends_with('/')
+                    {
+                        c.push(
+                            rp.key(key),
+                            format!("{v:?} must be topic levels without wildcards or a leading/trailing '/'"),
+                        );
+                    }
+                }
+                Some((l.clone(), rm.clone()))
+            }
+            (None, None) => None,
+            (Some(_), None) => {
+                c.push(rp.key("remote_prefix"), "local_prefix needs remote_prefix");
+                None
+            }
+            (None, Some(_)) => {
+                c.push(rp.key("local_prefix"), "remote_prefix needs local_prefix");
+                None
+            }
+        };
+        out.push(BridgeRule {
+            filter: r.filter.clone(),
+            remap,
+        });
+    }
+    out
 }
 
 fn upstream(c: &mut Check, p: KeyPath, u: &RawUpstream, gateway_id: &str) -> Upstream {

@@ -25,6 +25,8 @@ pub struct Spec {
     pub points: String,
     pub extra_upstream: String,
     pub stats_interval: &'static str,
+    /// Top-level tables appended verbatim (e.g. `[[forward]]`).
+    pub extra: String,
 }
 
 impl Spec {
@@ -39,6 +41,7 @@ impl Spec {
             points: POINTS.to_string(),
             extra_upstream: String::new(),
             stats_interval: "60s",
+            extra: String::new(),
         }
     }
 
@@ -64,6 +67,8 @@ listen = "127.0.0.1:{bp}"
 commit_interval = "20ms"
 
 {upstream}
+{extra}
+
 [[devices]]
 name = "dev"
 kind = "modbus_tcp"
@@ -84,6 +89,7 @@ backoff_max = "500ms"
             timeout = self.timeout,
             points = self.points,
             stats = self.stats_interval,
+            extra = self.extra,
         )
     }
 }
