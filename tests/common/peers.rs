@@ -470,6 +470,8 @@ pub enum Mode {
     Refuse,
     /// Reset every current connection, both sides, then behave as `Pass`.
     Reset,
+    /// Forward both ways, holding every chunk this long first (a slow, high-latency link).
+    Delay(Duration),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -551,7 +553,7 @@ impl Relay {
                 s.generation += 1;
                 s.mode = Mode::Refuse;
             }
-            Mode::Pass | Mode::BlackHole => s.mode = mode,
+            Mode::Pass | Mode::BlackHole | Mode::Delay(_) => s.mode = mode,
         });
     }
 
@@ -670,7 +672,7 @@ async fn wait_for_pass(state: &mut watch::Receiver<RelayState>, generation: u64)
         if current.generation != generation || current.mode == Mode::Refuse {
             return false;
         }
-        if current.mode == Mode::Pass {
+        if matches!(current.mode, Mode::Pass | Mode::Delay(_)) {
             return true;
         }
         if state.changed().await.is_err() {
@@ -704,6 +706,14 @@ async fn pump(
         if n == 0 {
             let _ = to.shutdown().await;
             return PumpEnd::Eof;
+        }
+        let delay = match state.borrow().mode {
+            Mode::Delay(d) => d,
+            _ => Duration::ZERO,
+        };
+        if !delay.is_zero() {
+            // The link's latency, not synchronisation.
+            tokio::time::sleep(delay).await;
         }
         let mut sent = 0;
         while sent < n {
