@@ -15,8 +15,11 @@ use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);
 
+/// A reading (not a status or stats message) of the test device.
 fn is_reading(m: &Message) -> bool {
-    !m.topic.ends_with("/status") && m.payload.first() == Some(&b'{')
+    m.topic.starts_with("fieldbridge/gw/dev/")
+        && !m.topic.ends_with("/status")
+        && m.payload.first() == Some(&b'{')
 }
 
 /// Message ids seen, per gateway boot: (boot → seq → times seen).
@@ -636,5 +639,81 @@ fn upstream_subscriptions_reach_local_clients_and_nothing_loops_between_the_two(
         duplicates(&local),
         0,
         "no reading reaches local clients twice"
+    );
+}
+
+#[test]
+fn a_corrupt_outbox_file_is_quarantined_and_the_gateway_runs() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    std::fs::write(
+        dir.path().join("data/outbox.db"),
+        b"this is not a database, just garbage bytes ".repeat(200),
+    )
+    .unwrap();
+    let gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+    up.wait_for_sync(is_reading, LONG);
+    let log = gw.log();
+    assert!(
+        log.contains("event=\"outbox_quarantined\"") && log.contains("ERROR"),
+        "{log}"
+    );
+    let aside = std::fs::read_dir(dir.path().join("data"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("outbox.db.corrupt-")
+        })
+        .count();
+    assert_eq!(aside, 1);
+}
+
+#[test]
+fn a_full_disk_keeps_local_readings_flowing_counts_drops_and_recovers() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(mosq.port));
+    spec.interval = "50ms";
+    spec.stats_interval = "200ms";
+    spec.tmpfs_data_kib = Some(4096);
+    let gw = Gateway::start(&spec, dir.path());
+    let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
+    up.wait_for_sync(is_reading, LONG);
+
+    // Fill the tmpfs; dd stops at ENOSPC.
+    let data = gw.dir.join("data").display().to_string();
+    gw.in_mount_ns(&format!(
+        "dd if=/dev/zero of={data}/filler bs=64k 2>/dev/null; true"
+    ));
+    let out = gw.in_mount_ns(&format!("df -k {data} | tail -1"));
+    eprintln!("tmpfs: {}", String::from_utf8_lossy(&out.stdout));
+    wait_until_sync("a counted drop for a failed write", LONG, || {
+        gw.log().contains("reason=\"write_failed\"")
+    });
+    // Polling and the local broker go on while nothing can be stored.
+    let before = local.count(is_reading);
+    wait_until_sync("local readings while the disk is full", LONG, || {
+        local.count(is_reading) > before + 50
+    });
+    let dropped = |m: &Message| m.json()["outbox"]["dropped"].as_u64().unwrap_or(0) > 0;
+    local.wait_for_sync(|m| m.topic.ends_with("/stats") && dropped(m), LONG);
+
+    gw.in_mount_ns(&format!("rm -f {data}/filler"));
+    let (boot, after_free) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
+    // Readings produced after the space returned are stored and delivered again.
+    up.wait_for_sync(
+        |m| {
+            is_reading(m)
+                && split_id(m.json()["id"].as_str().unwrap()) > (boot.clone(), after_free + 20)
+        },
+        LONG,
     );
 }

@@ -20,8 +20,11 @@ const LONG: Duration = Duration::from_secs(60);
 /// The gateway's in-flight window (upstream.inflight default) plus its status message.
 const WINDOW: usize = 64 + 1;
 
+/// A reading (not a status or stats message) of the test device.
 fn is_reading(m: &Message) -> bool {
-    !m.topic.ends_with("/status") && m.payload.first() == Some(&b'{')
+    m.topic.starts_with("fieldbridge/gw/dev/")
+        && !m.topic.ends_with("/status")
+        && m.payload.first() == Some(&b'{')
 }
 
 /// boot → seq → copies

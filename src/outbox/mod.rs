@@ -267,7 +267,7 @@ impl Outbox {
         let (latest_tx, latest) = watch::channel(opened.max_id);
         let (tx, rx) = mpsc::channel(256);
         let w = Writer {
-            conn: opened.writer,
+            conn: Some(opened.writer),
             settings: settings.clone(),
             stats: stats.clone(),
             latest: latest_tx,
@@ -385,7 +385,8 @@ impl Outbox {
 }
 
 struct Writer {
-    conn: SqliteConnection,
+    /// `None` after a failed commit until a fresh connection is open.
+    conn: Option<SqliteConnection>,
     settings: OutboxSettings,
     stats: Arc<Stats>,
     latest: watch::Sender<i64>,
@@ -450,6 +451,13 @@ impl Writer {
             let result = self.commit(&appends, &acks).await;
             if let Err(e) = &result {
                 self.count_drops(offered, None, Some(e));
+                // A failed COMMIT can leave SQLite's transaction open while the driver believes
+                // it closed; later "commits" would then only release savepoints inside it and
+                // never reach the disk (seen with a full disk). Closing the connection rolls
+                // back for certain; the next group opens a fresh one.
+                if let Some(conn) = self.conn.take() {
+                    let _ = conn.close().await;
+                }
             }
             let reply = result.map_err(|e| e.to_string());
             for (_, tx) in appends {
@@ -495,7 +503,14 @@ impl Writer {
         let now = crate::reading::now_ms();
         let mono = self.clock.now_ms();
         let s = &self.settings;
-        let mut tx = self.conn.begin().await?;
+        if self.conn.is_none() {
+            let mut fresh = connect(&self.path).await?;
+            init_schema(&mut fresh).await?;
+            self.conn = Some(fresh);
+            tracing::info!(path = %self.path.display(), "outbox write connection reopened");
+        }
+        let conn = self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)?;
+        let mut tx = conn.begin().await?;
 
         // Acks first: they make room for this group's appends.
         let (mut rows, mut bytes) = (

@@ -27,6 +27,8 @@ pub struct Spec {
     pub stats_interval: &'static str,
     /// Top-level tables appended verbatim (e.g. `[[forward]]`).
     pub extra: String,
+    /// Run with the data dir on a private tmpfs of this size.
+    pub tmpfs_data_kib: Option<u64>,
 }
 
 impl Spec {
@@ -42,6 +44,7 @@ impl Spec {
             extra_upstream: String::new(),
             stats_interval: "60s",
             extra: String::new(),
+            tmpfs_data_kib: None,
         }
     }
 
@@ -190,9 +193,30 @@ impl Gateway {
             .append(true)
             .open(dir.join("gateway.log"))
             .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
-            .args(["run", "--config"])
-            .arg(&cfg)
+        let bin = env!("CARGO_BIN_EXE_fieldbridge");
+        let mut cmd = match spec.tmpfs_data_kib {
+            // The data dir on a small tmpfs that only the gateway's private mount namespace
+            // sees: disk-full without touching the host's mounts. `exec` keeps the gateway's
+            // pid, so `nsenter -t <pid> -m` reaches the same mount.
+            Some(kib) => {
+                let data = dir.join("data");
+                std::fs::create_dir_all(&data).unwrap();
+                let mut c = Command::new("unshare");
+                c.args(["--mount", "--propagation", "private", "sh", "-c"])
+                    .arg(format!(
+                    "mount -t tmpfs -o size={kib}k tmpfs '{}' && exec '{bin}' run --config '{}'",
+                    data.display(),
+                    cfg.display()
+                ));
+                c
+            }
+            None => {
+                let mut c = Command::new(bin);
+                c.args(["run", "--config"]).arg(&cfg);
+                c
+            }
+        };
+        let child = cmd
             .env("RUST_LOG", "info,fieldbridge=debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -221,6 +245,14 @@ impl Gateway {
 
     pub fn pid(&self) -> Pid {
         Pid::from_raw(self.child.as_ref().expect("running").id() as i32)
+    }
+
+    /// Runs a shell command inside the gateway's mount namespace.
+    pub fn in_mount_ns(&self, script: &str) -> std::process::Output {
+        Command::new("nsenter")
+            .args(["-t", &self.pid().to_string(), "-m", "sh", "-c", script])
+            .output()
+            .unwrap()
     }
 
     pub fn log(&self) -> String {
