@@ -1,7 +1,8 @@
-//! Benchmarks that print figures (not pass/fail): whole-path ingest rate with CPU and RSS, drain
-//! rate of a backlog to mosquitto, idle RSS. Run with `cargo bench --bench gateway`; knobs:
-//! FB_BENCH_DEVICES (10), FB_BENCH_POINTS (100), FB_BENCH_INTERVAL_MS (100), FB_BENCH_SECONDS (15),
-//! FB_BENCH_DRAIN (100000). Needs mosquitto (scripts/test installs it).
+//! Benchmarks that print figures (not pass/fail). Run with `cargo bench --bench gateway`.
+//! Sections (FB_BENCH_ONLY=comma list, default all): ingest, fsync, drain, bridge, queued, idle.
+//! Knobs: FB_BENCH_DEVICES (10), FB_BENCH_POINTS (99), FB_BENCH_INTERVAL_MS (100),
+//! FB_BENCH_SECONDS (15), FB_BENCH_DRAIN (100000; e.g. "100000,1000000"), FB_BENCH_QUEUED
+//! (1000000). Needs mosquitto and strace (scripts/test installs mosquitto; strace for fsync).
 
 #[path = "../tests/common/peers.rs"]
 mod peers;
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use fieldbridge::demo::{serve_sim, SimKind};
 use fieldbridge::outbox::{Message, Outbox};
-use peers::{free_port, Mosquitto};
+use peers::{free_port, Mode, Mosquitto, Relay};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;
 
@@ -145,17 +146,121 @@ fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) -> Duratio
     start.elapsed()
 }
 
+/// Fills `data` with `n` reading-sized messages, as an outage would.
+fn prefill(rt: &tokio::runtime::Runtime, data: &Path, n: u64) {
+    rt.block_on(async {
+        let settings = fieldbridge::config::OutboxSettings {
+            max_rows: 100_000_000,
+            max_bytes: 1 << 40,
+            commit_interval: Duration::from_millis(0),
+            max_age: None,
+            overflow: fieldbridge::config::Overflow::DropOldest,
+        };
+        let ob = Outbox::open(data, &settings).await.unwrap();
+        let mut seq = 0u64;
+        while seq < n {
+            let batch: Vec<Message> = (0..20_000.min(n - seq))
+                .map(|i| Message {
+                    topic: format!("fieldbridge/bench/dev{}/p{}", i % 10, i % 100),
+                    payload: format!(
+                        r#"{{"id":"bench-{}","value":{},"unit":"kWh","ts":1795320046879,"quality":"good"}}"#,
+                        seq + i,
+                        i
+                    )
+                    .into_bytes(),
+                    retain: false,
+                })
+                .collect();
+            seq += batch.len() as u64;
+            ob.append(batch).await.unwrap();
+        }
+        ob.flush().await.unwrap();
+    });
+}
+
+/// A mosquitto of our own config (the bridge comparison needs full control of it).
+struct OwnMosquitto {
+    child: Child,
+}
+
+impl OwnMosquitto {
+    fn start(dir: &Path, port: u16, extra: &str) -> OwnMosquitto {
+        std::fs::create_dir_all(dir).unwrap();
+        let conf = dir.join("m.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nlog_dest file {}/m.log\n{extra}",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for("mosquitto", Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        OwnMosquitto { child }
+    }
+}
+
+impl Drop for OwnMosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Publishes `n` messages at QoS 1 into the broker on `port`; returns when all are acked.
+fn publish_all(rt: &tokio::runtime::Runtime, port: u16, n: u64) {
+    rt.block_on(async move {
+        let mut o = MqttOptions::new("bench-publisher", "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_inflight(1000);
+        let (client, mut ev) = AsyncClient::new(o, 2000);
+        tokio::spawn(async move {
+            for i in 0..n {
+                let payload = format!(
+                    r#"{{"id":"bench-{i}","value":{i},"unit":"kWh","ts":1795320046879,"quality":"good"}}"#
+                );
+                client
+                    .publish(format!("fieldbridge/bench/dev{}/p{}", i % 10, i % 100), QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+        });
+        let mut acked = 0;
+        while acked < n {
+            if let Ok(Event::Incoming(Incoming::PubAck(_))) = ev.poll().await {
+                acked += 1;
+            }
+        }
+    });
+}
+
 fn main() {
     // `cargo bench` passes --bench; anything else (cargo test --all-targets, --list) must not
     // start a minute-long measurement.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
+    let only = std::env::var("FB_BENCH_ONLY").unwrap_or_default();
+    let run = |section: &str| only.is_empty() || only.split(',').any(|s| s.trim() == section);
     let n_dev = env("FB_BENCH_DEVICES", 10);
-    let n_pts = env("FB_BENCH_POINTS", 100).min(99);
+    let n_pts = env("FB_BENCH_POINTS", 99).min(99);
     let interval = env("FB_BENCH_INTERVAL_MS", 100);
     let secs = env("FB_BENCH_SECONDS", 15);
-    let drain_n = env("FB_BENCH_DRAIN", 100_000);
+    let drains: Vec<u64> = std::env::var("FB_BENCH_DRAIN")
+        .unwrap_or_else(|_| "100000".into())
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect();
+    let queued_n = env("FB_BENCH_QUEUED", 1_000_000);
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let stop = CancellationToken::new();
@@ -168,9 +273,9 @@ fn main() {
         })
         .collect();
     let mosq = Mosquitto::start();
+    let offered = (n_dev * n_pts) as f64 * 1000.0 / interval as f64;
 
-    // 1. Ingest through the whole path, upstream online.
-    {
+    if run("ingest") {
         let dir = tempfile::tempdir().unwrap();
         let up = counter(mosq.port, "fieldbridge/bench/#");
         let gw = Proc::start(
@@ -194,7 +299,6 @@ fn main() {
         let el = t0.elapsed().as_secs_f64();
         let n1 = up.load(Ordering::Relaxed);
         let (cpu1, rss) = gw.usage();
-        let offered = (n_dev * n_pts) as f64 * 1000.0 / interval as f64;
         println!(
             "ingest: offered {offered:.0} readings/s ({n_dev} devices x {n_pts} points every {interval} ms); delivered upstream {:.0} msg/s; gateway CPU {:.1}% of one core; RSS {:.1} MiB",
             (n1 - n0) as f64 / el,
@@ -203,55 +307,148 @@ fn main() {
         );
     }
 
-    // 2. Drain a backlog queued during an outage.
-    {
+    if run("fsync") {
+        let dir = tempfile::tempdir().unwrap();
+        let up = counter(mosq.port, "fieldbridge/bench/#");
+        let gw = Proc::start(
+            dir.path(),
+            &config(
+                &dir.path().join("data"),
+                mosq.port,
+                &devices,
+                n_pts,
+                interval,
+            ),
+        );
+        wait_for("first readings upstream", Duration::from_secs(30), || {
+            up.load(Ordering::Relaxed) > 0
+        });
+        std::thread::sleep(Duration::from_secs(2)); // warm-up
+        let n0 = up.load(Ordering::Relaxed);
+        let out = Command::new("timeout")
+            .args([
+                "-s",
+                "INT",
+                &secs.to_string(),
+                "strace",
+                "-f",
+                "-c",
+                "-e",
+                "trace=fsync,fdatasync",
+                "-p",
+            ])
+            .arg(gw.child.id().to_string())
+            .output()
+            .expect("strace (apt install strace)");
+        let n1 = up.load(Ordering::Relaxed);
+        let text = String::from_utf8_lossy(&out.stderr);
+        let calls: u64 = text
+            .lines()
+            .filter(|l| l.contains("fsync") || l.contains("fdatasync"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .nth(3)
+                    .and_then(|c| c.parse::<u64>().ok())
+            })
+            .sum();
+        println!(
+            "fsync: at {:.0} readings/s delivered, {:.1} fsync+fdatasync calls/s (strace -f -c over {secs} s; group commit 100 ms)",
+            (n1 - n0) as f64 / secs as f64,
+            calls as f64 / secs as f64
+        );
+    }
+
+    for &n in drains.iter().filter(|_| run("drain")) {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        rt.block_on(async {
-            let settings = fieldbridge::config::OutboxSettings {
-                max_rows: 10_000_000,
-                max_bytes: 1 << 34,
-                commit_interval: Duration::from_millis(0),
-                max_age: None,
-                overflow: fieldbridge::config::Overflow::DropOldest,
-            };
-            let ob = Outbox::open(&data, &settings).await.unwrap();
-            let mut seq = 0u64;
-            while seq < drain_n {
-                let batch: Vec<Message> = (0..5000.min(drain_n - seq))
-                    .map(|i| Message {
-                        topic: format!("fieldbridge/bench/dev{}/p{}", i % 10, i % 100),
-                        payload: format!(
-                            r#"{{"id":"bench-{}","value":{},"unit":"kWh","ts":1795320046879,"quality":"good"}}"#,
-                            seq + i,
-                            i
-                        )
-                        .into_bytes(),
-                        retain: false,
-                    })
-                    .collect();
-                seq += batch.len() as u64;
-                ob.append(batch).await.unwrap();
-            }
-            ob.flush().await.unwrap();
-        });
+        let t = Instant::now();
+        prefill(&rt, &data, n);
+        let fill = t.elapsed();
         let up = counter(mosq.port, "fieldbridge/bench/#");
-        let gw = Proc::start(dir.path(), &config(&data, mosq.port, &[], 0, interval));
-        let took = wait_for("the backlog to drain", Duration::from_secs(600), || {
-            up.load(Ordering::Relaxed) >= drain_n
+        let relay = Relay::start(mosq.addr());
+        relay.set_mode(Mode::Refuse);
+        let gw = Proc::start(dir.path(), &config(&data, relay.port(), &[], 0, interval));
+        std::thread::sleep(Duration::from_secs(2)); // let it start; the link is refused meanwhile
+        relay.set_mode(Mode::Pass);
+        let took = wait_for("the backlog to drain", Duration::from_secs(1800), || {
+            up.load(Ordering::Relaxed) >= n
         });
         let (cpu, rss) = gw.usage();
         println!(
-            "drain: {drain_n} queued messages delivered to mosquitto (QoS 1) in {:.2} s = {:.0} msg/s; gateway CPU {:.1} s; RSS {:.1} MiB",
+            "drain: {n} queued messages (queued in {:.1} s through the outbox API) delivered to mosquitto (QoS 1) in {:.2} s after the link opened = {:.0} msg/s; gateway CPU {:.1} s; RSS {:.1} MiB",
+            fill.as_secs_f64(),
             took.as_secs_f64(),
-            drain_n as f64 / took.as_secs_f64(),
+            n as f64 / took.as_secs_f64(),
             cpu,
             rss as f64 / 1024.0
         );
     }
 
-    // 3. Idle RSS with one device.
-    {
+    for &n in drains.iter().filter(|_| run("bridge")) {
+        // mosquitto A bridges bench/# to mosquitto B; A queues while the bridge link is refused.
+        let dir = tempfile::tempdir().unwrap();
+        let b = Mosquitto::start();
+        let relay = Relay::start(b.addr());
+        relay.set_mode(Mode::Refuse);
+        let a_port = free_port();
+        let _a = OwnMosquitto::start(
+            &dir.path().join("a"),
+            a_port,
+            &format!(
+                "persistence true\npersistence_location {}/a/\nmax_queued_messages 0\nmax_queued_bytes 0\nmax_inflight_messages 256\n\
+                 connection bench-bridge\naddress 127.0.0.1:{}\ntopic fieldbridge/bench/# out 1\ncleansession false\nrestart_timeout 1\n",
+                dir.path().display(),
+                relay.port()
+            ),
+        );
+        let t = Instant::now();
+        publish_all(&rt, a_port, n);
+        let fill = t.elapsed();
+        let up = counter(b.port, "fieldbridge/bench/#");
+        relay.set_mode(Mode::Pass);
+        let took = wait_for(
+            "the bridge backlog to drain",
+            Duration::from_secs(1800),
+            || up.load(Ordering::Relaxed) >= n,
+        );
+        println!(
+            "bridge: {n} messages queued in a mosquitto 2.0.11 bridge (persistence on, queue unlimited, inflight 256; queued in {:.1} s) delivered to mosquitto in {:.2} s after the link opened = {:.0} msg/s",
+            fill.as_secs_f64(),
+            took.as_secs_f64(),
+            n as f64 / took.as_secs_f64()
+        );
+    }
+
+    if run("queued") {
+        for n in [0, queued_n] {
+            let dir = tempfile::tempdir().unwrap();
+            let data = dir.path().join("data");
+            if n > 0 {
+                prefill(&rt, &data, n);
+            }
+            let relay = Relay::start(mosq.addr());
+            relay.set_mode(Mode::Refuse);
+            let gw = Proc::start(
+                dir.path(),
+                &config(&data, relay.port(), &devices[..1], 10, 1000),
+            );
+            std::thread::sleep(Duration::from_secs(5)); // settle, then read RSS
+            let (_, rss) = gw.usage();
+            let size = std::fs::metadata(data.join("outbox.db"))
+                .map(|m| m.len())
+                .unwrap_or(0)
+                + std::fs::metadata(data.join("outbox.db-wal"))
+                    .map(|m| m.len())
+                    .unwrap_or(0);
+            println!(
+                "queued: {n} rows waiting (upstream unreachable), one device polling: RSS {:.1} MiB; database {:.1} MiB on disk",
+                rss as f64 / 1024.0,
+                size as f64 / 1048576.0
+            );
+        }
+    }
+
+    if run("idle") {
         let dir = tempfile::tempdir().unwrap();
         let up = counter(mosq.port, "fieldbridge/bench/#");
         let gw = Proc::start(
