@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{BrokerError, LocalBroker};
 use crate::config::Config;
 use crate::device::modbus::ModbusDriver;
+use crate::device::serial;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{self, PipelineStats};
 use crate::poller::{self, Schedule};
@@ -114,9 +115,18 @@ pub async fn run(
             poll_stop.clone(),
         ));
     }
+    for d in &cfg.serial_devices {
+        tracing::info!(device = %d.name, path = %d.port.path, "reading serial device");
+        pollers.spawn(serial::task::run(
+            d.clone(),
+            tx.clone(),
+            poll_stop.clone(),
+            Arc::default(),
+        ));
+    }
     drop(tx);
     on_ready(&running);
-    tracing::info!(devices = cfg.devices.len(), gateway = %cfg.gateway.id, "fieldbridge running");
+    tracing::info!(devices = cfg.devices.len() + cfg.serial_devices.len(), gateway = %cfg.gateway.id, "fieldbridge running");
 
     stop.cancelled().await;
     tracing::info!("shutting down");
