@@ -365,7 +365,7 @@ async fn unplugging_and_replugging_20_times_recovers_within_5_s_each_time() {
         // Like a streaming sensor: send a frame now and then until one is read.
         let mut polls = 0u32;
         wait_until(&format!("the reading of cycle {cycle}"), LONG, || {
-            if polls % 5 == 0 {
+            if polls.is_multiple_of(5) {
                 let _ = peer.send(&sds011_frame(cycle, 0));
             }
             polls += 1;
