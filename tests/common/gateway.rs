@@ -173,8 +173,14 @@ impl Gateway {
     /// Starts the gateway with `spec` using `dir` as config and data directory, and waits until
     /// its embedded broker accepts connections.
     pub fn start(spec: &Spec, dir: &Path) -> Gateway {
+        Gateway::start_with_config(&spec.config(&dir.join("data")), spec.broker_port, dir)
+    }
+
+    /// Like [`Gateway::start`] with a config written by the test; its embedded broker must
+    /// listen on `127.0.0.1:<broker_port>`.
+    pub fn start_with_config(config: &str, broker_port: u16, dir: &Path) -> Gateway {
         let cfg = dir.join("fieldbridge.toml");
-        std::fs::write(&cfg, spec.config(&dir.join("data"))).unwrap();
+        std::fs::write(&cfg, config).unwrap();
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -193,9 +199,9 @@ impl Gateway {
         let mut g = Gateway {
             child: Some(child),
             dir: dir.to_path_buf(),
-            broker_port: spec.broker_port,
+            broker_port,
         };
-        let port = spec.broker_port;
+        let port = broker_port;
         wait_until_sync(
             "the gateway's embedded broker",
             Duration::from_secs(20),
