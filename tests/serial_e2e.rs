@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::gateway::Gateway;
 use common::peers::{free_port, wait_until_sync, Message, Mosquitto, MqttWatcher};
@@ -143,6 +143,28 @@ fn serial_readings_and_status_reach_the_upstream_broker_through_the_normal_path(
         let s = up.wait_for_sync(on(&format!("fieldbridge/gw/{dev}/status")), LONG);
         assert_eq!(s.text(), "online");
     }
+
+    // A babbling sensor: every bad line is counted, but the log gets at most one line per
+    // device and 10 s, and good lines after the garbage are still read.
+    let babble_started = Instant::now();
+    for _ in 0..300 {
+        env_peer.send(b"not json at all\n").unwrap();
+    }
+    env_peer.send(&[b'x'; 500]).unwrap();
+    up.wait_for_sync(
+        |m| {
+            let _ = env_peer.send(b"{\"env\":{\"t\":22.25}}\n");
+            m.topic == "fieldbridge/gw/env/temperature" && m.json()["value"] == json!(22.25)
+        },
+        LONG,
+    );
+    let logged = gw.log().matches("rejected serial input").count() as u64;
+    let allowed = 1 + babble_started.elapsed().as_secs() / 10 + 1;
+    assert!(
+        (1..=allowed).contains(&logged),
+        "{logged} reject log lines for 301 rejects:\n{}",
+        gw.log()
+    );
 
     // Unplug the particulate sensor: its status goes offline upstream; plug it back in: online
     // again, and new readings flow.

@@ -370,4 +370,75 @@ mod tests {
         // The classic example sentence carries the checksum the receivers print.
         assert!(gga.ends_with("*47"), "{gga}");
     }
+
+    #[test]
+    fn arbitrary_bytes_never_panic_any_framer_decoder_or_parser() {
+        use crate::device::serial::parse::{parse_frame, FieldPoint, FieldType, ParseSpec, Source};
+        use std::sync::Arc;
+        // xorshift: reproducible noise without a dependency
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        // Bytes that matter to the protocols, so the noise often looks almost right.
+        const ALPHABET: &[u8] = b"\xAA\xC0\xAB\xFF\x86$*,.\n\r0123456789ABCDEFNSEWGPGGARMC=:{}\"tx";
+        let text_point = |f: &str, t| FieldPoint {
+            name: Arc::from(f),
+            source: Source::Field(f.into()),
+            field_type: t,
+            unit: None,
+            scale: 1.0,
+            offset: 0.0,
+        };
+        let points = [
+            text_point("t", FieldType::F64),
+            text_point("x", FieldType::I8),
+            text_point("t.x", FieldType::Bool),
+            FieldPoint {
+                source: Source::Column(3),
+                ..text_point("c", FieldType::U64)
+            },
+        ];
+        let specs = [
+            ParseSpec::Json,
+            ParseSpec::KeyValue {
+                separators: String::new(),
+                assign: "=".into(),
+            },
+            ParseSpec::Csv {
+                separator: ",".into(),
+            },
+            ParseSpec::Regex(regex::Regex::new(r"(?P<t>[0-9.]+)(?P<x>-?[0-9]*)").unwrap()),
+        ];
+        for sensor in [Sensor::Sds011, Sensor::Mhz19b, Sensor::Nmea] {
+            let mut framer = Framer::new(sensor.framing());
+            let mut events = Vec::new();
+            for _ in 0..20_000 {
+                let n = (next() % 40) as usize;
+                let chunk: Vec<u8> = (0..n)
+                    .map(|_| {
+                        let r = next();
+                        if r % 4 == 0 {
+                            r as u8 >> 1
+                        } else {
+                            ALPHABET[(r >> 8) as usize % ALPHABET.len()]
+                        }
+                    })
+                    .collect();
+                events.clear();
+                framer.push(&chunk, &mut events);
+                for ev in &events {
+                    if let FrameEvent::Frame(f) = ev {
+                        let _ = sensor.decode(f);
+                        for spec in &specs {
+                            let _ = parse_frame(spec, f, &points);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
