@@ -209,6 +209,21 @@ fn each_serial_mistake_names_its_key_and_what_would_be_valid() {
     let binary = format!("{PORT}[devices.framing]\ntype = \"binary\"\nstart = \"AA C0\"\nlength = 10\nend = \"AB\"\nchecksum = \"sum8\"\n[devices.parse]\nformat = \"binary\"\n[[devices.points]]\nname = \"v\"\nbyte_offset = 2\ntype = \"u16\"\nbyte_order = \"little\"\n");
     let mut cases = cases;
     cases.extend([
+        (
+            format!("{PORT}driver = \"sds011\"\nmode = \"polled\"\n"),
+            "devices[0].mode",
+            "the sds011 driver streams by itself; remove mode (or set mode = \"stream\")",
+        ),
+        (
+            format!("{PORT}driver = \"mhz19b\"\nmode = \"stream\"\n"),
+            "devices[0].mode",
+            "the mhz19b driver is polled; remove mode",
+        ),
+        (
+            format!("{PORT}driver = \"mhz19b\"\nmode = \"polled\"\n"),
+            "",
+            "",
+        ),
         (binary.clone(), "", ""),
         (
             binary.replace("start = \"AA C0\"\n", ""),

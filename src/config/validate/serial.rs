@@ -120,6 +120,25 @@ pub(super) fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> SerialDevice {
         Duration::from_millis(10),
         Duration::from_secs(86_400),
     );
+    if let Protocol::Sensor(s) = &protocol {
+        let (wants_polled, how) = match s.request() {
+            Some(_) => (true, "is polled"),
+            None => (false, "streams by itself"),
+        };
+        if d.mode.is_some() && polled != wants_polled {
+            c.push(
+                p.key("mode"),
+                format!(
+                    "the {s} driver {how}; remove mode (or set mode = \"{}\")",
+                    if wants_polled { "polled" } else { "stream" }
+                ),
+            );
+        }
+    }
+    let polled = match &protocol {
+        Protocol::Sensor(s) => s.request().is_some(),
+        Protocol::Custom { .. } => polled,
+    };
     let mode = match (polled, request) {
         (true, Some(request)) => Mode::Polled { request, interval },
         (true, None) => {

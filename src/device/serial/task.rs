@@ -165,7 +165,7 @@ impl Task {
         while !self.stop.is_cancelled() {
             let error = match Port::open(&self.dev.port) {
                 Ok(port) => {
-                    failures = 0;
+                    let frames_before = self.stats.frames.load(Ordering::Relaxed);
                     self.stats.opens.fetch_add(1, Ordering::Relaxed);
                     tracing::info!(
                         event = "serial_port_open",
@@ -174,7 +174,13 @@ impl Task {
                         baud = self.dev.port.baud,
                         "serial port open"
                     );
-                    match self.session(port).await {
+                    let end = self.session(port).await;
+                    // Only a session that produced valid data resets the backoff: a port that
+                    // opens and fails at once must not be reopened five times a second.
+                    if self.stats.frames.load(Ordering::Relaxed) > frames_before {
+                        failures = 0;
+                    }
+                    match end {
                         End::Stopped => return,
                         End::Lost(e) => e,
                     }
@@ -227,7 +233,8 @@ impl Task {
         let timeout = self.dev.timeout;
         let mut deadline = Instant::now() + timeout;
         loop {
-            let silent = self.status.online != Some(false);
+            // Once offline, only valid data matters; there is nothing more to time out.
+            let watch_silence = self.status.online != Some(false);
             tokio::select! {
                 _ = self.stop.cancelled() => return End::Stopped,
                 r = port.read(&mut buf) => match r {
@@ -242,7 +249,7 @@ impl Task {
                     }
                     Err(e) => return End::Lost(e),
                 },
-                _ = sleep_until(deadline), if silent => {
+                _ = sleep_until(deadline), if watch_silence => {
                     let reason = format!(
                         "no valid data for {}",
                         humantime::format_duration(timeout)
