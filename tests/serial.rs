@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::peers::wait_until;
+use common::peers::{wait_until, wait_until_sync};
 use common::serial::{mhz19b_answer, nmea_line, sds011_frame, PtyPair};
 use fieldbridge::config::serial::SerialDevice;
 use fieldbridge::device::serial::sensors::MHZ19B_READ;
@@ -393,4 +393,45 @@ async fn unplugging_and_replugging_20_times_recovers_within_5_s_each_time() {
     want.push(false);
     assert_eq!(st, want);
     assert!(h.opens() >= 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_answer_is_discarded_and_never_taken_for_the_next_request() {
+    let pty = PtyPair::start();
+    let h = Harness::start(device(&format!(
+        "[[devices]]\nname = \"co2\"\nkind = \"serial_line\"\npath = \"{}\"\ndriver = \"mhz19b\"\ninterval = \"1s\"\ntimeout = \"200ms\"\n",
+        pty.device().display()
+    )));
+    let mut peer = pty.open_peer();
+    let events = h.events.clone();
+    let offline = move || {
+        events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| matches!(e, DeviceEvent::Status { online: false, .. }))
+    };
+    // The sensor answers the first command only after the gateway gave up on it (it is offline
+    // then), and every later command at once.
+    std::thread::spawn(move || {
+        if peer.read_exact(9).is_err() {
+            return;
+        }
+        wait_until_sync("the gateway to give up on the first command", LONG, offline);
+        if peer.send(&mhz19b_answer(999)).is_err() {
+            return;
+        }
+        while peer.read_exact(9).is_ok() {
+            if peer.send(&mhz19b_answer(401)).is_err() {
+                return;
+            }
+        }
+    });
+    wait_until("an answer to a later request", LONG, || {
+        !h.values("co2").is_empty()
+    })
+    .await;
+    assert_eq!(h.values("co2")[0], Value::UInt(401));
+    assert!(!h.values("co2").contains(&Value::UInt(999)));
+    assert_eq!(count(&h.stats.timeouts), 1);
 }
