@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{BrokerError, LocalBroker};
 use crate::config::Config;
 use crate::device::modbus::ModbusDriver;
+use crate::device::serial;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline;
 use crate::poller::{self, Schedule};
@@ -88,7 +89,12 @@ pub async fn run(
     };
 
     let (tx, rx) = mpsc::channel(1024);
-    let board = Arc::new(Board::new(cfg.devices.iter().map(|d| &d.name)));
+    let board = Arc::new(Board::new(
+        cfg.devices
+            .iter()
+            .map(|d| &d.name)
+            .chain(cfg.serial_devices.iter().map(|d| &d.name)),
+    ));
     let pipe_stop = CancellationToken::new();
     let pipe = tokio::spawn(pipeline::run(
         rx,
@@ -135,9 +141,18 @@ pub async fn run(
             poll_stop.clone(),
         ));
     }
+    for d in &cfg.serial_devices {
+        tracing::info!(device = %d.name, path = %d.port.path, "reading serial device");
+        pollers.spawn(serial::task::run(
+            d.clone(),
+            tx.clone(),
+            poll_stop.clone(),
+            Arc::default(),
+        ));
+    }
     drop(tx);
     on_ready(&running);
-    tracing::info!(devices = cfg.devices.len(), gateway = %cfg.gateway.id, "fieldbridge running");
+    tracing::info!(devices = cfg.devices.len() + cfg.serial_devices.len(), gateway = %cfg.gateway.id, "fieldbridge running");
 
     stop.cancelled().await;
     tracing::info!("shutting down");

@@ -54,11 +54,12 @@ fn main() -> ExitCode {
     match cli.cmd {
         Cmd::Check { config } => match config::load(&config) {
             Ok(cfg) => {
+                let devices = cfg.devices.len() + cfg.serial_devices.len();
                 println!(
                     "{}: valid ({} device{}, upstream {})",
                     config.display(),
-                    cfg.devices.len(),
-                    if cfg.devices.len() == 1 { "" } else { "s" },
+                    devices,
+                    if devices == 1 { "" } else { "s" },
                     cfg.upstream
                         .as_ref()
                         .map(|u| format!("{}:{}", u.host, u.port))

@@ -7,6 +7,7 @@
 
 pub mod locate;
 pub mod raw;
+pub mod serial;
 mod validate;
 
 use std::fmt;
@@ -28,6 +29,8 @@ pub struct Config {
     pub upstream: Option<Upstream>,
     pub outbox: OutboxSettings,
     pub devices: Vec<Device>,
+    /// `kind = "serial_line"` devices (issue 4), in file order.
+    pub serial_devices: Vec<serial::SerialDevice>,
     /// Local topics forwarded upstream through the outbox.
     pub forward: Vec<BridgeRule>,
     /// Upstream topics delivered into the local broker.

@@ -139,8 +139,8 @@ pub struct RawDevice {
     pub unit_id: i64,
     #[serde(default = "default_interval")]
     pub interval: String,
-    #[serde(default = "default_timeout")]
-    pub timeout: String,
+    /// Default 1s for Modbus; the serial kind has its own defaults (validate/serial.rs).
+    pub timeout: Option<String>,
     #[serde(default = "default_backoff_max")]
     pub backoff_max: String,
     #[serde(default = "default_word_order")]
@@ -149,14 +149,27 @@ pub struct RawDevice {
     pub max_gap: i64,
     #[serde(default)]
     pub points: Vec<RawPoint>,
+    // kind = "serial_line" (issue 4); validated in validate/serial.rs.
+    pub path: Option<String>,
+    pub baud: Option<i64>,
+    pub data_bits: Option<i64>,
+    pub parity: Option<String>,
+    pub stop_bits: Option<i64>,
+    pub driver: Option<String>,
+    pub mode: Option<String>,
+    pub request: Option<String>,
+    pub request_hex: Option<String>,
+    pub framing: Option<RawFraming>,
+    pub parse: Option<RawParse>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawPoint {
     pub name: String,
-    pub table: String,
-    pub address: i64,
+    /// Required for Modbus points; serial points use field/column/byte_offset instead.
+    pub table: Option<String>,
+    pub address: Option<i64>,
     #[serde(rename = "type")]
     pub data_type: String,
     pub unit: Option<String>,
@@ -165,6 +178,11 @@ pub struct RawPoint {
     #[serde(default)]
     pub offset: f64,
     pub word_order: Option<String>,
+    // serial_line points (issue 4)
+    pub field: Option<String>,
+    pub column: Option<i64>,
+    pub byte_offset: Option<i64>,
+    pub byte_order: Option<String>,
 }
 
 fn yes() -> bool {
@@ -230,12 +248,40 @@ fn default_unit_id() -> i64 {
 fn default_interval() -> String {
     "5s".into()
 }
-fn default_timeout() -> String {
-    "1s".into()
-}
+pub(crate) const DEFAULT_MODBUS_TIMEOUT: &str = "1s";
 fn default_backoff_max() -> String {
     "60s".into()
 }
 fn default_word_order() -> String {
     "ABCD".into()
+}
+
+/// `[devices.framing]` of a `serial_line` device (issue 4).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFraming {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub delimiter: Option<String>,
+    pub max_length: Option<i64>,
+    pub start: Option<String>,
+    pub length: Option<i64>,
+    pub length_at: Option<i64>,
+    pub length_add: Option<i64>,
+    pub end: Option<String>,
+    pub checksum: Option<String>,
+    pub checksum_from: Option<i64>,
+    pub checksum_to: Option<i64>,
+    pub checksum_at: Option<i64>,
+}
+
+/// `[devices.parse]` of a `serial_line` device (issue 4).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawParse {
+    pub format: String,
+    pub regex: Option<String>,
+    pub separators: Option<String>,
+    pub assign: Option<String>,
+    pub separator: Option<String>,
 }

@@ -1,5 +1,7 @@
 //! Pure validation: `RawConfig` → `Config`, collecting every issue with its key path.
 
+mod serial;
+
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -194,6 +196,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
 
     let mut names = HashSet::new();
     let mut devices = Vec::new();
+    let mut serial_devices = Vec::new();
     for (i, d) in raw.devices.iter().enumerate() {
         let p = root.key("devices").index(i);
         if !names.insert(d.name.as_str()) {
@@ -204,6 +207,10 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
                     d.name
                 ),
             );
+        }
+        if d.kind == serial::KIND {
+            serial_devices.push(serial::device(&mut c, p, d));
+            continue;
         }
         devices.push(device(&mut c, p, d));
     }
@@ -232,6 +239,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
             devices,
             forward,
             subscribe,
+            serial_devices,
         })
     } else {
         Err(c.issues)
@@ -393,7 +401,7 @@ fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> Device {
         other => {
             c.push(
                 p.key("kind"),
-                format!("unknown device kind {other:?}; valid: modbus_tcp"),
+                format!("unknown device kind {other:?}; valid: modbus_tcp, serial_line"),
             );
             Transport::Tcp {
                 host: String::new(),
@@ -412,7 +420,9 @@ fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> Device {
     );
     let timeout = c.duration(
         p.key("timeout"),
-        &d.timeout,
+        d.timeout
+            .as_deref()
+            .unwrap_or(super::raw::DEFAULT_MODBUS_TIMEOUT),
         Duration::from_millis(10),
         Duration::from_secs(600),
     );
@@ -468,13 +478,19 @@ fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> P
             "\"status\" is reserved for the device status topic; choose another name",
         );
     }
-    let table = c.parsed(
-        p.key("table"),
-        &pt.table,
-        "table",
-        Table::NAMES,
-        Table::Holding,
-    );
+    let table = match &pt.table {
+        Some(t) => c.parsed(p.key("table"), t, "table", Table::NAMES, Table::Holding),
+        None => {
+            c.push(
+                p.key("table"),
+                format!(
+                    "missing: a Modbus point needs table = one of {}",
+                    Table::NAMES
+                ),
+            );
+            Table::Holding
+        }
+    };
     let data_type = c.parsed(
         p.key("type"),
         &pt.data_type,
@@ -489,7 +505,16 @@ fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> P
         );
     }
     let last = 65536 - i64::from(data_type.width());
-    let address = c.int(p.key("address"), pt.address, 0, last);
+    let address = match pt.address {
+        Some(a) => c.int(p.key("address"), a, 0, last),
+        None => {
+            c.push(
+                p.key("address"),
+                "missing: a Modbus point needs address = <0-based register>",
+            );
+            0
+        }
+    };
     let word_order = match &pt.word_order {
         Some(s) => c.parsed(
             p.key("word_order"),

@@ -6,6 +6,7 @@
 pub mod decode;
 pub mod modbus;
 pub mod plan;
+pub mod serial;
 
 use std::future::Future;
 use std::time::Duration;

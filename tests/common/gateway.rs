@@ -186,15 +186,26 @@ impl Gateway {
     /// Starts the gateway with `spec` using `dir` as config and data directory, and waits until
     /// its embedded broker accepts connections.
     pub fn start(spec: &Spec, dir: &Path) -> Gateway {
+        let config = spec.config(&dir.join("data"));
+        Gateway::launch(&config, spec.broker_port, dir, spec.tmpfs_data_kib)
+    }
+
+    /// Like [`Gateway::start`] with a config written by the test; its embedded broker must
+    /// listen on `127.0.0.1:<broker_port>`.
+    pub fn start_with_config(config: &str, broker_port: u16, dir: &Path) -> Gateway {
+        Gateway::launch(config, broker_port, dir, None)
+    }
+
+    fn launch(config: &str, broker_port: u16, dir: &Path, tmpfs_data_kib: Option<u64>) -> Gateway {
         let cfg = dir.join("fieldbridge.toml");
-        std::fs::write(&cfg, spec.config(&dir.join("data"))).unwrap();
+        std::fs::write(&cfg, config).unwrap();
         let log = OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join("gateway.log"))
             .unwrap();
         let bin = env!("CARGO_BIN_EXE_fieldbridge");
-        let mut cmd = match spec.tmpfs_data_kib {
+        let mut cmd = match tmpfs_data_kib {
             // The data dir on a small tmpfs that only the gateway's private mount namespace
             // sees: disk-full without touching the host's mounts. `exec` keeps the gateway's
             // pid, so `nsenter -t <pid> -m` reaches the same mount.
@@ -227,9 +238,9 @@ impl Gateway {
         let mut g = Gateway {
             child: Some(child),
             dir: dir.to_path_buf(),
-            broker_port: spec.broker_port,
+            broker_port,
         };
-        let port = spec.broker_port;
+        let port = broker_port;
         wait_until_sync(
             "the gateway's embedded broker",
             Duration::from_secs(20),

@@ -1,0 +1,55 @@
+//! The validated configuration of a `kind = "serial_line"` device: port settings, what runs on
+//! the line (a built-in sensor driver, or framing + parsing + points), and how it is read (the
+//! sensor streams, or it is polled with a request). Built by `validate` only; every value here
+//! has been range-checked, so the serial task can rely on it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::device::serial::framing::FramingSpec;
+use crate::device::serial::parse::{FieldPoint, ParseSpec};
+use crate::device::serial::port::PortSettings;
+use crate::device::serial::sensors::Sensor;
+
+#[derive(Debug, Clone)]
+pub struct SerialDevice {
+    pub name: Arc<str>,
+    pub port: PortSettings,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    /// Streaming: offline when no valid frame arrived for this long. Polled: how long to wait
+    /// for the answer to one request.
+    pub timeout: Duration,
+    /// Cap of the exponential backoff, for failed polls and for reopening a lost port.
+    pub backoff_max: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub enum Protocol {
+    Sensor(Sensor),
+    Custom {
+        framing: FramingSpec,
+        parse: ParseSpec,
+        points: Vec<FieldPoint>,
+    },
+}
+
+impl Protocol {
+    pub fn framing(&self) -> FramingSpec {
+        match self {
+            Protocol::Sensor(s) => s.framing(),
+            Protocol::Custom { framing, .. } => framing.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Mode {
+    /// The sensor sends by itself.
+    Stream,
+    /// Send `request` every `interval`, then wait up to `timeout` for a valid answer.
+    Polled {
+        request: Vec<u8>,
+        interval: Duration,
+    },
+}
