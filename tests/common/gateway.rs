@@ -241,16 +241,22 @@ impl Gateway {
             broker_port,
         };
         let port = broker_port;
-        wait_until_sync(
-            "the gateway's embedded broker",
-            Duration::from_secs(20),
-            || {
-                if let Some(Ok(Some(status))) = g.child.as_mut().map(|c| c.try_wait()) {
-                    panic!("gateway exited early ({status}):\n{}", g.log());
-                }
-                std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-            },
-        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(Ok(Some(status))) = g.child.as_mut().map(|c| c.try_wait()) {
+                panic!("gateway exited early ({status}):\n{}", g.log());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                break;
+            }
+            if std::time::Instant::now() > deadline {
+                panic!(
+                    "the gateway's embedded broker did not listen within 30 s:\n{}",
+                    g.log()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
         g
     }
 
