@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 
@@ -75,6 +76,9 @@ pub fn to_messages(events: &[DeviceEvent], topics: &Topics, ids: &MessageIds) ->
 }
 
 const MAX_BATCH: usize = 5000;
+/// How long storing and publishing one batch may take before the pipeline counts as hung:
+/// far above any healthy group commit, even on a slow SD card.
+const BATCH_BUDGET: Duration = Duration::from_secs(60);
 
 #[derive(Default)]
 pub struct PipelineStats {
@@ -92,11 +96,14 @@ pub async fn run(
 ) -> Option<LocalBroker> {
     let ids = MessageIds::new();
     let mut events = Vec::new();
+    let beat = crate::health::global().register("pipeline", Duration::ZERO);
     loop {
         events.clear();
+        beat.idle().await;
         if rx.recv_many(&mut events, MAX_BATCH).await == 0 {
             break;
         }
+        beat.progress(BATCH_BUDGET).await;
         let messages = to_messages(&events, &topics, &ids);
         if let Err(e) = outbox.append(messages.clone()).await {
             let n = messages.len() as u64;

@@ -36,6 +36,8 @@ pub struct Gateway {
     pub data_dir: PathBuf,
     pub topic_prefix: String,
     pub shutdown_timeout: Duration,
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    pub log_level: String,
 }
 
 #[derive(Debug, Clone)]

@@ -29,6 +29,8 @@ pub struct RawGateway {
     pub topic_prefix: String,
     #[serde(default = "default_shutdown_timeout")]
     pub shutdown_timeout: String,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -156,6 +158,10 @@ fn default_data_dir() -> String {
 fn default_prefix() -> String {
     "fieldbridge".into()
 }
+fn default_log_level() -> String {
+    "info".into()
+}
+
 fn default_shutdown_timeout() -> String {
     "5s".into()
 }

@@ -115,6 +115,14 @@ impl ModbusDriver {
 }
 
 impl Driver for ModbusDriver {
+    fn max_poll_time(&self) -> std::time::Duration {
+        // Name lookup and connect each have one timeout, then one per planned request.
+        let calls = u32::try_from(self.plan.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(2);
+        self.device.timeout.saturating_mul(calls)
+    }
+
     async fn poll(&mut self) -> Result<Vec<Reading>, DeviceError> {
         let mut out = Vec::with_capacity(self.device.points.len());
         let plan = self.plan.clone();
