@@ -122,13 +122,15 @@ impl log::kv::Source for Pairs<'_> {
     }
 }
 
+/// systemd-journal-logger maps `log` levels one syslog priority down (Info → notice, Debug →
+/// info, Trace → debug). Shifting here gives the usual priorities: error 3, warning 4, info 6,
+/// debug and trace 7, so `journalctl -p info` shows what a terminal shows at `info`.
 fn log_level(l: &Level) -> log::Level {
     match *l {
         Level::ERROR => log::Level::Error,
         Level::WARN => log::Level::Warn,
-        Level::INFO => log::Level::Info,
-        Level::DEBUG => log::Level::Debug,
-        Level::TRACE => log::Level::Trace,
+        Level::INFO => log::Level::Debug,
+        Level::DEBUG | Level::TRACE => log::Level::Trace,
     }
 }
 

@@ -132,11 +132,18 @@ impl Driver for ModbusDriver {
             for &(idx, off) in &req.points {
                 let p = &self.device.points[idx];
                 let (value, quality, error) = match &answer {
-                    Answer::Exception(code) => (
-                        Value::Null,
-                        Quality::Bad,
-                        Some(format!("device answered with Modbus exception {code:?}")),
-                    ),
+                    Answer::Exception(code) => {
+                        let e = format!("device answered with Modbus exception {code:?}");
+                        tracing::debug!(
+                            event = "point_exception",
+                            device = %self.device.name,
+                            unit_id = self.device.unit_id,
+                            point = %p.name,
+                            error = %e,
+                            "point read failed"
+                        );
+                        (Value::Null, Quality::Bad, Some(e))
+                    }
                     Answer::Words(words) => {
                         let w = usize::from(p.data_type.width());
                         let s = usize::from(off);
