@@ -162,29 +162,29 @@ tar -C "$R" -xzf "$base"
 mount -t proc proc "$R/proc"
 trap 'umount "$R/proc"' EXIT
 cp "$deb" "$R/tmp/fieldbridge.deb"
-in() { chroot "$R" "$@"; }
-in dpkg -i /tmp/fieldbridge.deb >/dev/null
+inroot() { chroot "$R" "$@"; }
+inroot dpkg -i /tmp/fieldbridge.deb >/dev/null
 
-echo "user: $(in getent passwd fieldbridge | cut -d: -f1,6,7)"
-echo "groups: $(in id -nG fieldbridge)"
-echo "conffiles: $(in dpkg-query -W -f='${Conffiles}' fieldbridge | awk '{print $1}' | tr '\n' ' ')"
-echo "unit: $(in ls /usr/lib/systemd/system/fieldbridge.service)"
-echo "enabled: $(in ls /etc/systemd/system/multi-user.target.wants/ 2>/dev/null | tr '\n' ' ')"
-echo "version as user: $(in runuser -u fieldbridge -- fieldbridge --version)"
-echo "check as user: $(in runuser -u fieldbridge -- fieldbridge check --config /etc/fieldbridge/fieldbridge.toml)"
-echo "profiles: $(in ls /usr/share/fieldbridge/profiles | tr '\n' ' ')"
-echo "examples: $(in ls /usr/share/fieldbridge/examples | tr '\n' ' ')"
+echo "user: $(inroot getent passwd fieldbridge | cut -d: -f1,6,7)"
+echo "groups: $(inroot id -nG fieldbridge)"
+echo "conffiles: $(inroot dpkg-query -W -f='${Conffiles}' fieldbridge | awk '{print $1}' | tr '\n' ' ')"
+echo "unit: $(inroot ls /usr/lib/systemd/system/fieldbridge.service)"
+echo "enabled: $(inroot ls /etc/systemd/system/multi-user.target.wants/ 2>/dev/null | tr '\n' ' ')"
+echo "version as user: $(inroot runuser -u fieldbridge -- fieldbridge --version)"
+echo "check as user: $(inroot runuser -u fieldbridge -- fieldbridge check --config /etc/fieldbridge/fieldbridge.toml)"
+echo "profiles: $(inroot ls /usr/share/fieldbridge/profiles | tr '\n' ' ')"
+echo "examples: $(inroot ls /usr/share/fieldbridge/examples | tr '\n' ' ')"
 
 # An edited config survives an upgrade (a reinstall runs the same upgrade path).
 sed -i 's/^id = "gw-01"/id = "edited-gw"/' "$R/etc/fieldbridge/fieldbridge.toml"
-in dpkg -i /tmp/fieldbridge.deb >/dev/null
+inroot dpkg -i /tmp/fieldbridge.deb >/dev/null
 echo "after upgrade: $(grep '^id = ' "$R/etc/fieldbridge/fieldbridge.toml")"
 
 # State as the service would leave it; purge must remove it with the user.
 mkdir -p "$R/var/lib/fieldbridge"; echo x > "$R/var/lib/fieldbridge/outbox.db"
-in chown -R fieldbridge:fieldbridge /var/lib/fieldbridge
-in dpkg --purge fieldbridge >/dev/null
-echo "after purge: user=$(in getent passwd fieldbridge || echo none) group=$(in getent group fieldbridge || echo none) etc=$( [ -e "$R/etc/fieldbridge" ] && echo present || echo gone) state=$( [ -e "$R/var/lib/fieldbridge" ] && echo present || echo gone) bin=$( [ -e "$R/usr/bin/fieldbridge" ] && echo present || echo gone)"
+inroot chown -R fieldbridge:fieldbridge /var/lib/fieldbridge
+inroot dpkg --purge fieldbridge >/dev/null
+echo "after purge: user=$(inroot getent passwd fieldbridge || echo none) group=$(inroot getent group fieldbridge || echo none) etc=$( [ -e "$R/etc/fieldbridge" ] && echo present || echo gone) state=$( [ -e "$R/var/lib/fieldbridge" ] && echo present || echo gone) bin=$( [ -e "$R/usr/bin/fieldbridge" ] && echo present || echo gone)"
 "#;
 
 #[test]
