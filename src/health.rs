@@ -360,7 +360,7 @@ pub async fn supervise(
     ]);
     let mut reported_stall = false;
     let mut last_status = String::new();
-    let mut last_publish = Instant::now() - DEFAULT_TICK;
+    let mut last_publish: Option<Instant> = None;
     let mut next = Instant::now();
     loop {
         let s = collect(&health, &running, slack, started).await;
@@ -383,9 +383,9 @@ pub async fn supervise(
             last_status = line;
         }
         if let Some(p) = &publisher {
-            if last_publish.elapsed() >= DEFAULT_TICK || !s.stalled.is_empty() {
+            if last_publish.is_none_or(|t| t.elapsed() >= DEFAULT_TICK) || !s.stalled.is_empty() {
                 p.publish(&s);
-                last_publish = Instant::now();
+                last_publish = Some(Instant::now());
             }
         }
         next += tick;
