@@ -40,6 +40,8 @@ pub enum AppError {
 pub struct Running {
     pub outbox: Outbox,
     pub uplink: Option<Arc<UplinkStats>>,
+    /// Last reported reachability of every device.
+    pub board: Arc<Board>,
 }
 
 /// Runs the gateway until `stop` is cancelled. `on_ready` is called once the outbox is open and
@@ -83,18 +85,19 @@ pub async fn run(
             None
         }
     };
-    let running = Running {
-        outbox: outbox.clone(),
-        uplink: uplink.as_ref().map(|u| u.stats()),
-    };
-
-    let (tx, rx) = mpsc::channel(1024);
     let board = Arc::new(Board::new(
         cfg.devices
             .iter()
             .map(|d| &d.name)
             .chain(cfg.serial_devices.iter().map(|d| &d.name)),
     ));
+    let running = Running {
+        outbox: outbox.clone(),
+        uplink: uplink.as_ref().map(|u| u.stats()),
+        board: board.clone(),
+    };
+
+    let (tx, rx) = mpsc::channel(1024);
     let pipe_stop = CancellationToken::new();
     let pipe = tokio::spawn(pipeline::run(
         rx,
@@ -108,9 +111,7 @@ pub async fn run(
     let stats_stop = CancellationToken::new();
     let reporter = Reporter {
         interval: cfg.gateway.stats_interval,
-        outbox: outbox.clone(),
-        uplink: running.uplink.clone(),
-        board,
+        running: running.clone(),
         topics: topics.clone(),
         tx: routed_tx.clone(),
     };

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use fieldbridge::{app, config, demo, telemetry};
+use fieldbridge::{app, config, demo, health, status, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +33,17 @@ enum Cmd {
     Check {
         #[arg(long, short, default_value = "/etc/fieldbridge/fieldbridge.toml")]
         config: PathBuf,
+    },
+    /// Show the running gateway's devices, outbox and upstream state (read from its broker).
+    Status {
+        #[arg(long, short, default_value = "/etc/fieldbridge/fieldbridge.toml")]
+        config: PathBuf,
+        /// How long to wait for the daemon's answer.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+        /// Print the raw JSON snapshot instead.
+        #[arg(long)]
+        json: bool,
     },
     /// Run a demo on built-in simulated Modbus devices, printing what a local subscriber sees.
     Demo {
@@ -80,8 +91,50 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
+            if let Err(e) = telemetry::set_default_level(&cfg.gateway.log_level) {
+                eprintln!("log_level: {e}");
+                return ExitCode::from(2);
+            }
             runtime_run(|stop| async move {
-                app::run(cfg, stop, |_| {}).await.map_err(|e| e.to_string())
+                let supervisor_stop = stop.clone();
+                // READY is sent by the supervisor, which starts only once the outbox is open
+                // and the broker listens (that is when `on_ready` runs).
+                app::run(cfg, stop, move |running| {
+                    tokio::spawn(health::supervise(
+                        health::global().clone(),
+                        running.clone(),
+                        supervisor_stop,
+                    ));
+                })
+                .await
+                .map_err(|e| e.to_string())
+            })
+        }
+        Cmd::Status {
+            config,
+            timeout,
+            json,
+        } => {
+            let cfg = match config::load(&config) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime_run(|_stop| async move {
+                let s = status::fetch(&cfg, timeout)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?
+                    );
+                } else {
+                    print!("{}", status::render(&s, status::now_ms()));
+                }
+                Ok(())
             })
         }
         Cmd::Demo {

@@ -7,6 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -77,6 +78,9 @@ pub fn to_messages(events: &[DeviceEvent], topics: &Topics, ids: &MessageIds) ->
 }
 
 const MAX_BATCH: usize = 5000;
+/// How long storing and publishing one batch may take before the pipeline counts as hung:
+/// far above any healthy group commit, even on a slow SD card.
+const BATCH_BUDGET: Duration = Duration::from_secs(60);
 
 /// Where a message that is not a device event goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,14 +134,17 @@ pub async fn run(
     let mut routed = Vec::new();
     let (mut events_open, mut other_open) = (true, true);
     let mut stopping = false;
+    let beat = crate::health::global().register("pipeline", Duration::ZERO);
     while !stopping {
         evs.clear();
         routed.clear();
+        beat.idle().await;
         tokio::select! {
             n = events.recv_many(&mut evs, MAX_BATCH), if events_open => events_open = n > 0,
             n = other.recv_many(&mut routed, MAX_BATCH), if other_open => other_open = n > 0,
             _ = stop.cancelled() => stopping = true,
         }
+        beat.progress(BATCH_BUDGET).await;
         // Take whatever else is already queued on either side into the same group commit.
         while let Ok(e) = events.try_recv() {
             evs.push(e);

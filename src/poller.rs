@@ -38,7 +38,10 @@ pub async fn run<D: Driver>(
     let mut online: Option<bool> = None;
     let mut failures: u32 = 0;
     let mut next = Instant::now();
+    let beat = crate::health::global().register_device(&name, driver.max_poll_time());
     loop {
+        beat.progress(next.saturating_duration_since(Instant::now()) + driver.max_poll_time())
+            .await;
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = sleep_until(next) => {}
@@ -48,6 +51,7 @@ pub async fn run<D: Driver>(
             _ = stop.cancelled() => break,
             r = driver.poll() => r,
         };
+        beat.set_online(result.is_ok());
         let events = match result {
             Ok(readings) => {
                 failures = 0;

@@ -61,6 +61,7 @@ pub struct Uplink {
     downlink: mpsc::Sender<Routed>,
     /// What we published that our own subscriptions will bring back (see `echo`).
     echoes: Mutex<Echoes>,
+    beat: crate::health::Beat,
 }
 
 /// Why a session ended.
@@ -136,6 +137,7 @@ impl Uplink {
             Some(t) => tls_transport(t)?,
             None => Transport::Tcp,
         };
+        let beat = crate::health::global().register("uplink", connect_budget(&cfg));
         Ok(Uplink {
             cfg,
             transport,
@@ -145,6 +147,7 @@ impl Uplink {
             subscribe,
             downlink,
             echoes: Mutex::new(Echoes::new(10_000)),
+            beat,
         })
     }
 
@@ -251,6 +254,7 @@ impl Uplink {
                 rand::random::<f64>(),
             );
             tracing::debug!(retry_in = ?delay, "upstream reconnect scheduled");
+            self.beat.progress(delay + connect_budget(&self.cfg)).await;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = sleep(delay) => {}
@@ -285,6 +289,7 @@ impl Uplink {
         net.set_connection_timeout(self.cfg.connect_timeout.as_secs().max(1));
         ev.set_network_options(net);
 
+        self.beat.progress(connect_budget(&self.cfg)).await;
         tokio::select! {
             _ = stop.cancelled() => return End::Stopped,
             r = self.connect(&mut ev) => if let Err(e) = r { return End::Failed(e) },
@@ -317,6 +322,10 @@ impl Uplink {
         let mut stopping = false;
         let mut deadline = Instant::now();
         loop {
+            // While connected, rumqttc's poll returns at least once per keep-alive (the ping).
+            self.beat
+                .progress(self.cfg.keep_alive * 2 + connect_budget(&self.cfg))
+                .await;
             if !stopping && inflight.len() < window {
                 let newest = *latest.borrow_and_update();
                 let room = window - inflight.len();
@@ -500,6 +509,12 @@ impl Uplink {
         }
         self.stats.acked.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// How long one connection attempt (or one wait for the broker) may take before the uplink
+/// counts as hung; covers a slow outbox read too.
+fn connect_budget(cfg: &Upstream) -> Duration {
+    cfg.connect_timeout + Duration::from_secs(10)
 }
 
 fn describe(e: &ConnectionError) -> String {

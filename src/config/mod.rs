@@ -68,6 +68,8 @@ pub struct Gateway {
     pub topic_prefix: String,
     pub shutdown_timeout: Duration,
     pub stats_interval: Duration,
+    /// `error`, `warn`, `info`, `debug` or `trace`; `RUST_LOG` overrides it.
+    pub log_level: String,
 }
 
 #[derive(Debug, Clone)]

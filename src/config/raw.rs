@@ -44,6 +44,8 @@ pub struct RawGateway {
     pub shutdown_timeout: String,
     #[serde(default = "default_stats_interval")]
     pub stats_interval: String,
+    #[serde(default = "default_log_level")]
+    pub log_level: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,11 +199,15 @@ fn default_data_dir() -> String {
 fn default_prefix() -> String {
     "fieldbridge".into()
 }
+fn default_log_level() -> String {
+    "info".into()
+}
+
 fn default_shutdown_timeout() -> String {
     "5s".into()
 }
 fn default_stats_interval() -> String {
-    "60s".into()
+    "10s".into()
 }
 fn default_listen() -> String {
     "127.0.0.1:1883".into()

@@ -107,6 +107,17 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
             }
         }
     }
+    const LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+    if !LEVELS.contains(&raw.gateway.log_level.as_str()) {
+        c.push(
+            g.key("log_level"),
+            format!(
+                "{:?} is not a log level; use one of {}",
+                raw.gateway.log_level,
+                LEVELS.join(", ")
+            ),
+        );
+    }
     if raw.gateway.data_dir.is_empty() {
         c.push(g.key("data_dir"), "must not be empty");
     }
@@ -126,6 +137,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
             Duration::from_millis(100),
             Duration::from_secs(86_400),
         ),
+        log_level: raw.gateway.log_level.clone(),
     };
 
     let b = root.key("broker");

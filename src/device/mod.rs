@@ -30,4 +30,10 @@ pub trait Driver: Send {
     /// Modbus exception) come back as readings with bad quality; an `Err` means the device did
     /// not answer at all.
     fn poll(&mut self) -> impl Future<Output = Result<Vec<Reading>, DeviceError>> + Send;
+
+    /// The longest one `poll()` can legitimately take (its timeouts added up). A poll that runs
+    /// longer is treated as a hung loop by the watchdog (see `health`).
+    fn max_poll_time(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(120)
+    }
 }

@@ -115,6 +115,14 @@ impl ModbusDriver {
 }
 
 impl Driver for ModbusDriver {
+    fn max_poll_time(&self) -> std::time::Duration {
+        // Name lookup and connect each have one timeout, then one per planned request.
+        let calls = u32::try_from(self.plan.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(2);
+        self.device.timeout.saturating_mul(calls)
+    }
+
     async fn poll(&mut self) -> Result<Vec<Reading>, DeviceError> {
         let mut out = Vec::with_capacity(self.device.points.len());
         let plan = self.plan.clone();
@@ -124,11 +132,18 @@ impl Driver for ModbusDriver {
             for &(idx, off) in &req.points {
                 let p = &self.device.points[idx];
                 let (value, quality, error) = match &answer {
-                    Answer::Exception(code) => (
-                        Value::Null,
-                        Quality::Bad,
-                        Some(format!("device answered with Modbus exception {code:?}")),
-                    ),
+                    Answer::Exception(code) => {
+                        let e = format!("device answered with Modbus exception {code:?}");
+                        tracing::debug!(
+                            event = "point_exception",
+                            device = %self.device.name,
+                            unit_id = self.device.unit_id,
+                            point = %p.name,
+                            error = %e,
+                            "point read failed"
+                        );
+                        (Value::Null, Quality::Bad, Some(e))
+                    }
                     Answer::Words(words) => {
                         let w = usize::from(p.data_type.width());
                         let s = usize::from(off);

@@ -1,0 +1,198 @@
+//! `fieldbridge status`: asks the running daemon how it is doing, by reading the retained stats
+//! snapshot it keeps on its own embedded broker (`health::supervise` publishes it), and renders
+//! it for a person. It never opens the outbox database: that belongs to the daemon.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+
+use crate::config::Config;
+use crate::health::{stats_topic, Stats};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("the embedded broker is disabled in the config; status is read from it")]
+    NoBroker,
+    #[error("cannot reach the gateway's broker at {addr}: {reason} (is fieldbridge running?)")]
+    Unreachable { addr: String, reason: String },
+    #[error(
+        "no stats on {topic} within {wait:?} (is fieldbridge running, and is this its config?)"
+    )]
+    NoStats { topic: String, wait: Duration },
+    #[error("unreadable stats on {topic}: {reason}")]
+    Bad { topic: String, reason: String },
+}
+
+/// Reads the daemon's latest stats snapshot from its broker, waiting at most `wait`.
+pub async fn fetch(cfg: &Config, wait: Duration) -> Result<Stats, StatusError> {
+    let broker = cfg.broker.as_ref().ok_or(StatusError::NoBroker)?;
+    let host = if broker.listen.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        broker.listen.ip().to_string()
+    };
+    let addr = format!("{host}:{}", broker.listen.port());
+    let topic = stats_topic(&cfg.gateway.topic_prefix, &cfg.gateway.id);
+    let client_id = format!("fieldbridge-status-{}", std::process::id());
+    let mut o = MqttOptions::new(client_id, host, broker.listen.port());
+    o.set_keep_alive(Duration::from_secs(10));
+    let (client, mut ev) = AsyncClient::new(o, 4);
+    let result = tokio::time::timeout(wait, async {
+        loop {
+            match ev.poll().await {
+                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
+                    if let Err(e) = client.try_subscribe(&topic, QoS::AtLeastOnce) {
+                        return Err(StatusError::Unreachable {
+                            addr: addr.clone(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
+                Ok(Event::Incoming(Incoming::Publish(p))) if p.topic == topic => {
+                    return serde_json::from_slice::<Stats>(&p.payload).map_err(|e| {
+                        StatusError::Bad {
+                            topic: topic.clone(),
+                            reason: e.to_string(),
+                        }
+                    });
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(StatusError::Unreachable {
+                        addr: addr.clone(),
+                        reason: e.to_string(),
+                    })
+                }
+            }
+        }
+    })
+    .await;
+    let _ = client.try_disconnect();
+    match result {
+        Ok(r) => r,
+        Err(_) => Err(StatusError::NoStats {
+            topic: topic.clone(),
+            wait,
+        }),
+    }
+}
+
+/// A human-readable report; `now_ms` is the current time in ms since the Unix epoch.
+pub fn render(s: &Stats, now_ms: u64) -> String {
+    let mut out = String::new();
+    let age = now_ms.saturating_sub(s.ts) / 1000;
+    out.push_str(&format!(
+        "fieldbridge {} (pid {}), up {}, snapshot {}s old\n",
+        s.version,
+        s.pid,
+        humantime::format_duration(Duration::from_secs(s.uptime_s)),
+        age
+    ));
+    let online = s.devices.values().filter(|v| **v == Some(true)).count();
+    out.push_str(&format!("devices: {online}/{} online\n", s.devices.len()));
+    for (name, state) in &s.devices {
+        let st = match state {
+            Some(true) => "online",
+            Some(false) => "offline",
+            None => "not polled yet",
+        };
+        out.push_str(&format!("  {name:<24} {st}\n"));
+    }
+    let oldest = s
+        .outbox
+        .oldest_age_s
+        .map(|a| {
+            format!(
+                ", oldest {}",
+                humantime::format_duration(Duration::from_secs(a))
+            )
+        })
+        .unwrap_or_default();
+    out.push_str(&format!(
+        "outbox: {} messages queued ({} bytes){oldest}, {} dropped\n",
+        s.outbox.rows, s.outbox.bytes, s.outbox.dropped
+    ));
+    let up = if !s.upstream.configured {
+        "not configured".to_string()
+    } else {
+        format!(
+            "{} (sent {}, acked {}, reconnects {})",
+            if s.upstream.connected {
+                "connected"
+            } else {
+                "disconnected"
+            },
+            s.upstream.sent,
+            s.upstream.acked,
+            s.upstream.reconnects
+        )
+    };
+    out.push_str(&format!("upstream: {up}\n"));
+    if !s.stalled.is_empty() {
+        out.push_str(&format!(
+            "WATCHDOG: no progress in {}\n",
+            s.stalled.join(", ")
+        ));
+    }
+    out
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::{OutboxStats, UpstreamStats};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn report_lists_every_device_the_outbox_and_the_upstream_state() {
+        let s = Stats {
+            version: "0.1.0".into(),
+            pid: 42,
+            ts: 10_000,
+            uptime_s: 61,
+            devices: BTreeMap::from([
+                ("meter".into(), Some(false)),
+                ("plc".into(), Some(true)),
+                ("new".into(), None),
+            ]),
+            outbox: OutboxStats {
+                rows: 12,
+                bytes: 3400,
+                dropped: 1,
+                oldest_age_s: Some(90),
+            },
+            upstream: UpstreamStats {
+                configured: true,
+                connected: true,
+                sent: 5,
+                acked: 4,
+                reconnects: 2,
+            },
+            stalled: vec![],
+        };
+        let r = render(&s, 12_000);
+        assert!(
+            r.contains("fieldbridge 0.1.0 (pid 42), up 1m 1s, snapshot 2s old"),
+            "{r}"
+        );
+        assert!(r.contains("devices: 1/3 online"), "{r}");
+        assert!(r.contains("meter") && r.contains("offline"), "{r}");
+        assert!(r.contains("not polled yet"), "{r}");
+        assert!(
+            r.contains("outbox: 12 messages queued (3400 bytes), oldest 1m 30s, 1 dropped"),
+            "{r}"
+        );
+        assert!(
+            r.contains("upstream: connected (sent 5, acked 4, reconnects 2)"),
+            "{r}"
+        );
+        assert!(!r.contains("WATCHDOG"), "{r}");
+    }
+}

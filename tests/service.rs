@@ -1,0 +1,330 @@
+//! The gateway as a systemd service, without systemd: the sd_notify protocol (READY, STATUS,
+//! WATCHDOG) read from a test `NOTIFY_SOCKET`, journal entries read from a test listener on the
+//! journal socket path inside a private mount namespace, and `fieldbridge status` against a
+//! running daemon. Devices are pymodbus simulators; the upstream is mosquitto.
+
+mod common;
+
+use std::net::TcpStream;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::gateway::Spec;
+use common::peers::{free_port, wait_until_sync, ModbusSim, Mosquitto};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
+
+/// A child process (and its process group) killed and reaped on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let pgid = Pid::from_raw(self.0.id() as i32);
+        let _ = killpg(pgid, Signal::SIGKILL);
+        let _ = self.0.wait();
+    }
+}
+
+fn write_config(dir: &Path, spec: &Spec) -> std::path::PathBuf {
+    let cfg = dir.join("fieldbridge.toml");
+    std::fs::write(&cfg, spec.config(&dir.join("data"))).unwrap();
+    cfg
+}
+
+/// Receives sd_notify datagrams until `f` accepts one or `deadline` passes.
+fn recv_until(
+    sock: &UnixDatagram,
+    log: &mut Vec<String>,
+    deadline: Duration,
+    mut f: impl FnMut(&str) -> bool,
+) -> Option<String> {
+    let end = Instant::now() + deadline;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        sock.set_read_timeout(Some(left)).unwrap();
+        let Ok(n) = sock.recv(&mut buf) else {
+            return None;
+        };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        log.push(msg.clone());
+        if f(&msg) {
+            return Some(msg);
+        }
+    }
+}
+
+#[test]
+fn ready_follows_the_listening_broker_and_the_watchdog_stops_when_a_poll_loop_hangs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = ModbusSim::start(1);
+    let spec = Spec::new(sim.addr().port(), None);
+    let cfg = write_config(dir.path(), &spec);
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let hang_file = dir.path().join("hang");
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("FIELDBRIDGE_DEBUG_HANG_FILE", &hang_file)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _child = Proc(child);
+    let mut seen = Vec::new();
+
+    let ready = recv_until(&sock, &mut seen, Duration::from_secs(30), |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    assert!(ready.is_some(), "no READY=1; got {seen:?}");
+    // READY means the broker already accepts clients and the outbox database exists.
+    assert!(
+        TcpStream::connect(("127.0.0.1", spec.broker_port)).is_ok(),
+        "broker not listening at READY"
+    );
+    assert!(dir.path().join("data").read_dir().unwrap().next().is_some());
+
+    let online = recv_until(&sock, &mut seen, Duration::from_secs(20), |m| {
+        m.contains("STATUS=1/1 devices online")
+    });
+    assert!(
+        online.is_some(),
+        "no STATUS with the device online; got {seen:?}"
+    );
+    for i in 0..3 {
+        let w = recv_until(&sock, &mut seen, Duration::from_secs(5), |m| {
+            m.lines().any(|l| l == "WATCHDOG=1")
+        });
+        assert!(
+            w.is_some(),
+            "healthy gateway stopped pinging at ping {i}: {seen:?}"
+        );
+    }
+
+    std::fs::write(&hang_file, "poller:dev\n").unwrap();
+    let withheld = recv_until(&sock, &mut seen, Duration::from_secs(30), |m| {
+        m.contains("no progress in poller:dev (watchdog withheld)")
+    });
+    assert!(withheld.is_some(), "hung poller never reported: {seen:?}");
+    // The watchdog interval is 1 s and healthy pings come every 0.5 s: three intervals of
+    // silence is what systemd would punish with a restart.
+    let ping = recv_until(&sock, &mut seen, Duration::from_secs(3), |m| {
+        m.lines().any(|l| l == "WATCHDOG=1")
+    });
+    assert!(
+        ping.is_none(),
+        "watchdog still pinged with a hung poll loop"
+    );
+    drop(sim);
+}
+
+#[test]
+fn status_command_reports_devices_outbox_and_upstream_of_the_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let mut spec = Spec::new(sim.addr().port(), Some(mosq.addr().port()));
+    spec.interval = "200ms";
+    let cfg = write_config(dir.path(), &spec);
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _child = Proc(child);
+    let mut last = String::new();
+    wait_until_sync(
+        "status showing the device online and upstream connected",
+        Duration::from_secs(30),
+        || {
+            let out = Command::new(BIN)
+                .args(["status", "--timeout", "2s", "--config"])
+                .arg(&cfg)
+                .output()
+                .unwrap();
+            last = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            out.status.success()
+                && last.contains("devices: 1/1 online")
+                && last.contains("upstream: connected")
+                && last.contains("outbox: ")
+        },
+    );
+    let json = Command::new(BIN)
+        .args(["status", "--json", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(json.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["devices"]["dev"], true);
+    assert!(v["outbox"]["rows"].is_u64());
+    drop((sim, mosq));
+}
+
+#[test]
+fn status_command_fails_clearly_when_no_daemon_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = Spec::new(free_port(), None);
+    let cfg = write_config(dir.path(), &spec);
+    let out = Command::new(BIN)
+        .args(["status", "--timeout", "2s", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is fieldbridge running"), "{err}");
+}
+
+/// Reads journal entries the way journald does (native protocol: `KEY=value` lines, or a
+/// length-prefixed binary value; large entries arrive as a memfd) and appends each as one JSON
+/// object per line.
+const JOURNAL_LISTENER: &str = r#"
+import array, json, os, socket, struct, sys
+path, out = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+s.bind(path)
+open(out + ".ready", "w").close()
+with open(out, "a") as f:
+    while True:
+        data, anc, _, _ = s.recvmsg(1 << 20, socket.CMSG_SPACE(64))
+        for level, kind, cdata in anc:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array("i")
+                fds.frombytes(cdata[: len(cdata) - len(cdata) % fds.itemsize])
+                for fd in fds:
+                    os.lseek(fd, 0, 0)
+                    chunks = []
+                    while True:
+                        c = os.read(fd, 1 << 16)
+                        if not c:
+                            break
+                        chunks.append(c)
+                    data = b"".join(chunks)
+                    os.close(fd)
+        fields, i = {}, 0
+        while i < len(data):
+            nl = data.index(b"\n", i)
+            line = data[i:nl]
+            if b"=" in line:
+                k, v = line.split(b"=", 1)
+                i = nl + 1
+            else:
+                k = line
+                (n,) = struct.unpack("<Q", data[nl + 1 : nl + 9])
+                v = data[nl + 9 : nl + 9 + n]
+                i = nl + 9 + n + 1
+            fields[k.decode()] = v.decode("utf-8", "replace")
+        f.write(json.dumps(fields) + "\n")
+        f.flush()
+"#;
+
+#[test]
+fn under_journald_events_carry_device_point_unit_error_and_event_fields() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = ModbusSim::start(1);
+    // Nothing listens upstream: the uplink logs upstream_connect_failed.
+    let mut spec = Spec::new(sim.addr().port(), Some(free_port()));
+    // Address 150 is outside the simulator's map: the device answers with exception 02.
+    spec.points = "[[devices.points]]\nname = \"missing\"\ntable = \"holding\"\naddress = 150\ntype = \"u16\"\n".into();
+    let cfg = write_config(dir.path(), &spec);
+    let listener = dir.path().join("listener.py");
+    std::fs::write(&listener, JOURNAL_LISTENER).unwrap();
+    let entries = dir.path().join("journal.jsonl");
+    let stderr = dir.path().join("stderr.log");
+    // In a private mount namespace a tmpfs hides the host's /run/systemd, so the listener can
+    // own the journal socket path without touching the host.
+    let script = r#"
+set -e
+if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; else mount -t tmpfs tmpfs /run; fi
+mkdir -p /run/systemd/journal
+python3 "$1" /run/systemd/journal/socket "$2" &
+i=0; while [ ! -e "$2.ready" ]; do i=$((i+1)); [ $i -lt 500 ] || exit 3; sleep 0.01; done
+exec 2>"$3"
+export JOURNAL_STREAM="$(stat -c %d:%i "$3")"
+exec "$4" run --config "$5"
+"#;
+    let child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            "sh",
+        ])
+        .arg(&listener)
+        .arg(&entries)
+        .arg(&stderr)
+        .arg(BIN)
+        .arg(&cfg)
+        .env("RUST_LOG", "debug,rumqttc=warn,sqlx=warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _child = Proc(child);
+
+    let read = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&entries)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let find = |event: &str| read().into_iter().find(|e| e["EVENT"] == event);
+    wait_until_sync(
+        "point_exception and upstream_connect_failed in the journal",
+        Duration::from_secs(30),
+        || find("point_exception").is_some() && find("upstream_connect_failed").is_some(),
+    );
+    let p = find("point_exception").unwrap();
+    assert_eq!(p["DEVICE"], "dev");
+    assert_eq!(p["POINT"], "missing");
+    assert_eq!(p["UNIT_ID"], "1");
+    assert!(p["ERROR"].as_str().unwrap().contains("exception"), "{p}");
+    assert_eq!(p["PRIORITY"], "7");
+    assert_eq!(p["MESSAGE"], "point read failed");
+    assert_eq!(p["SYSLOG_IDENTIFIER"], "fieldbridge");
+    let u = find("upstream_connect_failed").unwrap();
+    assert_eq!(u["PRIORITY"], "4");
+    assert!(!u["ERROR"].as_str().unwrap_or("").is_empty(), "{u}");
+
+    // The device goes away: device_offline with its name and the reason.
+    drop(sim);
+    wait_until_sync(
+        "device_offline in the journal",
+        Duration::from_secs(30),
+        || find("device_offline").is_some(),
+    );
+    let d = find("device_offline").unwrap();
+    assert_eq!(d["DEVICE"], "dev");
+    assert!(!d["ERROR"].as_str().unwrap_or("").is_empty(), "{d}");
+    // Nothing reached stderr: under journald the journal is the only destination.
+    let err = std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(!err.contains("device_offline"), "{err}");
+}
