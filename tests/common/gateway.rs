@@ -42,7 +42,7 @@ impl Spec {
             timeout: "300ms",
             points: POINTS.to_string(),
             extra_upstream: String::new(),
-            stats_interval: "60s",
+            stats_interval: "1s",
             extra: String::new(),
             tmpfs_data_kib: None,
         }
