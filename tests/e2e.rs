@@ -7,30 +7,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
 use std::time::Duration;
 
-use common::gateway::{split_id, Gateway, Spec};
+use common::gateway::{ids_seen, is_reading, split_id, Gateway, Spec};
 use common::peers::{
     wait_for_value_sync, wait_until_sync, Message, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay,
 };
 use serde_json::json;
 
 const LONG: Duration = Duration::from_secs(30);
-
-/// A reading (not a status or stats message) of the test device.
-fn is_reading(m: &Message) -> bool {
-    m.topic.starts_with("fieldbridge/gw/dev/")
-        && !m.topic.ends_with("/status")
-        && m.payload.first() == Some(&b'{')
-}
-
-/// Message ids seen, per gateway boot: (boot → seq → times seen).
-fn ids_seen(msgs: &[Message]) -> BTreeMap<String, BTreeMap<u64, usize>> {
-    let mut out: BTreeMap<String, BTreeMap<u64, usize>> = BTreeMap::new();
-    for m in msgs.iter().filter(|m| is_reading(m)) {
-        let (boot, seq) = split_id(m.json()["id"].as_str().expect("id"));
-        *out.entry(boot).or_default().entry(seq).or_default() += 1;
-    }
-    out
-}
 
 /// Every sequence number 0..=upto of `boot` was received upstream (the gateway numbers its
 /// messages without gaps, so a missing number is a lost message).

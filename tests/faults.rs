@@ -9,9 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::gateway::{split_id, Gateway, Spec};
+use common::gateway::{ids_seen, is_reading, Gateway, Spec};
 use common::peers::{
-    wait_for_value_sync, wait_until_sync, Message, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay,
+    wait_for_value_sync, wait_until_sync, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,25 +19,6 @@ use rand::{Rng, SeedableRng};
 const LONG: Duration = Duration::from_secs(60);
 /// The gateway's in-flight window (upstream.inflight default) plus its status message.
 const WINDOW: usize = 64 + 1;
-
-/// A reading (not a status or stats message) of the test device.
-fn is_reading(m: &Message) -> bool {
-    m.topic.starts_with("fieldbridge/gw/dev/")
-        && !m.topic.ends_with("/status")
-        && m.payload.first() == Some(&b'{')
-}
-
-/// boot → seq → copies
-fn ids(msgs: &[Message]) -> BTreeMap<String, BTreeMap<u64, usize>> {
-    let mut out: BTreeMap<String, BTreeMap<u64, usize>> = BTreeMap::new();
-    for m in msgs.iter().filter(|m| is_reading(m)) {
-        if let Some(id) = m.json()["id"].as_str() {
-            let (boot, seq) = split_id(id);
-            *out.entry(boot).or_default().entry(seq).or_default() += 1;
-        }
-    }
-    out
-}
 
 /// Readings the local broker has shown so far (any boot).
 fn local_count(local: &MqttWatcher) -> usize {
@@ -145,7 +126,7 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
     // either side must arrive upstream.
     let want = |local: &MqttWatcher, up: &MqttWatcher| {
         let mut m: BTreeMap<String, u64> = BTreeMap::new();
-        for seen in [ids(&local.messages()), ids(&up.messages())] {
+        for seen in [ids_seen(&local.messages()), ids_seen(&up.messages())] {
             for (boot, seqs) in seen {
                 let max = *seqs.keys().max().unwrap();
                 let e = m.entry(boot).or_default();
@@ -156,7 +137,7 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
     };
     let target = want(&local, &up);
     let missing = |up: &MqttWatcher| {
-        let got = ids(&up.messages());
+        let got = ids_seen(&up.messages());
         target
             .iter()
             .map(|(boot, max)| {
@@ -170,7 +151,7 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
     let lost = wait_for_value_sync("all readings upstream", LONG, || {
         (missing(&up) == 0).then_some(0)
     });
-    let got = ids(&up.messages());
+    let got = ids_seen(&up.messages());
     let total: usize = got.values().map(|s| s.len()).sum();
     let dups: usize = got.values().flat_map(|s| s.values()).map(|n| n - 1).sum();
     eprintln!(

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -11,7 +12,7 @@ use std::time::Duration;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use super::peers::{free_port, wait_until_sync};
+use super::peers::{free_port, wait_until_sync, Message};
 
 /// Settings of a test gateway; `config()` renders them as the TOML a user would write.
 pub struct Spec {
@@ -304,6 +305,25 @@ impl Drop for Gateway {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// A reading (not a status or stats message) of the test device "dev" of gateway "gw".
+pub fn is_reading(m: &Message) -> bool {
+    m.topic.starts_with("fieldbridge/gw/dev/")
+        && !m.topic.ends_with("/status")
+        && m.payload.first() == Some(&b'{')
+}
+
+/// Message ids of readings, per gateway boot: boot → seq → copies received.
+pub fn ids_seen(msgs: &[Message]) -> BTreeMap<String, BTreeMap<u64, usize>> {
+    let mut out: BTreeMap<String, BTreeMap<u64, usize>> = BTreeMap::new();
+    for m in msgs.iter().filter(|m| is_reading(m)) {
+        if let Some(id) = m.json()["id"].as_str() {
+            let (boot, seq) = split_id(id);
+            *out.entry(boot).or_default().entry(seq).or_default() += 1;
+        }
+    }
+    out
 }
 
 /// Splits a message id "<boot>-<seq>" (the gateway's id format: a random per-start prefix and
