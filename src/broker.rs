@@ -210,7 +210,7 @@ impl LocalBroker {
             self.echoes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .expect(topic.as_bytes(), payload);
+                .record(topic.as_bytes(), payload);
         }
         let p = Publish::new(
             bytes::Bytes::copy_from_slice(topic.as_bytes()),

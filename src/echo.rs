@@ -35,7 +35,7 @@ impl Echoes {
     }
 
     /// We are about to publish this and will receive it back once.
-    pub fn expect(&mut self, topic: &[u8], payload: &[u8]) {
+    pub fn record(&mut self, topic: &[u8], payload: &[u8]) {
         let k = key(topic, payload);
         *self.pending.entry(k).or_default() += 1;
         self.order.push_back(k);
@@ -84,8 +84,8 @@ mod tests {
     #[test]
     fn each_expected_copy_is_dropped_exactly_once() {
         let mut e = Echoes::new(10);
-        e.expect(b"t", b"1");
-        e.expect(b"t", b"1");
+        e.record(b"t", b"1");
+        e.record(b"t", b"1");
         assert!(!e.take(b"t", b"2"), "a different payload is not an echo");
         assert!(!e.take(b"u", b"1"), "a different topic is not an echo");
         assert!(e.take(b"t", b"1"));
@@ -97,9 +97,9 @@ mod tests {
     #[test]
     fn a_full_table_forgets_the_oldest_expectation() {
         let mut e = Echoes::new(2);
-        e.expect(b"a", b"");
-        e.expect(b"b", b"");
-        e.expect(b"c", b"");
+        e.record(b"a", b"");
+        e.record(b"b", b"");
+        e.record(b"c", b"");
         assert_eq!(e.len(), 2);
         assert!(!e.take(b"a", b""));
         assert!(e.take(b"b", b""));

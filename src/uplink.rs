@@ -167,7 +167,7 @@ impl Uplink {
             self.echoes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .expect(topic.as_bytes(), &payload);
+                .record(topic.as_bytes(), &payload);
         }
         client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
