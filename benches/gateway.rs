@@ -350,9 +350,10 @@ fn main() {
         std::thread::sleep(Duration::from_secs(secs));
         let delivered = up.load(Ordering::Relaxed);
         let el = t0.elapsed().as_secs_f64();
-        // SIGINT: strace stops the gateway and writes its summary.
-        let _ = Command::new("kill")
-            .args(["-INT", &tracer.id().to_string()])
+        // Killing the traced gateway makes strace write its summary and exit (SIGINT to strace
+        // did not stop a command it started).
+        let _ = Command::new("pkill")
+            .args(["-KILL", "-P", &tracer.id().to_string()])
             .status();
         let _ = tracer.wait();
         let text = std::fs::read_to_string(&summary).unwrap_or_default();
