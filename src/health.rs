@@ -236,6 +236,9 @@ pub struct OutboxStats {
     pub dropped: u64,
     /// Age in seconds of the oldest stored reading, if any.
     pub oldest_age_s: Option<u64>,
+    /// Group commits so far; with `synchronous=FULL` each one fsyncs the WAL once.
+    #[serde(default)]
+    pub commits: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -323,6 +326,7 @@ pub async fn collect(
             rows: o.rows.load(Ordering::Relaxed),
             bytes: o.bytes.load(Ordering::Relaxed),
             dropped: o.dropped.load(Ordering::Relaxed),
+            commits: o.commits.load(Ordering::Relaxed),
             oldest_age_s,
         },
         upstream,
@@ -444,6 +448,7 @@ mod tests {
                 bytes: 0,
                 dropped: 0,
                 oldest_age_s: None,
+                commits: 0,
             },
             upstream: UpstreamStats {
                 configured: true,

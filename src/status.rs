@@ -167,6 +167,7 @@ mod tests {
                 bytes: 3400,
                 dropped: 1,
                 oldest_age_s: Some(90),
+                commits: 0,
             },
             upstream: UpstreamStats {
                 configured: true,
