@@ -315,6 +315,11 @@ fn a_late_reply_is_never_read_as_the_answer_to_the_next_request() {
 /// A throw-away CA, a server certificate for 127.0.0.1/localhost and a client certificate,
 /// made with openssl.
 fn make_certs(dir: &std::path::Path, ca_name: &str) {
+    make_certs_for(dir, ca_name, "DNS:localhost,IP:127.0.0.1")
+}
+
+/// Like `make_certs`, with the server certificate valid only for `san`.
+fn make_certs_for(dir: &std::path::Path, ca_name: &str, san: &str) {
     let run = |args: &str| {
         let out = Command::new("openssl")
             .args(args.split_whitespace())
@@ -330,8 +335,8 @@ fn make_certs(dir: &std::path::Path, ca_name: &str) {
     ));
     // x509v3 extensions also make them version 3 certificates, which rustls requires
     let exts = [
-        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\n"),
-        ("client", "extendedKeyUsage=clientAuth\n"),
+        ("server", format!("subjectAltName={san}\n")),
+        ("client", "extendedKeyUsage=clientAuth\n".to_string()),
     ];
     for (name, ext) in exts {
         std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
@@ -699,5 +704,32 @@ fn a_full_disk_keeps_local_readings_flowing_counts_drops_and_recovers() {
                 && split_id(m.json()["id"].as_str().unwrap()) > (boot.clone(), after_free + 20)
         },
         LONG,
+    );
+}
+
+#[test]
+fn a_server_certificate_for_another_host_name_is_refused_even_from_the_trusted_ca() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs_for(
+        certs.path(),
+        "fieldbridge-test-ca",
+        "DNS:broker.example.com",
+    );
+    let (mosq, tls_port) = tls_mosquitto(certs.path());
+    let sim = ModbusSim::start(1);
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = Spec::new(sim.port, Some(tls_port));
+    let d = certs.path().display();
+    spec.extra_upstream = format!("[upstream.tls]\nca_file = \"{d}/ca.pem\"\n");
+    let gw = Gateway::start(&spec, dir.path());
+    wait_until_sync("a host name error in the log", LONG, || {
+        let log = gw.log();
+        log.contains("upstream_connect_failed") && log.contains("certificate not valid for name")
+    });
+    assert_eq!(
+        up.count(|_| true),
+        0,
+        "nothing may reach a broker with the wrong name"
     );
 }
