@@ -13,7 +13,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::broker::{BrokerError, LocalBroker};
+use crate::commands::{Commands, Target};
 use crate::config::Config;
+use crate::device::lines;
 use crate::device::modbus::ModbusDriver;
 use crate::device::serial;
 use crate::outbox::{Outbox, OutboxError};
@@ -72,14 +74,27 @@ pub async fn run(
             .await?;
     }
 
+    let writable = cfg
+        .devices
+        .iter()
+        .any(|d| d.points.iter().any(|p| p.write.is_some()));
+    let (command_tx, command_rx) = mpsc::channel(64);
     let uplink = match cfg.upstream.clone() {
-        Some(up) => Some(Uplink::new(
-            up,
-            topics.clone(),
-            outbox.clone(),
-            cfg.subscribe.clone(),
-            routed_tx.clone(),
-        )?),
+        Some(up) => {
+            let u = Uplink::new(
+                up,
+                topics.clone(),
+                outbox.clone(),
+                cfg.subscribe.clone(),
+                routed_tx.clone(),
+            )?;
+            // Only a gateway with writable points listens for commands.
+            Some(if writable {
+                u.with_commands(command_tx)
+            } else {
+                u
+            })
+        }
         None => {
             tracing::warn!("no [upstream] configured: messages are kept in the outbox (bounded) and published locally only");
             None
@@ -121,11 +136,39 @@ pub async fn run(
         uplink.map(|u| tokio::spawn(u.run(uplink_stop.clone(), cfg.gateway.shutdown_timeout)));
 
     let poll_stop = CancellationToken::new();
+    // Bus tasks stop after the pollers, so no poll is left waiting on a vanished line.
+    let lines_stop = CancellationToken::new();
+    let mut lines = lines::start(&cfg, &lines_stop);
+    let commands_stop = CancellationToken::new();
+    let commands = Commands {
+        targets: cfg
+            .devices
+            .iter()
+            .filter_map(|d| {
+                let (bus, _) = lines.get(&d.name)?.clone();
+                Some((
+                    d.name.clone(),
+                    Target {
+                        device: d.clone(),
+                        bus,
+                    },
+                ))
+            })
+            .collect(),
+        topics: topics.clone(),
+        results: routed_tx.clone(),
+    };
+    let commands_task = tokio::spawn(commands.run(command_rx, commands_stop.clone()));
     let mut pollers = JoinSet::new();
     for d in &cfg.devices {
-        let driver = ModbusDriver::new(d.clone());
+        let Some((bus, budget)) = lines.get(&d.name).cloned() else {
+            return Err(AppError::Internal(format!("no line for device {}", d.name)));
+        };
+        let driver = ModbusDriver::new(d.clone(), bus, budget);
         tracing::info!(
             device = %d.name,
+            unit_id = d.unit_id,
+            line = %lines::describe(&cfg, d),
             points = d.points.len(),
             requests_per_cycle = driver.requests_per_cycle(),
             "polling device"
@@ -160,6 +203,10 @@ pub async fn run(
     poll_stop.cancel();
     stats_stop.cancel();
     while pollers.join_next().await.is_some() {}
+    commands_stop.cancel();
+    let _ = commands_task.await;
+    lines_stop.cancel();
+    while lines.tasks.join_next().await.is_some() {}
     let _ = stats_task.await;
     pipe_stop.cancel();
     let local = pipe.await.map_err(|e| AppError::Internal(e.to_string()))?;

@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod broker;
+pub mod commands;
 pub mod config;
 pub mod demo;
 pub mod device;
@@ -18,5 +19,6 @@ pub mod replay;
 pub mod stats;
 pub mod status;
 pub mod telemetry;
+pub mod tools;
 pub mod topics;
 pub mod uplink;

@@ -9,7 +9,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use fieldbridge::{app, config, demo, health, status, telemetry};
+use fieldbridge::{app, config, demo, health, status, telemetry, tools};
 
 #[derive(Parser)]
 #[command(
@@ -57,6 +57,137 @@ enum Cmd {
         #[arg(long, value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
     },
+    /// Print the Modbus requests each device's poll sends per cycle (the request plan).
+    Explain {
+        #[arg(long, short, default_value = "/etc/fieldbridge/fieldbridge.toml")]
+        config: PathBuf,
+        /// Only this device.
+        #[arg(long)]
+        device: Option<String>,
+    },
+    /// Poll one configured Modbus device once and print the decoded values.
+    Read {
+        #[arg(long, short, default_value = "/etc/fieldbridge/fieldbridge.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        device: String,
+    },
+    /// Write one value to a writable point of a configured device (same checks as an upstream
+    /// command).
+    Write {
+        #[arg(long, short, default_value = "/etc/fieldbridge/fieldbridge.toml")]
+        config: PathBuf,
+        #[arg(long)]
+        device: String,
+        #[arg(long)]
+        point: String,
+        /// The value, as in a command payload: 21.5, true, on, "text" or {"value": 21.5}.
+        value: String,
+    },
+    /// Find which Modbus unit ids answer on a line (serial port, RTU over TCP, or Modbus TCP).
+    Scan(ScanArgs),
+}
+
+#[derive(clap::Args)]
+struct ScanArgs {
+    /// Serial port of an RS-485 line, e.g. /dev/ttyUSB0.
+    #[arg(long, group = "line")]
+    port: Option<String>,
+    /// A Modbus TCP server, HOST:PORT.
+    #[arg(long, group = "line")]
+    tcp: Option<String>,
+    /// A serial device server passing RTU frames over TCP, HOST:PORT.
+    #[arg(long, group = "line")]
+    rtu_over_tcp: Option<String>,
+    /// Use a [[buses]] entry of this config instead (with --bus).
+    #[arg(long, short, requires = "bus")]
+    config: Option<PathBuf>,
+    /// The [[buses]] entry to scan.
+    #[arg(long, group = "line")]
+    bus: Option<String>,
+    #[arg(long, default_value_t = 9600)]
+    baud: u32,
+    /// none, even or odd.
+    #[arg(long, default_value = "none")]
+    parity: String,
+    #[arg(long, default_value_t = 8)]
+    data_bits: u8,
+    #[arg(long, default_value_t = 1)]
+    stop_bits: u8,
+    #[arg(long, default_value_t = 1)]
+    from: u8,
+    #[arg(long, default_value_t = 247)]
+    to: u8,
+    /// How long to wait for each unit.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Register table to probe: holding, input, coil or discrete.
+    #[arg(long, default_value = "holding")]
+    table: String,
+    /// Address to probe (0-based). An exception answer also counts as "present".
+    #[arg(long, default_value_t = 0)]
+    address: u16,
+}
+
+fn load_or_exit(path: &std::path::Path) -> Result<config::Config, ExitCode> {
+    config::load(path).map_err(|e| {
+        eprintln!("{e}");
+        ExitCode::from(2)
+    })
+}
+
+fn scan_spec(a: &ScanArgs) -> Result<tools::ScanSpec, String> {
+    use fieldbridge::device::bus::Connector;
+    use fieldbridge::device::serial::port::{Parity, PortSettings};
+    let connector = if let Some(port) = &a.port {
+        let parity: Parity = a
+            .parity
+            .parse()
+            .map_err(|_| format!("--parity {:?}: valid: {}", a.parity, Parity::NAMES))?;
+        Connector::Serial {
+            port: PortSettings {
+                path: port.clone(),
+                baud: a.baud,
+                data_bits: a.data_bits,
+                parity,
+                stop_bits: a.stop_bits,
+            },
+            rs485: false,
+        }
+    } else if let Some(t) = &a.tcp {
+        let (host, port) = parse_host_port(t)?;
+        Connector::Tcp { host, port }
+    } else if let Some(t) = &a.rtu_over_tcp {
+        let (host, port) = parse_host_port(t)?;
+        Connector::RtuOverTcp { host, port }
+    } else if let (Some(c), Some(b)) = (&a.config, &a.bus) {
+        let cfg = config::load(c).map_err(|e| e.to_string())?;
+        let bus = cfg
+            .buses
+            .iter()
+            .find(|x| &*x.name == b)
+            .ok_or_else(|| format!("{}: no [[buses]] entry named {b:?}", c.display()))?;
+        fieldbridge::device::lines::connector(bus)
+    } else {
+        return Err("say which line: --port PATH, --tcp HOST:PORT, --rtu-over-tcp HOST:PORT, or --config FILE --bus NAME".into());
+    };
+    if a.from > a.to {
+        return Err(format!("--from {} is above --to {}", a.from, a.to));
+    }
+    let table = a.table.parse().map_err(|_| {
+        format!(
+            "--table {:?}: valid: {}",
+            a.table,
+            fieldbridge::device::decode::Table::NAMES
+        )
+    })?;
+    Ok(tools::ScanSpec {
+        connector,
+        units: a.from..=a.to,
+        timeout: a.timeout,
+        table,
+        address: a.address,
+    })
 }
 
 fn main() -> ExitCode {
@@ -157,6 +288,86 @@ fn main() -> ExitCode {
             runtime_run(
                 |stop| async move { demo::run(opts, stop).await.map_err(|e| e.to_string()) },
             )
+        }
+        Cmd::Explain { config, device } => {
+            let cfg = match load_or_exit(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match tools::explain(&cfg, device.as_deref()) {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+        Cmd::Read { config, device } => {
+            let cfg = match load_or_exit(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime_run(|_stop| async move {
+                let text = tools::read(&cfg, &device)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                print!("{text}");
+                Ok(())
+            })
+        }
+        Cmd::Write {
+            config,
+            device,
+            point,
+            value,
+        } => {
+            let cfg = match load_or_exit(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            runtime_run(|_stop| async move {
+                let text = tools::write(&cfg, &device, &point, &value)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                print!("{text}");
+                Ok(())
+            })
+        }
+        Cmd::Scan(args) => {
+            let spec = match scan_spec(&args) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("scan: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            runtime_run(|_stop| async move {
+                println!(
+                    "scanning units {}..={} on {} ({} each)",
+                    spec.units.start(),
+                    spec.units.end(),
+                    spec.connector.describe(),
+                    humantime::format_duration(spec.timeout)
+                );
+                let found = tools::scan(&spec, |line| println!("{line}"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let list: Vec<String> = found.iter().map(|u| u.to_string()).collect();
+                println!(
+                    "found {} unit{}: {}",
+                    found.len(),
+                    if found.len() == 1 { "" } else { "s" },
+                    if list.is_empty() {
+                        "none".to_string()
+                    } else {
+                        list.join(", ")
+                    }
+                );
+                Ok(())
+            })
         }
     }
 }

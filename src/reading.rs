@@ -12,6 +12,8 @@ pub enum Value {
     Int(i64),
     UInt(u64),
     Float(f64),
+    /// Text registers (a model name, a serial number).
+    Text(String),
     Null,
 }
 

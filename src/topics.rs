@@ -5,6 +5,8 @@
 //! Device status: `<prefix>/<gateway>/<device>/status` = `online` | `offline`, retained.
 //! Gateway status: `<prefix>/<gateway>/status` = `online` | `offline`, retained.
 //! Statistics: `<prefix>/<gateway>/stats`, JSON, retained.
+//! Commands: `<prefix>/<gateway>/<device>/<point>/set` carrying the value; the outcome is
+//! published on `<prefix>/<gateway>/<device>/<point>/set/result` (JSON, not retained).
 
 use serde_json::{json, Map, Number};
 
@@ -35,6 +37,20 @@ impl Topics {
     }
     pub fn stats(&self) -> String {
         format!("{}/stats", self.base)
+    }
+    /// Where commands arrive: `<device>/<point>/set` below the gateway.
+    pub fn command_filter(&self) -> String {
+        format!("{}/+/+/set", self.base)
+    }
+    pub fn command_result(&self, device: &str, point: &str) -> String {
+        format!("{}/{device}/{point}/set/result", self.base)
+    }
+    /// `(device, point)` of a command topic.
+    pub fn parse_command<'t>(&self, topic: &'t str) -> Option<(&'t str, &'t str)> {
+        let rest = topic.strip_prefix(&self.base)?.strip_prefix('/')?;
+        let rest = rest.strip_suffix("/set")?;
+        let (device, point) = rest.split_once('/')?;
+        (!device.is_empty() && !point.is_empty() && !point.contains('/')).then_some((device, point))
     }
     /// Everything this gateway publishes, for a subscriber.
     pub fn all(&self) -> String {
@@ -137,6 +153,7 @@ fn value_json(v: &Value) -> serde_json::Value {
         Value::Float(f) => Number::from_f64(*f)
             .map(serde_json::Value::Number)
             .unwrap_or(serde_json::Value::Null),
+        Value::Text(t) => serde_json::Value::String(t.clone()),
         Value::Null => serde_json::Value::Null,
     }
 }
@@ -145,6 +162,30 @@ fn value_json(v: &Value) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::reading::Quality;
+
+    #[test]
+    fn command_topics_name_device_and_point_and_nothing_else_parses() {
+        let t = Topics::new("fb", "gw1");
+        assert_eq!(t.command_filter(), "fb/gw1/+/+/set");
+        assert_eq!(
+            t.parse_command("fb/gw1/meter/setpoint/set"),
+            Some(("meter", "setpoint"))
+        );
+        assert_eq!(
+            t.command_result("meter", "sp"),
+            "fb/gw1/meter/sp/set/result"
+        );
+        for bad in [
+            "fb/gw1/meter/set",
+            "fb/gw2/meter/sp/set",
+            "fb/gw1/meter/sp/set/result",
+            "fb/gw1//sp/set",
+            "fb/gw1/a/b/c/set",
+            "fb/gw1x/meter/sp/set",
+        ] {
+            assert_eq!(t.parse_command(bad), None, "{bad}");
+        }
+    }
 
     fn reading(value: Value) -> Reading {
         Reading {

@@ -25,6 +25,7 @@ use std::sync::Mutex;
 
 use tokio::sync::mpsc;
 
+use crate::commands::Command;
 use crate::config::{BridgeRule, Tls, Upstream};
 use crate::echo::Echoes;
 use crate::outbox::inflight::{InFlight, Tag};
@@ -62,6 +63,8 @@ pub struct Uplink {
     /// What we published that our own subscriptions will bring back (see `echo`).
     echoes: Mutex<Echoes>,
     beat: crate::health::Beat,
+    /// Where `<prefix>/<gw>/<device>/<point>/set` commands go; `None`: not subscribed.
+    commands: Option<mpsc::Sender<Command>>,
 }
 
 /// Why a session ended.
@@ -148,7 +151,35 @@ impl Uplink {
             downlink,
             echoes: Mutex::new(Echoes::new(10_000)),
             beat,
+            commands: None,
         })
+    }
+
+    /// Subscribes to this gateway's command topics and hands every command to `tx`.
+    pub fn with_commands(mut self, tx: mpsc::Sender<Command>) -> Self {
+        self.commands = Some(tx);
+        self
+    }
+
+    /// A command for one of our devices: to the command runner. Never blocks the event loop:
+    /// when the runner is behind, the command is refused in the log rather than stalling acks.
+    fn deliver_command(&self, p: &rumqttc::Publish) -> bool {
+        let Some(tx) = &self.commands else {
+            return false;
+        };
+        let Some((device, point)) = self.topics.parse_command(&p.topic) else {
+            return false;
+        };
+        let cmd = Command {
+            device: device.to_string(),
+            point: point.to_string(),
+            payload: p.payload.to_vec(),
+            origin: "upstream",
+        };
+        if tx.try_send(cmd).is_err() {
+            tracing::warn!(event = "write_failed", topic = %p.topic, "command queue full or stopped; command dropped");
+        }
+        true
     }
 
     /// Publishes at QoS 1, remembering the message if our own subscriptions will echo it.
@@ -309,6 +340,11 @@ impl Uplink {
                 return End::Failed(e.to_string());
             }
         }
+        if self.commands.is_some() {
+            if let Err(e) = client.try_subscribe(self.topics.command_filter(), QoS::AtLeastOnce) {
+                return End::Failed(e.to_string());
+            }
+        }
 
         let mut latest = self.outbox.latest();
         let mut latest_open = true;
@@ -397,7 +433,10 @@ impl Uplink {
                         Ok(Tag::Control) => {}
                         Err(m) => tracing::warn!(pkid = a.pkid, "unexpected PUBACK: {m:?}"),
                     },
-                    Ok(Event::Incoming(Incoming::Publish(p))) => self.deliver_down(&p).await,
+                    Ok(Event::Incoming(Incoming::Publish(p))) => {
+                        self.deliver_command(&p);
+                        self.deliver_down(&p).await
+                    }
                     Ok(_) => {}
                     Err(e) => {
                         self.flush_acks(&mut acks).await;

@@ -6,6 +6,7 @@
 //! sees raw config.
 
 pub mod locate;
+pub mod profile;
 pub mod raw;
 pub mod serial;
 mod validate;
@@ -28,6 +29,9 @@ pub struct Config {
     pub broker: Option<Broker>,
     pub upstream: Option<Upstream>,
     pub outbox: OutboxSettings,
+    /// Modbus RTU lines (`[[buses]]`), each owned by one task.
+    pub buses: Vec<Bus>,
+    /// Modbus devices (TCP and RTU), in file order.
     pub devices: Vec<Device>,
     /// `kind = "serial_line"` devices (issue 4), in file order.
     pub serial_devices: Vec<serial::SerialDevice>,
@@ -155,13 +159,79 @@ pub struct Device {
     pub interval: Duration,
     pub timeout: Duration,
     pub backoff_max: Duration,
-    pub max_gap: u16,
+    /// Extra attempts of a failed request while the device is online (never while offline, so a
+    /// dead unit costs its bus one timeout per attempt).
+    pub retries: u8,
+    pub limits: PlanLimits,
+    /// Write single values with FC 15/16 instead of FC 05/06 (devices that only implement the
+    /// "multiple" functions).
+    pub force_multiple_write: bool,
+    /// The profile the points came from, for `explain` and logs.
+    pub profile: Option<String>,
     pub points: Vec<Point>,
+}
+
+/// How the planner may group a device's points into requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlanLimits {
+    /// Registers (or bits) read and thrown away to merge two nearby blocks.
+    pub max_gap: u16,
+    /// At most 125 (the protocol limit); lower for devices with smaller buffers.
+    pub max_registers: u16,
+    /// At most 2000.
+    pub max_bits: u16,
+    /// One request per point, for devices that refuse reads spanning several values.
+    pub one_request_per_point: bool,
+}
+
+impl Default for PlanLimits {
+    fn default() -> Self {
+        PlanLimits {
+            max_gap: 0,
+            max_registers: 125,
+            max_bits: 2000,
+            one_request_per_point: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transport {
-    Tcp { host: String, port: u16 },
+    Tcp {
+        host: String,
+        port: u16,
+    },
+    /// A `[[buses]]` entry, by name.
+    Bus(Arc<str>),
+}
+
+/// A Modbus RTU line: exactly one task owns it and serializes every request on it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Bus {
+    pub name: Arc<str>,
+    pub link: BusLink,
+    /// Silence kept on the wire between the end of one exchange and the next request.
+    pub request_gap: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum BusLink {
+    Serial {
+        port: crate::device::serial::port::PortSettings,
+        /// Ask the driver for RS-485 mode (TIOCSRS485); "not supported" is logged, not fatal.
+        rs485: bool,
+    },
+    /// A serial device server passing RTU frames through a TCP socket.
+    RtuOverTcp { host: String, port: u16 },
+}
+
+impl BusLink {
+    pub fn describe(&self) -> String {
+        match self {
+            BusLink::Serial { port, .. } => port.path.clone(),
+            BusLink::RtuOverTcp { host, port } => format!("rtu-over-tcp://{host}:{port}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -174,6 +244,30 @@ pub struct Point {
     pub scale: f64,
     pub offset: f64,
     pub word_order: WordOrder,
+    /// A bool taken from one bit (0 = least significant) of a register.
+    pub bit: Option<u8>,
+    /// Registers a `string` point spans (other types: their natural width).
+    pub length: u16,
+    /// `Some` when upstream may write the point.
+    pub write: Option<WriteLimits>,
+}
+
+impl Point {
+    /// Registers (or bits) the point occupies.
+    pub fn width(&self) -> u16 {
+        if self.data_type == DataType::String {
+            self.length
+        } else {
+            self.data_type.width()
+        }
+    }
+}
+
+/// The accepted range of a written value, in engineering units.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WriteLimits {
+    pub min: Option<f64>,
+    pub max: Option<f64>,
 }
 
 /// One problem found in a config, before it is located in a file.
@@ -186,6 +280,8 @@ pub struct Issue {
 /// A problem with its place in the file.
 #[derive(Debug, Clone)]
 pub struct Located {
+    /// Set when the problem is in another file than the config (a device profile).
+    pub file: Option<PathBuf>,
     pub line: Option<usize>,
     pub key: String,
     pub message: String,
@@ -211,9 +307,10 @@ fn render(file: &Path, issues: &[Located]) -> String {
     );
     for i in issues {
         out.push_str("\n  ");
+        let f = i.file.as_deref().unwrap_or(file);
         match i.line {
-            Some(l) => out.push_str(&format!("{}:{l}: ", file.display())),
-            None => out.push_str(&format!("{}: ", file.display())),
+            Some(l) => out.push_str(&format!("{}:{l}: ", f.display())),
+            None => out.push_str(&format!("{}: ", f.display())),
         }
         if !i.key.is_empty() {
             out.push_str(&format!("key '{}': ", i.key));
@@ -229,13 +326,13 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
         file: file.to_path_buf(),
         source,
     })?;
-    let mut cfg = parse_str(&src).map_err(|issues| ConfigError::Invalid {
-        file: file.to_path_buf(),
-        issues,
-    })?;
     // Relative paths inside the config are relative to the config file, not to the cwd of
     // whoever started the daemon.
     let base = file.parent().unwrap_or(Path::new("."));
+    let mut cfg = parse_in(&src, Some(base)).map_err(|issues| ConfigError::Invalid {
+        file: file.to_path_buf(),
+        issues,
+    })?;
     let mut issues = Vec::new();
     if let Some(up) = cfg.upstream.as_mut() {
         if let Some(pf) = up.password_file.clone() {
@@ -281,18 +378,35 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Parses and validates config text; every problem comes back located by line and key.
+/// Profiles resolve against the built-in ones only (see `parse_in`).
 pub fn parse_str(src: &str) -> Result<Config, Vec<Located>> {
+    parse_in(src, None)
+}
+
+/// Like `parse_str`, with `base` as the directory of the config file: relative profile paths
+/// and `<base>/profiles/` are looked up there.
+pub fn parse_in(src: &str, base: Option<&Path>) -> Result<Config, Vec<Located>> {
     let raw: raw::RawConfig = match toml::from_str(src) {
         Ok(r) => r,
         Err(e) => return Err(vec![locate_serde(src, &e)]),
     };
-    validate(&raw).map_err(|issues| locate_all(src, issues))
+    let (profiles, problems) = profile::load_all(&raw, base);
+    match validate(&raw, &profiles) {
+        Ok(cfg) if problems.is_empty() => Ok(cfg),
+        Ok(_) => Err(problems),
+        Err(issues) => {
+            let mut all = locate_all(src, issues);
+            all.extend(problems);
+            Err(all)
+        }
+    }
 }
 
 fn locate_all(src: &str, issues: Vec<Issue>) -> Vec<Located> {
     issues
         .into_iter()
         .map(|i| Located {
+            file: None,
             line: line_of_path(src, &i.path),
             key: i.path.to_string(),
             message: i.message,
@@ -317,12 +431,14 @@ fn locate_serde(src: &str, e: &toml::de::Error) -> Located {
                 };
             }
             Located {
+                file: None,
                 line: Some(line_of_offset(src, span.start)),
                 key,
                 message,
             }
         }
         None => Located {
+            file: None,
             line: None,
             key: String::new(),
             message,

@@ -16,6 +16,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub outbox: RawOutbox,
     #[serde(default)]
+    pub buses: Vec<RawBus>,
+    #[serde(default)]
     pub devices: Vec<RawDevice>,
     #[serde(default)]
     pub forward: Vec<RawBridgeRule>,
@@ -129,6 +131,26 @@ impl Default for RawOutbox {
     }
 }
 
+/// `[[buses]]`: one Modbus RTU line (a serial port, or a serial device server speaking RTU over
+/// TCP) shared by the `modbus_rtu` devices that name it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBus {
+    pub name: String,
+    pub kind: String,
+    pub path: Option<String>,
+    pub baud: Option<i64>,
+    pub data_bits: Option<i64>,
+    pub parity: Option<String>,
+    pub stop_bits: Option<i64>,
+    #[serde(default)]
+    pub rs485: bool,
+    pub host: Option<String>,
+    pub port: Option<i64>,
+    #[serde(default = "default_request_gap")]
+    pub request_gap: String,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDevice {
@@ -137,18 +159,30 @@ pub struct RawDevice {
     pub host: Option<String>,
     #[serde(default = "default_modbus_port")]
     pub port: i64,
-    #[serde(default = "default_unit_id")]
-    pub unit_id: i64,
+    /// Default 1, or the profile's.
+    pub unit_id: Option<i64>,
     #[serde(default = "default_interval")]
     pub interval: String,
-    /// Default 1s for Modbus; the serial kind has its own defaults (validate/serial.rs).
+    /// Default 1s for Modbus (or the profile's); the serial kind has its own defaults
+    /// (validate/serial.rs).
     pub timeout: Option<String>,
     #[serde(default = "default_backoff_max")]
     pub backoff_max: String,
-    #[serde(default = "default_word_order")]
-    pub word_order: String,
+    /// The keys below default to the profile's `[defaults]`, then to the built-in default.
+    pub word_order: Option<String>,
+    pub max_gap: Option<i64>,
+    pub max_registers: Option<i64>,
+    pub max_bits: Option<i64>,
+    pub one_request_per_point: Option<bool>,
+    pub force_multiple_write: Option<bool>,
+    pub retries: Option<i64>,
+    /// `modbus_rtu`: the `[[buses]]` entry the device is wired to.
+    pub bus: Option<String>,
+    /// A device profile (`hardware/profiles/<name>.toml`) supplying points and defaults.
+    pub profile: Option<String>,
+    /// Profile points this device does not want.
     #[serde(default)]
-    pub max_gap: i64,
+    pub skip_points: Vec<String>,
     #[serde(default)]
     pub points: Vec<RawPoint>,
     // kind = "serial_line" (issue 4); validated in validate/serial.rs.
@@ -180,6 +214,15 @@ pub struct RawPoint {
     #[serde(default)]
     pub offset: f64,
     pub word_order: Option<String>,
+    /// A bool point from one bit (0 = least significant) of a holding or input register.
+    pub bit: Option<i64>,
+    /// Registers of a `string` point.
+    pub length: Option<i64>,
+    #[serde(default)]
+    pub writable: bool,
+    /// Accepted write range, in engineering units (after scale and offset).
+    pub min: Option<f64>,
+    pub max: Option<f64>,
     // serial_line points (issue 4)
     pub field: Option<String>,
     pub column: Option<i64>,
@@ -248,8 +291,8 @@ fn default_commit_interval() -> String {
 fn default_modbus_port() -> i64 {
     502
 }
-fn default_unit_id() -> i64 {
-    1
+fn default_request_gap() -> String {
+    "5ms".into()
 }
 fn default_interval() -> String {
     "5s".into()
@@ -258,8 +301,45 @@ pub(crate) const DEFAULT_MODBUS_TIMEOUT: &str = "1s";
 fn default_backoff_max() -> String {
     "60s".into()
 }
-fn default_word_order() -> String {
-    "ABCD".into()
+
+/// A device profile file (`hardware/profiles/*.toml`): a real device's register map and the
+/// device-level defaults that go with it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfile {
+    pub profile: RawProfileMeta,
+    #[serde(default)]
+    pub defaults: RawProfileDefaults,
+    #[serde(default)]
+    pub points: Vec<RawPoint>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfileMeta {
+    pub name: String,
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProfileDefaults {
+    pub word_order: Option<String>,
+    pub unit_id: Option<i64>,
+    pub timeout: Option<String>,
+    pub max_gap: Option<i64>,
+    pub max_registers: Option<i64>,
+    pub max_bits: Option<i64>,
+    pub one_request_per_point: Option<bool>,
+    pub force_multiple_write: Option<bool>,
+    // The device's factory line settings: documentation and `fieldbridge scan` hints only; the
+    // bus owns the real settings.
+    pub baud: Option<i64>,
+    pub parity: Option<String>,
+    pub data_bits: Option<i64>,
+    pub stop_bits: Option<i64>,
 }
 
 /// `[devices.framing]` of a `serial_line` device (issue 4).

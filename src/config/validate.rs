@@ -1,21 +1,20 @@
 //! Pure validation: `RawConfig` → `Config`, collecting every issue with its key path.
 
+mod modbus;
 mod serial;
+
+pub(super) use modbus::profile;
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::locate::KeyPath;
-use super::raw::{RawBridgeRule, RawConfig, RawDevice, RawPoint, RawUpstream};
-use super::{
-    BridgeRule, Broker, Config, Device, Gateway, Issue, OutboxSettings, Overflow, Point, Tls,
-    Transport, Upstream,
-};
-use crate::device::decode::{DataType, Table, WordOrder};
-use crate::topics::{self, topic_level_problem, RESERVED_POINT};
+use super::profile::Profiles;
+use super::raw::{RawBridgeRule, RawConfig, RawUpstream};
+use super::{BridgeRule, Broker, Config, Gateway, Issue, OutboxSettings, Overflow, Tls, Upstream};
+use crate::topics::{self, topic_level_problem};
 
 struct Check {
     issues: Vec<Issue>,
@@ -85,7 +84,7 @@ impl Check {
     }
 }
 
-pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
+pub fn validate(raw: &RawConfig, profiles: &Profiles) -> Result<Config, Vec<Issue>> {
     let mut c = Check { issues: Vec::new() };
     let root = KeyPath::root();
 
@@ -206,6 +205,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
         ),
     };
 
+    let buses = modbus::buses(&mut c, root.key("buses"), &raw.buses);
     let mut names = HashSet::new();
     let mut devices = Vec::new();
     let mut serial_devices = Vec::new();
@@ -224,8 +224,9 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
             serial_devices.push(serial::device(&mut c, p, d));
             continue;
         }
-        devices.push(device(&mut c, p, d));
+        devices.push(modbus::device(&mut c, p, d, profiles, &buses));
     }
+    modbus::check_buses(&mut c, root.clone(), raw, &buses, &devices, &serial_devices);
 
     let forward = bridge_rules(&mut c, root.key("forward"), &raw.forward);
     let subscribe = bridge_rules(&mut c, root.key("subscribe"), &raw.subscribe);
@@ -248,6 +249,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
             broker,
             upstream,
             outbox,
+            buses,
             devices,
             forward,
             subscribe,
@@ -391,166 +393,5 @@ fn upstream(c: &mut Check, p: KeyPath, u: &RawUpstream, gateway_id: &str) -> Ups
                 _ => None,
             },
         }),
-    }
-}
-
-fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> Device {
-    c.topic_level(p.key("name"), &d.name);
-    let transport = match d.kind.as_str() {
-        "modbus_tcp" => {
-            let host = d.host.clone().unwrap_or_default();
-            if host.trim().is_empty() {
-                c.push(
-                    p.key("host"),
-                    "missing: a modbus_tcp device needs host = \"<address>\"",
-                );
-            }
-            Transport::Tcp {
-                host,
-                port: c.int(p.key("port"), d.port, 1, 65535),
-            }
-        }
-        other => {
-            c.push(
-                p.key("kind"),
-                format!("unknown device kind {other:?}; valid: modbus_tcp, serial_line"),
-            );
-            Transport::Tcp {
-                host: String::new(),
-                port: 502,
-            }
-        }
-    };
-    // 0 and 255 are common "this device" ids behind Modbus TCP; 248-254 are reserved but some
-    // gateways use them, so TCP accepts the whole byte.
-    let unit_id = c.int(p.key("unit_id"), d.unit_id, 0, 255);
-    let interval = c.duration(
-        p.key("interval"),
-        &d.interval,
-        Duration::from_millis(10),
-        Duration::from_secs(86_400),
-    );
-    let timeout = c.duration(
-        p.key("timeout"),
-        d.timeout
-            .as_deref()
-            .unwrap_or(super::raw::DEFAULT_MODBUS_TIMEOUT),
-        Duration::from_millis(10),
-        Duration::from_secs(600),
-    );
-    let backoff_max = c.duration(
-        p.key("backoff_max"),
-        &d.backoff_max,
-        Duration::from_millis(10),
-        Duration::from_secs(86_400),
-    );
-    let word_order = c.parsed(
-        p.key("word_order"),
-        &d.word_order,
-        "word order",
-        WordOrder::NAMES,
-        WordOrder::Abcd,
-    );
-    let max_gap = c.int(p.key("max_gap"), d.max_gap, 0, 124);
-    if d.points.is_empty() {
-        c.push(
-            p.key("points"),
-            "a device needs at least one [[devices.points]]",
-        );
-    }
-    let mut names = HashSet::new();
-    let mut points = Vec::new();
-    for (i, pt) in d.points.iter().enumerate() {
-        let pp = p.key("points").index(i);
-        if !names.insert(pt.name.as_str()) {
-            c.push(
-                pp.key("name"),
-                format!("duplicate point name {:?} in device {:?}", pt.name, d.name),
-            );
-        }
-        points.push(point(c, pp, pt, word_order));
-    }
-    Device {
-        name: Arc::from(d.name.as_str()),
-        transport,
-        unit_id,
-        interval,
-        timeout,
-        backoff_max,
-        max_gap,
-        points,
-    }
-}
-
-fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> Point {
-    c.topic_level(p.key("name"), &pt.name);
-    if pt.name == RESERVED_POINT {
-        c.push(
-            p.key("name"),
-            "\"status\" is reserved for the device status topic; choose another name",
-        );
-    }
-    let table = match &pt.table {
-        Some(t) => c.parsed(p.key("table"), t, "table", Table::NAMES, Table::Holding),
-        None => {
-            c.push(
-                p.key("table"),
-                format!(
-                    "missing: a Modbus point needs table = one of {}",
-                    Table::NAMES
-                ),
-            );
-            Table::Holding
-        }
-    };
-    let data_type = c.parsed(
-        p.key("type"),
-        &pt.data_type,
-        "data type",
-        DataType::NAMES,
-        DataType::U16,
-    );
-    if table.is_bits() && data_type != DataType::Bool {
-        c.push(
-            p.key("type"),
-            format!("a point in the {table} table is a single bit; valid: type = \"bool\""),
-        );
-    }
-    let last = 65536 - i64::from(data_type.width());
-    let address = match pt.address {
-        Some(a) => c.int(p.key("address"), a, 0, last),
-        None => {
-            c.push(
-                p.key("address"),
-                "missing: a Modbus point needs address = <0-based register>",
-            );
-            0
-        }
-    };
-    let word_order = match &pt.word_order {
-        Some(s) => c.parsed(
-            p.key("word_order"),
-            s,
-            "word order",
-            WordOrder::NAMES,
-            device_order,
-        ),
-        None => device_order,
-    };
-    if !pt.scale.is_finite() || pt.scale == 0.0 {
-        c.push(p.key("scale"), "must be a finite, non-zero number");
-    }
-    if !pt.offset.is_finite() {
-        c.push(p.key("offset"), "must be a finite number");
-    }
-    Point {
-        name: Arc::from(pt.name.as_str()),
-        table,
-        address,
-        data_type,
-        unit: pt.unit.as_deref().map(Arc::from),
-        scale: pt.scale,
-        offset: pt.offset,
-        word_order,
     }
 }

@@ -66,18 +66,48 @@ pub enum DataType {
     U64,
     I64,
     F64,
+    /// Text in `length` registers, two bytes per register.
+    String,
 }
 
 impl DataType {
-    pub const NAMES: &'static str = "bool, u16, i16, u32, i32, f32, u64, i64, f64";
+    pub const NAMES: &'static str = "bool, u16, i16, u32, i32, f32, u64, i64, f64, string";
 
-    /// Registers (or bits, for bit tables) one value occupies.
+    /// Registers (or bits, for bit tables) one value occupies; a string's width is its
+    /// configured length, so 0 here.
     pub fn width(self) -> u16 {
         match self {
+            DataType::String => 0,
             DataType::Bool | DataType::U16 | DataType::I16 => 1,
             DataType::U32 | DataType::I32 | DataType::F32 => 2,
             DataType::U64 | DataType::I64 | DataType::F64 => 4,
         }
+    }
+
+    pub fn is_integer(self) -> bool {
+        matches!(
+            self,
+            DataType::U16
+                | DataType::I16
+                | DataType::U32
+                | DataType::I32
+                | DataType::U64
+                | DataType::I64
+        )
+    }
+
+    /// The raw integer range of an integer type, as f64 (exact for all but the 64-bit ends,
+    /// which only matter for range checks of absurd values).
+    pub fn integer_range(self) -> Option<(f64, f64)> {
+        Some(match self {
+            DataType::U16 => (0.0, u16::MAX as f64),
+            DataType::I16 => (i16::MIN as f64, i16::MAX as f64),
+            DataType::U32 => (0.0, u32::MAX as f64),
+            DataType::I32 => (i32::MIN as f64, i32::MAX as f64),
+            DataType::U64 => (0.0, u64::MAX as f64),
+            DataType::I64 => (i64::MIN as f64, i64::MAX as f64),
+            _ => return None,
+        })
     }
 }
 
@@ -94,6 +124,7 @@ impl FromStr for DataType {
             "u64" => DataType::U64,
             "i64" => DataType::I64,
             "f64" => DataType::F64,
+            "string" => DataType::String,
             _ => return Err(()),
         })
     }
@@ -101,7 +132,9 @@ impl FromStr for DataType {
 
 /// Byte order of a multi-register value, named by where the big-endian bytes A B C D land.
 /// `ABCD`: big-endian words, high word first. `CDAB`: low word first. `BADC`: bytes swapped in
-/// each word. `DCBA`: both. For 64-bit values the same rule applies to all four words.
+/// each word. `DCBA`: both. For 64-bit values the same rule applies to all four words, and the
+/// 8-byte names (ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA) are accepted as the same four orders.
+/// For strings only the byte swap matters in practice (BADC: low byte first in each register).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WordOrder {
     Abcd,
@@ -111,7 +144,8 @@ pub enum WordOrder {
 }
 
 impl WordOrder {
-    pub const NAMES: &'static str = "ABCD, CDAB, BADC, DCBA";
+    pub const NAMES: &'static str =
+        "ABCD, CDAB, BADC, DCBA (or for 64-bit: ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA)";
 
     fn swaps(self) -> (bool, bool) {
         // (reverse the words, swap the bytes inside each word)
@@ -132,6 +166,10 @@ impl FromStr for WordOrder {
             "CDAB" => WordOrder::Cdab,
             "BADC" => WordOrder::Badc,
             "DCBA" => WordOrder::Dcba,
+            "ABCDEFGH" => WordOrder::Abcd,
+            "GHEFCDAB" => WordOrder::Cdab,
+            "BADCFEHG" => WordOrder::Badc,
+            "HGFEDCBA" => WordOrder::Dcba,
             _ => return Err(()),
         })
     }
@@ -152,14 +190,49 @@ fn ordered_bytes(regs: &[u16], order: WordOrder) -> Vec<u8> {
     out
 }
 
-/// Decodes one register-table value. `regs.len()` must equal `ty.width()`; the planner guarantees
-/// it, and a short slice (a device answering with fewer registers) yields `None`, not a panic.
-pub fn decode_registers(regs: &[u16], ty: DataType, order: WordOrder) -> Option<Raw> {
+/// The inverse of `ordered_bytes`: big-endian bytes (even length) → registers as the device
+/// stores them.
+fn registers_from_bytes(bytes: &[u8], order: WordOrder) -> Vec<u16> {
+    let (reverse_words, swap_bytes) = order.swaps();
+    let mut words: Vec<u16> = bytes
+        .chunks(2)
+        .map(|c| {
+            let w = u16::from_be_bytes([c[0], c.get(1).copied().unwrap_or(0)]);
+            if swap_bytes {
+                w.swap_bytes()
+            } else {
+                w
+            }
+        })
+        .collect();
+    if reverse_words {
+        words.reverse();
+    }
+    words
+}
+
+/// Decodes one register-table value. `regs.len()` must equal `ty.width()` (a string's length);
+/// the planner guarantees it, and a short slice (a device answering with fewer registers) yields
+/// `None`, not a panic. `bit` picks one bit (0 = least significant) of a single register.
+pub fn decode_registers(
+    regs: &[u16],
+    ty: DataType,
+    order: WordOrder,
+    bit: Option<u8>,
+) -> Option<Raw> {
+    if let Some(bit) = bit {
+        let reg = regs.first()?;
+        return Some(Raw::Bool(bit < 16 && (reg >> bit) & 1 == 1));
+    }
+    if ty == DataType::String {
+        return Some(Raw::Text(decode_string(&ordered_bytes(regs, order))));
+    }
     if regs.len() != ty.width() as usize {
         return None;
     }
     let b = ordered_bytes(regs, order);
     Some(match ty {
+        DataType::String => return None,
         DataType::Bool => Raw::Bool(regs[0] != 0),
         DataType::U16 => Raw::Unsigned(u16::from_be_bytes([b[0], b[1]]) as u64),
         DataType::I16 => Raw::Signed(i16::from_be_bytes([b[0], b[1]]) as i64),
@@ -172,6 +245,17 @@ pub fn decode_registers(regs: &[u16], ty: DataType, order: WordOrder) -> Option<
     })
 }
 
+/// Device strings are NUL- or space-padded, often not UTF-8 clean: cut at the first NUL, trim
+/// trailing blanks, and replace what isn't text rather than failing the point.
+fn decode_string(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end])
+        .trim_end()
+        .chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 /// f32 → f64 through the shortest decimal that round-trips, so 21.1f32 is published as 21.1 and
 /// not as 21.100000381469727: the device meant the decimal.
 fn widen(f: f32) -> f64 {
@@ -182,13 +266,47 @@ fn widen(f: f32) -> f64 {
     }
 }
 
+/// Registers for one value as the device stores them: the inverse of `decode_registers` for an
+/// already inverse-scaled raw value. `None` when the raw kind does not fit the type or a string
+/// is longer than `length` registers hold (the write path checks both first, with messages).
+pub fn encode_registers(
+    raw: &Raw,
+    ty: DataType,
+    order: WordOrder,
+    length: u16,
+) -> Option<Vec<u16>> {
+    let bytes: Vec<u8> = match (ty, raw) {
+        (DataType::Bool, Raw::Bool(b)) => vec![0, u8::from(*b)],
+        (DataType::U16, Raw::Unsigned(u)) => u16::try_from(*u).ok()?.to_be_bytes().to_vec(),
+        (DataType::I16, Raw::Signed(i)) => i16::try_from(*i).ok()?.to_be_bytes().to_vec(),
+        (DataType::U32, Raw::Unsigned(u)) => u32::try_from(*u).ok()?.to_be_bytes().to_vec(),
+        (DataType::I32, Raw::Signed(i)) => i32::try_from(*i).ok()?.to_be_bytes().to_vec(),
+        (DataType::U64, Raw::Unsigned(u)) => u.to_be_bytes().to_vec(),
+        (DataType::I64, Raw::Signed(i)) => i.to_be_bytes().to_vec(),
+        (DataType::F32, Raw::Float(f)) => (*f as f32).to_be_bytes().to_vec(),
+        (DataType::F64, Raw::Float(f)) => f.to_be_bytes().to_vec(),
+        (DataType::String, Raw::Text(t)) => {
+            let cap = usize::from(length) * 2;
+            if t.len() > cap {
+                return None;
+            }
+            let mut b = t.as_bytes().to_vec();
+            b.resize(cap, 0);
+            b
+        }
+        _ => return None,
+    };
+    Some(registers_from_bytes(&bytes, order))
+}
+
 /// A decoded value before scaling.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Raw {
     Bool(bool),
     Unsigned(u64),
     Signed(i64),
     Float(f64),
+    Text(String),
 }
 
 /// Applies `value = raw * scale + offset`. Integers stay integers when the transform is the
@@ -198,6 +316,7 @@ pub fn scale(raw: Raw, scale: f64, offset: f64) -> Value {
     let identity = scale == 1.0 && offset == 0.0;
     let v = match raw {
         Raw::Bool(b) => return Value::Bool(b),
+        Raw::Text(t) => return Value::Text(t),
         Raw::Unsigned(u) if identity => return Value::UInt(u),
         Raw::Signed(i) if identity => return Value::Int(i),
         Raw::Unsigned(u) => u as f64 * scale + offset,
@@ -249,17 +368,119 @@ mod tests {
         ];
         for (regs, ty, order, want) in cases {
             assert_eq!(
-                decode_registers(regs, *ty, *order),
-                Some(*want),
+                decode_registers(regs, *ty, *order, None),
+                Some(want.clone()),
                 "{regs:04x?} as {ty:?} {order:?}"
+            );
+            // Every value encodes back to the registers it came from.
+            let len = regs.len() as u16;
+            if *ty != Bool {
+                assert_eq!(
+                    encode_registers(want, *ty, *order, len).as_deref(),
+                    Some(*regs),
+                    "encode {want:?} as {ty:?} {order:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn strings_bits_and_eight_byte_orders_decode_as_documented() {
+        use DataType::*;
+        use WordOrder::*;
+        let text = |s: &str| Some(Raw::Text(s.to_string()));
+        // "SDM630" = 53 44 4D 36 33 30, NUL padded to 4 registers
+        let sdm = [0x5344, 0x4D36, 0x3330, 0x0000];
+        assert_eq!(decode_registers(&sdm, String, Abcd, None), text("SDM630"));
+        let swapped = [0x4453, 0x364D, 0x3033, 0x0000];
+        assert_eq!(
+            decode_registers(&swapped, String, Badc, None),
+            text("SDM630")
+        );
+        // space padding is trimmed, invalid bytes are replaced instead of failing the point
+        assert_eq!(
+            decode_registers(&[0x4F4B, 0x2020], String, Abcd, None),
+            text("OK")
+        );
+        assert_eq!(
+            decode_registers(&[0x41FF], String, Abcd, None),
+            text("A\u{fffd}")
+        );
+        // bit 0 is the least significant bit of the register
+        let cases: &[(u16, u8, bool)] = &[
+            (0b0000_0001, 0, true),
+            (0b0000_0001, 1, false),
+            (0b1000_0000_0000_0000, 15, true),
+            (0x00F0, 4, true),
+            (0x00F0, 3, false),
+        ];
+        for (reg, bit, want) in cases {
+            assert_eq!(
+                decode_registers(&[*reg], Bool, Abcd, Some(*bit)),
+                Some(Raw::Bool(*want)),
+                "bit {bit} of {reg:#06x}"
+            );
+        }
+        // the 8-byte order names are the same four orders
+        for (name, order) in [
+            ("ABCDEFGH", Abcd),
+            ("GHEFCDAB", Cdab),
+            ("BADCFEHG", Badc),
+            ("hgfedcba", Dcba),
+        ] {
+            assert_eq!(name.parse::<WordOrder>(), Ok(order), "{name}");
+        }
+        // 0x0102030405060708 in each 8-byte order
+        let v = Raw::Unsigned(0x0102_0304_0506_0708);
+        let cases: &[(WordOrder, [u16; 4])] = &[
+            (Abcd, [0x0102, 0x0304, 0x0506, 0x0708]),
+            (Cdab, [0x0708, 0x0506, 0x0304, 0x0102]),
+            (Badc, [0x0201, 0x0403, 0x0605, 0x0807]),
+            (Dcba, [0x0807, 0x0605, 0x0403, 0x0201]),
+        ];
+        for (order, regs) in cases {
+            assert_eq!(decode_registers(regs, U64, *order, None), Some(v.clone()));
+            assert_eq!(
+                encode_registers(&v, U64, *order, 4).as_deref(),
+                Some(&regs[..])
             );
         }
     }
 
     #[test]
+    fn encoding_refuses_values_that_do_not_fit_instead_of_truncating() {
+        use DataType::*;
+        use WordOrder::*;
+        assert_eq!(encode_registers(&Raw::Unsigned(70_000), U16, Abcd, 1), None);
+        assert_eq!(encode_registers(&Raw::Signed(-1), U16, Abcd, 1), None);
+        assert_eq!(
+            encode_registers(&Raw::Text("toolong".into()), String, Abcd, 2),
+            None
+        );
+        assert_eq!(
+            encode_registers(&Raw::Text("ab".into()), String, Abcd, 2).as_deref(),
+            Some(&[0x6162, 0][..])
+        );
+        assert_eq!(
+            encode_registers(&Raw::Bool(true), Bool, Abcd, 1).as_deref(),
+            Some(&[1][..])
+        );
+    }
+
+    #[test]
     fn a_short_register_slice_decodes_to_none_instead_of_panicking() {
-        assert_eq!(decode_registers(&[1], DataType::F32, WordOrder::Abcd), None);
-        assert_eq!(decode_registers(&[], DataType::U16, WordOrder::Abcd), None);
+        assert_eq!(
+            decode_registers(&[1], DataType::F32, WordOrder::Abcd, None),
+            None
+        );
+        assert_eq!(
+            decode_registers(&[], DataType::U16, WordOrder::Abcd, None),
+            None
+        );
+        assert_eq!(
+            decode_registers(&[], DataType::Bool, WordOrder::Abcd, Some(3)),
+            None
+        );
     }
 
     #[test]
@@ -274,7 +495,7 @@ mod tests {
             (Raw::Float(f64::NAN), 1.0, 0.0, Value::Null),
         ];
         for (raw, s, o, want) in cases {
-            let got = scale(*raw, *s, *o);
+            let got = scale(raw.clone(), *s, *o);
             match (&got, want) {
                 (Value::Float(a), Value::Float(b)) => assert!((a - b).abs() < 1e-9, "{raw:?}"),
                 _ => assert_eq!(&got, want, "{raw:?}"),

@@ -1,41 +1,37 @@
-//! The Modbus driver (TCP today; RTU will be the same driver over another transport).
+//! The Modbus driver: one device (a unit id) on a line owned by a bus task (`bus`). Modbus TCP
+//! and RTU are the same driver; only the bus's connector differs.
 //!
-//! tokio-modbus has no timeouts of its own: every call here is wrapped in one, and after a
-//! timeout or a transport error the connection is dropped, so a late reply can never be read as
-//! the answer to the next request.
+//! The driver plans its reads once (`plan`), sends each planned request through the bus, and
+//! decodes the answers (`decode`). It never touches the connection: timeouts, line hygiene and
+//! reconnects belong to the bus, schedule and backoff to the poller.
 
-use std::net::SocketAddr;
-
-use tokio::time::timeout;
-use tokio_modbus::client::{tcp, Context, Reader};
-use tokio_modbus::{ExceptionCode, Slave};
-
-use super::decode::{decode_registers, scale, Raw, Table};
+use super::bus::{Answer, BusHandle, Exchange};
+use super::decode::{decode_registers, scale, Raw};
 use super::plan::{plan, ReadRequest};
 use super::{DeviceError, Driver};
-use crate::config::{Device, Transport};
+use crate::config::{Device, Point};
 use crate::reading::{now_ms, Quality, Reading, Value};
 
 pub struct ModbusDriver {
     device: Device,
     plan: Vec<ReadRequest>,
-    ctx: Option<Context>,
-}
-
-/// What one read request returned.
-enum Answer {
-    Words(Vec<u16>),
-    Bits(Vec<bool>),
-    Exception(ExceptionCode),
+    bus: BusHandle,
+    /// The longest a poll may take, including waiting behind other units on a shared line.
+    max_poll_time: std::time::Duration,
+    /// Retries apply only while the device answers: a dead unit must not cost the other units
+    /// on its line more than one timeout per attempt.
+    answering: bool,
 }
 
 impl ModbusDriver {
-    pub fn new(device: Device) -> Self {
-        let plan = plan(&device.points, device.max_gap);
+    pub fn new(device: Device, bus: BusHandle, max_poll_time: std::time::Duration) -> Self {
+        let plan = plan(&device.points, &device.limits);
         ModbusDriver {
             device,
             plan,
-            ctx: None,
+            bus,
+            max_poll_time,
+            answering: false,
         }
     }
 
@@ -43,123 +39,65 @@ impl ModbusDriver {
         self.plan.len()
     }
 
-    async fn connect(&mut self) -> Result<&mut Context, DeviceError> {
-        if self.ctx.is_none() {
-            let Transport::Tcp { host, port } = &self.device.transport;
-            let addr_s = format!("{host}:{port}");
-            let t = self.device.timeout;
-            let addr: SocketAddr = match timeout(t, tokio::net::lookup_host(addr_s.clone())).await {
-                Ok(Ok(mut it)) => it.next().ok_or_else(|| DeviceError::Resolve {
-                    addr: addr_s.clone(),
-                    reason: "no address".into(),
-                })?,
-                Ok(Err(e)) => {
-                    return Err(DeviceError::Resolve {
-                        addr: addr_s,
-                        reason: e.to_string(),
-                    })
-                }
-                Err(_) => return Err(DeviceError::Timeout(t)),
-            };
-            let slave = Slave(self.device.unit_id);
-            let ctx = match timeout(t, tcp::connect_slave(addr, slave)).await {
-                Ok(Ok(ctx)) => ctx,
-                Ok(Err(e)) => {
-                    return Err(DeviceError::Connect {
-                        addr: addr_s,
-                        reason: e.to_string(),
-                    })
-                }
-                Err(_) => return Err(DeviceError::Timeout(t)),
-            };
-            self.ctx = Some(ctx);
-        }
-        // Just set above when it was None.
-        self.ctx
-            .as_mut()
-            .ok_or(DeviceError::Transport("not connected".into()))
-    }
-
-    async fn read(&mut self, req: &ReadRequest) -> Result<Answer, DeviceError> {
-        let t = self.device.timeout;
-        let ctx = self.connect().await?;
-        let (start, count) = (req.start, req.count);
-        let result = match req.table {
-            Table::Holding => timeout(t, ctx.read_holding_registers(start, count))
-                .await
-                .map(|r| r.map(|r| r.map(Answer::Words))),
-            Table::Input => timeout(t, ctx.read_input_registers(start, count))
-                .await
-                .map(|r| r.map(|r| r.map(Answer::Words))),
-            Table::Coil => timeout(t, ctx.read_coils(start, count))
-                .await
-                .map(|r| r.map(|r| r.map(Answer::Bits))),
-            Table::Discrete => timeout(t, ctx.read_discrete_inputs(start, count))
-                .await
-                .map(|r| r.map(|r| r.map(Answer::Bits))),
+    async fn read(&self, req: &ReadRequest) -> Result<Answer, DeviceError> {
+        let retries = if self.answering {
+            self.device.retries
+        } else {
+            0
         };
-        match result {
-            Ok(Ok(Ok(answer))) => Ok(answer),
-            Ok(Ok(Err(exception))) => Ok(Answer::Exception(exception)),
-            Ok(Err(e)) => {
-                self.ctx = None;
-                Err(DeviceError::Transport(e.to_string()))
-            }
-            Err(_) => {
-                // Drop the connection: the late reply must not become the next answer.
-                self.ctx = None;
-                Err(DeviceError::Timeout(t))
-            }
-        }
+        let ex = Exchange::Read {
+            table: req.table,
+            start: req.start,
+            count: req.count,
+        };
+        self.bus
+            .call(self.device.unit_id, ex, self.device.timeout, retries)
+            .await
     }
+}
+
+/// The worst case of one poll of `device` alone: every planned request with every retry.
+pub fn own_poll_budget(device: &Device) -> std::time::Duration {
+    let requests = plan(&device.points, &device.limits).len();
+    let attempts = (1 + u32::from(device.retries)) * 2; // a garbage answer is retried once more
+    let calls = u32::try_from(requests)
+        .unwrap_or(u32::MAX)
+        .saturating_mul(attempts)
+        .saturating_add(2); // resolve + connect
+    device.timeout.saturating_mul(calls)
 }
 
 impl Driver for ModbusDriver {
     fn max_poll_time(&self) -> std::time::Duration {
-        // Name lookup and connect each have one timeout, then one per planned request.
-        let calls = u32::try_from(self.plan.len())
-            .unwrap_or(u32::MAX)
-            .saturating_add(2);
-        self.device.timeout.saturating_mul(calls)
+        self.max_poll_time
     }
 
     async fn poll(&mut self) -> Result<Vec<Reading>, DeviceError> {
         let mut out = Vec::with_capacity(self.device.points.len());
-        let plan = self.plan.clone();
-        for req in &plan {
-            let answer = self.read(req).await?;
+        for req in &self.plan {
+            let answer = match self.read(req).await {
+                Ok(a) => a,
+                Err(e) => {
+                    self.answering = false;
+                    return Err(e);
+                }
+            };
             let ts_ms = now_ms();
             for &(idx, off) in &req.points {
-                let p = &self.device.points[idx];
-                let (value, quality, error) = match &answer {
-                    Answer::Exception(code) => {
-                        let e = format!("device answered with Modbus exception {code:?}");
-                        tracing::debug!(
-                            event = "point_exception",
-                            device = %self.device.name,
-                            unit_id = self.device.unit_id,
-                            point = %p.name,
-                            error = %e,
-                            "point read failed"
-                        );
-                        (Value::Null, Quality::Bad, Some(e))
-                    }
-                    Answer::Words(words) => {
-                        let w = usize::from(p.data_type.width());
-                        let s = usize::from(off);
-                        match words
-                            .get(s..s + w)
-                            .and_then(|regs| decode_registers(regs, p.data_type, p.word_order))
-                        {
-                            Some(raw) => (scale(raw, p.scale, p.offset), Quality::Good, None),
-                            None => short_reply(words.len(), req.count),
-                        }
-                    }
-                    Answer::Bits(bits) => match bits.get(usize::from(off)) {
-                        Some(b) => (scale(Raw::Bool(*b), 1.0, 0.0), Quality::Good, None),
-                        None => short_reply(bits.len(), req.count),
-                    },
+                let Some(p) = self.device.points.get(idx) else {
+                    continue;
                 };
+                let (value, quality, error) = point_value(p, &answer, off, req.count);
+                if let Some(e) = &error {
+                    tracing::debug!(
+                        event = "point_bad",
+                        device = %self.device.name,
+                        unit_id = self.device.unit_id,
+                        point = %p.name,
+                        error = %e,
+                        "point read failed"
+                    );
+                }
                 out.push(Reading {
                     device: self.device.name.clone(),
                     point: p.name.clone(),
@@ -171,7 +109,47 @@ impl Driver for ModbusDriver {
                 });
             }
         }
+        self.answering = true;
         Ok(out)
+    }
+}
+
+/// The value of point `p` inside the answer to a request, `off` registers (or bits) from its
+/// start. Pure; a device's exception is a bad-quality reading, not a failed poll.
+pub fn point_value(
+    p: &Point,
+    answer: &Answer,
+    off: u16,
+    asked: u16,
+) -> (Value, Quality, Option<String>) {
+    match answer {
+        Answer::Exception(code) => (
+            Value::Null,
+            Quality::Bad,
+            Some(format!(
+                "device answered with Modbus exception {:02} ({code:?})",
+                u8::from(*code)
+            )),
+        ),
+        Answer::Words(words) => {
+            let s = usize::from(off);
+            match words
+                .get(s..s + usize::from(p.width()))
+                .and_then(|regs| decode_registers(regs, p.data_type, p.word_order, p.bit))
+            {
+                Some(raw) => (scale(raw, p.scale, p.offset), Quality::Good, None),
+                None => short_reply(words.len(), asked),
+            }
+        }
+        Answer::Bits(bits) => match bits.get(usize::from(off)) {
+            Some(b) => (scale(Raw::Bool(*b), 1.0, 0.0), Quality::Good, None),
+            None => short_reply(bits.len(), asked),
+        },
+        Answer::Written => (
+            Value::Null,
+            Quality::Bad,
+            Some("a write was answered to a read".into()),
+        ),
     }
 }
 

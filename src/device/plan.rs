@@ -1,8 +1,8 @@
 //! Pure request planning: a device's points → the fewest read requests that cover them, within
-//! the protocol limits (125 registers / 2000 bits per request) and the device's `max_gap`
-//! (registers read and thrown away to merge two nearby blocks).
+//! the protocol limits (125 registers / 2000 bits per request, or the device's lower caps) and
+//! the device's `max_gap` (registers read and thrown away to merge two nearby blocks).
 
-use crate::config::Point;
+use crate::config::{PlanLimits, Point};
 use crate::device::decode::Table;
 
 /// One read request and the points it answers.
@@ -16,20 +16,34 @@ pub struct ReadRequest {
     pub points: Vec<(usize, u16)>,
 }
 
-pub fn plan(points: &[Point], max_gap: u16) -> Vec<ReadRequest> {
+impl PlanLimits {
+    fn cap(&self, table: Table) -> u16 {
+        let own = if table.is_bits() {
+            self.max_bits
+        } else {
+            self.max_registers
+        };
+        own.min(table.max_per_request())
+    }
+}
+
+pub fn plan(points: &[Point], limits: &PlanLimits) -> Vec<ReadRequest> {
     let mut order: Vec<usize> = (0..points.len()).collect();
     order.sort_by_key(|&i| (points[i].table, points[i].address));
     let mut out: Vec<ReadRequest> = Vec::new();
     for i in order {
         let p = &points[i];
         let start = u32::from(p.address);
-        let end = start + u32::from(p.data_type.width()); // exclusive
+        let end = start + u32::from(p.width()); // exclusive
         if let Some(cur) = out.last_mut() {
             let cur_start = u32::from(cur.start);
             let cur_end = cur_start + u32::from(cur.count);
-            let fits = cur.table == p.table
-                && start <= cur_end + u32::from(max_gap)
-                && end.max(cur_end) - cur_start <= u32::from(p.table.max_per_request());
+            // A point wider than the cap (a long string under a low cap) still gets a request
+            // of its own rather than being unreadable.
+            let fits = !limits.one_request_per_point
+                && cur.table == p.table
+                && start <= cur_end + u32::from(limits.max_gap)
+                && end.max(cur_end) - cur_start <= u32::from(limits.cap(p.table));
             if fits {
                 cur.count = (end.max(cur_end) - cur_start) as u16;
                 cur.points.push((i, (start - cur_start) as u16));
@@ -39,19 +53,62 @@ pub fn plan(points: &[Point], max_gap: u16) -> Vec<ReadRequest> {
         out.push(ReadRequest {
             table: p.table,
             start: p.address,
-            count: p.data_type.width(),
+            count: p.width(),
             points: vec![(i, 0)],
         });
     }
     out
 }
 
+/// Human-readable plan of one device, for `fieldbridge explain`: every request of a cycle with
+/// its function code, span and the points it answers, and the request count without planning.
+pub fn explain(points: &[Point], limits: &PlanLimits) -> String {
+    let reqs = plan(points, limits);
+    let mut out = String::new();
+    let read: u32 = reqs.iter().map(|r| u32::from(r.count)).sum();
+    let used: u32 = points.iter().map(|p| u32::from(p.width())).sum();
+    out.push_str(&format!(
+        "{} point{} -> {} request{} per cycle (one per point: {}); {} registers/bits read, {} of them for points\n",
+        points.len(),
+        if points.len() == 1 { "" } else { "s" },
+        reqs.len(),
+        if reqs.len() == 1 { "" } else { "s" },
+        points.len(),
+        read,
+        used.min(read),
+    ));
+    for (i, r) in reqs.iter().enumerate() {
+        let fc = match r.table {
+            Table::Coil => "FC01",
+            Table::Discrete => "FC02",
+            Table::Holding => "FC03",
+            Table::Input => "FC04",
+        };
+        let last = u32::from(r.start) + u32::from(r.count) - 1;
+        let names: Vec<String> = r
+            .points
+            .iter()
+            .filter_map(|&(idx, off)| points.get(idx).map(|p| format!("{}@+{off}", p.name)))
+            .collect();
+        out.push_str(&format!(
+            "  {:>3}. {fc} {:<8} {:>5}..{:<5} ({:>3}): {}\n",
+            i + 1,
+            r.table.to_string(),
+            r.start,
+            last,
+            r.count,
+            names.join(", ")
+        ));
+    }
+    out
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::device::decode::{DataType, WordOrder};
 
-    fn pt(table: Table, address: u16, ty: DataType) -> Point {
+    pub(crate) fn pt(table: Table, address: u16, ty: DataType) -> Point {
         Point {
             name: format!("{table}{address}").into(),
             table,
@@ -61,6 +118,16 @@ mod tests {
             scale: 1.0,
             offset: 0.0,
             word_order: WordOrder::Abcd,
+            bit: None,
+            length: ty.width(),
+            write: None,
+        }
+    }
+
+    fn gap(max_gap: u16) -> PlanLimits {
+        PlanLimits {
+            max_gap,
+            ..PlanLimits::default()
         }
     }
 
@@ -136,8 +203,8 @@ mod tests {
             // the top of the address space does not overflow
             (vec![pt(Holding, 65532, U64)], 0, vec![(Holding, 65532, 4)]),
         ];
-        for (points, gap, want) in cases {
-            assert_eq!(spans(&plan(&points, gap)), want, "{points:?}");
+        for (points, g, want) in cases {
+            assert_eq!(spans(&plan(&points, &gap(g))), want, "{points:?}");
         }
     }
 
@@ -147,8 +214,66 @@ mod tests {
             pt(Table::Holding, 10, DataType::U16),
             pt(Table::Holding, 12, DataType::F32),
         ];
-        let reqs = plan(&points, 1);
+        let reqs = plan(&points, &gap(1));
         assert_eq!(reqs.len(), 1);
         assert_eq!(reqs[0].points, vec![(0, 0), (1, 2)]);
+    }
+
+    #[test]
+    fn lower_caps_and_one_request_per_point_split_as_configured() {
+        use DataType::*;
+        use Table::*;
+        let points = vec![
+            pt(Holding, 0, F32),
+            pt(Holding, 2, F32),
+            pt(Holding, 4, F32),
+            pt(Coil, 0, Bool),
+            pt(Coil, 1, Bool),
+            pt(Coil, 2, Bool),
+        ];
+        let capped = PlanLimits {
+            max_registers: 4,
+            max_bits: 2,
+            ..PlanLimits::default()
+        };
+        assert_eq!(
+            spans(&plan(&points, &capped)),
+            vec![(Coil, 0, 2), (Coil, 2, 1), (Holding, 0, 4), (Holding, 4, 2)]
+        );
+        let single = PlanLimits {
+            one_request_per_point: true,
+            ..gap(10)
+        };
+        assert_eq!(plan(&points, &single).len(), points.len());
+        // a string wider than the cap is still read, alone
+        let mut s = pt(Holding, 10, String);
+        s.length = 8;
+        assert_eq!(
+            spans(&plan(&[pt(Holding, 9, U16), s], &capped)),
+            vec![(Holding, 9, 1), (Holding, 10, 8)]
+        );
+    }
+
+    #[test]
+    fn explain_lists_each_request_with_its_function_code_and_points() {
+        use DataType::*;
+        let points = vec![
+            pt(Table::Input, 0, F32),
+            pt(Table::Input, 2, F32),
+            pt(Table::Coil, 5, Bool),
+        ];
+        let text = explain(&points, &gap(0));
+        assert!(
+            text.starts_with("3 points -> 2 requests per cycle (one per point: 3)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("FC01 coil         5..5     (  1): coil5@+0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("FC04 input        0..3     (  4): input0@+0, input2@+2"),
+            "{text}"
+        );
     }
 }

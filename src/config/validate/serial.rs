@@ -35,6 +35,23 @@ pub(super) fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> SerialDevice {
             "not used by a serial_line device; set path = \"/dev/...\"",
         );
     }
+    for (k, set) in [
+        ("bus", d.bus.is_some()),
+        ("profile", d.profile.is_some()),
+        ("unit_id", d.unit_id.is_some()),
+        ("word_order", d.word_order.is_some()),
+        ("max_gap", d.max_gap.is_some()),
+        ("max_registers", d.max_registers.is_some()),
+        ("max_bits", d.max_bits.is_some()),
+        ("one_request_per_point", d.one_request_per_point.is_some()),
+        ("force_multiple_write", d.force_multiple_write.is_some()),
+        ("retries", d.retries.is_some()),
+        ("skip_points", !d.skip_points.is_empty()),
+    ] {
+        if set {
+            c.push(p.key(k), "a Modbus key, not used by a serial_line device");
+        }
+    }
     let path = d.path.clone().unwrap_or_default();
     if path.trim().is_empty() {
         c.push(
@@ -42,29 +59,12 @@ pub(super) fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> SerialDevice {
             "missing: a serial_line device needs path = \"/dev/ttyUSB0\" (or a /dev/serial/by-id/ name)",
         );
     }
-    let port = PortSettings {
+    let port = line_settings(
+        c,
+        &p,
         path,
-        baud: c.int(p.key("baud"), d.baud.unwrap_or(9600), 50, 4_000_000),
-        data_bits: c.int(p.key("data_bits"), d.data_bits.unwrap_or(8), 5, 8),
-        parity: c.parsed(
-            p.key("parity"),
-            d.parity.as_deref().unwrap_or("none"),
-            "parity",
-            Parity::NAMES,
-            Parity::None,
-        ),
-        stop_bits: match d.stop_bits.unwrap_or(1) {
-            1 => 1,
-            2 => 2,
-            other => {
-                c.push(
-                    p.key("stop_bits"),
-                    format!("{other} is not valid; valid: 1, 2"),
-                );
-                1
-            }
-        },
-    };
+        (d.baud, d.data_bits, d.parity.as_deref(), d.stop_bits),
+    );
 
     let sensor = d
         .driver
@@ -185,6 +185,39 @@ pub(super) fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> SerialDevice {
         mode,
         timeout,
         backoff_max,
+    }
+}
+
+/// Baud, data bits, parity, stop bits (as written, each optional) → checked line settings with
+/// the common 9600 8N1 defaults. Shared with the Modbus RTU `[[buses]]`.
+pub(super) fn line_settings(
+    c: &mut Check,
+    p: &KeyPath,
+    path: String,
+    (baud, data_bits, parity, stop_bits): (Option<i64>, Option<i64>, Option<&str>, Option<i64>),
+) -> PortSettings {
+    PortSettings {
+        path,
+        baud: c.int(p.key("baud"), baud.unwrap_or(9600), 50, 4_000_000),
+        data_bits: c.int(p.key("data_bits"), data_bits.unwrap_or(8), 5, 8),
+        parity: c.parsed(
+            p.key("parity"),
+            parity.unwrap_or("none"),
+            "parity",
+            Parity::NAMES,
+            Parity::None,
+        ),
+        stop_bits: match stop_bits.unwrap_or(1) {
+            1 => 1,
+            2 => 2,
+            other => {
+                c.push(
+                    p.key("stop_bits"),
+                    format!("{other} is not valid; valid: 1, 2"),
+                );
+                1
+            }
+        },
     }
 }
 
@@ -558,6 +591,11 @@ fn point(
         ("table", pt.table.is_some()),
         ("address", pt.address.is_some()),
         ("word_order", pt.word_order.is_some()),
+        ("bit", pt.bit.is_some()),
+        ("length", pt.length.is_some()),
+        ("writable", pt.writable),
+        ("min", pt.min.is_some()),
+        ("max", pt.max.is_some()),
     ] {
         if set {
             c.push(p.key(k), "a Modbus key, not used by a serial_line point");

@@ -136,6 +136,11 @@ impl Port {
         Ok(port)
     }
 
+    /// The configured stream, for a protocol stack that does its own framing (Modbus RTU).
+    pub fn into_stream(self) -> SerialStream {
+        self.stream
+    }
+
     pub fn path(&self) -> &str {
         &self.path
     }

@@ -1,0 +1,189 @@
+//! Commands coming down: `<prefix>/<gw>/<device>/<point>/set` → a validated write on the
+//! device's bus → the outcome on `…/set/result`.
+//!
+//! Validation and encoding are pure (`device::write`); a refused command is answered here and
+//! never reaches a bus. Commands run one at a time in arrival order, so two writes to one point
+//! land in the order they were sent; a write to a dead device costs its timeout. Results go
+//! through the outbox like readings (they must not be lost either) and to the local broker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Device;
+use crate::device::bus::{Answer, BusHandle};
+use crate::device::write::{parse_payload, prepare, WriteError};
+use crate::outbox::Message;
+use crate::pipeline::{Route, Routed};
+use crate::reading::now_ms;
+use crate::topics::Topics;
+
+/// One command as it arrived.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub device: String,
+    pub point: String,
+    pub payload: Vec<u8>,
+    /// Where it came from, for the log ("upstream").
+    pub origin: &'static str,
+}
+
+/// A device that can be written, with the bus it is on.
+pub struct Target {
+    pub device: Device,
+    pub bus: BusHandle,
+}
+
+pub struct Commands {
+    pub targets: HashMap<Arc<str>, Target>,
+    pub topics: Topics,
+    pub results: mpsc::Sender<Routed>,
+}
+
+/// The outcome of one command: `Ok(value written)` or the reason.
+pub type Outcome = Result<serde_json::Value, String>;
+
+impl Commands {
+    pub async fn run(self, mut rx: mpsc::Receiver<Command>, stop: CancellationToken) {
+        loop {
+            let cmd = tokio::select! {
+                _ = stop.cancelled() => break,
+                c = rx.recv() => match c { Some(c) => c, None => break },
+            };
+            let (outcome, id) = self.execute(&cmd).await;
+            self.report(&cmd, outcome, id).await;
+        }
+    }
+
+    /// Validates and runs one command.
+    pub async fn execute(&self, cmd: &Command) -> (Outcome, Option<serde_json::Value>) {
+        let (input, id) = match parse_payload(&cmd.payload) {
+            Ok(x) => x,
+            Err(e) => return (Err(e.to_string()), None),
+        };
+        let Some(target) = self.targets.get(cmd.device.as_str()) else {
+            return (
+                Err(WriteError::UnknownDevice(cmd.device.clone()).to_string()),
+                id,
+            );
+        };
+        let Some(point) = target.device.points.iter().find(|p| *p.name == *cmd.point) else {
+            let e = WriteError::UnknownPoint {
+                device: cmd.device.clone(),
+                point: cmd.point.clone(),
+            };
+            return (Err(e.to_string()), id);
+        };
+        let exchange = match prepare(point, &input, target.device.force_multiple_write) {
+            Ok(x) => x,
+            Err(e) => return (Err(e.to_string()), id),
+        };
+        let d = &target.device;
+        let function = exchange.function();
+        let outcome = match target
+            .bus
+            .call(d.unit_id, exchange, d.timeout, d.retries)
+            .await
+        {
+            Ok(Answer::Written) => Ok(input_json(&input)),
+            Ok(Answer::Exception(code)) => Err(format!(
+                "device answered with Modbus exception {:02} ({code:?}) to {function}",
+                u8::from(code)
+            )),
+            Ok(other) => Err(format!("unexpected answer to {function}: {other:?}")),
+            Err(e) => Err(format!(
+                "device did not confirm the write ({function}): {e}"
+            )),
+        };
+        (outcome, id)
+    }
+
+    async fn report(&self, cmd: &Command, outcome: Outcome, id: Option<serde_json::Value>) {
+        match &outcome {
+            Ok(v) => tracing::info!(
+                event = "write",
+                origin = cmd.origin,
+                device = %cmd.device,
+                point = %cmd.point,
+                value = %v,
+                "write confirmed by the device"
+            ),
+            Err(e) => tracing::warn!(
+                event = "write_failed",
+                origin = cmd.origin,
+                device = %cmd.device,
+                point = %cmd.point,
+                error = %e,
+                "write not done"
+            ),
+        }
+        let message = Message {
+            topic: self.topics.command_result(&cmd.device, &cmd.point),
+            payload: result_payload(&outcome, id, now_ms()),
+            retain: false,
+        };
+        let routed = Routed {
+            message,
+            route: Route::Everywhere,
+        };
+        if self.results.send(routed).await.is_err() {
+            tracing::debug!("pipeline stopped; write result not published");
+        }
+    }
+}
+
+fn input_json(i: &crate::device::write::Input) -> serde_json::Value {
+    use crate::device::write::Input;
+    match i {
+        Input::Bool(b) => json!(b),
+        Input::Int(v) => i64::try_from(*v)
+            .map(|x| json!(x))
+            .or_else(|_| u64::try_from(*v).map(|x| json!(x)))
+            .unwrap_or(json!(v.to_string())),
+        Input::Float(f) => json!(f),
+        Input::Text(t) => json!(t),
+    }
+}
+
+/// `{"ok": true, "value": …, "ts": …}` or `{"ok": false, "error": "…", "ts": …}`, with the
+/// command's `id` when it had one.
+pub fn result_payload(outcome: &Outcome, id: Option<serde_json::Value>, ts: i64) -> Vec<u8> {
+    let mut m = serde_json::Map::new();
+    match outcome {
+        Ok(v) => {
+            m.insert("ok".into(), json!(true));
+            m.insert("value".into(), v.clone());
+        }
+        Err(e) => {
+            m.insert("ok".into(), json!(false));
+            m.insert("error".into(), json!(e));
+        }
+    }
+    m.insert("ts".into(), json!(ts));
+    if let Some(id) = id {
+        m.insert("id".into(), id);
+    }
+    serde_json::Value::Object(m).to_string().into_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn result_payloads_carry_the_outcome_and_echo_the_id() {
+        let ok = result_payload(&Ok(json!(21.5)), Some(json!("r1")), 7);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&ok).unwrap(),
+            json!({"ok": true, "value": 21.5, "ts": 7, "id": "r1"})
+        );
+        let err = result_payload(&Err("point \"x\" is read-only".into()), None, 8);
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&err).unwrap(),
+            json!({"ok": false, "error": "point \"x\" is read-only", "ts": 8})
+        );
+    }
+}

@@ -1,0 +1,656 @@
+//! The owner of one Modbus line: a serial port (RTU on RS-485), an RTU-over-TCP socket, or one
+//! Modbus TCP connection. Exactly one task per line holds the connection and runs every
+//! exchange on it (polls of all units on that line, and writes) one at a time, in arrival
+//! order, with the configured silence between requests.
+//!
+//! Line hygiene, because RTU has no transaction ids: bytes that arrive while no request is
+//! outstanding (a late reply to a timed-out request, noise) are discarded before the next
+//! request goes out (`Line`); an answer that is not the answer to the request (another unit's
+//! late reply, a bad CRC) counts as garbage: the line is cleared and the request is sent once
+//! more. A Modbus TCP connection is dropped after a timeout instead, as before. Every exchange
+//! has its own deadline; tokio-modbus has none.
+
+use std::borrow::Cow;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_modbus::client::{rtu, tcp, Client, Context};
+use tokio_modbus::prelude::SlaveContext;
+use tokio_modbus::{ExceptionCode, Request, Response, Slave};
+use tokio_util::sync::CancellationToken;
+
+use super::decode::Table;
+use super::serial::port::{Port, PortSettings};
+use super::DeviceError;
+
+/// One Modbus request as the bus runs it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Exchange {
+    Read {
+        table: Table,
+        start: u16,
+        count: u16,
+    },
+    /// FC 05 (or FC 15 with `multiple`).
+    WriteCoil {
+        address: u16,
+        value: bool,
+        multiple: bool,
+    },
+    /// FC 06 for one register unless `multiple`, else FC 16.
+    WriteRegisters {
+        address: u16,
+        words: Vec<u16>,
+        multiple: bool,
+    },
+    /// One bit of a holding register: read (FC 03), change the bit, write back. Atomic as far
+    /// as this gateway goes, because the bus runs nothing else in between.
+    WriteBit {
+        address: u16,
+        bit: u8,
+        value: bool,
+        multiple: bool,
+    },
+}
+
+impl Exchange {
+    /// Function codes this exchange sends, for logs and `explain`.
+    pub fn function(&self) -> &'static str {
+        match self {
+            Exchange::Read { table, .. } => match table {
+                Table::Coil => "FC01",
+                Table::Discrete => "FC02",
+                Table::Holding => "FC03",
+                Table::Input => "FC04",
+            },
+            Exchange::WriteCoil {
+                multiple: false, ..
+            } => "FC05",
+            Exchange::WriteCoil { multiple: true, .. } => "FC15",
+            Exchange::WriteRegisters {
+                words, multiple, ..
+            } if words.len() == 1 && !multiple => "FC06",
+            Exchange::WriteRegisters { .. } => "FC16",
+            Exchange::WriteBit {
+                multiple: false, ..
+            } => "FC03+FC06",
+            Exchange::WriteBit { multiple: true, .. } => "FC03+FC16",
+        }
+    }
+}
+
+/// What the device answered.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    Words(Vec<u16>),
+    Bits(Vec<bool>),
+    Written,
+    Exception(ExceptionCode),
+}
+
+/// How a bus reaches its line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Connector {
+    Serial { port: PortSettings, rs485: bool },
+    RtuOverTcp { host: String, port: u16 },
+    Tcp { host: String, port: u16 },
+}
+
+impl Connector {
+    pub fn describe(&self) -> String {
+        match self {
+            Connector::Serial { port, .. } => port.path.clone(),
+            Connector::RtuOverTcp { host, port } => format!("rtu-over-tcp://{host}:{port}"),
+            Connector::Tcp { host, port } => format!("{host}:{port}"),
+        }
+    }
+
+    /// The RTU inter-frame silence (3.5 characters of 11 bits; the spec fixes 1.75 ms above
+    /// 19200 baud). Sockets have no such rule.
+    fn min_gap(&self) -> Duration {
+        match self {
+            Connector::Serial { port, .. } if port.baud <= 19_200 => {
+                Duration::from_micros(38_500_000 / u64::from(port.baud.max(1)))
+            }
+            Connector::Serial { .. } => Duration::from_micros(1750),
+            _ => Duration::ZERO,
+        }
+    }
+}
+
+struct Job {
+    unit: u8,
+    exchange: Exchange,
+    timeout: Duration,
+    retries: u8,
+    reply: oneshot::Sender<Result<Answer, DeviceError>>,
+}
+
+/// A cheap handle for sending exchanges to a bus task.
+#[derive(Clone)]
+pub struct BusHandle {
+    tx: mpsc::Sender<Job>,
+    name: Arc<str>,
+}
+
+impl BusHandle {
+    /// Queues `exchange` for `unit` and waits for the outcome. `timeout` bounds the exchange on
+    /// the wire, not the wait in the queue (other units' exchanges come first).
+    pub async fn call(
+        &self,
+        unit: u8,
+        exchange: Exchange,
+        timeout: Duration,
+        retries: u8,
+    ) -> Result<Answer, DeviceError> {
+        let (reply, rx) = oneshot::channel();
+        let job = Job {
+            unit,
+            exchange,
+            timeout,
+            retries,
+            reply,
+        };
+        let gone = || DeviceError::Transport(format!("bus {} is not running", self.name));
+        self.tx.send(job).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())?
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+}
+
+/// Starts the owner task of one line; it ends when `stop` is cancelled or every handle is gone.
+pub fn spawn(
+    name: Arc<str>,
+    connector: Connector,
+    request_gap: Duration,
+    stop: CancellationToken,
+) -> (BusHandle, tokio::task::JoinHandle<()>) {
+    // Small: a deep queue would only hide that the line is slower than the configured polling.
+    let (tx, rx) = mpsc::channel(64);
+    let handle = BusHandle {
+        tx,
+        name: name.clone(),
+    };
+    let task = tokio::spawn(run(name, connector, request_gap, rx, stop));
+    (handle, task)
+}
+
+async fn run(
+    name: Arc<str>,
+    connector: Connector,
+    request_gap: Duration,
+    mut rx: mpsc::Receiver<Job>,
+    stop: CancellationToken,
+) {
+    let mut line = Owner {
+        name,
+        gap: request_gap.max(connector.min_gap()),
+        connector,
+        ctx: None,
+        quiet_from: Instant::now(),
+        rs485_noted: false,
+    };
+    loop {
+        let job = tokio::select! {
+            _ = stop.cancelled() => break,
+            j = rx.recv() => match j { Some(j) => j, None => break },
+        };
+        let result = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = line.run_job(&job) => r,
+        };
+        // The poller may have given up waiting (shutdown); nothing to do then.
+        let _ = job.reply.send(result);
+    }
+    if let Some(mut ctx) = line.ctx.take() {
+        let _ = timeout(Duration::from_millis(200), ctx.disconnect()).await;
+    }
+}
+
+struct Owner {
+    name: Arc<str>,
+    connector: Connector,
+    gap: Duration,
+    ctx: Option<Context>,
+    /// When the line last fell silent; the next request waits for `gap` after it.
+    quiet_from: Instant,
+    rs485_noted: bool,
+}
+
+/// How one attempt went wrong.
+enum Failure {
+    /// Nothing (complete) arrived in time.
+    Timeout,
+    /// Something arrived that is not the answer (bad CRC, another unit, wrong function or
+    /// size): worth one more try on a cleared line.
+    Garbage(String),
+    /// The connection itself failed (unplugged adapter, reset socket).
+    Link(String),
+}
+
+impl Owner {
+    async fn run_job(&mut self, job: &Job) -> Result<Answer, DeviceError> {
+        let attempts = 1 + u32::from(job.retries);
+        let mut garbage_retry_left = true;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = self.attempt(job).await;
+            let err = match outcome {
+                Ok(answer) => return Ok(answer),
+                Err(AttemptError::Connect(e)) => return Err(e),
+                Err(AttemptError::Failed(f)) => f,
+            };
+            let is_garbage = matches!(err, Failure::Garbage(_));
+            let device_error = match err {
+                Failure::Timeout => DeviceError::Timeout(job.timeout),
+                Failure::Garbage(why) => DeviceError::Transport(format!("bad answer: {why}")),
+                Failure::Link(why) => DeviceError::Transport(why),
+            };
+            tracing::debug!(
+                bus = %self.name,
+                unit_id = job.unit,
+                function = job.exchange.function(),
+                attempt,
+                error = %device_error,
+                "modbus exchange failed"
+            );
+            if is_garbage && garbage_retry_left {
+                garbage_retry_left = false;
+                continue;
+            }
+            if attempt >= attempts {
+                return Err(device_error);
+            }
+        }
+    }
+
+    async fn attempt(&mut self, job: &Job) -> Result<Answer, AttemptError> {
+        sleep_until(self.quiet_from + self.gap).await;
+        let connector = self.connector.clone();
+        if self.ctx.is_none() {
+            let ctx = self
+                .connect(job.timeout)
+                .await
+                .map_err(AttemptError::Connect)?;
+            self.ctx = Some(ctx);
+        }
+        let Some(ctx) = self.ctx.as_mut() else {
+            return Err(AttemptError::Connect(DeviceError::Transport(
+                "not connected".into(),
+            )));
+        };
+        ctx.set_slave(Slave(job.unit));
+        let result = timeout(job.timeout, transact(ctx, &job.exchange)).await;
+        self.quiet_from = Instant::now();
+        let failure = match result {
+            Ok(Ok(answer)) => return Ok(answer),
+            Err(_) => Failure::Timeout,
+            Ok(Err(f)) => f,
+        };
+        let drop_connection = match (&failure, &connector) {
+            (Failure::Link(_), _) => true,
+            // Modbus TCP: a new connection is the only way to be sure a late reply is gone.
+            (Failure::Timeout | Failure::Garbage(_), Connector::Tcp { .. }) => true,
+            // RTU: `Line` discards whatever arrives before the next request.
+            _ => false,
+        };
+        if drop_connection {
+            self.ctx = None;
+        }
+        Err(AttemptError::Failed(failure))
+    }
+
+    async fn connect(&mut self, t: Duration) -> Result<Context, DeviceError> {
+        match &self.connector {
+            Connector::Serial { port, rs485 } => {
+                let opened = Port::open(port).map_err(|e| DeviceError::Port(e.to_string()))?;
+                let stream = opened.into_stream();
+                if *rs485 {
+                    match enable_rs485(&stream) {
+                        Ok(()) => {
+                            if !self.rs485_noted {
+                                tracing::info!(bus = %self.name, path = %port.path, "RS-485 mode enabled (TIOCSRS485)");
+                            }
+                        }
+                        Err(e) if !self.rs485_noted => tracing::warn!(
+                            bus = %self.name,
+                            path = %port.path,
+                            error = %e,
+                            "the port's driver does not support RS-485 mode (TIOCSRS485); continuing without it (adapters with automatic direction control need none)"
+                        ),
+                        Err(_) => {}
+                    }
+                    self.rs485_noted = true;
+                }
+                Ok(rtu::attach(Line::new(stream)))
+            }
+            Connector::RtuOverTcp { host, port } => {
+                let stream = connect_tcp(host, *port, t).await?;
+                Ok(rtu::attach(Line::new(stream)))
+            }
+            Connector::Tcp { host, port } => {
+                let stream = connect_tcp(host, *port, t).await?;
+                // Requests are small and strictly one at a time: Nagle would only add delay.
+                let _ = stream.set_nodelay(true);
+                Ok(tcp::attach_slave(stream, Slave(1)))
+            }
+        }
+    }
+}
+
+enum AttemptError {
+    Connect(DeviceError),
+    Failed(Failure),
+}
+
+async fn connect_tcp(host: &str, port: u16, t: Duration) -> Result<TcpStream, DeviceError> {
+    let addr = format!("{host}:{port}");
+    let resolved = match timeout(t, tokio::net::lookup_host(addr.clone())).await {
+        Ok(Ok(mut it)) => it.next().ok_or_else(|| DeviceError::Resolve {
+            addr: addr.clone(),
+            reason: "no address".into(),
+        })?,
+        Ok(Err(e)) => {
+            return Err(DeviceError::Resolve {
+                addr,
+                reason: e.to_string(),
+            })
+        }
+        Err(_) => return Err(DeviceError::Timeout(t)),
+    };
+    match timeout(t, TcpStream::connect(resolved)).await {
+        Ok(Ok(s)) => Ok(s),
+        Ok(Err(e)) => Err(DeviceError::Connect {
+            addr,
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(DeviceError::Timeout(t)),
+    }
+}
+
+/// Runs one exchange and checks that the answer is the answer to it: tokio-modbus checks the
+/// unit and function code, but only debug-asserts the quantity (a panic in debug builds on a
+/// device's input), so the quantity is checked here.
+async fn transact(ctx: &mut Context, ex: &Exchange) -> Result<Answer, Failure> {
+    match ex {
+        Exchange::Read {
+            table,
+            start,
+            count,
+        } => {
+            let req = match table {
+                Table::Coil => Request::ReadCoils(*start, *count),
+                Table::Discrete => Request::ReadDiscreteInputs(*start, *count),
+                Table::Holding => Request::ReadHoldingRegisters(*start, *count),
+                Table::Input => Request::ReadInputRegisters(*start, *count),
+            };
+            let want = usize::from(*count);
+            match call(ctx, req).await? {
+                Err(code) => Ok(Answer::Exception(code)),
+                Ok(Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits)) => {
+                    // Bits come padded to whole bytes.
+                    if bits.len() < want {
+                        return Err(Failure::Garbage(format!(
+                            "{} bits for a request of {want}",
+                            bits.len()
+                        )));
+                    }
+                    bits.truncate(want);
+                    Ok(Answer::Bits(bits))
+                }
+                Ok(Response::ReadHoldingRegisters(w) | Response::ReadInputRegisters(w)) => {
+                    if w.len() != want {
+                        return Err(Failure::Garbage(format!(
+                            "{} registers for a request of {want}",
+                            w.len()
+                        )));
+                    }
+                    Ok(Answer::Words(w))
+                }
+                Ok(other) => Err(Failure::Garbage(format!("unexpected answer {other:?}"))),
+            }
+        }
+        Exchange::WriteCoil {
+            address,
+            value,
+            multiple,
+        } => {
+            let req = if *multiple {
+                Request::WriteMultipleCoils(*address, Cow::Owned(vec![*value]))
+            } else {
+                Request::WriteSingleCoil(*address, *value)
+            };
+            written(call(ctx, req).await?)
+        }
+        Exchange::WriteRegisters {
+            address,
+            words,
+            multiple,
+        } => {
+            let req = match words.as_slice() {
+                [one] if !multiple => Request::WriteSingleRegister(*address, *one),
+                _ => Request::WriteMultipleRegisters(*address, Cow::Owned(words.clone())),
+            };
+            written(call(ctx, req).await?)
+        }
+        Exchange::WriteBit {
+            address,
+            bit,
+            value,
+            multiple,
+        } => {
+            let current = match call(ctx, Request::ReadHoldingRegisters(*address, 1)).await? {
+                Err(code) => return Ok(Answer::Exception(code)),
+                Ok(Response::ReadHoldingRegisters(w)) if w.len() == 1 => w[0],
+                Ok(other) => return Err(Failure::Garbage(format!("unexpected answer {other:?}"))),
+            };
+            let mask = 1u16 << (bit & 15);
+            let next = if *value {
+                current | mask
+            } else {
+                current & !mask
+            };
+            let req = if *multiple {
+                Request::WriteMultipleRegisters(*address, Cow::Owned(vec![next]))
+            } else {
+                Request::WriteSingleRegister(*address, next)
+            };
+            written(call(ctx, req).await?)
+        }
+    }
+}
+
+fn written(r: Result<Response, ExceptionCode>) -> Result<Answer, Failure> {
+    match r {
+        Err(code) => Ok(Answer::Exception(code)),
+        Ok(
+            Response::WriteSingleCoil(..)
+            | Response::WriteMultipleCoils(..)
+            | Response::WriteSingleRegister(..)
+            | Response::WriteMultipleRegisters(..),
+        ) => Ok(Answer::Written),
+        Ok(other) => Err(Failure::Garbage(format!("unexpected answer {other:?}"))),
+    }
+}
+
+async fn call(
+    ctx: &mut Context,
+    req: Request<'static>,
+) -> Result<Result<Response, ExceptionCode>, Failure> {
+    match ctx.call(req).await {
+        Ok(r) => Ok(r),
+        Err(tokio_modbus::Error::Protocol(p)) => Err(Failure::Garbage(p.to_string())),
+        Err(tokio_modbus::Error::Transport(e)) if e.kind() == io::ErrorKind::InvalidData => {
+            Err(Failure::Garbage(e.to_string()))
+        }
+        Err(tokio_modbus::Error::Transport(e)) => Err(Failure::Link(e.to_string())),
+    }
+}
+
+/// Discards input that is waiting but was not asked for.
+trait DiscardPending {
+    fn discard_pending(&mut self);
+}
+
+impl DiscardPending for tokio_serial::SerialStream {
+    fn discard_pending(&mut self) {
+        use tokio_serial::SerialPort;
+        let _ = self.clear(tokio_serial::ClearBuffer::Input);
+    }
+}
+
+impl DiscardPending for TcpStream {
+    fn discard_pending(&mut self) {
+        let mut buf = [0u8; 256];
+        // Non-blocking: stops at WouldBlock (nothing more waiting), EOF or an error; the
+        // following write or read reports a dead socket properly.
+        while let Ok(n) = self.try_read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+}
+
+/// An RTU transport that throws away whatever arrived since the last answer before it sends
+/// the next request: a late reply to a request that timed out must never be read as the
+/// answer to the next one.
+struct Line<S> {
+    inner: S,
+    read_since_write: bool,
+}
+
+impl<S> Line<S> {
+    fn new(inner: S) -> Self {
+        Line {
+            inner,
+            read_since_write: true,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Line<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.read_since_write = true;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + DiscardPending + Unpin> AsyncWrite for Line<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.read_since_write {
+            self.inner.discard_pending();
+            self.read_since_write = false;
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Linux `struct serial_rs485` (include/uapi/linux/serial.h); libc has the ioctl number but
+/// not the struct.
+#[repr(C)]
+#[derive(Default)]
+struct SerialRs485 {
+    flags: u32,
+    delay_rts_before_send: u32,
+    delay_rts_after_send: u32,
+    padding: [u32; 5],
+}
+
+const SER_RS485_ENABLED: u32 = 1;
+const SER_RS485_RTS_ON_SEND: u32 = 1 << 1;
+
+/// Asks the kernel driver to switch the transceiver direction itself. ENOTTY (a pty, an
+/// adapter whose driver lacks it) is returned as an error for the caller to log, never fatal.
+fn enable_rs485(stream: &tokio_serial::SerialStream) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let conf = SerialRs485 {
+        flags: SER_RS485_ENABLED | SER_RS485_RTS_ON_SEND,
+        ..SerialRs485::default()
+    };
+    // SAFETY: TIOCSRS485 reads one `struct serial_rs485` from the pointer, which lives for the
+    // call; the fd is open for as long as `stream` is borrowed.
+    let rc = unsafe {
+        libc::ioctl(
+            stream.as_raw_fd(),
+            libc::TIOCSRS485 as _,
+            &conf as *const SerialRs485,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rtu_silence_follows_the_baud_rate_and_is_fixed_above_19200() {
+        let serial = |baud| Connector::Serial {
+            port: PortSettings {
+                path: "/dev/null".into(),
+                baud,
+                data_bits: 8,
+                parity: super::super::serial::port::Parity::None,
+                stop_bits: 1,
+            },
+            rs485: false,
+        };
+        assert_eq!(serial(9600).min_gap(), Duration::from_micros(4010));
+        assert_eq!(serial(19_200).min_gap(), Duration::from_micros(2005));
+        assert_eq!(serial(115_200).min_gap(), Duration::from_micros(1750));
+        let tcp = Connector::Tcp {
+            host: "h".into(),
+            port: 502,
+        };
+        assert_eq!(tcp.min_gap(), Duration::ZERO);
+    }
+
+    #[test]
+    fn function_codes_follow_the_value_and_the_multiple_switch() {
+        let regs = |n: usize, multiple| Exchange::WriteRegisters {
+            address: 0,
+            words: vec![0; n],
+            multiple,
+        };
+        assert_eq!(regs(1, false).function(), "FC06");
+        assert_eq!(regs(1, true).function(), "FC16");
+        assert_eq!(regs(2, false).function(), "FC16");
+        let coil = |multiple| Exchange::WriteCoil {
+            address: 0,
+            value: true,
+            multiple,
+        };
+        assert_eq!(coil(false).function(), "FC05");
+        assert_eq!(coil(true).function(), "FC15");
+    }
+}
