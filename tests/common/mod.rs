@@ -1,3 +1,4 @@
 pub mod gateway;
 pub mod peers;
+pub mod rtu;
 pub mod serial;
