@@ -3,14 +3,22 @@
 //! exchange on it (polls of all units on that line, and writes) one at a time, in arrival
 //! order, with the configured silence between requests.
 //!
-//! Line hygiene, because RTU has no transaction ids: bytes that arrive while no request is
-//! outstanding (a late reply to a timed-out request, noise) are discarded before the next
-//! request goes out (`Line`); an answer that is not the answer to the request (another unit's
-//! late reply, a bad CRC) counts as garbage: the line is cleared and the request is sent once
-//! more. A Modbus TCP connection is dropped after a timeout instead, as before. Every exchange
-//! has its own deadline; tokio-modbus has none.
+//! Line hygiene, because RTU has no transaction ids:
+//! - bytes that arrive while no request is outstanding (a late reply to a timed-out request,
+//!   noise) are discarded before the next request goes out (`Line`);
+//! - an answer that is not the answer to the request (another unit's late reply, a wrong
+//!   quantity) counts as garbage: the request is sent once more on a cleared line;
+//! - after a unit timed out, that unit gets no new request for one more timeout: its late reply
+//!   would carry the right unit id and function code and could pass for the answer to its next
+//!   request. Other units are not held up (a stray reply from the tainted unit has the wrong
+//!   unit id for them and counts as garbage). A reply later than twice the timeout cannot be
+//!   told apart; nothing can, on RTU.
+//!
+//! A Modbus TCP connection is dropped after a timeout instead. Every exchange has its own
+//! deadline; tokio-modbus has none.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -199,6 +207,7 @@ async fn run(
         ctx: None,
         quiet_from: Instant::now(),
         rs485_noted: false,
+        tainted: HashMap::new(),
     };
     loop {
         let job = tokio::select! {
@@ -225,6 +234,8 @@ struct Owner {
     /// When the line last fell silent; the next request waits for `gap` after it.
     quiet_from: Instant,
     rs485_noted: bool,
+    /// Units that timed out, and until when a late reply of theirs may still arrive.
+    tainted: HashMap<u8, Instant>,
 }
 
 /// How one attempt went wrong.
@@ -276,7 +287,11 @@ impl Owner {
     }
 
     async fn attempt(&mut self, job: &Job) -> Result<Answer, AttemptError> {
-        sleep_until(self.quiet_from + self.gap).await;
+        let mut ready = self.quiet_from + self.gap;
+        if let Some(until) = self.tainted.remove(&job.unit) {
+            ready = ready.max(until);
+        }
+        sleep_until(ready).await;
         let connector = self.connector.clone();
         if self.ctx.is_none() {
             let ctx = self
@@ -298,6 +313,9 @@ impl Owner {
             Err(_) => Failure::Timeout,
             Ok(Err(f)) => f,
         };
+        if matches!(failure, Failure::Timeout) && !matches!(connector, Connector::Tcp { .. }) {
+            self.tainted.insert(job.unit, self.quiet_from + job.timeout);
+        }
         let drop_connection = match (&failure, &connector) {
             (Failure::Link(_), _) => true,
             // Modbus TCP: a new connection is the only way to be sure a late reply is gone.

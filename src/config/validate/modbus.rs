@@ -344,7 +344,7 @@ pub(super) fn device(
         Duration::from_millis(10),
         Duration::from_secs(86_400),
     );
-    let retries = c.int(p.key("retries"), d.retries.unwrap_or(0), 0, 5);
+    let retries = c.int(p.key("retries"), d.retries.unwrap_or(1), 0, 5);
     let word_order = match &d.word_order {
         Some(s) => c.parsed(
             p.key("word_order"),

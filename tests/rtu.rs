@@ -1,0 +1,889 @@
+//! Modbus RTU end to end: the real gateway binary on a socat pty pair (or RTU over TCP) with
+//! pymodbus serving several unit ids on the other end (tests/peers/modbus_rtu_sim.py, whose
+//! register layout tests/rtu_peers.rs cross-checks with mbpoll), readings watched on the
+//! embedded broker, commands sent through mosquitto with mosquitto_pub.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::gateway::Gateway;
+use common::peers::{free_port, wait_until_sync, Message, Mosquitto, MqttWatcher};
+use common::rtu::RtuSim;
+use serde_json::{json, Value};
+
+const LONG: Duration = Duration::from_secs(30);
+
+fn bus(path: &Path) -> String {
+    format!(
+        "[[buses]]\nname = \"rs485\"\nkind = \"serial\"\npath = \"{}\"\nbaud = 9600\nrequest_gap = \"2ms\"\n",
+        path.display()
+    )
+}
+
+fn config(dir: &Path, broker_port: u16, upstream: Option<u16>, body: &str) -> String {
+    let upstream = upstream
+        .map(|p| {
+            format!(
+                "[upstream]\nhost = \"127.0.0.1\"\nport = {p}\nkeep_alive = \"2s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n"
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "[gateway]\nid = \"gw\"\ndata_dir = \"{}\"\nshutdown_timeout = \"3s\"\nstats_interval = \"1s\"\n\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\n[outbox]\ncommit_interval = \"20ms\"\n\n{upstream}\n{body}",
+        dir.join("data").display()
+    )
+}
+
+fn rtu_device(name: &str, unit: u8, interval: &str, timeout: &str, points: &str) -> String {
+    format!(
+        "[[devices]]\nname = \"{name}\"\nkind = \"modbus_rtu\"\nbus = \"rs485\"\nunit_id = {unit}\ninterval = \"{interval}\"\ntimeout = \"{timeout}\"\nbackoff_max = \"2s\"\n{points}\n"
+    )
+}
+
+/// Points of the simulator's `--units-count` map for unit `u`: holding 0..1 (100u, 100u+1),
+/// holding 10 = f32 (u + 0.5), input 0 = 1000 + 100u, coil 0 = true.
+const UNIT_POINTS: &str = r#"
+[[devices.points]]
+name = "h0"
+table = "holding"
+address = 0
+type = "u16"
+
+[[devices.points]]
+name = "h1"
+table = "holding"
+address = 1
+type = "u16"
+
+[[devices.points]]
+name = "f"
+table = "holding"
+address = 10
+type = "f32"
+
+[[devices.points]]
+name = "in0"
+table = "input"
+address = 0
+type = "u16"
+
+[[devices.points]]
+name = "c0"
+table = "coil"
+address = 0
+type = "bool"
+"#;
+
+fn expected_unit_values(unit: u64) -> Vec<(&'static str, Value)> {
+    vec![
+        ("h0", json!(100 * unit)),
+        ("h1", json!(100 * unit + 1)),
+        ("f", json!(unit as f64 + 0.5)),
+        ("in0", json!(1000 + 100 * unit)),
+        ("c0", json!(true)),
+    ]
+}
+
+fn point_of(m: &Message) -> (String, String) {
+    let mut it = m.topic.rsplit('/');
+    let point = it.next().unwrap_or_default().to_string();
+    let device = it.next().unwrap_or_default().to_string();
+    (device, point)
+}
+
+/// Every reading of `device` so far has the value its point must have.
+fn assert_all_values(watch: &MqttWatcher, device: &str, want: &[(&str, Value)]) -> usize {
+    let mut checked = 0;
+    let is_reading = |m: &Message| {
+        !m.topic.ends_with("/status")
+            && !m.topic.ends_with("/stats")
+            && m.payload.first() == Some(&b'{')
+    };
+    for m in watch.messages().iter().filter(|m| is_reading(m)) {
+        let (d, p) = point_of(m);
+        if d != device {
+            continue;
+        }
+        let v = m.json();
+        if let Some((_, w)) = want.iter().find(|(n, _)| *n == p) {
+            if v["quality"] == "good" {
+                assert_eq!(&v["value"], w, "{device}/{p}: {}", m.text());
+                checked += 1;
+            }
+        }
+    }
+    checked
+}
+
+fn status_count(watch: &MqttWatcher, device: &str, s: &str) -> usize {
+    let topic = format!("fieldbridge/gw/{device}/status");
+    watch.count(|m| m.topic == topic && m.text() == s)
+}
+
+fn reading_ts(watch: &MqttWatcher, device: &str, point: &str) -> Vec<i64> {
+    let topic = format!("fieldbridge/gw/{device}/{point}");
+    watch
+        .messages()
+        .iter()
+        .filter(|m| m.topic == topic)
+        .filter_map(|m| m.json()["ts"].as_i64())
+        .collect()
+}
+
+#[test]
+fn units_on_one_bus_keep_their_period_while_a_muted_unit_costs_at_most_one_timeout_per_cycle() {
+    let mut sim = RtuSim::start_units(3);
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    let mut body = bus(&sim.bus_path());
+    for u in 1..=3u8 {
+        body.push_str(&rtu_device(
+            &format!("u{u}"),
+            u,
+            "300ms",
+            "200ms",
+            UNIT_POINTS,
+        ));
+    }
+    // An id nobody on the bus has: silent, as on a real RS-485 line.
+    body.push_str(&rtu_device("ghost", 9, "300ms", "200ms", UNIT_POINTS));
+    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
+    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    wait_until_sync("all three units online", LONG, || {
+        (1..=3).all(|u| status_count(&watch, &format!("u{u}"), "online") == 1)
+    });
+    wait_until_sync("the unknown id reported offline", LONG, || {
+        status_count(&watch, "ghost", "offline") == 1
+    });
+
+    sim.mute(2);
+    wait_until_sync("the muted unit offline", LONG, || {
+        status_count(&watch, "u2", "offline") == 1
+    });
+    // From here, measure the period of units 1 and 3 over a dozen cycles.
+    let start = [
+        reading_ts(&watch, "u1", "h0").len(),
+        reading_ts(&watch, "u3", "h0").len(),
+    ];
+    wait_until_sync("twelve more polls of units 1 and 3", LONG, || {
+        reading_ts(&watch, "u1", "h0").len() >= start[0] + 12
+            && reading_ts(&watch, "u3", "h0").len() >= start[1] + 12
+    });
+    for (i, dev) in ["u1", "u3"].iter().enumerate() {
+        let ts = reading_ts(&watch, dev, "h0");
+        let window = &ts[start[i]..];
+        let mean = (window[window.len() - 1] - window[0]) as f64 / (window.len() - 1) as f64;
+        let max = window.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+        eprintln!(
+            "{dev}: mean period {mean:.0} ms, longest {max} ms (interval 300 ms, timeout 200 ms)"
+        );
+        // Interval plus at most one timeout of the dead unit per cycle (the dead unit is on
+        // backoff, so most cycles pay nothing).
+        assert!(
+            mean <= 300.0 + 200.0,
+            "{dev}: mean period {mean} ms\n{}",
+            gw.log()
+        );
+    }
+    assert!(assert_all_values(&watch, "u1", &expected_unit_values(1)) > 0);
+    assert!(assert_all_values(&watch, "u3", &expected_unit_values(3)) > 0);
+
+    sim.unmute(2);
+    wait_until_sync("the unmuted unit back online", LONG, || {
+        status_count(&watch, "u2", "online") == 2
+    });
+    let n = reading_ts(&watch, "u2", "h0").len();
+    wait_until_sync("unit 2 polled at its normal rate again", LONG, || {
+        reading_ts(&watch, "u2", "h0").len() >= n + 5
+    });
+    assert!(assert_all_values(&watch, "u2", &expected_unit_values(2)) > 0);
+}
+
+const TYPED_POINTS: &str = r#"
+[[devices.points]]
+name = "u16"
+table = "holding"
+address = 0
+type = "u16"
+[[devices.points]]
+name = "i16"
+table = "holding"
+address = 1
+type = "i16"
+[[devices.points]]
+name = "i16_badc"
+table = "holding"
+address = 2
+type = "i16"
+word_order = "BADC"
+[[devices.points]]
+name = "u32_abcd"
+table = "holding"
+address = 3
+type = "u32"
+[[devices.points]]
+name = "u32_cdab"
+table = "holding"
+address = 5
+type = "u32"
+word_order = "CDAB"
+[[devices.points]]
+name = "i32_badc"
+table = "holding"
+address = 7
+type = "i32"
+word_order = "BADC"
+[[devices.points]]
+name = "i32_dcba"
+table = "holding"
+address = 9
+type = "i32"
+word_order = "DCBA"
+[[devices.points]]
+name = "f32_abcd"
+table = "holding"
+address = 11
+type = "f32"
+[[devices.points]]
+name = "f32_cdab"
+table = "holding"
+address = 13
+type = "f32"
+word_order = "CDAB"
+[[devices.points]]
+name = "f32_badc"
+table = "holding"
+address = 15
+type = "f32"
+word_order = "BADC"
+[[devices.points]]
+name = "f32_dcba"
+table = "holding"
+address = 17
+type = "f32"
+word_order = "DCBA"
+[[devices.points]]
+name = "u64_abcdefgh"
+table = "holding"
+address = 19
+type = "u64"
+word_order = "ABCDEFGH"
+[[devices.points]]
+name = "i64_ghefcdab"
+table = "holding"
+address = 23
+type = "i64"
+word_order = "GHEFCDAB"
+[[devices.points]]
+name = "f64_badcfehg"
+table = "holding"
+address = 27
+type = "f64"
+word_order = "BADCFEHG"
+[[devices.points]]
+name = "f64_hgfedcba"
+table = "holding"
+address = 31
+type = "f64"
+word_order = "HGFEDCBA"
+[[devices.points]]
+name = "u64_max"
+table = "holding"
+address = 35
+type = "u64"
+[[devices.points]]
+name = "bit0"
+table = "holding"
+address = 40
+type = "bool"
+bit = 0
+[[devices.points]]
+name = "bit1"
+table = "holding"
+address = 40
+type = "bool"
+bit = 1
+[[devices.points]]
+name = "bit15"
+table = "holding"
+address = 40
+type = "bool"
+bit = 15
+[[devices.points]]
+name = "scaled"
+table = "holding"
+address = 41
+type = "u16"
+scale = 0.1
+offset = -40
+unit = "°C"
+[[devices.points]]
+name = "model"
+table = "input"
+address = 0
+type = "string"
+length = 4
+[[devices.points]]
+name = "model_badc"
+table = "input"
+address = 4
+type = "string"
+length = 3
+word_order = "BADC"
+[[devices.points]]
+name = "coil0"
+table = "coil"
+address = 0
+type = "bool"
+[[devices.points]]
+name = "coil1"
+table = "coil"
+address = 1
+type = "bool"
+[[devices.points]]
+name = "discrete0"
+table = "discrete"
+address = 0
+type = "bool"
+"#;
+
+fn typed_spec() -> Value {
+    let t = |table: &str, address: u32, ty: &str, order: &str, value: Value| json!({"table": table, "address": address, "type": ty, "order": order, "value": value});
+    json!({"units": {"1": {
+        "holding": {"40": 0xA005u32, "41": 655},
+        "coils": {"0": true, "1": false},
+        "discrete": {"0": true},
+        "typed": [
+            t("holding", 0, "u16", "ABCD", json!(65000)),
+            t("holding", 1, "i16", "ABCD", json!(-1234)),
+            t("holding", 2, "i16", "BADC", json!(-1234)),
+            t("holding", 3, "u32", "ABCD", json!(4_000_000_000u64)),
+            t("holding", 5, "u32", "CDAB", json!(4_000_000_000u64)),
+            t("holding", 7, "i32", "BADC", json!(-123_456)),
+            t("holding", 9, "i32", "DCBA", json!(-123_456)),
+            t("holding", 11, "f32", "ABCD", json!(21.5)),
+            t("holding", 13, "f32", "CDAB", json!(-3.25)),
+            t("holding", 15, "f32", "BADC", json!(1234.5)),
+            t("holding", 17, "f32", "DCBA", json!(0.1)),
+            t("holding", 19, "u64", "ABCDEFGH", json!(1_234_567_890_123_456_789u64)),
+            t("holding", 23, "i64", "GHEFCDAB", json!(-9_876_543_210i64)),
+            t("holding", 27, "f64", "BADCFEHG", json!(std::f64::consts::PI)),
+            t("holding", 31, "f64", "HGFEDCBA", json!(-2.5e-10)),
+            t("holding", 35, "u64", "ABCD", json!(u64::MAX)),
+            {"table": "input", "address": 0, "type": "string", "length": 4, "value": "SDM630"},
+            {"table": "input", "address": 4, "type": "string", "length": 3, "order": "BADC", "value": "XY-MD0"},
+        ]
+    }}})
+}
+
+fn typed_expectations() -> Vec<(&'static str, Value)> {
+    vec![
+        ("u16", json!(65000)),
+        ("i16", json!(-1234)),
+        ("i16_badc", json!(-1234)),
+        ("u32_abcd", json!(4_000_000_000u64)),
+        ("u32_cdab", json!(4_000_000_000u64)),
+        ("i32_badc", json!(-123_456)),
+        ("i32_dcba", json!(-123_456)),
+        ("f32_abcd", json!(21.5)),
+        ("f32_cdab", json!(-3.25)),
+        ("f32_badc", json!(1234.5)),
+        ("f32_dcba", json!(0.1)),
+        ("u64_abcdefgh", json!(1_234_567_890_123_456_789u64)),
+        ("i64_ghefcdab", json!(-9_876_543_210i64)),
+        ("f64_badcfehg", json!(std::f64::consts::PI)),
+        ("f64_hgfedcba", json!(-2.5e-10)),
+        ("u64_max", json!(u64::MAX)),
+        ("bit0", json!(true)),
+        ("bit1", json!(false)),
+        ("bit15", json!(true)),
+        ("scaled", json!(25.5)),
+        ("model", json!("SDM630")),
+        ("model_badc", json!("XY-MD0")),
+        ("coil0", json!(true)),
+        ("coil1", json!(false)),
+        ("discrete0", json!(true)),
+    ]
+}
+
+fn check_typed(watch: &MqttWatcher, device: &str) {
+    let want = typed_expectations();
+    wait_until_sync("a reading of every typed point", LONG, || {
+        want.iter().all(|(p, _)| {
+            let topic = format!("fieldbridge/gw/{device}/{p}");
+            watch.count(|m| m.topic == topic) > 0
+        })
+    });
+    for (p, w) in &want {
+        let topic = format!("fieldbridge/gw/{device}/{p}");
+        let m = watch.wait_for_sync(|m| m.topic == topic, LONG);
+        let v = m.json();
+        assert_eq!(v["quality"], "good", "{p}: {}", m.text());
+        match (w.as_f64(), v["value"].as_f64()) {
+            (Some(a), Some(b)) if w.is_f64() => {
+                assert!(
+                    (a - b).abs() <= a.abs() * 1e-12,
+                    "{p}: {} want {w}",
+                    m.text()
+                )
+            }
+            _ => assert_eq!(&v["value"], w, "{p}: {}", m.text()),
+        }
+    }
+    let scaled = watch.wait_for_sync(|m| m.topic.ends_with("/scaled"), LONG);
+    assert_eq!(scaled.json()["unit"], "°C");
+}
+
+#[test]
+fn every_type_and_order_decodes_to_the_value_pymodbus_serves() {
+    let sim = RtuSim::start(&typed_spec());
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    let body = format!(
+        "{}{}",
+        bus(&sim.bus_path()),
+        rtu_device("dev", 1, "200ms", "300ms", TYPED_POINTS)
+    );
+    let _gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
+    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    check_typed(&watch, "dev");
+}
+
+#[test]
+fn rtu_over_tcp_reads_the_same_values_through_a_device_server() {
+    let sim = RtuSim::start_tcp(&typed_spec());
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    let body = format!(
+        "[[buses]]\nname = \"rs485\"\nkind = \"rtu_over_tcp\"\nhost = \"127.0.0.1\"\nport = {}\n{}",
+        sim.addr().port(),
+        rtu_device("dev", 1, "200ms", "300ms", TYPED_POINTS)
+    );
+    let _gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
+    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    check_typed(&watch, "dev");
+}
+
+#[test]
+fn exceptions_make_bad_quality_readings_and_the_device_stays_online() {
+    let mut sim = RtuSim::start_units(1);
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    // Address 500 is beyond the simulator's table: that request alone gets exception 02.
+    let points = format!(
+        "{UNIT_POINTS}\n[[devices.points]]\nname = \"missing\"\ntable = \"holding\"\naddress = 500\ntype = \"u16\"\n"
+    );
+    let body = format!(
+        "{}{}",
+        bus(&sim.bus_path()),
+        rtu_device("dev", 1, "200ms", "300ms", &points)
+    );
+    let _gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
+    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    let missing = watch.wait_for_sync(|m| m.topic.ends_with("/dev/missing"), LONG);
+    let v = missing.json();
+    assert_eq!(v["quality"], "bad", "{}", missing.text());
+    assert_eq!(v["value"], Value::Null);
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exception 02"),
+        "{}",
+        missing.text()
+    );
+    // The other requests of the same poll are unaffected.
+    watch.wait_for_sync(
+        |m| m.topic.ends_with("/dev/h0") && m.json()["quality"] == "good",
+        LONG,
+    );
+
+    sim.exception(1, 4);
+    let failing = watch.wait_for_sync(
+        |m| {
+            m.topic.ends_with("/dev/h0")
+                && m.json()["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("exception 04"))
+        },
+        LONG,
+    );
+    assert_eq!(failing.json()["quality"], "bad");
+    sim.exception(1, 0);
+    watch.clear();
+    watch.wait_for_sync(
+        |m| m.topic.ends_with("/dev/h0") && m.json()["value"] == json!(100),
+        LONG,
+    );
+    // An exception is an answer: the device never went offline.
+    assert_eq!(status_count(&watch, "dev", "offline"), 0);
+}
+
+#[test]
+fn a_late_reply_or_garbage_never_becomes_the_answer_to_the_next_request() {
+    let mut sim = RtuSim::start_units(2);
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    let body = format!(
+        "{}{}{}",
+        bus(&sim.bus_path()),
+        rtu_device("u1", 1, "100ms", "250ms", UNIT_POINTS),
+        rtu_device("u2", 2, "100ms", "250ms", UNIT_POINTS)
+    );
+    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
+    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    wait_until_sync("both online", LONG, || {
+        status_count(&watch, "u1", "online") == 1 && status_count(&watch, "u2", "online") == 1
+    });
+    // Unit 1 now answers 0.4 s late against a 0.25 s timeout: its replies land while unit 2's
+    // requests (and unit 1's next ones) are on the wire.
+    sim.delay(1, Duration::from_millis(400));
+    wait_until_sync("the slow unit offline", LONG, || {
+        status_count(&watch, "u1", "offline") == 1
+    });
+    let n = reading_ts(&watch, "u2", "h0").len();
+    wait_until_sync("unit 2 polled through unit 1's late replies", LONG, || {
+        reading_ts(&watch, "u2", "h0").len() >= n + 10
+    });
+    sim.delay(1, Duration::ZERO);
+    wait_until_sync("the slow unit back", LONG, || {
+        status_count(&watch, "u1", "online") == 2
+    });
+    // Corrupted CRCs: the bus retries on a cleared line; nothing wrong is published.
+    for _ in 0..5 {
+        sim.garbage(1);
+        sim.garbage(2);
+        let n = reading_ts(&watch, "u1", "h0").len();
+        wait_until_sync("a poll after garbage", LONG, || {
+            reading_ts(&watch, "u1", "h0").len() > n
+        });
+    }
+    let n = reading_ts(&watch, "u1", "h0").len();
+    wait_until_sync("more polls", LONG, || {
+        reading_ts(&watch, "u1", "h0").len() >= n + 5
+    });
+    let checked = assert_all_values(&watch, "u1", &expected_unit_values(1))
+        + assert_all_values(&watch, "u2", &expected_unit_values(2));
+    assert!(checked > 50, "only {checked} values checked\n{}", gw.log());
+    assert_eq!(
+        status_count(&watch, "u2", "offline"),
+        0,
+        "unit 2 never went offline\n{}",
+        gw.log()
+    );
+}
+
+#[test]
+fn an_unplugged_adapter_goes_offline_with_the_reason_and_polling_recovers_after_replug() {
+    let mut sim = RtuSim::start_units(2);
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    let body = format!(
+        "{}{}{}",
+        bus(&sim.bus_path()),
+        rtu_device("u1", 1, "200ms", "200ms", UNIT_POINTS),
+        rtu_device("u2", 2, "200ms", "200ms", UNIT_POINTS)
+    );
+    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
+    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    wait_until_sync("both online", LONG, || {
+        status_count(&watch, "u1", "online") == 1 && status_count(&watch, "u2", "online") == 1
+    });
+    sim.unplug();
+    wait_until_sync("both offline", LONG, || {
+        status_count(&watch, "u1", "offline") == 1 && status_count(&watch, "u2", "offline") == 1
+    });
+    wait_until_sync("the log names the missing port", LONG, || {
+        gw.log().contains("no such device")
+    });
+    sim.replug();
+    wait_until_sync("both online again without a restart", LONG, || {
+        status_count(&watch, "u1", "online") == 2 && status_count(&watch, "u2", "online") == 2
+    });
+    watch.clear();
+    watch.wait_for_sync(
+        |m| m.topic.ends_with("/u2/h0") && m.json()["value"] == json!(200),
+        LONG,
+    );
+}
+
+const WRITABLE_POINTS: &str = r#"
+[[devices.points]]
+name = "setpoint"
+table = "holding"
+address = 2
+type = "u16"
+scale = 0.1
+writable = true
+min = 5
+max = 35
+[[devices.points]]
+name = "limit"
+table = "holding"
+address = 12
+type = "f32"
+word_order = "CDAB"
+writable = true
+[[devices.points]]
+name = "relay"
+table = "coil"
+address = 1
+type = "bool"
+writable = true
+[[devices.points]]
+name = "flag3"
+table = "holding"
+address = 5
+type = "bool"
+bit = 3
+writable = true
+[[devices.points]]
+name = "label"
+table = "holding"
+address = 20
+type = "string"
+length = 2
+writable = true
+[[devices.points]]
+name = "h0"
+table = "holding"
+address = 0
+type = "u16"
+[[devices.points]]
+name = "in0"
+table = "input"
+address = 0
+type = "u16"
+"#;
+
+fn mosquitto_pub(port: u16, topic: &str, payload: &str) {
+    let out = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
+        .args(["-t", topic, "-m", payload])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn writes_from_upstream_round_trip_and_rejected_writes_never_reach_the_bus() {
+    let mut sim = RtuSim::start_units(2);
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/#");
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    let body = format!(
+        "{}{}",
+        bus(&sim.bus_path()),
+        rtu_device("dev", 2, "200ms", "300ms", WRITABLE_POINTS)
+    );
+    let gw = Gateway::start_with_config(
+        &config(dir.path(), bp, Some(mosq.port), &body),
+        bp,
+        dir.path(),
+    );
+    wait_until_sync("online upstream", LONG, || {
+        status_count(&up, "dev", "online") == 1
+    });
+    // The gateway subscribes to its command topics once connected; a result proves it.
+    let set = |point: &str, payload: &str| {
+        let topic = format!("fieldbridge/gw/dev/{point}/set");
+        let result = format!("{topic}/result");
+        let before = up.count(|m| m.topic == result);
+        mosquitto_pub(mosq.port, &topic, payload);
+        wait_until_sync(&format!("a result for {point} = {payload}"), LONG, || {
+            up.count(|m| m.topic == result) > before
+        });
+        up.messages()
+            .into_iter()
+            .filter(|m| m.topic == result)
+            .nth(before)
+            .unwrap()
+            .json()
+    };
+    // Wait until commands are taken at all (the SUBSCRIBE may still be in flight).
+    wait_until_sync("the command subscription", LONG, || {
+        mosquitto_pub(mosq.port, "fieldbridge/gw/dev/nothing/set", "1");
+        up.count(|m| m.topic == "fieldbridge/gw/dev/nothing/set/result") > 0
+    });
+
+    let r = set("setpoint", "{\"value\": 21.5, \"id\": \"req-1\"}");
+    assert_eq!(r["ok"], true, "{r}");
+    assert_eq!(r["id"], "req-1");
+    assert_eq!(sim.get(2, "holding", 2), 215, "inverse scale: 21.5 / 0.1");
+    let r = set("limit", "-3.25");
+    assert_eq!(r["ok"], true, "{r}");
+    // -3.25f32 = 0xC0500000, CDAB: low word first
+    assert_eq!(
+        (sim.get(2, "holding", 12), sim.get(2, "holding", 13)),
+        (0x0000, 0xC050)
+    );
+    assert_eq!(set("relay", "on")["ok"], true);
+    assert!(sim.get_bit(2, "coils", 1));
+    sim.set(2, "holding", 5, 0x00F0);
+    assert_eq!(set("flag3", "true")["ok"], true);
+    assert_eq!(
+        sim.get(2, "holding", 5),
+        0x00F8,
+        "read-modify-write keeps the other bits"
+    );
+    assert_eq!(set("label", "\"OK\"")["ok"], true);
+    assert_eq!(sim.get(2, "holding", 20), 0x4F4B);
+
+    // The new values come back through the normal polling path.
+    up.wait_for_sync(
+        |m| m.topic == "fieldbridge/gw/dev/setpoint" && m.json()["value"] == json!(21.5),
+        LONG,
+    );
+    up.wait_for_sync(
+        |m| m.topic == "fieldbridge/gw/dev/limit" && m.json()["value"] == json!(-3.25),
+        LONG,
+    );
+
+    let writes = sim.writes(2);
+    let rejected = [
+        ("h0", "5", "read-only"),
+        ("in0", "5", "read-only"),
+        ("setpoint", "40", "out of range"),
+        ("setpoint", "21.55", "whole number of steps"),
+        ("setpoint", "warm", "not a number"),
+        ("relay", "2", "not a boolean"),
+        ("label", "\"toolong\"", "at most 4 characters"),
+        ("setpoint", "{\"val\": 1}", "\"value\" key"),
+        ("nosuch", "1", "no point"),
+    ];
+    for (point, payload, why) in rejected {
+        let r = set(point, payload);
+        assert_eq!(r["ok"], false, "{point} = {payload}: {r}");
+        assert!(
+            r["error"].as_str().unwrap_or_default().contains(why),
+            "{point} = {payload}: {r}"
+        );
+    }
+    assert_eq!(
+        sim.writes(2),
+        writes,
+        "a rejected command caused bus traffic\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        sim.get(2, "holding", 2),
+        215,
+        "the rejected values were not written"
+    );
+    assert_eq!(sim.writes(1), 0, "nothing was ever sent to the other unit");
+}
+
+fn fieldbridge(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+        .args(args)
+        .output()
+        .expect("run fieldbridge")
+}
+
+#[test]
+fn scan_finds_exactly_the_units_that_answer_on_the_line() {
+    let mut sim = RtuSim::start_units(3);
+    sim.mute(2);
+    let path = sim.bus_path();
+    let out = fieldbridge(&[
+        "scan",
+        "--port",
+        path.to_str().unwrap(),
+        "--from",
+        "1",
+        "--to",
+        "6",
+        "--timeout",
+        "150ms",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("found 2 units: 1, 3"), "{text}");
+    assert!(
+        text.contains("unit   1: answers (holding 0 = 100)"),
+        "{text}"
+    );
+
+    let missing = fieldbridge(&[
+        "scan",
+        "--port",
+        "/dev/fieldbridge-no-such-port",
+        "--to",
+        "2",
+    ]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("no such device"));
+}
+
+#[test]
+fn read_and_write_do_one_poll_and_one_validated_write_from_the_command_line() {
+    let mut sim = RtuSim::start_units(2);
+    let dir = tempfile::tempdir().unwrap();
+    let body = format!(
+        "{}{}",
+        bus(&sim.bus_path()),
+        rtu_device("dev", 2, "1s", "300ms", WRITABLE_POINTS)
+    );
+    let cfg = dir.path().join("fieldbridge.toml");
+    std::fs::write(&cfg, config(dir.path(), free_port(), None, &body)).unwrap();
+    let c = cfg.to_str().unwrap();
+
+    let out = fieldbridge(&["read", "-c", c, "--device", "dev"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("h0        200"), "{text}");
+    assert!(text.contains("in0       1200"), "{text}");
+
+    let out = fieldbridge(&[
+        "write", "-c", c, "--device", "dev", "--point", "setpoint", "30",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sim.get(2, "holding", 2), 300);
+
+    let writes = sim.writes(2);
+    let out = fieldbridge(&["write", "-c", c, "--device", "dev", "--point", "h0", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"));
+    assert_eq!(sim.writes(2), writes);
+}
+
+#[test]
+fn explain_prints_the_request_plan_of_a_profiled_device() {
+    let dir = tempfile::tempdir().unwrap();
+    let body = "[[buses]]\nname = \"rs485\"\nkind = \"serial\"\npath = \"/dev/ttyUSB0\"\n\
+        [[devices]]\nname = \"meter\"\nkind = \"modbus_rtu\"\nbus = \"rs485\"\nprofile = \"eastron-sdm630\"\n";
+    let cfg = dir.path().join("fieldbridge.toml");
+    std::fs::write(&cfg, config(dir.path(), 1883, None, body)).unwrap();
+    let out = fieldbridge(&["explain", "-c", cfg.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("meter (unit 1, bus rs485 (/dev/ttyUSB0), profile eastron-sdm630)"),
+        "{text}"
+    );
+    assert!(text.contains("FC04 input        0..79"), "{text}");
+}
