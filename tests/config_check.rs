@@ -220,3 +220,189 @@ fn a_missing_config_file_exits_2_with_the_path() {
     assert_eq!(code, 2);
     assert!(text.contains("/nonexistent/fieldbridge.toml"), "{text}");
 }
+
+const GOOD_RTU: &str = r#"[gateway]
+id = "gw"
+data_dir = "data"
+
+[[buses]]
+name = "rs485"
+kind = "serial"
+path = "/dev/ttyUSB0"
+baud = 9600
+
+[[devices]]
+name = "meter"
+kind = "modbus_rtu"
+bus = "rs485"
+unit_id = 1
+profile = "eastron-sdm120"
+
+[[devices]]
+name = "valve"
+kind = "modbus_rtu"
+bus = "rs485"
+unit_id = 2
+
+[[devices.points]]
+name = "position"
+table = "holding"
+address = 0
+type = "u16"
+writable = true
+"#;
+
+#[test]
+fn a_valid_rtu_config_with_a_profile_checks_with_exit_code_0() {
+    let (code, text) = check(GOOD_RTU);
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("2 devices"), "{text}");
+}
+
+#[test]
+fn each_bad_rtu_config_exits_2_naming_the_file_line_and_key() {
+    // (what is wrong, replace this, with this, key that must be named, line it is on)
+    let cases: &[(&str, &str, &str, &str, usize)] = &[
+        (
+            "unknown bus",
+            "bus = \"rs485\"\nunit_id = 2",
+            "bus = \"rs458\"\nunit_id = 2",
+            "devices[1].bus",
+            21,
+        ),
+        (
+            "two devices with one unit id on one bus",
+            "unit_id = 2",
+            "unit_id = 1",
+            "devices[1].unit_id",
+            22,
+        ),
+        (
+            "broadcast id on a serial line",
+            "unit_id = 2",
+            "unit_id = 0",
+            "devices[1].unit_id",
+            22,
+        ),
+        ("unknown bus kind", "kind = \"serial\"", "kind = \"rs485\"", "buses[0].kind", 7),
+        ("bad parity", "baud = 9600", "parity = \"mark\"", "buses[0].parity", 9),
+        (
+            "line settings on the device",
+            "unit_id = 2",
+            "unit_id = 2\nbaud = 19200",
+            "devices[1].baud",
+            23,
+        ),
+        (
+            "a second bus on the same port",
+            "[[devices]]\nname = \"meter\"",
+            "[[buses]]\nname = \"other\"\nkind = \"serial\"\npath = \"/dev/ttyUSB0\"\n\n[[devices]]\nname = \"meter\"",
+            "buses[1].path",
+            14,
+        ),
+        (
+            "unknown profile",
+            "profile = \"eastron-sdm120\"",
+            "profile = \"eastron-sdm999\"",
+            "devices[0].profile",
+            16,
+        ),
+        (
+            "writable input register",
+            "table = \"holding\"",
+            "table = \"input\"",
+            "devices[1].points[0].writable",
+            29,
+        ),
+        (
+            "string without length",
+            "type = \"u16\"",
+            "type = \"string\"",
+            "devices[1].points[0].length",
+            24,
+        ),
+        (
+            "bit of a non-bool point",
+            "type = \"u16\"",
+            "type = \"u16\"\nbit = 3",
+            "devices[1].points[0].bit",
+            29,
+        ),
+        (
+            "range above the type's meaning",
+            "writable = true",
+            "writable = true\nmin = 10\nmax = 5",
+            "devices[1].points[0].min",
+            30,
+        ),
+        (
+            "planner cap above the protocol limit",
+            "unit_id = 2",
+            "unit_id = 2\nmax_registers = 200",
+            "devices[1].max_registers",
+            23,
+        ),
+        (
+            "skipping a point the profile lacks",
+            "profile = \"eastron-sdm120\"",
+            "profile = \"eastron-sdm120\"\nskip_points = [\"nope\"]",
+            "devices[0].skip_points[0]",
+            17,
+        ),
+    ];
+    for (what, from, to, key, line) in cases {
+        assert!(GOOD_RTU.contains(from), "{what}: fixture lacks {from:?}");
+        let (code, text) = check(&GOOD_RTU.replacen(from, to, 1));
+        assert_eq!(code, 2, "{what}: exit code\n{text}");
+        assert!(
+            text.contains(&format!("'{key}'")),
+            "{what}: key {key} not named in\n{text}"
+        );
+        assert!(
+            text.contains(&format!("fb.toml:{line}:")),
+            "{what}: line {line} not named in\n{text}"
+        );
+    }
+}
+
+#[test]
+fn a_problem_inside_a_profile_file_is_named_in_that_file() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("profiles")).unwrap();
+    std::fs::write(
+        dir.path().join("profiles/my-meter.toml"),
+        "[profile]\nname = \"my-meter\"\n\n[[points]]\nname = \"v\"\ntable = \"input\"\naddress = 0\ntype = \"float\"\n",
+    )
+    .unwrap();
+    let file = dir.path().join("fb.toml");
+    std::fs::write(&file, GOOD_RTU.replace("eastron-sdm120", "my-meter")).unwrap();
+    let (code, text) = check_file(&file);
+    assert_eq!(code, 2, "{text}");
+    assert!(
+        text.contains("profiles/my-meter.toml:8: key 'points[0].type'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fb.toml:16: key 'devices[0].profile'"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_device_point_overrides_the_profile_point_of_the_same_name() {
+    let src = GOOD_RTU.replace(
+        "profile = \"eastron-sdm120\"\n",
+        "profile = \"eastron-sdm120\"\nskip_points = [\"frequency\"]\n\n[[devices.points]]\nname = \"voltage\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\nscale = 1000\nunit = \"mV\"\n",
+    );
+    let cfg = fieldbridge::config::parse_str(&src).unwrap_or_else(|e| panic!("{e:#?}"));
+    let meter = &cfg.devices[0];
+    let voltage: Vec<_> = meter
+        .points
+        .iter()
+        .filter(|p| &*p.name == "voltage")
+        .collect();
+    assert_eq!(voltage.len(), 1, "one voltage point, the device's");
+    assert_eq!(voltage[0].scale, 1000.0);
+    assert!(meter.points.iter().all(|p| &*p.name != "frequency"));
+    assert!(meter.points.len() > 10, "the rest of the profile is kept");
+}
