@@ -887,3 +887,53 @@ fn explain_prints_the_request_plan_of_a_profiled_device() {
     );
     assert!(text.contains("FC04 input        0..79"), "{text}");
 }
+
+#[test]
+fn rs485_mode_on_a_port_without_support_is_logged_once_and_polling_goes_on() {
+    let sim = RtuSim::start_units(1);
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    // A pty answers TIOCSRS485 with ENOTTY, like adapters whose driver lacks RS-485 support.
+    let body = format!(
+        "{}rs485 = true\n{}",
+        bus(&sim.bus_path()),
+        rtu_device("dev", 1, "200ms", "300ms", UNIT_POINTS)
+    );
+    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
+    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    watch.wait_for_sync(
+        |m| m.topic.ends_with("/dev/h0") && m.json()["value"] == json!(100),
+        LONG,
+    );
+    let log = gw.log();
+    assert_eq!(
+        log.matches("does not support RS-485 mode").count(),
+        1,
+        "{log}"
+    );
+}
+
+#[test]
+fn a_bus_port_the_user_may_not_open_is_reported_with_the_dialout_hint() {
+    use std::os::unix::fs::PermissionsExt;
+    let sim = RtuSim::start_units(1);
+    let path = sim.bus_path();
+    // Like a /dev/ttyUSB0 of group dialout seen by a user outside that group.
+    let target = std::fs::canonicalize(&path).unwrap();
+    std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(
+        path.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_fieldbridge"))
+        .args(["scan", "--port", path.to_str().unwrap(), "--to", "1"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("permission denied"), "{err}");
+    assert!(err.contains("`dialout` group"), "{err}");
+}

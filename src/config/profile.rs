@@ -139,4 +139,28 @@ mod tests {
             assert!(!raw.points.is_empty(), "{name} has no points");
         }
     }
+
+    #[test]
+    fn the_sdm630_profile_is_read_in_12_requests_per_cycle_instead_of_91() {
+        let src = |extra: &str| {
+            format!(
+                "[gateway]\nid = \"gw\"\n[[buses]]\nname = \"b\"\nkind = \"serial\"\npath = \"/dev/ttyUSB0\"\n\
+                 [[devices]]\nname = \"m\"\nkind = \"modbus_rtu\"\nbus = \"b\"\nprofile = \"eastron-sdm630\"\n{extra}"
+            )
+        };
+        let count = |extra: &str| {
+            let cfg = crate::config::parse_str(&src(extra)).unwrap_or_else(|e| panic!("{e:?}"));
+            let d = &cfg.devices[0];
+            (
+                d.points.len(),
+                crate::device::plan::plan(&d.points, &d.limits).len(),
+            )
+        };
+        // The profile caps requests at 80 registers (the meter's documented limit) and allows
+        // gaps of 2; see hardware/profiles/eastron-sdm630.toml.
+        assert_eq!(count(""), (91, 12));
+        assert_eq!(count("one_request_per_point = true"), (91, 91));
+        // Without the cap, the first 80-register block and its neighbour merge.
+        assert_eq!(count("max_registers = 125"), (91, 11));
+    }
 }
