@@ -47,7 +47,7 @@ fn rtu_config(path: &str, devices: &str) -> Config {
 /// before the request and before the answer): request 8 bytes, answer 5 + data bytes.
 fn wire_ms(count: u16, bits_table: bool, baud: f64) -> f64 {
     let data = if bits_table {
-        f64::from(count).div_euclid(8.0) + if count % 8 == 0 { 0.0 } else { 1.0 }
+        f64::from(count.div_ceil(8))
     } else {
         2.0 * f64::from(count)
     };
