@@ -937,3 +937,43 @@ fn a_bus_port_the_user_may_not_open_is_reported_with_the_dialout_hint() {
     assert!(err.contains("permission denied"), "{err}");
     assert!(err.contains("`dialout` group"), "{err}");
 }
+
+#[test]
+fn scan_over_modbus_tcp_and_rtu_over_tcp_finds_the_units_that_answer() {
+    let tcp = common::peers::ModbusSim::start(1);
+    let out = fieldbridge(&[
+        "scan",
+        "--tcp",
+        &format!("127.0.0.1:{}", tcp.port),
+        "--to",
+        "3",
+        "--timeout",
+        "200ms",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("found 1 unit: 1"), "{text}");
+
+    let rtu = RtuSim::start_tcp(&json!({"units": {"2": {"holding": {"0": 7}}, "3": {}}}));
+    let out = fieldbridge(&[
+        "scan",
+        "--rtu-over-tcp",
+        &rtu.addr().to_string(),
+        "--to",
+        "4",
+        "--timeout",
+        "200ms",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("found 2 units: 2, 3"), "{text}");
+    assert!(text.contains("unit   2: answers (holding 0 = 7)"), "{text}");
+}
