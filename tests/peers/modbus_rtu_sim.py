@@ -45,6 +45,9 @@ Control lines on stdin, each acknowledged with `OK <line>` on stdout (`ERR <line
     exception UNIT CODE            answer every request of the unit with exception CODE
                                    (nothing is executed); `exception UNIT 0` ends that
     set UNIT TABLE ADDR VALUE      TABLE: holding | input | coils | discrete
+    typed UNIT TABLE ADDR TYPE ORDER VALUE
+                                   encode VALUE like a spec's typed entry and store it (TABLE:
+                                   holding | input); for strings VALUE is `LENGTH TEXT...`
     get UNIT TABLE ADDR            prints `VALUE <n>` (bits as 0/1) before the OK
     stats                          prints `STATS unit=<u> requests=<n> writes=<w>` for every
                                    served unit and every other id seen on the wire, ascending,
@@ -435,6 +438,23 @@ class Runner:
                 if address >= unit.size[table]:
                     raise ValueError(f"{table} address {address} beyond the table")
                 await server.async_setValues(unit.id, STORE_FUNCTION[table], address, [parsed])
+            case ["typed", u, table, addr, kind, order, *value] if value:
+                # The rest of the line is the value (a string may contain spaces).
+                unit = bus.unit(u)
+                text = line.split(None, 6)[6]
+                entry = {"table": table, "address": int(addr, 0), "type": kind, "order": order}
+                if kind == "string":
+                    entry["length"], _, text = text.partition(" ")
+                    entry["length"] = int(entry["length"])
+                    entry["value"] = text
+                elif kind.startswith("f"):
+                    entry["value"] = float(text)
+                else:
+                    entry["value"] = int(text, 0)
+                table, address, words = encode_typed(entry)
+                if address + len(words) > unit.size[table]:
+                    raise ValueError(f"{table} {address}..{address + len(words) - 1} beyond the table")
+                await server.async_setValues(unit.id, STORE_FUNCTION[table], address, words)
             case ["get", u, table, addr] if table in TABLES:
                 unit, address = bus.unit(u), int(addr, 0)
                 if not 0 <= address < unit.size[table]:
