@@ -35,6 +35,11 @@ Spec file (JSON):
     input[i] = 1000 + 100*unit + i for i in 0..9, coils 0..3 = true,false,true,false,
     discrete 0..1 = false,true.
 
+Like a real RTU slave it expects one request at a time: pymodbus 3.16.1 decodes one frame per
+read and drops whatever else came in that read, so a second request written before the first was
+answered may be lost (and then is not counted). Bytes that do not form a frame with a valid CRC
+are dropped without an answer.
+
 Requests for unit ids the bus does not serve get no answer (pymodbus 3.16.1 would answer with
 exception 04; those are dropped). Unit 0 is just another unknown id (no broadcast).
 
