@@ -38,7 +38,8 @@ Spec file (JSON):
 Like a real RTU slave it expects one request at a time: pymodbus 3.16.1 decodes one frame per
 read and drops whatever else came in that read, so a second request written before the first was
 answered may be lost (and then is not counted). Bytes that do not form a frame with a valid CRC
-are dropped without an answer.
+are dropped without an answer, and so are function codes pymodbus does not know (a real device
+would answer those with exception 01).
 
 Requests for unit ids the bus does not serve get no answer (pymodbus 3.16.1 would answer with
 exception 04; those are dropped). Unit 0 is just another unknown id (no broadcast).
