@@ -353,6 +353,32 @@ fn set_changes_what_the_master_reads_in_every_table() {
 }
 
 #[test]
+fn typed_values_set_at_run_time_are_encoded_like_spec_ones() {
+    let mut sim = RtuSim::start(&json!({"units": {"1": {}}}));
+    // 21.5 = 0x41AC0000; 0x0102030405060708 as above; "AB" = 41 42.
+    sim.set_typed(1, "holding", 0, "f32", "CDAB", 21.5);
+    sim.set_typed(
+        1,
+        "holding",
+        2,
+        "u64",
+        "HGFEDCBA",
+        72_623_859_790_382_856u64,
+    );
+    sim.set_typed(1, "input", 5, "string", "ABCD", "2 AB");
+    sim.set_typed(1, "input", 7, "i16", "ABCD", -2);
+    assert_eq!(
+        values(&sim, 1, "4:hex", 0, 6),
+        hex(&[0x0000, 0x41AC, 0x0807, 0x0605, 0x0403, 0x0201])
+    );
+    assert_eq!(values(&sim, 1, "4:float", 0, 1), ["21.5"]);
+    assert_eq!(
+        values(&sim, 1, "3:hex", 5, 3),
+        hex(&[0x4142, 0x0000, 0xFFFE])
+    );
+}
+
+#[test]
 fn an_exception_command_answers_every_request_of_that_unit_with_its_code_until_cleared() {
     let mut sim = RtuSim::start(&json!({"units": {
         "1": {"holding": {"0": 1}},

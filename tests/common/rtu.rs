@@ -233,6 +233,21 @@ impl RtuSim {
         self.command(&format!("set {unit} {table} {addr} {value}"));
     }
 
+    /// Encodes `value` as the simulator encodes a spec's typed entry (`ty`: u16 … f64 or
+    /// string, `order`: ABCD, CDAB, … as in the spec) and stores it from `addr` on. For a string
+    /// `value` is `"<registers> <text>"`.
+    pub fn set_typed(
+        &mut self,
+        unit: u8,
+        table: &str,
+        addr: u16,
+        ty: &str,
+        order: &str,
+        value: impl std::fmt::Display,
+    ) {
+        self.command(&format!("typed {unit} {table} {addr} {ty} {order} {value}"));
+    }
+
     /// A register (`holding`, `input`) as the unit's store holds it now.
     pub fn get(&mut self, unit: u8, table: &str, addr: u16) -> u16 {
         let out = self.command(&format!("get {unit} {table} {addr}"));

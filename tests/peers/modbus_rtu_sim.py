@@ -35,6 +35,12 @@ Spec file (JSON):
     input[i] = 1000 + 100*unit + i for i in 0..9, coils 0..3 = true,false,true,false,
     discrete 0..1 = false,true.
 
+Like a real RTU slave it expects one request at a time: pymodbus 3.16.1 decodes one frame per
+read and drops whatever else came in that read, so a second request written before the first was
+answered may be lost (and then is not counted). Bytes that do not form a frame with a valid CRC
+are dropped without an answer, and so are function codes pymodbus does not know (a real device
+would answer those with exception 01).
+
 Requests for unit ids the bus does not serve get no answer (pymodbus 3.16.1 would answer with
 exception 04; those are dropped). Unit 0 is just another unknown id (no broadcast).
 
@@ -45,6 +51,9 @@ Control lines on stdin, each acknowledged with `OK <line>` on stdout (`ERR <line
     exception UNIT CODE            answer every request of the unit with exception CODE
                                    (nothing is executed); `exception UNIT 0` ends that
     set UNIT TABLE ADDR VALUE      TABLE: holding | input | coils | discrete
+    typed UNIT TABLE ADDR TYPE ORDER VALUE
+                                   encode VALUE like a spec's typed entry and store it (TABLE:
+                                   holding | input); for strings VALUE is `LENGTH TEXT...`
     get UNIT TABLE ADDR            prints `VALUE <n>` (bits as 0/1) before the OK
     stats                          prints `STATS unit=<u> requests=<n> writes=<w>` for every
                                    served unit and every other id seen on the wire, ascending,
@@ -435,6 +444,23 @@ class Runner:
                 if address >= unit.size[table]:
                     raise ValueError(f"{table} address {address} beyond the table")
                 await server.async_setValues(unit.id, STORE_FUNCTION[table], address, [parsed])
+            case ["typed", u, table, addr, kind, order, *value] if value:
+                # The rest of the line is the value (a string may contain spaces).
+                unit = bus.unit(u)
+                text = line.split(None, 6)[6]
+                entry = {"table": table, "address": int(addr, 0), "type": kind, "order": order}
+                if kind == "string":
+                    entry["length"], _, text = text.partition(" ")
+                    entry["length"] = int(entry["length"])
+                    entry["value"] = text
+                elif kind.startswith("f"):
+                    entry["value"] = float(text)
+                else:
+                    entry["value"] = int(text, 0)
+                table, address, words = encode_typed(entry)
+                if address + len(words) > unit.size[table]:
+                    raise ValueError(f"{table} {address}..{address + len(words) - 1} beyond the table")
+                await server.async_setValues(unit.id, STORE_FUNCTION[table], address, words)
             case ["get", u, table, addr] if table in TABLES:
                 unit, address = bus.unit(u), int(addr, 0)
                 if not 0 <= address < unit.size[table]:
