@@ -524,6 +524,7 @@ fn exceptions_make_bad_quality_readings_and_the_device_stays_online() {
 
 #[test]
 fn a_late_reply_or_garbage_never_becomes_the_answer_to_the_next_request() {
+    // Default retries = 1: one corrupted reply is retried, not an outage.
     let mut sim = RtuSim::start_units(2);
     let dir = tempfile::tempdir().unwrap();
     let bp = free_port();
@@ -553,12 +554,18 @@ fn a_late_reply_or_garbage_never_becomes_the_answer_to_the_next_request() {
         status_count(&watch, "u1", "online") == 2
     });
     // Corrupted CRCs: the bus retries on a cleared line; nothing wrong is published.
+    // One corrupted reply per unit at a time: the next is armed only once both units have
+    // been read again (two in a row would exceed retries = 1 and rightly mark a unit offline).
     for _ in 0..5 {
+        let n = [
+            reading_ts(&watch, "u1", "h0").len(),
+            reading_ts(&watch, "u2", "h0").len(),
+        ];
         sim.garbage(1);
         sim.garbage(2);
-        let n = reading_ts(&watch, "u1", "h0").len();
-        wait_until_sync("a poll after garbage", LONG, || {
-            reading_ts(&watch, "u1", "h0").len() > n
+        wait_until_sync("a poll of both units after garbage", LONG, || {
+            reading_ts(&watch, "u1", "h0").len() > n[0] + 1
+                && reading_ts(&watch, "u2", "h0").len() > n[1] + 1
         });
     }
     let n = reading_ts(&watch, "u1", "h0").len();
