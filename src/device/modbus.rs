@@ -89,8 +89,14 @@ impl Driver for ModbusDriver {
                 };
                 let (value, quality, error) = point_value(p, &answer, off, req.count);
                 if let Some(e) = &error {
+                    // The journal field EVENT=point_exception is documented for exceptions.
+                    let event = if matches!(answer, Answer::Exception(_)) {
+                        "point_exception"
+                    } else {
+                        "point_bad"
+                    };
                     tracing::debug!(
-                        event = "point_bad",
+                        event,
                         device = %self.device.name,
                         unit_id = self.device.unit_id,
                         point = %p.name,
