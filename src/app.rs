@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broker::{BrokerError, LocalBroker};
 use crate::commands::{Commands, Target};
 use crate::config::Config;
+use crate::device::bus::LineStats;
 use crate::device::lines;
 use crate::device::modbus::ModbusDriver;
 use crate::device::serial;
@@ -44,6 +45,8 @@ pub struct Running {
     pub uplink: Option<Arc<UplinkStats>>,
     /// Last reported reachability of every device.
     pub board: Arc<Board>,
+    /// Counters of every Modbus line.
+    pub lines: Vec<(Arc<str>, Arc<LineStats>)>,
 }
 
 /// Runs the gateway until `stop` is cancelled. `on_ready` is called once the outbox is open and
@@ -106,10 +109,15 @@ pub async fn run(
             .map(|d| &d.name)
             .chain(cfg.serial_devices.iter().map(|d| &d.name)),
     ));
+    // Bus tasks stop after the pollers, so no poll is left waiting on a vanished line. They
+    // open nothing until the first request.
+    let lines_stop = CancellationToken::new();
+    let mut lines = lines::start(&cfg, &lines_stop);
     let running = Running {
         outbox: outbox.clone(),
         uplink: uplink.as_ref().map(|u| u.stats()),
         board: board.clone(),
+        lines: lines.stats.clone(),
     };
 
     let (tx, rx) = mpsc::channel(1024);
@@ -136,9 +144,6 @@ pub async fn run(
         uplink.map(|u| tokio::spawn(u.run(uplink_stop.clone(), cfg.gateway.shutdown_timeout)));
 
     let poll_stop = CancellationToken::new();
-    // Bus tasks stop after the pollers, so no poll is left waiting on a vanished line.
-    let lines_stop = CancellationToken::new();
-    let mut lines = lines::start(&cfg, &lines_stop);
     let commands_stop = CancellationToken::new();
     let commands = Commands {
         targets: cfg

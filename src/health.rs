@@ -225,8 +225,21 @@ pub struct Stats {
     pub devices: BTreeMap<String, Option<bool>>,
     pub outbox: OutboxStats,
     pub upstream: UpstreamStats,
+    /// Modbus lines (a bus name, or a Modbus TCP device's name) and their counters.
+    #[serde(default)]
+    pub lines: BTreeMap<String, LineCounters>,
     /// Loops that broke their progress promise (empty when healthy).
     pub stalled: Vec<String>,
+}
+
+/// Totals since start of one Modbus line (see `device::bus::LineStats`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LineCounters {
+    pub requests: u64,
+    pub timeouts: u64,
+    pub bad_answers: u64,
+    pub exceptions: u64,
+    pub link_errors: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -322,6 +335,23 @@ pub async fn collect(
         ts: now_ms(),
         uptime_s: started.elapsed().as_secs(),
         devices: running.board.devices(),
+        lines: running
+            .lines
+            .iter()
+            .map(|(name, l)| {
+                let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                (
+                    name.to_string(),
+                    LineCounters {
+                        requests: get(&l.requests),
+                        timeouts: get(&l.timeouts),
+                        bad_answers: get(&l.bad_answers),
+                        exceptions: get(&l.exceptions),
+                        link_errors: get(&l.link_errors),
+                    },
+                )
+            })
+            .collect(),
         outbox: OutboxStats {
             rows: o.rows.load(Ordering::Relaxed),
             bytes: o.bytes.load(Ordering::Relaxed),
@@ -438,6 +468,7 @@ mod tests {
     #[test]
     fn status_line_names_devices_outbox_upstream_and_stalls() {
         let mut s = Stats {
+            lines: BTreeMap::new(),
             version: "0".into(),
             pid: 1,
             ts: 0,

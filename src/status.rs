@@ -128,6 +128,15 @@ pub fn render(s: &Stats, now_ms: u64) -> String {
         )
     };
     out.push_str(&format!("upstream: {up}\n"));
+    if !s.lines.is_empty() {
+        out.push_str("modbus lines:\n");
+        for (name, l) in &s.lines {
+            out.push_str(&format!(
+                "  {name:<24} {} requests, {} timeouts, {} bad answers, {} exceptions, {} link errors\n",
+                l.requests, l.timeouts, l.bad_answers, l.exceptions, l.link_errors
+            ));
+        }
+    }
     if !s.stalled.is_empty() {
         out.push_str(&format!(
             "WATCHDOG: no progress in {}\n",
@@ -151,8 +160,19 @@ mod tests {
     use std::collections::BTreeMap;
 
     #[test]
-    fn report_lists_every_device_the_outbox_and_the_upstream_state() {
+    fn report_lists_every_device_the_outbox_the_upstream_state_and_the_line_counters() {
         let s = Stats {
+            lines: [(
+                "rs485".to_string(),
+                crate::health::LineCounters {
+                    requests: 120,
+                    timeouts: 3,
+                    bad_answers: 1,
+                    exceptions: 0,
+                    link_errors: 0,
+                },
+            )]
+            .into(),
             version: "0.1.0".into(),
             pid: 42,
             ts: 10_000,
@@ -192,6 +212,10 @@ mod tests {
         );
         assert!(
             r.contains("upstream: connected (sent 5, acked 4, reconnects 2)"),
+            "{r}"
+        );
+        assert!(
+            r.contains("rs485                    120 requests, 3 timeouts, 1 bad answers, 0 exceptions, 0 link errors"),
             "{r}"
         );
         assert!(!r.contains("WATCHDOG"), "{r}");

@@ -188,6 +188,18 @@ fn units_on_one_bus_keep_their_period_while_a_muted_unit_costs_at_most_one_timeo
             gw.log()
         );
     }
+    // The line's counters on the stats topic show what is wrong: timeouts, nothing garbled.
+    let stats = watch.wait_for_sync(
+        |m| {
+            m.topic == "fieldbridge/gw/stats"
+                && m.json()["lines"]["rs485"]["timeouts"].as_u64() > Some(2)
+        },
+        LONG,
+    );
+    let line = &stats.json()["lines"]["rs485"];
+    assert!(line["requests"].as_u64() > Some(20), "{line}");
+    assert_eq!(line["bad_answers"], 0, "{line}");
+    assert_eq!(line["link_errors"], 0, "{line}");
     assert!(assert_all_values(&watch, "u1", &expected_unit_values(1)) > 0);
     assert!(assert_all_values(&watch, "u3", &expected_unit_values(3)) > 0);
 

@@ -21,6 +21,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -133,6 +134,28 @@ impl Connector {
     }
 }
 
+/// Counters of one line, for the stats topic and `fieldbridge status`: what a field engineer
+/// looks at first on a flaky RS-485 line.
+#[derive(Debug, Default)]
+pub struct LineStats {
+    /// Exchanges put on the wire (attempts, retries included).
+    pub requests: AtomicU64,
+    pub timeouts: AtomicU64,
+    /// Answers that were not the answer (bad CRC surfaces as a timeout; wrong unit, function
+    /// or quantity counts here).
+    pub bad_answers: AtomicU64,
+    /// Modbus exception answers.
+    pub exceptions: AtomicU64,
+    /// The port or connection failed to open, or broke.
+    pub link_errors: AtomicU64,
+}
+
+impl LineStats {
+    fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 struct Job {
     unit: u8,
     exchange: Exchange,
@@ -146,6 +169,7 @@ struct Job {
 pub struct BusHandle {
     tx: mpsc::Sender<Job>,
     name: Arc<str>,
+    stats: Arc<LineStats>,
 }
 
 impl BusHandle {
@@ -174,6 +198,10 @@ impl BusHandle {
     pub fn name(&self) -> &Arc<str> {
         &self.name
     }
+
+    pub fn stats(&self) -> &Arc<LineStats> {
+        &self.stats
+    }
 }
 
 /// Starts the owner task of one line; it ends when `stop` is cancelled or every handle is gone.
@@ -185,11 +213,13 @@ pub fn spawn(
 ) -> (BusHandle, tokio::task::JoinHandle<()>) {
     // Small: a deep queue would only hide that the line is slower than the configured polling.
     let (tx, rx) = mpsc::channel(64);
+    let stats = Arc::new(LineStats::default());
     let handle = BusHandle {
         tx,
         name: name.clone(),
+        stats: stats.clone(),
     };
-    let task = tokio::spawn(run(name, connector, request_gap, rx, stop));
+    let task = tokio::spawn(run(name, connector, request_gap, rx, stop, stats));
     (handle, task)
 }
 
@@ -199,8 +229,10 @@ async fn run(
     request_gap: Duration,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
+    stats: Arc<LineStats>,
 ) {
     let mut line = Owner {
+        stats,
         name,
         gap: request_gap.max(connector.min_gap()),
         connector,
@@ -227,6 +259,7 @@ async fn run(
 }
 
 struct Owner {
+    stats: Arc<LineStats>,
     name: Arc<str>,
     connector: Connector,
     gap: Duration,
@@ -294,10 +327,13 @@ impl Owner {
         sleep_until(ready).await;
         let connector = self.connector.clone();
         if self.ctx.is_none() {
-            let ctx = self
-                .connect(job.timeout)
-                .await
-                .map_err(AttemptError::Connect)?;
+            let ctx = match self.connect(job.timeout).await {
+                Ok(c) => c,
+                Err(e) => {
+                    LineStats::bump(&self.stats.link_errors);
+                    return Err(AttemptError::Connect(e));
+                }
+            };
             self.ctx = Some(ctx);
         }
         let Some(ctx) = self.ctx.as_mut() else {
@@ -306,13 +342,24 @@ impl Owner {
             )));
         };
         ctx.set_slave(Slave(job.unit));
+        LineStats::bump(&self.stats.requests);
         let result = timeout(job.timeout, transact(ctx, &job.exchange)).await;
         self.quiet_from = Instant::now();
         let failure = match result {
-            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Ok(answer)) => {
+                if matches!(answer, Answer::Exception(_)) {
+                    LineStats::bump(&self.stats.exceptions);
+                }
+                return Ok(answer);
+            }
             Err(_) => Failure::Timeout,
             Ok(Err(f)) => f,
         };
+        LineStats::bump(match failure {
+            Failure::Timeout => &self.stats.timeouts,
+            Failure::Garbage(_) => &self.stats.bad_answers,
+            Failure::Link(_) => &self.stats.link_errors,
+        });
         if matches!(failure, Failure::Timeout) && !matches!(connector, Connector::Tcp { .. }) {
             self.tainted.insert(job.unit, self.quiet_from + job.timeout);
         }

@@ -9,13 +9,16 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::bus::{self, BusHandle, Connector};
+use super::bus::{self, BusHandle, Connector, LineStats};
 use super::modbus::own_poll_budget;
 use crate::config::{Bus, BusLink, Config, Device, Transport};
 
 pub struct Lines {
     by_device: HashMap<Arc<str>, (BusHandle, Duration)>,
     pub tasks: JoinSet<()>,
+    /// Every line's counters, by line name (a bus name, or the device name of a Modbus TCP
+    /// device).
+    pub stats: Vec<(Arc<str>, Arc<LineStats>)>,
 }
 
 impl Lines {
@@ -41,6 +44,7 @@ pub fn connector(bus: &Bus) -> Connector {
 /// Starts the bus tasks `cfg`'s Modbus devices need.
 pub fn start(cfg: &Config, stop: &CancellationToken) -> Lines {
     let mut tasks = JoinSet::new();
+    let mut stats = Vec::new();
     let mut shared: HashMap<&str, (BusHandle, Duration)> = HashMap::new();
     for b in &cfg.buses {
         // Every unit's worst case added up: a poll may wait behind all of them.
@@ -54,6 +58,7 @@ pub fn start(cfg: &Config, stop: &CancellationToken) -> Lines {
         tasks.spawn(async move {
             let _ = task.await;
         });
+        stats.push((b.name.clone(), handle.stats().clone()));
         shared.insert(&b.name, (handle, budget));
     }
     let mut by_device = HashMap::new();
@@ -73,6 +78,7 @@ pub fn start(cfg: &Config, stop: &CancellationToken) -> Lines {
                 tasks.spawn(async move {
                     let _ = task.await;
                 });
+                stats.push((d.name.clone(), handle.stats().clone()));
                 Some((handle, own_poll_budget(d)))
             }
         };
@@ -80,7 +86,11 @@ pub fn start(cfg: &Config, stop: &CancellationToken) -> Lines {
             by_device.insert(d.name.clone(), e);
         }
     }
-    Lines { by_device, tasks }
+    Lines {
+        by_device,
+        tasks,
+        stats,
+    }
 }
 
 /// The devices of `cfg` that use `device`'s line, for logs.
