@@ -59,9 +59,11 @@ pub async fn run(
     let mut local = match cfg.broker.clone() {
         Some(b) => {
             let (forward, ftx) = (cfg.forward.clone(), routed_tx.clone());
-            let broker = tokio::task::spawn_blocking(move || LocalBroker::start(&b, forward, ftx))
-                .await
-                .map_err(|e| AppError::Internal(e.to_string()))??;
+            let base = format!("{}/{}", cfg.gateway.topic_prefix, cfg.gateway.id);
+            let broker =
+                tokio::task::spawn_blocking(move || LocalBroker::start(&b, &base, forward, ftx))
+                    .await
+                    .map_err(|e| AppError::Internal(e.to_string()))??;
             tracing::info!(listen = %broker.listen, "embedded MQTT broker listening");
             Some(broker)
         }

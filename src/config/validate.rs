@@ -1,9 +1,9 @@
 //! Pure validation: `RawConfig` → `Config`, collecting every issue with its key path.
 
+mod broker;
 mod serial;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,8 +11,8 @@ use std::time::Duration;
 use super::locate::KeyPath;
 use super::raw::{RawBridgeRule, RawConfig, RawDevice, RawPoint, RawUpstream};
 use super::{
-    BridgeRule, Broker, Config, Device, Gateway, Issue, OutboxSettings, Overflow, Point, Tls,
-    Transport, Upstream,
+    BridgeRule, Config, Device, Gateway, Issue, OutboxSettings, Overflow, Point, Tls, Transport,
+    Upstream,
 };
 use crate::device::decode::{DataType, Table, WordOrder};
 use crate::topics::{self, topic_level_problem, RESERVED_POINT};
@@ -140,39 +140,7 @@ pub fn validate(raw: &RawConfig) -> Result<Config, Vec<Issue>> {
         log_level: raw.gateway.log_level.clone(),
     };
 
-    let b = root.key("broker");
-    let broker = if raw.broker.enabled {
-        let listen = match raw.broker.listen.parse::<SocketAddr>() {
-            Ok(a) => a,
-            Err(_) => {
-                c.push(
-                    b.key("listen"),
-                    format!(
-                        "{:?} is not an IP address with a port; write e.g. \"127.0.0.1:1883\"",
-                        raw.broker.listen
-                    ),
-                );
-                SocketAddr::from(([127, 0, 0, 1], 1883))
-            }
-        };
-        Some(Broker {
-            listen,
-            max_connections: c.int(
-                b.key("max_connections"),
-                raw.broker.max_connections,
-                1,
-                10_000,
-            ),
-            max_payload_bytes: c.int(
-                b.key("max_payload_bytes"),
-                raw.broker.max_payload_bytes,
-                128,
-                256 * 1024 * 1024,
-            ),
-        })
-    } else {
-        None
-    };
+    let broker = broker::broker(&mut c, root.key("broker"), &raw.broker);
 
     let upstream = raw
         .upstream
