@@ -64,7 +64,7 @@ pub async fn run(
                 tokio::task::spawn_blocking(move || LocalBroker::start(&b, &base, forward, ftx))
                     .await
                     .map_err(|e| AppError::Internal(e.to_string()))??;
-            tracing::info!(listen = %broker.listen, "embedded MQTT broker listening");
+            tracing::info!(listen = %broker.listen, backend = %broker.backend, "embedded MQTT broker listening");
             Some(broker)
         }
         None => None,

@@ -48,6 +48,8 @@ pub enum BrokerError {
 pub struct LocalBroker {
     tx: LinkTx,
     pub listen: SocketAddr,
+    /// rumqttd's own loopback listener, behind the guard.
+    pub backend: SocketAddr,
     forward: Vec<BridgeRule>,
     echoes: Arc<Mutex<Echoes>>,
 }
@@ -205,6 +207,7 @@ impl LocalBroker {
         Ok(LocalBroker {
             tx,
             listen: cfg.listen,
+            backend,
             forward,
             echoes,
         })
