@@ -325,6 +325,7 @@ fn an_idle_tcp_connection_to_the_tls_port_does_not_keep_a_tls_client_from_its_re
     );
     let got = sub.wait_message("lan/retained", Duration::from_secs(10));
     let took = started.elapsed();
+    eprintln!("TLS client with 2 idle sockets open got its retained message after {took:?}");
     assert_eq!(got.3, "kept");
     assert!(got.0, "retained flag");
     assert!(

@@ -4,6 +4,7 @@ Prints one line per event, flushed at once:
   CONNACK <code>               the broker's answer to CONNECT (0 = accepted)
   SUBACK <code>,<code>...      granted QoS per filter, 128 = refused
   MSG <retain> <qos> <topic> <payload>
+  UNSUBACK                     the --unsubscribe filters were removed (sent after SUBACK)
   PUBLISHED <mid>              a --publish was acknowledged as its QoS requires
 Exits 1 when the connection is refused or lost, and 0 after --count messages.
 """
@@ -22,6 +23,7 @@ def main() -> int:
     ap.add_argument("--user")
     ap.add_argument("--password")
     ap.add_argument("--subscribe", action="append", default=[])
+    ap.add_argument("--unsubscribe", action="append", default=[], help="after SUBACK")
     ap.add_argument("--publish", action="append", default=[], help="TOPIC=PAYLOAD, after SUBACK")
     ap.add_argument("--qos", type=int, default=1)
     ap.add_argument("--count", type=int, default=0, help="exit after this many messages")
@@ -60,6 +62,13 @@ def main() -> int:
 
     def on_subscribe(c, _userdata, _mid, codes, _props):
         say("SUBACK " + ",".join(str(code.value) for code in codes))
+        if args.unsubscribe:
+            c.unsubscribe(args.unsubscribe)
+        else:
+            publish(c)
+
+    def on_unsubscribe(c, _userdata, _mid, _codes, _props):
+        say("UNSUBACK")
         publish(c)
 
     def on_publish(_c, _userdata, mid, _reason, _props):
@@ -79,6 +88,7 @@ def main() -> int:
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
+    client.on_unsubscribe = on_unsubscribe
     client.on_publish = on_publish
     client.on_message = on_message
     client.on_disconnect = on_disconnect
