@@ -246,6 +246,39 @@ fn gateway_topics_are_read_only_and_command_topics_writable_only_by_command_user
 }
 
 #[test]
+fn a_last_will_on_a_topic_the_user_may_not_publish_refuses_the_connect() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    let alice = creds("alice", "alice-pw");
+    let forged_status = [
+        "-t",
+        "sensors/x",
+        "-m",
+        "1",
+        "--will-topic",
+        "fieldbridge/gw/status",
+        "--will-payload",
+        "offline",
+        "--will-retain",
+    ];
+    let out = mosquitto_pub(b.port, &[&alice[..], &forged_status[..]].concat());
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not authorised"), "{}", text(&out));
+    b.wait_log(&["broker_connect_refused", "Last Will topic", "user=alice"]);
+    let own = [
+        "-t",
+        "sensors/x",
+        "-m",
+        "1",
+        "--will-topic",
+        "sensors/alice/will",
+        "--will-payload",
+        "bye",
+    ];
+    let out = mosquitto_pub(b.port, &[&alice[..], &own[..]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
 fn a_subscription_outside_the_users_acl_gets_return_code_0x80_and_no_messages() {
     let b = BrokerGateway::start("0.0.0.0", &users());
     let alice = creds("alice", "alice-pw");
