@@ -279,6 +279,44 @@ fn a_last_will_on_a_topic_the_user_may_not_publish_refuses_the_connect() {
 }
 
 #[test]
+fn reusing_another_users_client_id_does_not_give_access_to_its_persistent_session() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    let admin = creds("admin", "admin-pw");
+    let session = ["-i", "dashboard-1", "-c", "-q", "1"];
+    let mut setup = mosquitto_sub(
+        b.port,
+        &[&admin[..], &session[..], &["-t", "#", "-E"]].concat(),
+    );
+    assert!(setup.wait_exit(DEADLINE));
+    publish_as(b.port, &admin, "secret/queued");
+    let alice = creds("alice", "alice-pw");
+    let thief = mosquitto_sub(
+        b.port,
+        &[&alice[..], &session[..], &["-t", "sensors/#"]].concat(),
+    );
+    assert_eq!(subscribed(&thief), vec![1]);
+    publish_as(b.port, &admin, "sensors/after");
+    thief.wait_message("sensors/after", DEADLINE);
+    assert!(
+        thief.messages().iter().all(|m| m.2 != "secret/queued"),
+        "{:?}",
+        thief.messages()
+    );
+    drop(thief);
+    // The admin's own session still has it.
+    let owner = mosquitto_sub(
+        b.port,
+        &[&admin[..], &session[..], &["-t", "unrelated/x", "-C", "1"]].concat(),
+    );
+    assert_eq!(owner.wait_message("secret/queued", DEADLINE).3, "m");
+}
+
+fn publish_as(port: u16, who: &[&str], topic: &str) {
+    let out = mosquitto_pub(port, &[who, &["-t", topic, "-m", "m", "-q", "1"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
 fn a_subscription_outside_the_users_acl_gets_return_code_0x80_and_no_messages() {
     let b = BrokerGateway::start("0.0.0.0", &users());
     let alice = creds("alice", "alice-pw");

@@ -261,12 +261,26 @@ async fn connect_backend(shared: &Shared, c: &Connect) -> std::io::Result<TcpStr
     .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
     s.set_nodelay(true)?;
     let rewritten = Connect {
+        client_id: backend_client_id(c),
         username: Some(shared.login.user.clone()),
         password: Some(shared.login.password.clone().into_bytes()),
         ..c.clone()
     };
     s.write_all(&codec::encode_connect(&rewritten)).await?;
     Ok(s)
+}
+
+/// rumqttd keys sessions by client id alone. Prefixing the user name keeps one user from taking
+/// over another user's persistent session (and the subscriptions and queued messages in it) by
+/// reusing its client id. An empty id stays empty: rumqttd then makes up a unique one.
+fn backend_client_id(c: &Connect) -> String {
+    if c.client_id.is_empty() {
+        return String::new();
+    }
+    match &c.username {
+        Some(u) => format!("u:{u}:{}", c.client_id),
+        None => format!("anon:{}", c.client_id),
+    }
 }
 
 struct Ctx<'a> {
@@ -441,6 +455,27 @@ async fn read_frame<R: AsyncRead + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn client_ids_are_namespaced_per_user_so_sessions_cannot_be_taken_over() {
+        let c = |user: Option<&str>, id: &str| Connect {
+            level: 4,
+            clean_session: false,
+            keep_alive: 60,
+            client_id: id.into(),
+            will: None,
+            username: user.map(String::from),
+            password: None,
+        };
+        assert_eq!(backend_client_id(&c(Some("alice"), "dash")), "u:alice:dash");
+        assert_eq!(backend_client_id(&c(None, "dash")), "anon:dash");
+        assert_ne!(
+            backend_client_id(&c(Some("a:b"), "c")),
+            backend_client_id(&c(Some("a"), "b:c")),
+            "user names cannot contain ':' (validated), so ids do not collide"
+        );
+        assert_eq!(backend_client_id(&c(Some("alice"), "")), "");
+    }
 
     #[test]
     fn a_narrowed_suback_gets_the_refused_filters_back_in_their_places() {
