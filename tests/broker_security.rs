@@ -114,6 +114,44 @@ fn lan_listener_refuses_anonymous_clients_unknown_users_and_wrong_passwords() {
 }
 
 #[test]
+fn repeated_wrong_passwords_lock_the_address_out_for_a_while_even_for_the_right_password() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    for _ in 0..5 {
+        let out = mosquitto_pub(
+            b.port,
+            &[
+                &creds("alice", "guess")[..],
+                &["-t", "sensors/x", "-m", "1"],
+            ]
+            .concat(),
+        );
+        assert!(!out.status.success());
+    }
+    let right = || {
+        mosquitto_pub(
+            b.port,
+            &[
+                &creds("alice", "alice-pw")[..],
+                &["-t", "sensors/x", "-m", "1"],
+            ]
+            .concat(),
+        )
+    };
+    assert!(
+        !right().status.success(),
+        "the right password got through the lockout"
+    );
+    b.wait_log(&["broker_connect_refused", "too many failed logins"]);
+    // The first lockout lasts 1 s; then the right password works again.
+    let end = Instant::now() + DEADLINE;
+    let mut ok = false;
+    while !ok && Instant::now() < end {
+        ok = right().status.success();
+    }
+    assert!(ok, "still locked out:\n{}", b.gw.log());
+}
+
+#[test]
 fn loopback_listener_serves_anonymous_clients_by_default() {
     let b = BrokerGateway::start("127.0.0.1", "");
     let sub = mosquitto_sub(b.port, &["-t", "fieldbridge/gw/status"]);

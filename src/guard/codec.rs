@@ -563,6 +563,24 @@ mod tests {
         assert_eq!(ack_frame(PUBREL, 5), (0x62, vec![0, 5]));
     }
 
+    #[test]
+    fn arbitrary_bytes_never_panic_any_parser() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        for _ in 0..20_000 {
+            let len = rng.random_range(0..64);
+            let bytes: Vec<u8> = (0..len).map(|_| rng.random()).collect();
+            let flags = rng.random::<u8>() & 0x0f;
+            let _ = parse_connect(&bytes);
+            let _ = parse_publish(flags, &bytes);
+            let _ = parse_subscribe(flags, &bytes);
+            let _ = parse_suback(&bytes);
+            let _ = pkid_of(&bytes);
+            let mut buf = bytes.clone();
+            while let Ok(Some(_)) = take_frame(&mut buf, 32) {}
+        }
+    }
+
     fn ack_frame(kind: u8, pkid: u16) -> (u8, Vec<u8>) {
         let mut b = ack(kind, pkid);
         let f = take_frame(&mut b, 10).unwrap().unwrap();

@@ -20,6 +20,7 @@ pub mod auth;
 pub mod codec;
 mod listen;
 mod proxy;
+pub mod throttle;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -80,6 +81,8 @@ pub struct Shared {
     dummy_hash: String,
     /// Argon2 costs ~19 MiB and tens of ms each: bound how many run at once.
     verify_slots: Semaphore,
+    /// Failed logins per client address (password guessing).
+    throttle: std::sync::Mutex<throttle::Throttle>,
     connections: Arc<Semaphore>,
     /// Largest accepted packet body (a PUBLISH with the largest payload and topic).
     max_body: usize,
@@ -114,6 +117,7 @@ impl Shared {
             anonymous: cfg.anonymous.clone(),
             dummy_hash,
             verify_slots: Semaphore::new(2),
+            throttle: Default::default(),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
             max_body: cfg.max_payload_bytes + 2 + 65_535 + 2,
             max_payload: cfg.max_payload_bytes,

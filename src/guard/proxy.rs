@@ -204,6 +204,20 @@ async fn admit(
             shared.anonymous.clone()
         }
         Some(name) => {
+            let ip = origin.peer.ip();
+            let locked = shared
+                .throttle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .locked(ip, std::time::Instant::now());
+            if let Some(left) = locked {
+                let reason = format!(
+                    "too many failed logins from this address; locked for another {} ms",
+                    left.as_millis()
+                );
+                let r = refuse(codec::RC_BAD_CREDENTIALS, &reason, name, &c.client_id);
+                return answer(r);
+            }
             let known = shared.users.get(name);
             let hash = known
                 .map(|(h, _)| h.clone())
@@ -215,6 +229,14 @@ async fn admit(
                     .unwrap_or(false),
                 Err(_) => false,
             };
+            {
+                let mut t = shared.throttle.lock().unwrap_or_else(|e| e.into_inner());
+                if ok && known.is_some() && c.password.is_some() {
+                    t.succeeded(ip);
+                } else {
+                    t.failed(ip, std::time::Instant::now());
+                }
+            }
             match known {
                 Some((_, access)) if ok && c.password.is_some() => access.clone(),
                 Some(_) => {
