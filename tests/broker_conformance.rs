@@ -117,6 +117,37 @@ fn the_last_will_is_published_when_a_client_dies_and_not_after_a_clean_disconnec
 }
 
 #[test]
+fn a_client_that_falls_silent_is_dropped_after_one_and_a_half_keep_alives_and_its_will_sent() {
+    let b = BrokerGateway::start("127.0.0.1", "keep_alive_min = \"1s\"\n");
+    let watcher = mosquitto_sub(b.port, &["-t", "will/#", "-q", "1"]);
+    assert_eq!(subscribed(&watcher), vec![1]);
+    let port = b.port.to_string();
+    let silent = clients::paho(&[
+        "--transport",
+        "tcp",
+        "--port",
+        &port,
+        "--keepalive",
+        "1",
+        "--will",
+        "will/silent=timed out",
+        "--subscribe",
+        "x/y",
+    ]);
+    silent.wait_for("SUBACK", DEADLINE, |l| l.starts_with("SUBACK"));
+    // SIGSTOP: the TCP connection stays open, but no PINGREQ comes any more.
+    let pid = nix::unistd::Pid::from_raw(silent.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let stopped = std::time::Instant::now();
+    let m = watcher.wait_message("will/silent", DEADLINE);
+    let took = stopped.elapsed();
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(m.3, "timed out");
+    eprintln!("will of a silent client (keep-alive 1 s) after {took:?}");
+    assert!(took < std::time::Duration::from_secs(5), "{took:?}");
+}
+
+#[test]
 fn plus_and_hash_wildcards_match_as_the_specification_says() {
     let b = BrokerGateway::start("127.0.0.1", "");
     let plus = mosquitto_sub(b.port, &["-t", "w/+/t"]);

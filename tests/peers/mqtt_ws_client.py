@@ -26,6 +26,8 @@ def main() -> int:
     ap.add_argument("--unsubscribe", action="append", default=[], help="after SUBACK")
     ap.add_argument("--publish", action="append", default=[], help="TOPIC=PAYLOAD, after SUBACK")
     ap.add_argument("--qos", type=int, default=1)
+    ap.add_argument("--keepalive", type=int, default=30)
+    ap.add_argument("--will", help="TOPIC=PAYLOAD, QoS 1")
     ap.add_argument("--count", type=int, default=0, help="exit after this many messages")
     args = ap.parse_args()
 
@@ -37,6 +39,9 @@ def main() -> int:
     )
     if args.transport == "websockets":
         client.ws_set_options(path=args.path)
+    if args.will:
+        topic, _, payload = args.will.partition("=")
+        client.will_set(topic, payload, qos=1)
     if args.user is not None:
         client.username_pw_set(args.user, args.password)
     state = {"received": 0, "rc": 0}
@@ -93,7 +98,7 @@ def main() -> int:
     client.on_message = on_message
     client.on_disconnect = on_disconnect
     try:
-        client.connect("127.0.0.1", args.port, keepalive=30)
+        client.connect("127.0.0.1", args.port, keepalive=args.keepalive)
     except OSError as e:
         say(f"ERROR {e}")
         return 1
