@@ -64,10 +64,12 @@ pub async fn run(
     let mut local = match cfg.broker.clone() {
         Some(b) => {
             let (forward, ftx) = (cfg.forward.clone(), routed_tx.clone());
-            let broker = tokio::task::spawn_blocking(move || LocalBroker::start(&b, forward, ftx))
-                .await
-                .map_err(|e| AppError::Internal(e.to_string()))??;
-            tracing::info!(listen = %broker.listen, "embedded MQTT broker listening");
+            let base = format!("{}/{}", cfg.gateway.topic_prefix, cfg.gateway.id);
+            let broker =
+                tokio::task::spawn_blocking(move || LocalBroker::start(&b, &base, forward, ftx))
+                    .await
+                    .map_err(|e| AppError::Internal(e.to_string()))??;
+            tracing::info!(listen = %broker.listen, backend = %broker.backend, "embedded MQTT broker listening");
             Some(broker)
         }
         None => None,

@@ -7,6 +7,10 @@
 //! `Packet::Publish` with the retain flag. rumqttd keeps everything in memory: retained status is
 //! re-published by us after every start.
 //!
+//! Clients never reach rumqttd directly: its only listener is on loopback, on a port picked at
+//! start, and requires a per-start random login that only the guard (`guard`) has. The guard
+//! owns the public listeners, authentication, topic ACLs and limits.
+//!
 //! Forwarding: the link subscribes to the `[[forward]]` filters; what local clients publish there
 //! is sent to the outbox (upstream only). The link also receives what the gateway itself
 //! published, so those copies are recognised and dropped (see `echo`).
@@ -25,17 +29,15 @@ use tokio::sync::mpsc;
 
 use crate::config::{BridgeRule, Broker as BrokerConfig};
 use crate::echo::Echoes;
+use crate::guard::{self, BackendLogin, GuardError};
 use crate::outbox::Message;
 use crate::pipeline::{Route, Routed};
 use crate::topics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
-    #[error("embedded broker cannot listen on {addr}: {source} (is another MQTT broker, e.g. mosquitto, using that port? change [broker] listen)")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Guard(#[from] GuardError),
     #[error("embedded broker did not start listening on {addr} within {}", humantime::format_duration(*wait))]
     NotListening { addr: SocketAddr, wait: Duration },
     #[error("embedded broker: {0}")]
@@ -46,6 +48,8 @@ pub enum BrokerError {
 pub struct LocalBroker {
     tx: LinkTx,
     pub listen: SocketAddr,
+    /// rumqttd's own loopback listener, behind the guard.
+    pub backend: SocketAddr,
     forward: Vec<BridgeRule>,
     echoes: Arc<Mutex<Echoes>>,
 }
@@ -56,20 +60,29 @@ pub type ForwardTx = mpsc::Sender<Routed>;
 
 const ECHO_CAPACITY: usize = 10_000;
 
-fn rumqttd_config(cfg: &BrokerConfig) -> rumqttd::Config {
+fn rumqttd_config(
+    cfg: &BrokerConfig,
+    backend: SocketAddr,
+    login: &BackendLogin,
+) -> rumqttd::Config {
     // The rumqttd sample config uses 100 MiB × 10 segments per filter; a Pi needs far less.
     let segment = (cfg.max_payload_bytes * 4).max(256 * 1024);
     let connections = ConnectionSettings {
         connection_timeout_ms: 5000,
-        max_payload_size: cfg.max_payload_bytes,
+        // The guard enforces max_payload_bytes on the payload; this bounds the whole packet
+        // (topic and header included) so rumqttd never refuses what the guard let through.
+        max_payload_size: cfg.max_payload_bytes + 2 + 65_535 + 2 + 5,
         max_inflight_count: 100,
-        auth: None,
+        auth: Some(HashMap::from([(
+            login.user.clone(),
+            login.password.clone(),
+        )])),
         external_auth: None,
         dynamic_filters: true,
     };
     let server = ServerSettings {
         name: "local".into(),
-        listen: cfg.listen,
+        listen: backend,
         tls: None,
         next_connection_delay_ms: 1,
         connections,
@@ -91,22 +104,29 @@ fn rumqttd_config(cfg: &BrokerConfig) -> rumqttd::Config {
 }
 
 impl LocalBroker {
-    /// Starts the broker and returns once its listener accepts connections. With `forward`
-    /// rules, messages of local clients matching them are sent to `forward_tx`.
+    /// Starts the broker behind the guard and returns once every listener accepts connections.
+    /// `base` is `<prefix>/<gateway id>` (read-only for clients). With `forward` rules,
+    /// messages of local clients matching them are sent to `forward_tx`. Must be called where
+    /// a tokio runtime is current (e.g. from `spawn_blocking`): the guard runs on it.
     pub fn start(
         cfg: &BrokerConfig,
+        base: &str,
         forward: Vec<BridgeRule>,
         forward_tx: ForwardTx,
     ) -> Result<LocalBroker, BrokerError> {
-        // rumqttd only logs a bind failure from its listener thread; check first so a busy port
-        // is a clear startup error instead of a silently missing broker.
-        drop(
-            TcpListener::bind(cfg.listen).map_err(|source| BrokerError::Bind {
-                addr: cfg.listen,
-                source,
-            })?,
-        );
-        let mut broker = rumqttd::Broker::new(rumqttd_config(cfg));
+        let rt = tokio::runtime::Handle::try_current()
+            .map_err(|e| BrokerError::Link(format!("no async runtime for the guard: {e}")))?;
+        // Public listeners first: a busy port is a clear startup error.
+        let bound = guard::bind(cfg)?;
+        // rumqttd cannot be handed a bound socket; take a free loopback port for it. Even if
+        // another process raced for that port, it could not pass as us: clients only ever
+        // talk to the guard, which sends nothing but the random backend login there.
+        let backend = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(|e| BrokerError::Link(format!("no free loopback port for rumqttd: {e}")))?;
+        let login = BackendLogin::random();
+        let shared = guard::Shared::new(cfg, base, backend, login.clone())?;
+        let mut broker = rumqttd::Broker::new(rumqttd_config(cfg, backend, &login));
         let (mut tx, mut rx) = broker
             .link("fieldbridge")
             .map_err(|e| BrokerError::Link(e.to_string()))?;
@@ -171,25 +191,23 @@ impl LocalBroker {
                 }
             })
             .map_err(|e| BrokerError::Link(e.to_string()))?;
-        let probe = if cfg.listen.ip().is_unspecified() {
-            SocketAddr::from(([127, 0, 0, 1], cfg.listen.port()))
-        } else {
-            cfg.listen
-        };
+        let probe = backend;
         let wait = Duration::from_secs(10);
         let deadline = std::time::Instant::now() + wait;
         while TcpStream::connect_timeout(&probe, Duration::from_millis(200)).is_err() {
             if std::time::Instant::now() > deadline {
                 return Err(BrokerError::NotListening {
-                    addr: cfg.listen,
+                    addr: backend,
                     wait,
                 });
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+        guard::spawn(bound, cfg, shared, &rt)?;
         Ok(LocalBroker {
             tx,
             listen: cfg.listen,
+            backend,
             forward,
             echoes,
         })

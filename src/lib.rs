@@ -10,6 +10,7 @@ pub mod config;
 pub mod demo;
 pub mod device;
 pub mod echo;
+pub mod guard;
 pub mod health;
 pub mod outbox;
 pub mod pipeline;

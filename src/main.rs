@@ -45,6 +45,15 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Hash a password for the embedded broker: reads it from the terminal (twice, without
+    /// echo) or from stdin, and prints `USER:HASH` or writes that line into --file.
+    Passwd {
+        /// The user name.
+        user: String,
+        /// Create or update this password file (mode 0600) instead of printing.
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
     /// Run a demo on built-in simulated Modbus devices, printing what a local subscriber sees.
     Demo {
         /// Where the embedded broker listens.
@@ -268,6 +277,7 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+        Cmd::Passwd { user, file } => passwd(&user, file.as_deref()),
         Cmd::Demo {
             broker,
             upstream,
@@ -369,6 +379,64 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
+    }
+}
+
+fn passwd(user: &str, file: Option<&std::path::Path>) -> ExitCode {
+    use fieldbridge::guard::auth;
+    use std::io::IsTerminal;
+    if let Some(p) = auth::user_name_problem(user) {
+        eprintln!("user name {user:?} {p}");
+        return ExitCode::from(2);
+    }
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password(format!("Password for {user}: "));
+        let again = rpassword::prompt_password("Again: ");
+        match (first, again) {
+            (Ok(a), Ok(b)) if a == b => a,
+            (Ok(_), Ok(_)) => {
+                eprintln!("the passwords differ; nothing written");
+                return ExitCode::from(2);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                eprintln!("cannot read the password: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut line = String::new();
+        if let Err(e) = std::io::stdin().read_line(&mut line) {
+            eprintln!("cannot read the password from stdin: {e}");
+            return ExitCode::FAILURE;
+        }
+        line.trim_end_matches(['\n', '\r']).to_string()
+    };
+    if password.is_empty() {
+        eprintln!("empty password refused");
+        return ExitCode::from(2);
+    }
+    let hash = match auth::hash_password(password.as_bytes()) {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match file {
+        None => {
+            println!("{user}:{hash}");
+            ExitCode::SUCCESS
+        }
+        Some(f) => match auth::update_password_file(f, user, &hash) {
+            Ok(()) => {
+                eprintln!("{}: password of {user} set", f.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

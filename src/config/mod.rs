@@ -18,6 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::device::decode::{DataType, Table, WordOrder};
+use crate::guard::acl::Access;
 use locate::{line_of_offset, line_of_path, path_at_offset, KeyPath};
 
 pub use validate::validate;
@@ -76,11 +77,78 @@ pub struct Gateway {
     pub log_level: String,
 }
 
+/// The embedded broker and its public listeners (issue 7). Every listener is owned by
+/// fieldbridge (`guard`); rumqttd itself listens on loopback only, behind it.
 #[derive(Debug, Clone)]
 pub struct Broker {
+    /// Plain MQTT over TCP.
     pub listen: SocketAddr,
+    pub tls: Option<BrokerTls>,
+    pub websocket: Option<BrokerWebSocket>,
+    /// Over all listeners together.
     pub max_connections: usize,
     pub max_payload_bytes: usize,
+    pub keep_alive_min: Duration,
+    pub keep_alive_max: Duration,
+    /// From TCP accept to a complete CONNECT (after the TLS/WebSocket handshake).
+    pub connect_timeout: Duration,
+    /// `None`: anonymous clients only on loopback listeners.
+    pub allow_anonymous: Option<bool>,
+    pub anonymous: Access,
+    /// After `load`, every user has a hash (from the config or the password file).
+    pub users: Vec<BrokerUser>,
+    pub password_file: Option<PathBuf>,
+}
+
+impl Broker {
+    /// Whether a client without credentials may connect on a listener bound to `addr`.
+    pub fn anonymous_allowed_on(&self, addr: &SocketAddr) -> bool {
+        match self.allow_anonymous {
+            Some(allowed) => allowed,
+            None => addr.ip().is_loopback(),
+        }
+    }
+    /// Every listener address, with its name for messages.
+    pub fn listeners(&self) -> Vec<(&'static str, SocketAddr)> {
+        let mut v = vec![("plain", self.listen)];
+        if let Some(t) = &self.tls {
+            v.push(("tls", t.listen));
+        }
+        if let Some(w) = &self.websocket {
+            v.push(("websocket", w.listen));
+        }
+        v
+    }
+}
+
+#[derive(Clone, PartialEq, Eq)]
+pub struct BrokerUser {
+    pub name: String,
+    pub password_hash: Option<String>,
+    pub access: Access,
+}
+
+impl fmt::Debug for BrokerUser {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerUser")
+            .field("name", &self.name)
+            .field("access", &self.access)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerTls {
+    pub listen: SocketAddr,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub handshake_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct BrokerWebSocket {
+    pub listen: SocketAddr,
+    pub handshake_timeout: Duration,
 }
 
 #[derive(Clone)]
@@ -366,6 +434,9 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
             }
         }
     }
+    if let Some(b) = cfg.broker.as_mut() {
+        load_broker_files(base, b, &mut issues);
+    }
     cfg.gateway.data_dir = base.join(&cfg.gateway.data_dir);
     if issues.is_empty() {
         Ok(cfg)
@@ -374,6 +445,81 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
             file: file.to_path_buf(),
             issues: locate_all(&src, issues),
         })
+    }
+}
+
+/// Reads the broker's password file into its users and checks the TLS files are readable.
+fn load_broker_files(base: &Path, b: &mut Broker, issues: &mut Vec<Issue>) {
+    let bp = KeyPath::root().key("broker");
+    if let Some(tls) = b.tls.as_mut() {
+        tls.cert_file = base.join(&tls.cert_file);
+        tls.key_file = base.join(&tls.key_file);
+        for (key, file) in [("cert_file", &tls.cert_file), ("key_file", &tls.key_file)] {
+            if let Err(e) = std::fs::File::open(file) {
+                issues.push(Issue {
+                    path: bp.key("tls").key(key),
+                    message: format!("cannot read {}: {e}", file.display()),
+                });
+            }
+        }
+    }
+    let Some(pf) = b.password_file.as_mut() else {
+        return;
+    };
+    *pf = base.join(&*pf);
+    let key = bp.key("password_file");
+    let text = match std::fs::read_to_string(&*pf) {
+        Ok(t) => t,
+        Err(e) => {
+            issues.push(Issue {
+                path: key,
+                message: format!("cannot read {}: {e}", pf.display()),
+            });
+            return;
+        }
+    };
+    let entries = match crate::guard::auth::parse_password_file(&pf.display().to_string(), &text) {
+        Ok(entries) => entries,
+        Err(errors) => {
+            for e in errors {
+                issues.push(Issue {
+                    path: key.clone(),
+                    message: e.to_string(),
+                });
+            }
+            return;
+        }
+    };
+    for (name, hash) in entries {
+        match b.users.iter_mut().find(|u| u.name == name) {
+            Some(u) if u.password_hash.is_some() => issues.push(Issue {
+                path: key.clone(),
+                message: format!(
+                    "user {name:?} has a password_hash in the config and a line in {}; keep one",
+                    pf.display()
+                ),
+            }),
+            Some(u) => u.password_hash = Some(hash),
+            None => b.users.push(BrokerUser {
+                name,
+                password_hash: Some(hash),
+                access: Access::everything(),
+            }),
+        }
+    }
+    for (i, u) in b.users.iter().enumerate() {
+        if u.password_hash.is_none() {
+            issues.push(Issue {
+                path: bp.key("users").index(i).key("name"),
+                message: format!(
+                    "user {:?} has no password: set password_hash, or add a line to {} with `fieldbridge passwd --file {} {}`",
+                    u.name,
+                    pf.display(),
+                    pf.display(),
+                    u.name
+                ),
+            });
+        }
     }
 }
 

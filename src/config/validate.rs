@@ -1,19 +1,19 @@
 //! Pure validation: `RawConfig` → `Config`, collecting every issue with its key path.
 
+mod broker;
 mod modbus;
 mod serial;
 
 pub(super) use modbus::profile;
 
 use std::collections::HashSet;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::locate::KeyPath;
 use super::profile::Profiles;
 use super::raw::{RawBridgeRule, RawConfig, RawUpstream};
-use super::{BridgeRule, Broker, Config, Gateway, Issue, OutboxSettings, Overflow, Tls, Upstream};
+use super::{BridgeRule, Config, Gateway, Issue, OutboxSettings, Overflow, Tls, Upstream};
 use crate::topics::{self, topic_level_problem};
 
 struct Check {
@@ -139,39 +139,7 @@ pub fn validate(raw: &RawConfig, profiles: &Profiles) -> Result<Config, Vec<Issu
         log_level: raw.gateway.log_level.clone(),
     };
 
-    let b = root.key("broker");
-    let broker = if raw.broker.enabled {
-        let listen = match raw.broker.listen.parse::<SocketAddr>() {
-            Ok(a) => a,
-            Err(_) => {
-                c.push(
-                    b.key("listen"),
-                    format!(
-                        "{:?} is not an IP address with a port; write e.g. \"127.0.0.1:1883\"",
-                        raw.broker.listen
-                    ),
-                );
-                SocketAddr::from(([127, 0, 0, 1], 1883))
-            }
-        };
-        Some(Broker {
-            listen,
-            max_connections: c.int(
-                b.key("max_connections"),
-                raw.broker.max_connections,
-                1,
-                10_000,
-            ),
-            max_payload_bytes: c.int(
-                b.key("max_payload_bytes"),
-                raw.broker.max_payload_bytes,
-                128,
-                256 * 1024 * 1024,
-            ),
-        })
-    } else {
-        None
-    };
+    let broker = broker::broker(&mut c, root.key("broker"), &raw.broker);
 
     let upstream = raw
         .upstream

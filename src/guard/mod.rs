@@ -1,0 +1,138 @@
+//! The guard: fieldbridge owns every public listener of the embedded broker (plain TCP, TLS,
+//! WebSocket) and runs a small MQTT-aware proxy per connection in front of rumqttd, which
+//! listens on loopback only and accepts nobody but the guard.
+//!
+//! Why: rumqttd 0.20 has no topic ACLs, and its TLS accept loop awaits each handshake inline
+//! without a timeout, so one idle socket stalls every new TLS client. Here each handshake runs
+//! in its own task under a timeout, and one code path authenticates and polices clients of all
+//! three listeners.
+//!
+//! Invariants:
+//! - Only MQTT 3.1.1 (protocol level 4); other versions get CONNACK "unacceptable protocol".
+//! - A client is connected to rumqttd only after its CONNECT passed: credentials, anonymous
+//!   policy of its listener, keep-alive bounds, and the publish ACL for its Last Will.
+//! - rumqttd's listener requires a per-start random user and password that only the guard
+//!   knows, so a local process cannot bypass the guard through the loopback port.
+//! - Connection slots (`max_connections`) are held from accept to close, handshakes included.
+
+pub mod acl;
+pub mod auth;
+pub mod codec;
+mod listen;
+mod proxy;
+pub mod throttle;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::config::Broker as BrokerConfig;
+use acl::{Access, Policy};
+
+pub use listen::{bind, Bound};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("embedded broker cannot listen on {addr} ({listener} listener): {source} (is another MQTT broker, e.g. mosquitto, using that port? change [broker] listen)")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("[broker.tls]: {file}: {message}")]
+    Tls { file: String, message: String },
+    #[error("embedded broker: {0}")]
+    Internal(String),
+}
+
+/// Credentials the guard presents to rumqttd; fresh random values each start.
+#[derive(Clone)]
+pub struct BackendLogin {
+    pub user: String,
+    pub password: String,
+}
+
+impl BackendLogin {
+    pub fn random() -> BackendLogin {
+        let hex = |n: usize| {
+            let mut b = vec![0u8; n];
+            rand::fill(&mut b[..]);
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        };
+        BackendLogin {
+            user: format!("fieldbridge-guard-{}", hex(4)),
+            password: hex(24),
+        }
+    }
+}
+
+/// Everything a connection needs, shared by all listeners.
+pub struct Shared {
+    backend: SocketAddr,
+    login: BackendLogin,
+    policy: Policy,
+    users: HashMap<String, (String, Access)>,
+    anonymous: Access,
+    /// Verified against when the user is unknown, so that the answer takes as long as for a
+    /// known user with a wrong password (no user enumeration by timing).
+    dummy_hash: String,
+    /// Argon2 costs ~19 MiB and tens of ms each: bound how many run at once.
+    verify_slots: Semaphore,
+    /// Failed logins per client address (password guessing).
+    throttle: std::sync::Mutex<throttle::Throttle>,
+    connections: Arc<Semaphore>,
+    /// Largest accepted packet body (a PUBLISH with the largest payload and topic).
+    max_body: usize,
+    max_payload: usize,
+    keep_alive: (u16, u16),
+    connect_timeout: Duration,
+}
+
+impl Shared {
+    /// `base` is `<prefix>/<gateway id>`, the gateway's own topic tree.
+    pub fn new(
+        cfg: &BrokerConfig,
+        base: &str,
+        backend: SocketAddr,
+        login: BackendLogin,
+    ) -> Result<Shared, GuardError> {
+        let dummy_hash = auth::hash_password(login.password.as_bytes())
+            .map_err(|e| GuardError::Internal(e.to_string()))?;
+        let secs = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
+        Ok(Shared {
+            backend,
+            login,
+            policy: Policy::new(base),
+            users: cfg
+                .users
+                .iter()
+                .filter_map(|u| {
+                    let hash = u.password_hash.clone()?;
+                    Some((u.name.clone(), (hash, u.access.clone())))
+                })
+                .collect(),
+            anonymous: cfg.anonymous.clone(),
+            dummy_hash,
+            verify_slots: Semaphore::new(2),
+            throttle: Default::default(),
+            connections: Arc::new(Semaphore::new(cfg.max_connections)),
+            max_body: cfg.max_payload_bytes + 2 + 65_535 + 2,
+            max_payload: cfg.max_payload_bytes,
+            keep_alive: (secs(cfg.keep_alive_min), secs(cfg.keep_alive_max)),
+            connect_timeout: cfg.connect_timeout,
+        })
+    }
+}
+
+/// Starts the accept loops of every bound listener on `rt`.
+pub fn spawn(
+    bound: Bound,
+    cfg: &BrokerConfig,
+    shared: Shared,
+    rt: &tokio::runtime::Handle,
+) -> Result<(), GuardError> {
+    listen::spawn(bound, cfg, Arc::new(shared), rt)
+}

@@ -1,0 +1,518 @@
+//! One client connection: read and check the CONNECT, then relay packets between the client and
+//! rumqttd, applying the topic ACLs to what the client sends.
+//!
+//! A refused PUBLISH is acknowledged as its QoS requires and dropped, and a refused SUBSCRIBE
+//! filter gets return code 0x80 in the SUBACK, as mosquitto does: the client's session goes on
+//! and only the refused part has no effect. Both are logged at warn (`event=broker_acl_denied`),
+//! at most a few times per connection so a looping client cannot flood the journal.
+//! The client side is written by one task only (the relay of broker packets), so packets the
+//! guard answers itself are never interleaved inside a broker packet.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use super::acl::Access;
+use super::codec::{self, CodecError, Connect, Frame};
+use super::{auth, Shared};
+
+/// The broker's frames are not limited by the client's limit (the gateway's own messages pass
+/// there too) but by the largest packet MQTT can express.
+const BACKEND_MAX_BODY: usize = 268_435_455;
+
+/// Where a connection came from, for log fields and the anonymous policy.
+#[derive(Clone, Copy)]
+pub struct Origin {
+    pub listener: &'static str,
+    pub peer: SocketAddr,
+    pub anonymous_ok: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("{0}")]
+    Protocol(#[from] CodecError),
+    #[error("{0}")]
+    Refused(&'static str),
+}
+
+/// Serves one client until either side closes. Never panics on client input.
+pub async fn serve<S>(client: S, origin: Origin, shared: Arc<Shared>)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut rd, mut wr) = tokio::io::split(client);
+    let mut buf = Vec::new();
+    let first = match tokio::time::timeout(
+        shared.connect_timeout,
+        read_frame(&mut rd, &mut buf, shared.max_body),
+    )
+    .await
+    {
+        Ok(Ok(Some(f))) => f,
+        Ok(Ok(None)) => return,
+        Ok(Err(e)) => {
+            tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, error = %e, "broker client sent a bad first packet");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, timeout = ?shared.connect_timeout, "broker client sent no CONNECT in time");
+            return;
+        }
+    };
+    let (connect, access) = match admit(&first, origin, &shared).await {
+        Ok(admitted) => admitted,
+        Err(answer) => {
+            if let Some(bytes) = answer {
+                let _ = wr.write_all(&bytes).await;
+                let _ = wr.flush().await;
+            }
+            let _ = wr.shutdown().await;
+            return;
+        }
+    };
+    let user = connect.username.clone().unwrap_or_default();
+    let client_id = connect.client_id.clone();
+    let backend = match connect_backend(&shared, &connect).await {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!(listener = origin.listener, peer = %origin.peer, error = %e, "cannot reach the embedded broker behind the guard");
+            let _ = wr
+                .write_all(&codec::connack(codec::RC_SERVER_UNAVAILABLE))
+                .await;
+            return;
+        }
+    };
+    tracing::debug!(listener = origin.listener, peer = %origin.peer, user = %user, client_id = %client_id, "broker client connected");
+    let (mut brd, mut bwr) = backend.into_split();
+    let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
+    let pending: Arc<Mutex<HashMap<u16, Vec<Option<u8>>>>> = Arc::default();
+
+    let writer = async move {
+        while let Some(bytes) = out_rx.recv().await {
+            wr.write_all(&bytes).await?;
+            wr.flush().await?;
+        }
+        let _ = wr.shutdown().await;
+        Ok::<(), std::io::Error>(())
+    };
+    let from_broker = {
+        let (out_tx, pending) = (out_tx.clone(), pending.clone());
+        async move {
+            let mut bbuf = Vec::new();
+            while let Some(f) = read_frame(&mut brd, &mut bbuf, BACKEND_MAX_BODY).await? {
+                let bytes = match f.kind() {
+                    codec::SUBACK => rewrite_suback(&f, &pending),
+                    _ => f.encode(),
+                };
+                if out_tx.send(bytes).await.is_err() {
+                    break;
+                }
+            }
+            Ok::<(), SessionEnd>(())
+        }
+    };
+    let ctx = Ctx {
+        origin,
+        user: &user,
+        client_id: &client_id,
+        access: &access,
+        shared: &shared,
+        denied: 0,
+    };
+    let from_client = client_loop(ctx, rd, buf, &mut bwr, out_tx, pending);
+    let result: Result<(), SessionEnd> = tokio::select! {
+        r = from_client => r,
+        r = from_broker => r,
+        r = writer => r.map_err(SessionEnd::from),
+    };
+    match result {
+        Ok(()) => {
+            tracing::debug!(listener = origin.listener, peer = %origin.peer, client_id = %client_id, "broker client disconnected")
+        }
+        Err(e) => {
+            tracing::info!(listener = origin.listener, peer = %origin.peer, user = %user, client_id = %client_id, reason = %e, "broker client connection closed")
+        }
+    }
+}
+
+/// Checks the CONNECT. A refusal carries the CONNACK to send, if the client gets one.
+async fn admit(
+    first: &Frame,
+    origin: Origin,
+    shared: &Shared,
+) -> Result<(Connect, Access), Option<Vec<u8>>> {
+    let refuse = |code: u8, reason: &str, user: &str, client_id: &str| {
+        tracing::warn!(
+            event = "broker_connect_refused",
+            listener = origin.listener,
+            peer = %origin.peer,
+            user = %user,
+            client_id = %client_id,
+            reason = %reason,
+            "broker client refused"
+        );
+        codec::connack(code)
+    };
+    if first.kind() != codec::CONNECT {
+        tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, packet_type = first.kind(), "broker client did not start with CONNECT");
+        return Err(None);
+    }
+    let c = match codec::parse_connect(&first.body) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, error = %e, "broker client sent a malformed CONNECT");
+            return Err(None);
+        }
+    };
+    let user = c.username.clone().unwrap_or_default();
+    let answer = |bytes: Vec<u8>| Err(Some(bytes));
+    if c.level != 4 {
+        let reason = format!("protocol level {} (only MQTT 3.1.1 is served)", c.level);
+        return answer(refuse(codec::RC_BAD_PROTOCOL, &reason, &user, ""));
+    }
+    let (lo, hi) = shared.keep_alive;
+    if c.keep_alive < lo || c.keep_alive > hi {
+        let reason = format!(
+            "keep-alive {} s outside the allowed {lo}..{hi} s",
+            c.keep_alive
+        );
+        return answer(refuse(
+            codec::RC_IDENTIFIER_REJECTED,
+            &reason,
+            &user,
+            &c.client_id,
+        ));
+    }
+    let access = match &c.username {
+        None => {
+            if !origin.anonymous_ok {
+                let r = refuse(
+                    codec::RC_NOT_AUTHORIZED,
+                    "anonymous clients are not allowed on this listener",
+                    "",
+                    &c.client_id,
+                );
+                return answer(r);
+            }
+            shared.anonymous.clone()
+        }
+        Some(name) => {
+            let ip = origin.peer.ip();
+            let locked = shared
+                .throttle
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .locked(ip, std::time::Instant::now());
+            if let Some(left) = locked {
+                let reason = format!(
+                    "too many failed logins from this address; locked for another {} ms",
+                    left.as_millis()
+                );
+                let r = refuse(codec::RC_BAD_CREDENTIALS, &reason, name, &c.client_id);
+                return answer(r);
+            }
+            let known = shared.users.get(name);
+            let hash = known
+                .map(|(h, _)| h.clone())
+                .unwrap_or_else(|| shared.dummy_hash.clone());
+            let password = c.password.clone().unwrap_or_default();
+            let ok = match shared.verify_slots.acquire().await {
+                Ok(_slot) => tokio::task::spawn_blocking(move || auth::verify(&hash, &password))
+                    .await
+                    .unwrap_or(false),
+                Err(_) => false,
+            };
+            {
+                let mut t = shared.throttle.lock().unwrap_or_else(|e| e.into_inner());
+                if ok && known.is_some() && c.password.is_some() {
+                    t.succeeded(ip);
+                } else {
+                    t.failed(ip, std::time::Instant::now());
+                }
+            }
+            match known {
+                Some((_, access)) if ok && c.password.is_some() => access.clone(),
+                Some(_) => {
+                    let r = refuse(
+                        codec::RC_BAD_CREDENTIALS,
+                        "wrong password",
+                        name,
+                        &c.client_id,
+                    );
+                    return answer(r);
+                }
+                None => {
+                    let r = refuse(
+                        codec::RC_BAD_CREDENTIALS,
+                        "unknown user",
+                        name,
+                        &c.client_id,
+                    );
+                    return answer(r);
+                }
+            }
+        }
+    };
+    if let Some(w) = &c.will {
+        if let Err(d) = shared.policy.publish(&access, &w.topic) {
+            let reason = format!("Last Will topic {:?} refused: {}", w.topic, d.as_str());
+            return answer(refuse(
+                codec::RC_NOT_AUTHORIZED,
+                &reason,
+                &user,
+                &c.client_id,
+            ));
+        }
+    }
+    Ok((c, access))
+}
+
+async fn connect_backend(shared: &Shared, c: &Connect) -> std::io::Result<TcpStream> {
+    let mut s = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        TcpStream::connect(shared.backend),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    s.set_nodelay(true)?;
+    let rewritten = Connect {
+        client_id: backend_client_id(c),
+        username: Some(shared.login.user.clone()),
+        password: Some(shared.login.password.clone().into_bytes()),
+        ..c.clone()
+    };
+    s.write_all(&codec::encode_connect(&rewritten)).await?;
+    Ok(s)
+}
+
+/// rumqttd keys sessions by client id alone. Prefixing the user name keeps one user from taking
+/// over another user's persistent session (and the subscriptions and queued messages in it) by
+/// reusing its client id. An empty id stays empty: rumqttd then makes up a unique one.
+fn backend_client_id(c: &Connect) -> String {
+    if c.client_id.is_empty() {
+        return String::new();
+    }
+    match &c.username {
+        Some(u) => format!("u:{u}:{}", c.client_id),
+        None => format!("anon:{}", c.client_id),
+    }
+}
+
+struct Ctx<'a> {
+    origin: Origin,
+    user: &'a str,
+    client_id: &'a str,
+    access: &'a Access,
+    shared: &'a Shared,
+    denied: u64,
+}
+
+impl Ctx<'_> {
+    fn log_denied(&mut self, action: &str, topic: &str, reason: &str) {
+        self.denied += 1;
+        // The first few, then every power of two: a looping client cannot flood the log.
+        if self.denied <= 5 || self.denied.is_power_of_two() {
+            tracing::warn!(
+                event = "broker_acl_denied",
+                action = action,
+                topic = %topic,
+                reason = reason,
+                user = %self.user,
+                client_id = %self.client_id,
+                listener = self.origin.listener,
+                peer = %self.origin.peer,
+                denied_so_far = self.denied,
+                "broker client refused by the topic ACL"
+            );
+        }
+    }
+}
+
+async fn client_loop<R, W>(
+    mut ctx: Ctx<'_>,
+    mut rd: R,
+    mut buf: Vec<u8>,
+    bwr: &mut W,
+    out: mpsc::Sender<Vec<u8>>,
+    pending: Arc<Mutex<HashMap<u16, Vec<Option<u8>>>>>,
+) -> Result<(), SessionEnd>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // QoS 2 publishes we refused: their PUBREL is answered here, not forwarded.
+    let mut refused_qos2: HashSet<u16> = HashSet::new();
+    let reply = |bytes: Vec<u8>| {
+        let out = out.clone();
+        async move {
+            out.send(bytes)
+                .await
+                .map_err(|_| SessionEnd::Refused("client writer gone"))
+        }
+    };
+    while let Some(f) = read_frame(&mut rd, &mut buf, ctx.shared.max_body).await? {
+        match f.kind() {
+            codec::CONNECT => return Err(SessionEnd::Refused("second CONNECT")),
+            codec::PUBLISH => {
+                let h = codec::parse_publish(f.flags(), &f.body)?;
+                if h.payload_len > ctx.shared.max_payload {
+                    tracing::warn!(event = "broker_payload_too_large", topic = %h.topic, bytes = h.payload_len, max = ctx.shared.max_payload, client_id = %ctx.client_id, peer = %ctx.origin.peer, "broker client published over max_payload_bytes; disconnecting it");
+                    return Err(SessionEnd::Refused("payload over max_payload_bytes"));
+                }
+                if let Err(d) = ctx.shared.policy.publish(ctx.access, &h.topic) {
+                    ctx.log_denied("publish", &h.topic, d.as_str());
+                    match (h.qos, h.pkid) {
+                        (1, Some(id)) => reply(codec::ack(codec::PUBACK, id)).await?,
+                        (2, Some(id)) => {
+                            refused_qos2.insert(id);
+                            reply(codec::ack(codec::PUBREC, id)).await?
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                if h.qos == 2 {
+                    // A reused packet id now belongs to an accepted publish.
+                    if let Some(id) = h.pkid {
+                        refused_qos2.remove(&id);
+                    }
+                }
+            }
+            codec::PUBREL => {
+                if let Some(id) = codec::pkid_of(&f.body) {
+                    if refused_qos2.remove(&id) {
+                        reply(codec::ack(codec::PUBCOMP, id)).await?;
+                        continue;
+                    }
+                }
+            }
+            codec::SUBSCRIBE => {
+                let s = codec::parse_subscribe(f.flags(), &f.body)?;
+                let mut mask = Vec::with_capacity(s.filters.len());
+                let mut allowed = Vec::new();
+                for (filter, qos) in &s.filters {
+                    if ctx.shared.policy.subscribe(ctx.access, filter) {
+                        mask.push(None);
+                        allowed.push((filter.clone(), *qos));
+                    } else {
+                        ctx.log_denied("subscribe", filter, "no_matching_filter");
+                        mask.push(Some(codec::SUBACK_FAILURE));
+                    }
+                }
+                if allowed.is_empty() {
+                    let codes: Vec<u8> = mask.iter().map(|m| m.unwrap_or(0x80)).collect();
+                    reply(codec::encode_suback(s.pkid, &codes)).await?;
+                    continue;
+                }
+                if allowed.len() < s.filters.len() {
+                    pending
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(s.pkid, mask);
+                    let narrowed = codec::Subscribe {
+                        pkid: s.pkid,
+                        filters: allowed,
+                    };
+                    bwr.write_all(&codec::encode_subscribe(&narrowed)).await?;
+                    continue;
+                }
+            }
+            _ => {}
+        }
+        bwr.write_all(&f.encode()).await?;
+    }
+    Ok(())
+}
+
+/// Puts the refused filters' 0x80 back into a SUBACK for a narrowed SUBSCRIBE.
+fn rewrite_suback(f: &Frame, pending: &Mutex<HashMap<u16, Vec<Option<u8>>>>) -> Vec<u8> {
+    let Ok((pkid, codes)) = codec::parse_suback(&f.body) else {
+        return f.encode();
+    };
+    let Some(mask) = pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pkid)
+    else {
+        return f.encode();
+    };
+    let mut granted = codes.into_iter();
+    let merged: Vec<u8> = mask
+        .into_iter()
+        .map(|m| m.unwrap_or_else(|| granted.next().unwrap_or(codec::SUBACK_FAILURE)))
+        .collect();
+    codec::encode_suback(pkid, &merged)
+}
+
+/// Reads until one complete frame is buffered; `None` at a clean end of stream.
+async fn read_frame<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    buf: &mut Vec<u8>,
+    max_body: usize,
+) -> Result<Option<Frame>, SessionEnd> {
+    let mut chunk = [0u8; 8192];
+    loop {
+        if let Some(f) = codec::take_frame(buf, max_body)? {
+            return Ok(Some(f));
+        }
+        let n = rd.read(&mut chunk).await?;
+        if n == 0 {
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(SessionEnd::Refused("connection closed inside a packet"))
+            };
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_are_namespaced_per_user_so_sessions_cannot_be_taken_over() {
+        let c = |user: Option<&str>, id: &str| Connect {
+            level: 4,
+            clean_session: false,
+            keep_alive: 60,
+            client_id: id.into(),
+            will: None,
+            username: user.map(String::from),
+            password: None,
+        };
+        assert_eq!(backend_client_id(&c(Some("alice"), "dash")), "u:alice:dash");
+        assert_eq!(backend_client_id(&c(None, "dash")), "anon:dash");
+        // Only configured users get this far, and their names cannot contain ':'.
+        assert_eq!(backend_client_id(&c(Some("anon"), "x")), "u:anon:x");
+        assert_eq!(backend_client_id(&c(Some("alice"), "")), "");
+    }
+
+    #[test]
+    fn a_narrowed_suback_gets_the_refused_filters_back_in_their_places() {
+        let pending = Mutex::new(HashMap::from([(
+            7u16,
+            vec![Some(0x80), None, Some(0x80), None],
+        )]));
+        let mut from_broker = codec::encode_suback(7, &[1, 2]);
+        let f = codec::take_frame(&mut from_broker, 100).unwrap().unwrap();
+        let mut out = rewrite_suback(&f, &pending);
+        let g = codec::take_frame(&mut out, 100).unwrap().unwrap();
+        assert_eq!(
+            codec::parse_suback(&g.body).unwrap(),
+            (7, vec![0x80, 1, 0x80, 2])
+        );
+        // A SUBACK nobody narrowed passes unchanged.
+        let mut other = codec::encode_suback(8, &[0]);
+        let f = codec::take_frame(&mut other, 100).unwrap().unwrap();
+        assert_eq!(rewrite_suback(&f, &pending), f.encode());
+    }
+}

@@ -1,0 +1,739 @@
+//! The embedded broker on a LAN (issue 7): authentication, topic ACLs, limits, TLS without the
+//! accept stall, WebSocket. Every client is independent of fieldbridge: mosquitto_pub /
+//! mosquitto_sub, and paho-mqtt for WebSocket. "LAN-style" listeners bind 0.0.0.0, where
+//! anonymous clients are refused unless the config allows them.
+
+#[path = "common/clients.rs"]
+mod clients;
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use clients::{
+    hash_of, make_certs, mosquitto_pub, mosquitto_sub, paho, passwd_line, run, subscribed, text,
+    BrokerGateway, DEADLINE,
+};
+use common::peers::free_port;
+
+/// alice: sensors only, no commands; bob: commands; admin: everything.
+fn users() -> String {
+    format!(
+        r#"
+[[broker.users]]
+name = "alice"
+password_hash = "{a}"
+publish = ["sensors/#"]
+subscribe = ["sensors/#", "fieldbridge/#"]
+
+[[broker.users]]
+name = "bob"
+password_hash = "{b}"
+commands = true
+
+[[broker.users]]
+name = "admin"
+password_hash = "{c}"
+"#,
+        a = hash_of("alice-pw"),
+        b = hash_of("bob-pw"),
+        c = hash_of("admin-pw"),
+    )
+}
+
+fn creds<'a>(user: &'a str, pw: &'a str) -> [&'a str; 4] {
+    ["-u", user, "-P", pw]
+}
+
+#[test]
+fn lan_listener_refuses_anonymous_clients_unknown_users_and_wrong_passwords() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    let refused: [(&str, Vec<&str>, &str); 4] = [
+        ("anonymous", vec![], "not authorised"),
+        (
+            "unknown user",
+            creds("mallory", "alice-pw").to_vec(),
+            "bad user name or password",
+        ),
+        (
+            "wrong password",
+            creds("alice", "bob-pw").to_vec(),
+            "bad user name or password",
+        ),
+        (
+            "user without password",
+            vec!["-u", "alice"],
+            "bad user name or password",
+        ),
+    ];
+    for (case, cred, why) in refused {
+        let mut args = vec!["-t", "sensors/x", "-m", "1", "-q", "1"];
+        args.extend(cred);
+        let out = mosquitto_pub(b.port, &args);
+        assert!(!out.status.success(), "{case}: accepted: {}", text(&out));
+        assert!(
+            text(&out).to_lowercase().contains(why),
+            "{case}: {}",
+            text(&out)
+        );
+    }
+    b.wait_log(&[
+        "broker_connect_refused",
+        "reason=unknown user",
+        "user=mallory",
+    ]);
+    b.wait_log(&[
+        "broker_connect_refused",
+        "reason=wrong password",
+        "user=alice",
+    ]);
+    b.wait_log(&[
+        "broker_connect_refused",
+        "anonymous clients are not allowed",
+    ]);
+    assert!(!b.gw.log().contains("bob-pw"), "a password reached the log");
+
+    // The right password works, end to end through the broker.
+    let sub = mosquitto_sub(
+        b.port,
+        &[&creds("admin", "admin-pw")[..], &["-t", "sensors/#"]].concat(),
+    );
+    assert_eq!(subscribed(&sub), vec![0]);
+    let out = mosquitto_pub(
+        b.port,
+        &[
+            &creds("alice", "alice-pw")[..],
+            &["-t", "sensors/t1", "-m", "21.5", "-q", "1"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sub.wait_message("sensors/t1", DEADLINE).3, "21.5");
+}
+
+#[test]
+fn repeated_wrong_passwords_lock_the_address_out_for_a_while_even_for_the_right_password() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    for _ in 0..5 {
+        let out = mosquitto_pub(
+            b.port,
+            &[
+                &creds("alice", "guess")[..],
+                &["-t", "sensors/x", "-m", "1"],
+            ]
+            .concat(),
+        );
+        assert!(!out.status.success());
+    }
+    let right = || {
+        mosquitto_pub(
+            b.port,
+            &[
+                &creds("alice", "alice-pw")[..],
+                &["-t", "sensors/x", "-m", "1"],
+            ]
+            .concat(),
+        )
+    };
+    assert!(
+        !right().status.success(),
+        "the right password got through the lockout"
+    );
+    b.wait_log(&["broker_connect_refused", "too many failed logins"]);
+    // The first lockout lasts 1 s; then the right password works again.
+    let end = Instant::now() + DEADLINE;
+    let mut ok = false;
+    while !ok && Instant::now() < end {
+        ok = right().status.success();
+    }
+    assert!(ok, "still locked out:\n{}", b.gw.log());
+}
+
+#[test]
+fn loopback_listener_serves_anonymous_clients_by_default() {
+    let b = BrokerGateway::start("127.0.0.1", "");
+    let sub = mosquitto_sub(b.port, &["-t", "fieldbridge/gw/status"]);
+    assert_eq!(
+        sub.wait_message("fieldbridge/gw/status", DEADLINE).3,
+        "online"
+    );
+}
+
+#[test]
+fn a_publish_outside_the_users_acl_is_acknowledged_but_never_delivered() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    let admin = creds("admin", "admin-pw");
+    let sub = mosquitto_sub(b.port, &[&admin[..], &["-t", "#", "-q", "1"]].concat());
+    assert_eq!(subscribed(&sub), vec![1]);
+    let alice = creds("alice", "alice-pw");
+    for qos in ["0", "1", "2"] {
+        // mosquitto_pub waits for PUBACK / PUBCOMP and fails without them.
+        let out = mosquitto_pub(
+            b.port,
+            &[&alice[..], &["-t", "other/topic", "-m", "x", "-q", qos]].concat(),
+        );
+        assert!(out.status.success(), "qos {qos}: {}", text(&out));
+    }
+    let out = mosquitto_pub(
+        b.port,
+        &[&alice[..], &["-t", "sensors/after", "-m", "y", "-q", "1"]].concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    // The allowed publish came after the refused ones and is here; the refused ones are not.
+    sub.wait_message("sensors/after", DEADLINE);
+    assert!(
+        sub.messages().iter().all(|m| m.2 != "other/topic"),
+        "{:?}",
+        sub.messages()
+    );
+    b.wait_log(&[
+        "broker_acl_denied",
+        "action=\"publish\"",
+        "topic=other/topic",
+        "user=alice",
+        "reason=\"no_matching_filter\"",
+    ]);
+}
+
+#[test]
+fn gateway_topics_are_read_only_and_command_topics_writable_only_by_command_users() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    let admin = creds("admin", "admin-pw");
+    let sub = mosquitto_sub(
+        b.port,
+        &[&admin[..], &["-t", "fieldbridge/#", "-q", "1"]].concat(),
+    );
+    assert_eq!(subscribed(&sub), vec![1]);
+    assert_eq!(
+        sub.wait_message("fieldbridge/gw/status", DEADLINE).3,
+        "online"
+    );
+    // Nobody can overwrite the gateway's status or forge a reading, not even admin.
+    for (user, pw) in [
+        ("alice", "alice-pw"),
+        ("admin", "admin-pw"),
+        ("bob", "bob-pw"),
+    ] {
+        for topic in ["fieldbridge/gw/status", "fieldbridge/gw/dev/temp"] {
+            let out = mosquitto_pub(
+                b.port,
+                &[
+                    &creds(user, pw)[..],
+                    &["-t", topic, "-m", "forged", "-r", "-q", "1"],
+                ]
+                .concat(),
+            );
+            assert!(out.status.success(), "{}", text(&out));
+        }
+    }
+    // Commands: alice and admin are refused, bob (commands = true) gets through.
+    for (user, pw) in [
+        ("alice", "alice-pw"),
+        ("admin", "admin-pw"),
+        ("bob", "bob-pw"),
+    ] {
+        let out = mosquitto_pub(
+            b.port,
+            &[
+                &creds(user, pw)[..],
+                &[
+                    "-t",
+                    "fieldbridge/gw/dev/setpoint/set",
+                    "-m",
+                    user,
+                    "-q",
+                    "1",
+                ],
+            ]
+            .concat(),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let cmd = sub.wait_message("fieldbridge/gw/dev/setpoint/set", DEADLINE);
+    assert_eq!(cmd.3, "bob");
+    let msgs = sub.messages();
+    assert_eq!(
+        msgs.iter()
+            .filter(|m| m.2 == "fieldbridge/gw/dev/setpoint/set")
+            .count(),
+        1,
+        "{msgs:?}"
+    );
+    assert!(msgs.iter().all(|m| m.3 != "forged"), "{msgs:?}");
+    // A new subscriber still gets the gateway's own retained status.
+    let fresh = mosquitto_sub(
+        b.port,
+        &[&admin[..], &["-t", "fieldbridge/gw/status", "-C", "1"]].concat(),
+    );
+    assert_eq!(
+        fresh.wait_message("fieldbridge/gw/status", DEADLINE).3,
+        "online"
+    );
+    b.wait_log(&[
+        "broker_acl_denied",
+        "reason=\"gateway_topic_read_only\"",
+        "user=admin",
+    ]);
+    b.wait_log(&[
+        "broker_acl_denied",
+        "reason=\"not_a_command_user\"",
+        "user=alice",
+    ]);
+}
+
+#[test]
+fn a_last_will_on_a_topic_the_user_may_not_publish_refuses_the_connect() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    let alice = creds("alice", "alice-pw");
+    let forged_status = [
+        "-t",
+        "sensors/x",
+        "-m",
+        "1",
+        "--will-topic",
+        "fieldbridge/gw/status",
+        "--will-payload",
+        "offline",
+        "--will-retain",
+    ];
+    let out = mosquitto_pub(b.port, &[&alice[..], &forged_status[..]].concat());
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("not authorised"), "{}", text(&out));
+    b.wait_log(&["broker_connect_refused", "Last Will topic", "user=alice"]);
+    let own = [
+        "-t",
+        "sensors/x",
+        "-m",
+        "1",
+        "--will-topic",
+        "sensors/alice/will",
+        "--will-payload",
+        "bye",
+    ];
+    let out = mosquitto_pub(b.port, &[&alice[..], &own[..]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn reusing_another_users_client_id_does_not_give_access_to_its_persistent_session() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    let admin = creds("admin", "admin-pw");
+    let session = ["-i", "dashboard-1", "-c", "-q", "1"];
+    let mut setup = mosquitto_sub(
+        b.port,
+        &[&admin[..], &session[..], &["-t", "#", "-E"]].concat(),
+    );
+    assert!(setup.wait_exit(DEADLINE));
+    publish_as(b.port, &admin, "secret/queued");
+    let alice = creds("alice", "alice-pw");
+    let thief = mosquitto_sub(
+        b.port,
+        &[&alice[..], &session[..], &["-t", "sensors/#"]].concat(),
+    );
+    assert_eq!(subscribed(&thief), vec![1]);
+    publish_as(b.port, &admin, "sensors/after");
+    thief.wait_message("sensors/after", DEADLINE);
+    assert!(
+        thief.messages().iter().all(|m| m.2 != "secret/queued"),
+        "{:?}",
+        thief.messages()
+    );
+    drop(thief);
+    // The admin's own session still has it.
+    let owner = mosquitto_sub(
+        b.port,
+        &[&admin[..], &session[..], &["-t", "unrelated/x", "-C", "1"]].concat(),
+    );
+    assert_eq!(owner.wait_message("secret/queued", DEADLINE).3, "m");
+}
+
+fn publish_as(port: u16, who: &[&str], topic: &str) {
+    let out = mosquitto_pub(port, &[who, &["-t", topic, "-m", "m", "-q", "1"]].concat());
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn a_subscription_outside_the_users_acl_gets_return_code_0x80_and_no_messages() {
+    let b = BrokerGateway::start("0.0.0.0", &users());
+    let alice = creds("alice", "alice-pw");
+    let sub = mosquitto_sub(
+        b.port,
+        &[
+            &alice[..],
+            &["-t", "secret/#", "-t", "sensors/#", "-t", "#", "-q", "1"],
+        ]
+        .concat(),
+    );
+    assert_eq!(subscribed(&sub), vec![128, 1, 128]);
+    let admin = creds("admin", "admin-pw");
+    for topic in ["secret/a", "sensors/b"] {
+        let out = mosquitto_pub(
+            b.port,
+            &[&admin[..], &["-t", topic, "-m", "m", "-q", "1"]].concat(),
+        );
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    sub.wait_message("sensors/b", DEADLINE);
+    assert!(
+        sub.messages().iter().all(|m| m.2 != "secret/a"),
+        "{:?}",
+        sub.messages()
+    );
+    // All filters refused: a SUBACK of failures, answered by the guard.
+    let none = mosquitto_sub(b.port, &[&alice[..], &["-t", "secret/#"]].concat());
+    assert_eq!(subscribed(&none), vec![128]);
+    none.wait_for("all subscriptions denied", DEADLINE, |l| {
+        l.contains("denied")
+    });
+    b.wait_log(&[
+        "broker_acl_denied",
+        "action=\"subscribe\"",
+        "topic=secret/#",
+        "user=alice",
+    ]);
+}
+
+#[test]
+fn an_idle_tcp_connection_to_the_tls_port_does_not_keep_a_tls_client_from_its_retained_message_within_a_second(
+) {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let tls_port = free_port();
+    let d = certs.path().display();
+    let b = BrokerGateway::start(
+        "127.0.0.1",
+        &format!(
+            "[broker.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nhandshake_timeout = \"5s\"\n"
+        ),
+    );
+    let out = mosquitto_pub(
+        b.port,
+        &["-t", "lan/retained", "-m", "kept", "-r", "-q", "1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+
+    // Idle sockets: one silent, one stuck in the middle of a TLS ClientHello.
+    let idle = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    let mut half = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    half.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .unwrap();
+
+    let started = Instant::now();
+    let mut sub = mosquitto_sub(
+        tls_port,
+        &[
+            "--cafile",
+            &format!("{d}/ca.pem"),
+            "-t",
+            "lan/retained",
+            "-C",
+            "1",
+        ],
+    );
+    let got = sub.wait_message("lan/retained", Duration::from_secs(10));
+    let took = started.elapsed();
+    eprintln!("TLS client with 2 idle sockets open got its retained message after {took:?}");
+    assert_eq!(got.3, "kept");
+    assert!(got.0, "retained flag");
+    assert!(
+        took < Duration::from_secs(1),
+        "the TLS client needed {took:?} while idle sockets were open"
+    );
+    assert!(sub.wait_exit(DEADLINE));
+    drop((idle, half));
+}
+
+#[test]
+fn a_tls_handshake_that_never_completes_is_closed_after_the_handshake_timeout() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let tls_port = free_port();
+    let d = certs.path().display();
+    let b = BrokerGateway::start(
+        "127.0.0.1",
+        &format!(
+            "[broker.tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nhandshake_timeout = \"300ms\"\n"
+        ),
+    );
+    let mut idle = TcpStream::connect(("127.0.0.1", tls_port)).unwrap();
+    idle.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 16];
+    let n = idle.read(&mut buf).unwrap_or(0);
+    assert_eq!(n, 0, "closed without data");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(5),
+        "closed after {took:?}"
+    );
+    b.wait_log(&["TLS handshake timed out"]);
+}
+
+#[test]
+fn a_tls_listener_on_the_lan_authenticates_like_the_plain_one() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certs(certs.path());
+    let tls_port = free_port();
+    let d = certs.path().display();
+    let b = BrokerGateway::start(
+        "127.0.0.1",
+        &format!(
+            "{}\n[broker.tls]\nlisten = \"0.0.0.0:{tls_port}\"\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\n",
+            users()
+        ),
+    );
+    let ca = format!("{d}/ca.pem");
+    let anon = mosquitto_pub(tls_port, &["--cafile", &ca, "-t", "sensors/x", "-m", "1"]);
+    assert!(!anon.status.success(), "{}", text(&anon));
+    assert!(text(&anon).contains("not authorised"), "{}", text(&anon));
+    let sub = mosquitto_sub(
+        tls_port,
+        &[
+            &creds("alice", "alice-pw")[..],
+            &["--cafile", &ca, "-t", "sensors/#"],
+        ]
+        .concat(),
+    );
+    assert_eq!(subscribed(&sub), vec![0]);
+    // Anonymous clients on the loopback plain listener are still fine (and ACL'd).
+    let out = mosquitto_pub(b.port, &["-t", "sensors/y", "-m", "2"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sub.wait_message("sensors/y", DEADLINE).3, "2");
+}
+
+#[test]
+fn a_websocket_client_authenticates_subscribes_and_receives() {
+    let ws_port = free_port();
+    let b = BrokerGateway::start(
+        "127.0.0.1",
+        &format!(
+            "{}\n[broker.websocket]\nlisten = \"0.0.0.0:{ws_port}\"\n",
+            users()
+        ),
+    );
+    let port = ws_port.to_string();
+    let anon = paho(&["--port", &port, "--subscribe", "sensors/#"]);
+    anon.wait_for("the refusal", DEADLINE, |l| l == "CONNACK 135");
+    let wrong = paho(&[
+        "--port",
+        &port,
+        "--user",
+        "alice",
+        "--password",
+        "nope",
+        "--subscribe",
+        "sensors/#",
+    ]);
+    wrong.wait_for("the refusal", DEADLINE, |l| l == "CONNACK 134");
+
+    let ws = paho(&[
+        "--port",
+        &port,
+        "--user",
+        "alice",
+        "--password",
+        "alice-pw",
+        "--subscribe",
+        "sensors/#",
+        "--subscribe",
+        "secret/#",
+        "--count",
+        "1",
+    ]);
+    ws.wait_for("CONNACK", DEADLINE, |l| l == "CONNACK 0");
+    ws.wait_for("SUBACK", DEADLINE, |l| l == "SUBACK 1,128");
+    let out = mosquitto_pub(
+        b.port,
+        &["-t", "sensors/ws", "-m", "over websocket", "-q", "1"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let m = ws.wait_message("sensors/ws", DEADLINE);
+    assert_eq!((m.1, m.3.as_str()), (1, "over websocket"));
+
+    // And publishing over WebSocket reaches a TCP subscriber.
+    let sub = mosquitto_sub(b.port, &["-t", "sensors/#"]);
+    assert_eq!(subscribed(&sub), vec![0]);
+    let mut pubber = paho(&[
+        "--port",
+        &port,
+        "--user",
+        "alice",
+        "--password",
+        "alice-pw",
+        "--publish",
+        "sensors/from-ws=hello",
+    ]);
+    pubber.wait_for("PUBACK", DEADLINE, |l| l.starts_with("PUBLISHED"));
+    assert_eq!(sub.wait_message("sensors/from-ws", DEADLINE).3, "hello");
+    pubber.kill9();
+}
+
+#[test]
+fn passwd_writes_a_password_file_that_the_broker_accepts() {
+    let dir = tempfile::tempdir().unwrap();
+    let pwfile = dir.path().join("broker.passwd");
+    for (user, pw) in [("carol", "first"), ("dave", "d-pw"), ("carol", "carol-pw")] {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+            .args(["passwd", "--file"])
+            .arg(&pwfile)
+            .arg(user)
+            .stdin(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        writeln!(child.stdin.take().unwrap(), "{pw}").unwrap();
+        assert!(child.wait().unwrap().success());
+    }
+    let content = std::fs::read_to_string(&pwfile).unwrap();
+    assert_eq!(
+        content.lines().count(),
+        2,
+        "carol updated in place:\n{content}"
+    );
+    assert!(content.starts_with("carol:$argon2id$"), "{content}");
+    assert!(passwd_line("eve", "x").starts_with("eve:$argon2id$v=19$m=19456,t=2,p=1$"));
+
+    let b = BrokerGateway::start_in(
+        dir,
+        "0.0.0.0",
+        "password_file = \"broker.passwd\"\n[[broker.users]]\nname = \"dave\"\nsubscribe = [\"only/#\"]\n",
+    );
+    let old = mosquitto_pub(
+        b.port,
+        &[&creds("carol", "first")[..], &["-t", "a", "-m", "1"]].concat(),
+    );
+    assert!(!old.status.success(), "the replaced password still works");
+    let ok = mosquitto_pub(
+        b.port,
+        &[&creds("carol", "carol-pw")[..], &["-t", "a", "-m", "1"]].concat(),
+    );
+    assert!(ok.status.success(), "{}", text(&ok));
+    // dave's ACL comes from [[broker.users]], his hash from the file.
+    let sub = mosquitto_sub(
+        b.port,
+        &[&creds("dave", "d-pw")[..], &["-t", "a/#", "-t", "only/x"]].concat(),
+    );
+    assert_eq!(subscribed(&sub), vec![128, 0]);
+}
+
+#[test]
+fn a_plain_text_password_in_the_config_is_refused_with_file_line_key_and_the_passwd_hint() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("fb.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\nid = \"gw\"\n\n[broker]\nlisten = \"0.0.0.0:1883\"\n\n[[broker.users]]\nname = \"alice\"\npassword = \"secret\"\n",
+    )
+    .unwrap();
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+            .args(["check", "--config"])
+            .arg(&cfg),
+        DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let err = text(&out);
+    assert!(
+        err.contains(&format!(
+            "{}:9: key 'broker.users[0].password'",
+            cfg.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("fieldbridge passwd alice"), "{err}");
+    assert!(!err.contains("secret"), "the password is echoed: {err}");
+
+    std::fs::write(
+        &cfg,
+        "[gateway]\nid = \"gw\"\n\n[broker]\nlisten = \"0.0.0.0:1883\"\n",
+    )
+    .unwrap();
+    let out = run(
+        Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
+            .args(["check", "--config"])
+            .arg(&cfg),
+        DEADLINE,
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains(":5: key 'broker.listen'"),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("allow_anonymous = true"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn explicit_allow_anonymous_opens_a_lan_listener_and_warns_at_every_start() {
+    let b = BrokerGateway::start("0.0.0.0", "allow_anonymous = true\n");
+    let out = mosquitto_pub(b.port, &["-t", "x/y", "-m", "1", "-q", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    b.wait_log(&["WARN", "allow_anonymous = true"]);
+}
+
+#[test]
+fn limits_refuse_extra_connections_large_payloads_and_keep_alive_out_of_bounds() {
+    let b = BrokerGateway::start(
+        "127.0.0.1",
+        "max_connections = 2\nmax_payload_bytes = 128\nkeep_alive_max = \"60s\"\nconnect_timeout = \"30s\"\n",
+    );
+    let sub = mosquitto_sub(b.port, &["-t", "big/#", "-q", "1"]);
+    assert_eq!(subscribed(&sub), vec![1]);
+
+    let big = "x".repeat(129);
+    let out = mosquitto_pub(b.port, &["-t", "big/one", "-m", &big, "-q", "1"]);
+    assert!(!out.status.success(), "a 129-byte payload was accepted");
+    b.wait_log(&["broker_payload_too_large", "bytes=129", "max=128"]);
+    let ok = "y".repeat(128);
+    let out = mosquitto_pub(b.port, &["-t", "big/two", "-m", &ok, "-q", "1"]);
+    assert!(out.status.success(), "{}", text(&out));
+    sub.wait_message("big/two", DEADLINE);
+    assert!(sub.messages().iter().all(|m| m.2 != "big/one"));
+
+    let out = mosquitto_pub(b.port, &["-t", "k/a", "-m", "1", "-k", "120"]);
+    assert!(!out.status.success(), "keep-alive 120 s accepted");
+    assert!(text(&out).contains("identifier rejected"), "{}", text(&out));
+
+    // The subscriber holds one slot, this idle socket the second: the third is closed.
+    let idle = TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+    let out = mosquitto_pub(b.port, &["-t", "k/b", "-m", "1"]);
+    assert!(!out.status.success(), "a third connection was served");
+    b.wait_log(&["broker_connection_limit"]);
+    drop(idle);
+    // The slot comes back when the idle socket goes.
+    let mut ok = false;
+    let end = Instant::now() + DEADLINE;
+    while !ok && Instant::now() < end {
+        ok = mosquitto_pub(b.port, &["-t", "big/three", "-m", "1", "-q", "1"])
+            .status
+            .success();
+    }
+    assert!(ok, "no slot came back:\n{}", b.gw.log());
+    sub.wait_message("big/three", DEADLINE);
+}
+
+#[test]
+fn rumqttd_behind_the_guard_refuses_clients_that_bypass_it() {
+    let b = BrokerGateway::start("127.0.0.1", "");
+    let line = b.wait_log(&["embedded MQTT broker listening", "backend="]);
+    let backend = line
+        .split("backend=")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .unwrap();
+    let port: u16 = backend.rsplit(':').next().unwrap().parse().unwrap();
+    assert_ne!(port, b.port);
+    let out = mosquitto_pub(port, &["-t", "sensors/x", "-m", "1", "-q", "1"]);
+    assert!(
+        !out.status.success(),
+        "direct anonymous access to rumqttd: {}",
+        text(&out)
+    );
+}
