@@ -61,14 +61,22 @@ pub async fn run(
     tracing::info!(path = %outbox.path().display(), "outbox open");
 
     let (routed_tx, routed_rx) = mpsc::channel(256);
+    // Only a gateway with writable points takes commands (upstream and from local clients).
+    let writable = cfg
+        .devices
+        .iter()
+        .any(|d| d.points.iter().any(|p| p.write.is_some()));
+    let (command_tx, command_rx) = mpsc::channel(64);
     let mut local = match cfg.broker.clone() {
         Some(b) => {
             let (forward, ftx) = (cfg.forward.clone(), routed_tx.clone());
             let base = format!("{}/{}", cfg.gateway.topic_prefix, cfg.gateway.id);
-            let broker =
-                tokio::task::spawn_blocking(move || LocalBroker::start(&b, &base, forward, ftx))
-                    .await
-                    .map_err(|e| AppError::Internal(e.to_string()))??;
+            let local_commands = writable.then(|| (topics.clone(), command_tx.clone()));
+            let broker = tokio::task::spawn_blocking(move || {
+                LocalBroker::start(&b, &base, forward, ftx, local_commands)
+            })
+            .await
+            .map_err(|e| AppError::Internal(e.to_string()))??;
             tracing::info!(listen = %broker.listen, backend = %broker.backend, "embedded MQTT broker listening");
             Some(broker)
         }
@@ -79,11 +87,6 @@ pub async fn run(
             .await?;
     }
 
-    let writable = cfg
-        .devices
-        .iter()
-        .any(|d| d.points.iter().any(|p| p.write.is_some()));
-    let (command_tx, command_rx) = mpsc::channel(64);
     let uplink = match cfg.upstream.clone() {
         Some(up) => {
             let u = Uplink::new(

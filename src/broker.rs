@@ -11,6 +11,10 @@
 //! start, and requires a per-start random login that only the guard (`guard`) has. The guard
 //! owns the public listeners, authentication, topic ACLs and limits.
 //!
+//! Commands: with writable points, the link also subscribes to `<prefix>/<gw>/+/+/set`, so a
+//! local client allowed to send commands (see `guard`) reaches the same command runner as
+//! upstream.
+//!
 //! Forwarding: the link subscribes to the `[[forward]]` filters; what local clients publish there
 //! is sent to the outbox (upstream only). The link also receives what the gateway itself
 //! published, so those copies are recognised and dropped (see `echo`).
@@ -27,12 +31,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
+use crate::commands::Command;
 use crate::config::{BridgeRule, Broker as BrokerConfig};
 use crate::echo::Echoes;
 use crate::guard::{self, BackendLogin, GuardError};
 use crate::outbox::Message;
 use crate::pipeline::{Route, Routed};
-use crate::topics;
+use crate::topics::{self, Topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -51,6 +56,8 @@ pub struct LocalBroker {
     /// rumqttd's own loopback listener, behind the guard.
     pub backend: SocketAddr,
     forward: Vec<BridgeRule>,
+    /// `<prefix>/<gw>/+/+/set` when local commands are taken.
+    command_filter: Option<String>,
     echoes: Arc<Mutex<Echoes>>,
 }
 
@@ -108,11 +115,14 @@ impl LocalBroker {
     /// `base` is `<prefix>/<gateway id>` (read-only for clients). With `forward` rules,
     /// messages of local clients matching them are sent to `forward_tx`. Must be called where
     /// a tokio runtime is current (e.g. from `spawn_blocking`): the guard runs on it.
+    /// With `commands`, local clients' `<device>/<point>/set` publishes (which the guard lets
+    /// through only for users with `commands = true`) go to the command runner too.
     pub fn start(
         cfg: &BrokerConfig,
         base: &str,
         forward: Vec<BridgeRule>,
         forward_tx: ForwardTx,
+        commands: Option<(Topics, mpsc::Sender<Command>)>,
     ) -> Result<LocalBroker, BrokerError> {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|e| BrokerError::Link(format!("no async runtime for the guard: {e}")))?;
@@ -132,6 +142,11 @@ impl LocalBroker {
             .map_err(|e| BrokerError::Link(e.to_string()))?;
         for rule in &forward {
             tx.subscribe(rule.filter.clone())
+                .map_err(|e| BrokerError::Link(e.to_string()))?;
+        }
+        let command_filter = commands.as_ref().map(|(t, _)| t.command_filter());
+        if let Some(f) = &command_filter {
+            tx.subscribe(f.clone())
                 .map_err(|e| BrokerError::Link(e.to_string()))?;
         }
         let echoes = Arc::new(Mutex::new(Echoes::new(ECHO_CAPACITY)));
@@ -168,6 +183,19 @@ impl LocalBroker {
                             continue;
                         }
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        if let Some((t, ctx)) = &commands {
+                            if let Some((device, point)) = t.parse_command(&topic) {
+                                let cmd = Command {
+                                    device: device.to_string(),
+                                    point: point.to_string(),
+                                    payload: p.payload.to_vec(),
+                                    origin: "local",
+                                };
+                                if ctx.try_send(cmd).is_err() {
+                                    tracing::warn!(event = "write_failed", topic = %topic, "command queue full or stopped; local command dropped");
+                                }
+                            }
+                        }
                         let Some(rule) = rules.iter().find(|r| topics::matches(&r.filter, &topic))
                         else {
                             continue;
@@ -209,6 +237,7 @@ impl LocalBroker {
             listen: cfg.listen,
             backend,
             forward,
+            command_filter,
             echoes,
         })
     }
@@ -223,8 +252,13 @@ impl LocalBroker {
             .forward
             .iter()
             .any(|r| topics::matches(&r.filter, topic))
+            || self
+                .command_filter
+                .as_deref()
+                .is_some_and(|f| topics::matches(f, topic))
         {
-            // Our link subscribes to the forward filters and will receive this back.
+            // Our link subscribes to the forward (and command) filters and will receive this
+            // back; an upstream command delivered here by a [[subscribe]] rule must not run twice.
             self.echoes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

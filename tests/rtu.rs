@@ -3,6 +3,8 @@
 //! register layout tests/rtu_peers.rs cross-checks with mbpoll), readings watched on the
 //! embedded broker, commands sent through mosquitto with mosquitto_pub.
 
+#[path = "common/clients.rs"]
+mod clients;
 mod common;
 
 use std::path::Path;
@@ -995,4 +997,80 @@ fn scan_over_modbus_tcp_and_rtu_over_tcp_finds_the_units_that_answer() {
     );
     assert!(text.contains("found 2 units: 2, 3"), "{text}");
     assert!(text.contains("unit   2: answers (holding 0 = 7)"), "{text}");
+}
+
+#[test]
+fn a_local_command_user_writes_through_the_embedded_broker_and_others_are_refused_by_the_guard() {
+    let mut sim = RtuSim::start_units(2);
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    let users = format!(
+        "[[broker.users]]\nname = \"op\"\npassword_hash = \"{}\"\ncommands = true\n\n\
+         [[broker.users]]\nname = \"viewer\"\npassword_hash = \"{}\"\n\n",
+        clients::hash_of("op-pw"),
+        clients::hash_of("viewer-pw")
+    );
+    let body = format!(
+        "{users}{}{}",
+        bus(&sim.bus_path()),
+        rtu_device("dev", 2, "200ms", "300ms", WRITABLE_POINTS)
+    );
+    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
+    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    watch.wait_for_sync(|m| m.topic.ends_with("/dev/h0"), LONG);
+    let writes = sim.writes(2);
+    let topic = "fieldbridge/gw/dev/setpoint/set";
+    // A user without `commands` is refused by the guard: nothing reaches the gateway or the bus.
+    let out = clients::mosquitto_pub(
+        bp,
+        &[
+            "-u",
+            "viewer",
+            "-P",
+            "viewer-pw",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            "30",
+        ],
+    );
+    assert!(out.status.success(), "{}", clients::text(&out));
+    // The command user's write is executed and answered on the local broker.
+    let out = clients::mosquitto_pub(
+        bp,
+        &[
+            "-u",
+            "op",
+            "-P",
+            "op-pw",
+            "-q",
+            "1",
+            "-t",
+            topic,
+            "-m",
+            "{\"value\": 12.5, \"id\": \"local-1\"}",
+        ],
+    );
+    assert!(out.status.success(), "{}", clients::text(&out));
+    let r = watch.wait_for_sync(
+        |m| m.topic == "fieldbridge/gw/dev/setpoint/set/result",
+        LONG,
+    );
+    let v = r.json();
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["id"], "local-1");
+    assert_eq!(sim.get(2, "holding", 2), 125);
+    assert_eq!(
+        sim.writes(2),
+        writes + 1,
+        "exactly one write: the viewer's never ran\n{}",
+        gw.log()
+    );
+    assert_eq!(
+        watch.count(|m| m.topic == "fieldbridge/gw/dev/setpoint/set/result"),
+        1,
+        "one result: the refused command was not executed"
+    );
 }
