@@ -1,5 +1,6 @@
 //! Benchmarks that print figures (not pass/fail). Run with `cargo bench --bench gateway`.
-//! Sections (FB_BENCH_ONLY=comma list, default all): ingest, fsync, drain, bridge, queued, idle.
+//! Sections (FB_BENCH_ONLY=comma list, default all): ingest, fsync, drain, bridge, queued, idle,
+//! broker (local clients through the embedded broker and its guard, against mosquitto).
 //! Knobs: FB_BENCH_DEVICES (10), FB_BENCH_POINTS (99), FB_BENCH_INTERVAL_MS (100),
 //! FB_BENCH_SECONDS (15), FB_BENCH_DRAIN (100000; e.g. "100000,1000000"), FB_BENCH_QUEUED
 //! (1000000). Needs mosquitto and strace (scripts/test installs mosquitto; strace for fsync).
@@ -66,6 +67,41 @@ fn counter(port: u16, filter: &'static str) -> Arc<AtomicU64> {
         std::thread::sleep(Duration::from_millis(10));
     }
     n
+}
+
+/// One QoS 1 publisher (64-byte payloads, window 100) on `bench/flood` for `secs`, counted by a
+/// QoS 1 subscriber: (delivered msg/s, sent).
+fn flood(port: u16, secs: u64) -> (f64, u64) {
+    let got = counter(port, "bench/flood");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sent = rt.block_on(async move {
+        let mut o = MqttOptions::new("bench-flood", "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(30));
+        o.set_inflight(100);
+        let (client, mut ev) = AsyncClient::new(o, 100);
+        let pump = tokio::spawn(async move { while ev.poll().await.is_ok() {} });
+        let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+        let mut n = 0u64;
+        while tokio::time::Instant::now() < end {
+            if client
+                .publish("bench/flood", QoS::AtLeastOnce, false, vec![b'x'; 64])
+                .await
+                .is_err()
+            {
+                break;
+            }
+            n += 1;
+        }
+        let _ = client.disconnect().await;
+        pump.abort();
+        n
+    });
+    // Let the subscriber finish what is in flight, then read the count.
+    std::thread::sleep(Duration::from_secs(1)); // drain margin, not synchronisation
+    (got.load(Ordering::Relaxed) as f64 / secs as f64, sent)
 }
 
 struct Proc {
@@ -480,6 +516,34 @@ fn main() {
                 size as f64 / 1048576.0
             );
         }
+    }
+
+    if run("broker") {
+        // Local clients only: one QoS 1 publisher as fast as its window allows, one QoS 1
+        // subscriber, both through fieldbridge's guard (the proxy that enforces auth and ACLs)
+        // and rumqttd; then the same against mosquitto for scale.
+        let dir = tempfile::tempdir().unwrap();
+        let bp = free_port();
+        let gw = Proc::start(
+            dir.path(),
+            &format!(
+                "[gateway]\nid = \"bench\"\ndata_dir = \"{}\"\n\n[broker]\nlisten = \"127.0.0.1:{bp}\"\n",
+                dir.path().join("data").display()
+            ),
+        );
+        wait_for("the embedded broker", Duration::from_secs(30), || {
+            std::net::TcpStream::connect(("127.0.0.1", bp)).is_ok()
+        });
+        let (cpu0, _) = gw.usage();
+        let (rate, sent) = flood(bp, secs);
+        let (cpu1, rss) = gw.usage();
+        println!(
+            "broker: local QoS 1 publisher -> subscriber through the guard and rumqttd: {rate:.0} msg/s delivered ({sent} sent in {secs} s); gateway CPU {:.0}% of one core; RSS {:.1} MiB",
+            (cpu1 - cpu0) / secs as f64 * 100.0,
+            rss as f64 / 1024.0
+        );
+        let (rate, _) = flood(mosq.port, secs);
+        println!("broker: the same clients against mosquitto 2.0.11: {rate:.0} msg/s delivered");
     }
 
     if run("idle") {
