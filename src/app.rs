@@ -47,6 +47,8 @@ pub struct Running {
     pub board: Arc<Board>,
     /// Counters of every Modbus line.
     pub lines: Vec<(Arc<str>, Arc<LineStats>)>,
+    /// Counters of every serial_line device.
+    pub serial: Vec<(Arc<str>, Arc<serial::task::SerialStats>)>,
 }
 
 /// Runs the gateway until `stop` is cancelled. `on_ready` is called once the outbox is open and
@@ -118,11 +120,17 @@ pub async fn run(
     // open nothing until the first request.
     let lines_stop = CancellationToken::new();
     let mut lines = lines::start(&cfg, &lines_stop);
+    let serial_stats: Vec<(Arc<str>, Arc<serial::task::SerialStats>)> = cfg
+        .serial_devices
+        .iter()
+        .map(|d| (d.name.clone(), Arc::default()))
+        .collect();
     let running = Running {
         outbox: outbox.clone(),
         uplink: uplink.as_ref().map(|u| u.stats()),
         board: board.clone(),
         lines: lines.stats.clone(),
+        serial: serial_stats.clone(),
     };
 
     let (tx, rx) = mpsc::channel(1024);
@@ -195,13 +203,13 @@ pub async fn run(
             poll_stop.clone(),
         ));
     }
-    for d in &cfg.serial_devices {
+    for (d, (_, stats)) in cfg.serial_devices.iter().zip(&serial_stats) {
         tracing::info!(device = %d.name, path = %d.port.path, "reading serial device");
         pollers.spawn(serial::task::run(
             d.clone(),
             tx.clone(),
             poll_stop.clone(),
-            Arc::default(),
+            stats.clone(),
         ));
     }
     drop(tx);

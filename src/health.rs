@@ -228,8 +228,23 @@ pub struct Stats {
     /// Modbus lines (a bus name, or a Modbus TCP device's name) and their counters.
     #[serde(default)]
     pub lines: BTreeMap<String, LineCounters>,
+    /// serial_line devices and what their ports delivered or rejected.
+    #[serde(default)]
+    pub serial: BTreeMap<String, SerialCounters>,
     /// Loops that broke their progress promise (empty when healthy).
     pub stalled: Vec<String>,
+}
+
+/// Totals since start of one serial_line device (see `device::serial::task::SerialStats`).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct SerialCounters {
+    pub opens: u64,
+    pub frames: u64,
+    pub noise_bytes: u64,
+    pub bad_checksums: u64,
+    pub overlong: u64,
+    pub unparsable: u64,
+    pub timeouts: u64,
 }
 
 /// Totals since start of one Modbus line (see `device::bus::LineStats`).
@@ -352,6 +367,25 @@ pub async fn collect(
                 )
             })
             .collect(),
+        serial: running
+            .serial
+            .iter()
+            .map(|(name, s)| {
+                let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+                (
+                    name.to_string(),
+                    SerialCounters {
+                        opens: get(&s.opens),
+                        frames: get(&s.frames),
+                        noise_bytes: get(&s.noise_bytes),
+                        bad_checksums: get(&s.bad_checksums),
+                        overlong: get(&s.overlong),
+                        unparsable: get(&s.unparsable),
+                        timeouts: get(&s.timeouts),
+                    },
+                )
+            })
+            .collect(),
         outbox: OutboxStats {
             rows: o.rows.load(Ordering::Relaxed),
             bytes: o.bytes.load(Ordering::Relaxed),
@@ -469,6 +503,7 @@ mod tests {
     fn status_line_names_devices_outbox_upstream_and_stalls() {
         let mut s = Stats {
             lines: BTreeMap::new(),
+            serial: BTreeMap::new(),
             version: "0".into(),
             pid: 1,
             ts: 0,

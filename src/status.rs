@@ -137,6 +137,15 @@ pub fn render(s: &Stats, now_ms: u64) -> String {
             ));
         }
     }
+    if !s.serial.is_empty() {
+        out.push_str("serial devices:\n");
+        for (name, c) in &s.serial {
+            out.push_str(&format!(
+                "  {name:<24} {} frames, {} noise bytes, {} bad checksums, {} unparsable, {} overlong, {} timeouts, {} opens\n",
+                c.frames, c.noise_bytes, c.bad_checksums, c.unparsable, c.overlong, c.timeouts, c.opens
+            ));
+        }
+    }
     if !s.stalled.is_empty() {
         out.push_str(&format!(
             "WATCHDOG: no progress in {}\n",
@@ -162,6 +171,19 @@ mod tests {
     #[test]
     fn report_lists_every_device_the_outbox_the_upstream_state_and_the_line_counters() {
         let s = Stats {
+            serial: [(
+                "air".to_string(),
+                crate::health::SerialCounters {
+                    opens: 1,
+                    frames: 40,
+                    noise_bytes: 7,
+                    bad_checksums: 2,
+                    overlong: 0,
+                    unparsable: 1,
+                    timeouts: 0,
+                },
+            )]
+            .into(),
             lines: [(
                 "rs485".to_string(),
                 crate::health::LineCounters {
@@ -216,6 +238,10 @@ mod tests {
         );
         assert!(
             r.contains("rs485                    120 requests, 3 timeouts, 1 bad answers, 0 exceptions, 0 link errors"),
+            "{r}"
+        );
+        assert!(
+            r.contains("air                      40 frames, 7 noise bytes, 2 bad checksums, 1 unparsable, 0 overlong, 0 timeouts, 1 opens"),
             "{r}"
         );
         assert!(!r.contains("WATCHDOG"), "{r}");

@@ -165,6 +165,18 @@ fn serial_readings_and_status_reach_the_upstream_broker_through_the_normal_path(
         "{logged} reject log lines for 301 rejects:\n{}",
         gw.log()
     );
+    // Every reject is counted on the stats topic (and in `fieldbridge status`).
+    let stats = up.wait_for_sync(
+        |m| {
+            m.topic == "fieldbridge/gw/stats"
+                && m.json()["serial"]["env"]["unparsable"].as_u64() >= Some(300)
+        },
+        LONG,
+    );
+    let env_stats = &stats.json()["serial"]["env"];
+    assert!(env_stats["frames"].as_u64() >= Some(2), "{env_stats}");
+    assert!(env_stats["overlong"].as_u64() >= Some(1), "{env_stats}");
+    assert!(stats.json()["serial"]["air"]["frames"].as_u64() >= Some(1));
 
     // Unplug the particulate sensor: its status goes offline upstream; plug it back in: online
     // again, and new readings flow.

@@ -30,7 +30,7 @@ pub const REOPEN_MIN: Duration = Duration::from_millis(200);
 /// At most one "rejected input" log line per device in this period.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Counters of one serial device, readable while it runs (tests, future metrics).
+/// Counters of one serial device, readable while it runs (the stats topic, `fieldbridge status`).
 #[derive(Debug, Default)]
 pub struct SerialStats {
     /// Successful opens of the port.
