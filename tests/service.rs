@@ -133,6 +133,69 @@ fn ready_follows_the_listening_broker_and_the_watchdog_stops_when_a_poll_loop_ha
 }
 
 #[test]
+fn the_watchdog_also_stops_when_a_serial_device_loop_hangs_even_with_a_silent_sensor() {
+    let dir = tempfile::tempdir().unwrap();
+    // A sensor that sends nothing: the loop must still come round and promise its next beat.
+    let pty = common::serial::PtyPair::start();
+    let cfg = dir.path().join("fieldbridge.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nid = \"gw\"\ndata_dir = \"{}\"\n\n[broker]\nlisten = \"127.0.0.1:{}\"\n\n[[devices]]\nname = \"air\"\nkind = \"serial_line\"\npath = \"{}\"\ndriver = \"sds011\"\n",
+            dir.path().join("data").display(),
+            free_port(),
+            pty.device().display()
+        ),
+    )
+    .unwrap();
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let hang_file = dir.path().join("hang");
+    let child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "1000000")
+        .env("FIELDBRIDGE_DEBUG_HANG_FILE", &hang_file)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let _child = Proc(child);
+    let mut seen = Vec::new();
+    let ready = recv_until(&sock, &mut seen, Duration::from_secs(30), |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    assert!(ready.is_some(), "no READY=1; got {seen:?}");
+    // Healthy for longer than the silent sensor's timeout (5 s): silence is not a hang.
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(7) {
+        let w = recv_until(&sock, &mut seen, Duration::from_secs(5), |m| {
+            m.lines().any(|l| l == "WATCHDOG=1")
+        });
+        assert!(w.is_some(), "healthy gateway stopped pinging: {seen:?}");
+    }
+    std::fs::write(&hang_file, "poller:air\n").unwrap();
+    let withheld = recv_until(&sock, &mut seen, Duration::from_secs(60), |m| {
+        m.contains("no progress in poller:air (watchdog withheld)")
+    });
+    assert!(
+        withheld.is_some(),
+        "hung serial loop never reported: {seen:?}"
+    );
+    let ping = recv_until(&sock, &mut seen, Duration::from_secs(3), |m| {
+        m.lines().any(|l| l == "WATCHDOG=1")
+    });
+    assert!(
+        ping.is_none(),
+        "watchdog still pinged with a hung serial loop"
+    );
+}
+
+#[test]
 fn status_command_reports_devices_outbox_and_upstream_of_the_running_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let sim = ModbusSim::start(1);

@@ -29,6 +29,11 @@ use crate::reading::{now_ms, DeviceEvent, Quality, Reading, Value};
 pub const REOPEN_MIN: Duration = Duration::from_millis(200);
 /// At most one "rejected input" log line per device in this period.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
+/// A streaming task comes round at least this often, data or not, so the watchdog can tell a
+/// silent sensor from a hung loop.
+const BEAT_EVERY: Duration = Duration::from_secs(5);
+/// Room for a slow write or a busy machine before a loop counts as hung.
+const BEAT_SLACK: Duration = Duration::from_secs(10);
 
 /// Counters of one serial device, readable while it runs (the stats topic, `fieldbridge status`).
 #[derive(Debug, Default)]
@@ -122,6 +127,8 @@ enum End {
 }
 
 struct Task {
+    /// Liveness for the systemd watchdog: every wait below promises when the loop comes round.
+    beat: crate::health::Beat,
     dev: SerialDevice,
     tx: mpsc::Sender<DeviceEvent>,
     stop: CancellationToken,
@@ -139,7 +146,9 @@ pub async fn run(
     stop: CancellationToken,
     stats: Arc<SerialStats>,
 ) {
+    let beat = crate::health::global().register_device(&dev.name, dev.timeout + BEAT_SLACK);
     let mut t = Task {
+        beat,
         framer: Framer::new(dev.protocol.framing()),
         status: Status {
             name: dev.name.clone(),
@@ -204,6 +213,7 @@ impl Task {
             if !self.set_status(false, Some(reason)).await {
                 return;
             }
+            self.beat.progress(delay + BEAT_SLACK).await;
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = sleep(delay) => {}
@@ -214,6 +224,7 @@ impl Task {
     /// Records the status and sends an event if it changed; `false` when the pipeline is gone
     /// (shutting down).
     async fn set_status(&mut self, online: bool, reason: Option<String>) -> bool {
+        self.beat.set_online(online);
         match self.status.set(online, reason) {
             Some(ev) => self.tx.send(ev).await.is_ok(),
             None => true,
@@ -235,8 +246,11 @@ impl Task {
         loop {
             // Once offline, only valid data matters; there is nothing more to time out.
             let watch_silence = self.status.online != Some(false);
+            // The loop comes round at least every BEAT_EVERY, even with a silent sensor.
+            self.beat.progress(BEAT_EVERY + BEAT_SLACK).await;
             tokio::select! {
                 _ = self.stop.cancelled() => return End::Stopped,
+                _ = sleep(BEAT_EVERY) => {}
                 r = port.read(&mut buf) => match r {
                     Ok(n) => {
                         let readings = self.ingest(&buf[..n]);
@@ -271,6 +285,11 @@ impl Task {
         let mut buf = [0u8; 512];
         let mut next = Instant::now();
         loop {
+            // Waiting for the next poll, then at most one timeout for the answer.
+            let wait = next.saturating_duration_since(Instant::now());
+            self.beat
+                .progress(wait + self.dev.timeout + BEAT_SLACK)
+                .await;
             tokio::select! {
                 _ = self.stop.cancelled() => return End::Stopped,
                 _ = sleep_until(next) => {}
