@@ -720,6 +720,51 @@ fn limits_refuse_extra_connections_large_payloads_and_keep_alive_out_of_bounds()
 }
 
 #[test]
+fn one_address_cannot_take_more_than_its_share_of_connections() {
+    let b = BrokerGateway::start(
+        "127.0.0.1",
+        "max_connections = 10\nmax_connections_per_address = 2\nconnect_timeout = \"30s\"\n",
+    );
+    // Two idle sockets (a host that connects and says nothing) use up 127.0.0.1's share. The
+    // harness's readiness probe may still hold a slot for a moment: a socket the guard closed
+    // (read gives EOF) is opened again until both are held.
+    let held = |s: &TcpStream| {
+        use std::io::ErrorKind::{TimedOut, WouldBlock};
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        matches!((&*s).read(&mut [0u8; 1]), Err(e) if matches!(e.kind(), WouldBlock | TimedOut))
+    };
+    let connect = || TcpStream::connect(("127.0.0.1", b.port)).unwrap();
+    let (mut idle1, mut idle2) = (connect(), connect());
+    let end = Instant::now() + DEADLINE;
+    while !(held(&idle1) && held(&idle2)) {
+        assert!(Instant::now() < end, "idle sockets never held");
+        if !held(&idle1) {
+            idle1 = connect();
+        }
+        if !held(&idle2) {
+            idle2 = connect();
+        }
+    }
+    let out = mosquitto_pub(b.port, &["-t", "k/a", "-m", "1"]);
+    assert!(
+        !out.status.success(),
+        "a third connection from one address was served"
+    );
+    b.wait_log(&["broker_connection_limit", "max_connections_per_address"]);
+    drop(idle1);
+    let mut ok = false;
+    let end = Instant::now() + DEADLINE;
+    while !ok && Instant::now() < end {
+        ok = mosquitto_pub(b.port, &["-t", "k/b", "-m", "1"])
+            .status
+            .success();
+    }
+    assert!(ok, "no slot came back to the address:\n{}", b.gw.log());
+    drop(idle2);
+}
+
+#[test]
 fn rumqttd_behind_the_guard_refuses_clients_that_bypass_it() {
     let b = BrokerGateway::start("127.0.0.1", "");
     let line = b.wait_log(&["embedded MQTT broker listening", "backend="]);

@@ -87,6 +87,8 @@ pub struct Broker {
     pub websocket: Option<BrokerWebSocket>,
     /// Over all listeners together.
     pub max_connections: usize,
+    /// Per client IP address, over all listeners; `None`: only `max_connections`.
+    pub max_connections_per_address: Option<usize>,
     pub max_payload_bytes: usize,
     pub keep_alive_min: Duration,
     pub keep_alive_max: Duration,

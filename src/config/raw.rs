@@ -59,6 +59,8 @@ pub struct RawBroker {
     pub listen: String,
     #[serde(default = "default_max_connections")]
     pub max_connections: i64,
+    /// Unset: only `max_connections` bounds one address.
+    pub max_connections_per_address: Option<i64>,
     #[serde(default = "default_max_payload")]
     pub max_payload_bytes: i64,
     // Issue 7: authentication, ACLs, TLS and WebSocket listeners; checked in
@@ -87,6 +89,7 @@ impl Default for RawBroker {
             enabled: true,
             listen: default_listen(),
             max_connections: default_max_connections(),
+            max_connections_per_address: None,
             max_payload_bytes: default_max_payload(),
             keep_alive_min: default_broker_keep_alive_min(),
             keep_alive_max: default_broker_keep_alive_max(),

@@ -170,6 +170,14 @@ async fn accept_loop(
             drop(stream);
             continue;
         };
+        let Some(address_slot) = shared.per_address.try_take(peer.ip()) else {
+            refused += 1;
+            if refused <= 5 || refused.is_power_of_two() {
+                tracing::warn!(event = "broker_connection_limit", listener = name, peer = %peer, refused_so_far = refused, "max_connections_per_address reached for this address; closing a new connection");
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let origin = Origin {
             listener: name,
@@ -181,7 +189,7 @@ async fn accept_loop(
             origin,
             shared.clone(),
             kind.clone(),
-            permit,
+            (permit, address_slot),
         ));
     }
 }
@@ -191,7 +199,7 @@ async fn connection(
     origin: Origin,
     shared: Arc<Shared>,
     kind: Kind,
-    _slot: OwnedSemaphorePermit,
+    _slots: (OwnedSemaphorePermit, super::AddressSlot),
 ) {
     match kind {
         Kind::Plain => serve(stream, origin, shared).await,

@@ -84,6 +84,9 @@ pub struct Shared {
     /// Failed logins per client address (password guessing).
     throttle: std::sync::Mutex<throttle::Throttle>,
     connections: Arc<Semaphore>,
+    /// Open connections per client address (`max_connections_per_address`), so one LAN host
+    /// cannot take every slot with idle sockets.
+    per_address: Arc<PerAddress>,
     /// Largest accepted packet body (a PUBLISH with the largest payload and topic).
     max_body: usize,
     max_payload: usize,
@@ -119,6 +122,7 @@ impl Shared {
             verify_slots: Semaphore::new(2),
             throttle: Default::default(),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
+            per_address: Arc::new(PerAddress::new(cfg.max_connections_per_address)),
             max_body: cfg.max_payload_bytes + 2 + 65_535 + 2,
             max_payload: cfg.max_payload_bytes,
             keep_alive: (secs(cfg.keep_alive_min), secs(cfg.keep_alive_max)),
@@ -135,4 +139,81 @@ pub fn spawn(
     rt: &tokio::runtime::Handle,
 ) -> Result<(), GuardError> {
     listen::spawn(bound, cfg, Arc::new(shared), rt)
+}
+
+/// Open connections per client IP address, against an optional cap.
+pub(crate) struct PerAddress {
+    cap: Option<usize>,
+    open: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in its address's count, given back on drop.
+pub(crate) struct AddressSlot {
+    owner: Arc<PerAddress>,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    pub(crate) fn new(cap: Option<usize>) -> Self {
+        PerAddress {
+            cap,
+            open: Default::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when that address is at its cap.
+    pub(crate) fn try_take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if self.cap.is_some_and(|cap| *n >= cap) {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                // The table holds only addresses with open connections: it cannot grow with
+                // every address that ever connected.
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod per_address_tests {
+    use super::*;
+
+    #[test]
+    fn each_address_gets_at_most_its_cap_and_slots_come_back_on_close() {
+        let a: std::net::IpAddr = [192, 168, 1, 10].into();
+        let b: std::net::IpAddr = [192, 168, 1, 11].into();
+        let p = Arc::new(PerAddress::new(Some(2)));
+        let s1 = p.try_take(a).expect("first");
+        let s2 = p.try_take(a).expect("second");
+        assert!(p.try_take(a).is_none(), "third from the same address");
+        let other = p.try_take(b).expect("another address has its own count");
+        drop(s1);
+        let s3 = p
+            .try_take(a)
+            .expect("a closed connection gives its slot back");
+        drop((s2, s3, other));
+        assert!(
+            p.open.lock().unwrap().is_empty(),
+            "no entries for idle addresses"
+        );
+        let unlimited = Arc::new(PerAddress::new(None));
+        let many: Vec<_> = (0..100).filter_map(|_| unlimited.try_take(a)).collect();
+        assert_eq!(many.len(), 100);
+    }
 }

@@ -139,6 +139,9 @@ pub(super) fn broker(c: &mut Check, b: KeyPath, raw: &RawBroker) -> Option<Broke
         tls,
         websocket,
         max_connections: c.int(b.key("max_connections"), raw.max_connections, 1, 10_000),
+        max_connections_per_address: raw
+            .max_connections_per_address
+            .map(|n| c.int(b.key("max_connections_per_address"), n, 1, 10_000)),
         max_payload_bytes: c.int(
             b.key("max_payload_bytes"),
             raw.max_payload_bytes,
