@@ -222,7 +222,19 @@ pub async fn run(
     stats_stop.cancel();
     while pollers.join_next().await.is_some() {}
     commands_stop.cancel();
-    let _ = commands_task.await;
+    // A write in flight finishes (its device gets to confirm it) within the shutdown budget;
+    // past that it is abandoned, unconfirmed, rather than holding up the rest of the stop.
+    let mut commands_task = commands_task;
+    if tokio::time::timeout(cfg.gateway.shutdown_timeout, &mut commands_task)
+        .await
+        .is_err()
+    {
+        commands_task.abort();
+        tracing::warn!(
+            event = "write_failed",
+            "a write was still running at shutdown and was abandoned; its result is not published"
+        );
+    }
     lines_stop.cancel();
     while lines.tasks.join_next().await.is_some() {}
     let _ = stats_task.await;

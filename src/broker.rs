@@ -185,13 +185,18 @@ impl LocalBroker {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
                         if let Some((t, ctx)) = &commands {
                             if let Some((device, point)) = t.parse_command(&topic) {
-                                let cmd = Command {
+                                // A retained command would be a standing order replayed
+                                // later over newer values: not executed.
+                                if p.retain {
+                                    tracing::warn!(event = "write_failed", topic = %topic, "retained command ignored (publish commands without the retain flag)");
+                                }
+                                let cmd = (!p.retain).then(|| Command {
                                     device: device.to_string(),
                                     point: point.to_string(),
                                     payload: p.payload.to_vec(),
                                     origin: "local",
-                                };
-                                if ctx.try_send(cmd).is_err() {
+                                });
+                                if cmd.is_some_and(|c| ctx.try_send(c).is_err()) {
                                     tracing::warn!(event = "write_failed", topic = %topic, "command queue full or stopped; local command dropped");
                                 }
                             }

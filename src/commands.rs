@@ -50,6 +50,8 @@ impl Commands {
     pub async fn run(self, mut rx: mpsc::Receiver<Command>, stop: CancellationToken) {
         loop {
             let cmd = tokio::select! {
+                // Stop wins over queued commands: none starts after shutdown began.
+                biased;
                 _ = stop.cancelled() => break,
                 c = rx.recv() => match c { Some(c) => c, None => break },
             };

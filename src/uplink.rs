@@ -170,6 +170,12 @@ impl Uplink {
         let Some((device, point)) = self.topics.parse_command(&p.topic) else {
             return false;
         };
+        if p.retain {
+            // A retained command would run again at every reconnect, hours later, over newer
+            // values. Not executed; the sender should clear it.
+            tracing::warn!(event = "write_failed", topic = %p.topic, "retained command ignored (publish commands without the retain flag, and clear this one with an empty retained message)");
+            return true;
+        }
         let cmd = Command {
             device: device.to_string(),
             point: point.to_string(),

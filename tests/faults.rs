@@ -10,9 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::gateway::{ids_seen, is_reading, Gateway, Spec};
-use common::peers::{
-    wait_for_value_sync, wait_until_sync, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay,
-};
+use common::peers::{wait_until_sync, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -148,9 +146,39 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
             })
             .sum::<usize>()
     };
-    let lost = wait_for_value_sync("all readings upstream", LONG, || {
-        (missing(&up) == 0).then_some(0)
-    });
+    let end = std::time::Instant::now() + LONG;
+    while missing(&up) > 0 && std::time::Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let lost = missing(&up);
+    if lost > 0 {
+        // Say which ones, and what the gateway was doing, before failing.
+        let got = ids_seen(&up.messages());
+        let local_seen = ids_seen(&local.messages());
+        for (boot, max) in &target {
+            let gaps: Vec<u64> = (0..=*max)
+                .filter(|s| !got.get(boot).is_some_and(|x| x.contains_key(s)))
+                .collect();
+            if !gaps.is_empty() {
+                let seen_locally = gaps
+                    .iter()
+                    .filter(|s| local_seen.get(boot).is_some_and(|x| x.contains_key(s)))
+                    .count();
+                eprintln!(
+                    "boot {boot}: {} of 0..={max} missing upstream ({seen_locally} of them seen locally), first {:?}",
+                    gaps.len(),
+                    &gaps[..gaps.len().min(20)]
+                );
+            }
+        }
+        let log = gw.log();
+        let tail: Vec<&str> = log.lines().rev().take(60).collect();
+        eprintln!(
+            "gateway log tail:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+        panic!("{lost} readings never arrived upstream (seed {seed})");
+    }
     let got = ids_seen(&up.messages());
     let total: usize = got.values().map(|s| s.len()).sum();
     let dups: usize = got.values().flat_map(|s| s.values()).map(|n| n - 1).sum();

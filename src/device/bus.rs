@@ -7,18 +7,20 @@
 //! - bytes that arrive while no request is outstanding (a late reply to a timed-out request,
 //!   noise) are discarded before the next request goes out (`Line`);
 //! - an answer that is not the answer to the request (another unit's late reply, a wrong
-//!   quantity) counts as garbage: the request is sent once more on a cleared line;
-//! - after a unit timed out, that unit gets no new request for one more timeout: its late reply
-//!   would carry the right unit id and function code and could pass for the answer to its next
-//!   request. Other units are not held up (a stray reply from the tainted unit has the wrong
-//!   unit id for them and counts as garbage). A reply later than twice the timeout cannot be
-//!   told apart; nothing can, on RTU.
+//!   quantity, a write echo that does not match) counts as garbage: the request is sent once
+//!   more on a cleared line; if the decoder gave up, the connection is rebuilt first;
+//! - after a unit timed out or answered garbage, that unit gets no new request for one more
+//!   timeout: its own late reply would carry the right unit id and function code and could pass
+//!   for the answer to its next request. Other units are not held up: their jobs go ahead of
+//!   the waiting unit's (per unit, jobs stay in arrival order), and a stray reply from the
+//!   waiting unit has the wrong unit id for them. A reply later than twice the timeout cannot
+//!   be told apart; nothing can, on RTU.
 //!
 //! A Modbus TCP connection is dropped after a timeout instead. Every exchange has its own
 //! deadline; tokio-modbus has none.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -162,6 +164,10 @@ struct Job {
     timeout: Duration,
     retries: u8,
     reply: oneshot::Sender<Result<Answer, DeviceError>>,
+    /// Attempts made so far.
+    attempts: u32,
+    /// A garbage answer gets one extra attempt, once per job.
+    garbage_retry_used: bool,
 }
 
 /// A cheap handle for sending exchanges to a bus task.
@@ -189,6 +195,8 @@ impl BusHandle {
             timeout,
             retries,
             reply,
+            attempts: 0,
+            garbage_retry_used: false,
         };
         let gone = || DeviceError::Transport(format!("bus {} is not running", self.name));
         self.tx.send(job).await.map_err(|_| gone())?;
@@ -241,17 +249,56 @@ async fn run(
         rs485_noted: false,
         tainted: HashMap::new(),
     };
+    // Jobs wait here until their unit may be sent to: a unit that just timed out waits one
+    // more timeout (see the module doc) while the other units' jobs go ahead. Within one unit,
+    // jobs run in arrival order.
+    let mut pending: VecDeque<Job> = VecDeque::new();
+    let mut open = true;
     loop {
-        let job = tokio::select! {
-            _ = stop.cancelled() => break,
-            j = rx.recv() => match j { Some(j) => j, None => break },
+        while let Ok(j) = rx.try_recv() {
+            pending.push_back(j);
+        }
+        // A caller that stopped waiting (shutdown) needs no answer, and the line no traffic.
+        pending.retain(|j| !j.reply.is_closed());
+        let now = Instant::now();
+        line.tainted.retain(|_, until| *until > now);
+        let next = pending
+            .iter()
+            .position(|j| !line.tainted.contains_key(&j.unit));
+        let Some(i) = next else {
+            if !open && pending.is_empty() {
+                break;
+            }
+            let wake = pending
+                .iter()
+                .filter_map(|j| line.tainted.get(&j.unit))
+                .min()
+                .copied();
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                j = rx.recv(), if open => match j {
+                    Some(j) => pending.push_back(j),
+                    None => open = false,
+                },
+                _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+            }
+            continue;
         };
-        let result = tokio::select! {
-            _ = stop.cancelled() => break,
-            r = line.run_job(&job) => r,
+        let Some(mut job) = pending.remove(i) else {
+            continue;
         };
-        // The poller may have given up waiting (shutdown); nothing to do then.
-        let _ = job.reply.send(result);
+        let step = tokio::select! {
+            _ = stop.cancelled() => break,
+            r = line.step(&mut job) => r,
+        };
+        match step {
+            Step::Done(result) => {
+                // The poller may have given up waiting (shutdown); nothing to do then.
+                let _ = job.reply.send(result);
+            }
+            // Back to the front: it is the oldest job of its unit.
+            Step::Again => pending.push_front(job),
+        }
     }
     if let Some(mut ctx) = line.ctx.take() {
         let _ = timeout(Duration::from_millis(200), ctx.disconnect()).await;
@@ -275,56 +322,62 @@ struct Owner {
 enum Failure {
     /// Nothing (complete) arrived in time.
     Timeout,
-    /// Something arrived that is not the answer (bad CRC, another unit, wrong function or
-    /// size): worth one more try on a cleared line.
+    /// Something arrived that is not the answer (another unit, wrong function, size or echo):
+    /// worth one more try on a cleared line.
     Garbage(String),
+    /// The decoder gave up on what arrived (tokio-modbus: InvalidData). Like garbage, but the
+    /// framed connection is left in its error state, so it must be rebuilt.
+    Corrupt(String),
     /// The connection itself failed (unplugged adapter, reset socket).
     Link(String),
 }
 
+/// What became of one attempt at a job.
+enum Step {
+    Done(Result<Answer, DeviceError>),
+    /// Try again later (a retry, or the extra attempt after garbage).
+    Again,
+}
+
 impl Owner {
-    async fn run_job(&mut self, job: &Job) -> Result<Answer, DeviceError> {
-        let attempts = 1 + u32::from(job.retries);
-        let mut garbage_retry_left = true;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let outcome = self.attempt(job).await;
-            let err = match outcome {
-                Ok(answer) => return Ok(answer),
-                Err(AttemptError::Connect(e)) => return Err(e),
-                Err(AttemptError::Failed(f)) => f,
-            };
-            let is_garbage = matches!(err, Failure::Garbage(_));
-            let device_error = match err {
-                Failure::Timeout => DeviceError::Timeout(job.timeout),
-                Failure::Garbage(why) => DeviceError::Transport(format!("bad answer: {why}")),
-                Failure::Link(why) => DeviceError::Transport(why),
-            };
-            tracing::debug!(
-                bus = %self.name,
-                unit_id = job.unit,
-                function = job.exchange.function(),
-                attempt,
-                error = %device_error,
-                "modbus exchange failed"
-            );
-            if is_garbage && garbage_retry_left {
-                garbage_retry_left = false;
-                continue;
+    /// One attempt at `job`, and whether it needs another.
+    async fn step(&mut self, job: &mut Job) -> Step {
+        job.attempts += 1;
+        let err = match self.attempt(job).await {
+            Ok(answer) => return Step::Done(Ok(answer)),
+            Err(AttemptError::Connect(e)) => return Step::Done(Err(e)),
+            Err(AttemptError::Failed(f)) => f,
+        };
+        let is_garbage = matches!(err, Failure::Garbage(_) | Failure::Corrupt(_));
+        let device_error = match err {
+            Failure::Timeout => DeviceError::Timeout(job.timeout),
+            Failure::Garbage(why) | Failure::Corrupt(why) => {
+                DeviceError::Transport(format!("bad answer: {why}"))
             }
-            if attempt >= attempts {
-                return Err(device_error);
-            }
+            Failure::Link(why) => DeviceError::Transport(why),
+        };
+        tracing::debug!(
+            bus = %self.name,
+            unit_id = job.unit,
+            function = job.exchange.function(),
+            attempt = job.attempts,
+            error = %device_error,
+            "modbus exchange failed"
+        );
+        if is_garbage && !job.garbage_retry_used {
+            job.garbage_retry_used = true;
+            return Step::Again;
+        }
+        let allowed = 1 + u32::from(job.retries) + u32::from(job.garbage_retry_used);
+        if job.attempts >= allowed {
+            Step::Done(Err(device_error))
+        } else {
+            Step::Again
         }
     }
 
     async fn attempt(&mut self, job: &Job) -> Result<Answer, AttemptError> {
-        let mut ready = self.quiet_from + self.gap;
-        if let Some(until) = self.tainted.remove(&job.unit) {
-            ready = ready.max(until);
-        }
-        sleep_until(ready).await;
+        sleep_until(self.quiet_from + self.gap).await;
         let connector = self.connector.clone();
         if self.ctx.is_none() {
             let ctx = match self.connect(job.timeout).await {
@@ -357,14 +410,22 @@ impl Owner {
         };
         LineStats::bump(match failure {
             Failure::Timeout => &self.stats.timeouts,
-            Failure::Garbage(_) => &self.stats.bad_answers,
+            Failure::Garbage(_) | Failure::Corrupt(_) => &self.stats.bad_answers,
             Failure::Link(_) => &self.stats.link_errors,
         });
-        if matches!(failure, Failure::Timeout) && !matches!(connector, Connector::Tcp { .. }) {
+        // After a timeout or a wrong answer, the unit's own reply to this attempt may still be
+        // on its way; it could pass for the answer to its next request.
+        if matches!(
+            failure,
+            Failure::Timeout | Failure::Garbage(_) | Failure::Corrupt(_)
+        ) && !matches!(connector, Connector::Tcp { .. })
+        {
             self.tainted.insert(job.unit, self.quiet_from + job.timeout);
         }
         let drop_connection = match (&failure, &connector) {
             (Failure::Link(_), _) => true,
+            // The codec's Framed stays errored: its next read would be a broken pipe.
+            (Failure::Corrupt(_), _) => true,
             // Modbus TCP: a new connection is the only way to be sure a late reply is gone.
             (Failure::Timeout | Failure::Garbage(_), Connector::Tcp { .. }) => true,
             // RTU: `Line` discards whatever arrives before the next request.
@@ -440,7 +501,11 @@ async fn connect_tcp(host: &str, port: u16, t: Duration) -> Result<TcpStream, De
             addr,
             reason: e.to_string(),
         }),
-        Err(_) => Err(DeviceError::Timeout(t)),
+        // Not "no answer": nothing was asked yet, the host itself is unreachable.
+        Err(_) => Err(DeviceError::Connect {
+            addr,
+            reason: format!("timed out after {}", humantime::format_duration(t)),
+        }),
     }
 }
 
@@ -491,23 +556,38 @@ async fn transact(ctx: &mut Context, ex: &Exchange) -> Result<Answer, Failure> {
             value,
             multiple,
         } => {
-            let req = if *multiple {
-                Request::WriteMultipleCoils(*address, Cow::Owned(vec![*value]))
+            let (req, echo) = if *multiple {
+                (
+                    Request::WriteMultipleCoils(*address, Cow::Owned(vec![*value])),
+                    Response::WriteMultipleCoils(*address, 1),
+                )
             } else {
-                Request::WriteSingleCoil(*address, *value)
+                (
+                    Request::WriteSingleCoil(*address, *value),
+                    Response::WriteSingleCoil(*address, *value),
+                )
             };
-            written(call(ctx, req).await?)
+            written(call(ctx, req).await?, &echo)
         }
         Exchange::WriteRegisters {
             address,
             words,
             multiple,
         } => {
-            let req = match words.as_slice() {
-                [one] if !multiple => Request::WriteSingleRegister(*address, *one),
-                _ => Request::WriteMultipleRegisters(*address, Cow::Owned(words.clone())),
+            let (req, echo) = match words.as_slice() {
+                [one] if !multiple => (
+                    Request::WriteSingleRegister(*address, *one),
+                    Response::WriteSingleRegister(*address, *one),
+                ),
+                _ => (
+                    Request::WriteMultipleRegisters(*address, Cow::Owned(words.clone())),
+                    Response::WriteMultipleRegisters(
+                        *address,
+                        u16::try_from(words.len()).unwrap_or(u16::MAX),
+                    ),
+                ),
             };
-            written(call(ctx, req).await?)
+            written(call(ctx, req).await?, &echo)
         }
         Exchange::WriteBit {
             address,
@@ -526,26 +606,31 @@ async fn transact(ctx: &mut Context, ex: &Exchange) -> Result<Answer, Failure> {
             } else {
                 current & !mask
             };
-            let req = if *multiple {
-                Request::WriteMultipleRegisters(*address, Cow::Owned(vec![next]))
+            let (req, echo) = if *multiple {
+                (
+                    Request::WriteMultipleRegisters(*address, Cow::Owned(vec![next])),
+                    Response::WriteMultipleRegisters(*address, 1),
+                )
             } else {
-                Request::WriteSingleRegister(*address, next)
+                (
+                    Request::WriteSingleRegister(*address, next),
+                    Response::WriteSingleRegister(*address, next),
+                )
             };
-            written(call(ctx, req).await?)
+            written(call(ctx, req).await?, &echo)
         }
     }
 }
 
-fn written(r: Result<Response, ExceptionCode>) -> Result<Answer, Failure> {
+/// A write is confirmed only by the echo the spec prescribes (address and value, or address
+/// and quantity): a stale reply to another write of the same unit must not confirm this one.
+fn written(r: Result<Response, ExceptionCode>, echo: &Response) -> Result<Answer, Failure> {
     match r {
         Err(code) => Ok(Answer::Exception(code)),
-        Ok(
-            Response::WriteSingleCoil(..)
-            | Response::WriteMultipleCoils(..)
-            | Response::WriteSingleRegister(..)
-            | Response::WriteMultipleRegisters(..),
-        ) => Ok(Answer::Written),
-        Ok(other) => Err(Failure::Garbage(format!("unexpected answer {other:?}"))),
+        Ok(got) if got == *echo => Ok(Answer::Written),
+        Ok(other) => Err(Failure::Garbage(format!(
+            "the write was answered with {other:?}, not its echo {echo:?}"
+        ))),
     }
 }
 
@@ -557,7 +642,7 @@ async fn call(
         Ok(r) => Ok(r),
         Err(tokio_modbus::Error::Protocol(p)) => Err(Failure::Garbage(p.to_string())),
         Err(tokio_modbus::Error::Transport(e)) if e.kind() == io::ErrorKind::InvalidData => {
-            Err(Failure::Garbage(e.to_string()))
+            Err(Failure::Corrupt(e.to_string()))
         }
         Err(tokio_modbus::Error::Transport(e)) => Err(Failure::Link(e.to_string())),
     }
@@ -577,11 +662,19 @@ impl DiscardPending for tokio_serial::SerialStream {
 
 impl DiscardPending for TcpStream {
     fn discard_pending(&mut self) {
+        use std::os::fd::AsRawFd;
+        let fd = self.as_raw_fd();
         let mut buf = [0u8; 256];
-        // Non-blocking: stops at WouldBlock (nothing more waiting), EOF or an error; the
-        // following write or read reports a dead socket properly.
-        while let Ok(n) = self.try_read(&mut buf) {
-            if n == 0 {
+        // Straight from the socket with MSG_DONTWAIT: tokio's `try_read` answers WouldBlock
+        // without asking the kernel while its cached readiness is clear, which would leave
+        // bytes that arrived just now. Stops at "nothing waiting", EOF or an error; the next
+        // write or read reports a dead socket properly.
+        loop {
+            // SAFETY: `buf` is valid for `buf.len()` bytes; the fd stays open while `self` is
+            // borrowed.
+            let n =
+                unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n <= 0 {
                 break;
             }
         }

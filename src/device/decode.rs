@@ -147,6 +147,16 @@ impl WordOrder {
     pub const NAMES: &'static str =
         "ABCD, CDAB, BADC, DCBA (or for 64-bit: ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA)";
 
+    /// Text is a byte sequence, not a number: only the byte swap inside each register applies.
+    /// (A device whose floats are CDAB still stores its strings first register first.)
+    fn for_text(self) -> WordOrder {
+        if self.swaps().1 {
+            WordOrder::Badc
+        } else {
+            WordOrder::Abcd
+        }
+    }
+
     fn swaps(self) -> (bool, bool) {
         // (reverse the words, swap the bytes inside each word)
         match self {
@@ -225,7 +235,10 @@ pub fn decode_registers(
         return Some(Raw::Bool(bit < 16 && (reg >> bit) & 1 == 1));
     }
     if ty == DataType::String {
-        return Some(Raw::Text(decode_string(&ordered_bytes(regs, order))));
+        return Some(Raw::Text(decode_string(&ordered_bytes(
+            regs,
+            order.for_text(),
+        ))));
     }
     if regs.len() != ty.width() as usize {
         return None;
@@ -295,6 +308,11 @@ pub fn encode_registers(
             b
         }
         _ => return None,
+    };
+    let order = if ty == DataType::String {
+        order.for_text()
+    } else {
+        order
     };
     Some(registers_from_bytes(&bytes, order))
 }

@@ -59,7 +59,9 @@ impl ModbusDriver {
 /// The worst case of one poll of `device` alone: every planned request with every retry.
 pub fn own_poll_budget(device: &Device) -> std::time::Duration {
     let requests = plan(&device.points, &device.limits).len();
-    let attempts = (1 + u32::from(device.retries)) * 2; // a garbage answer is retried once more
+    // Every attempt (the retries, plus one more after a garbage answer) may follow a wait of
+    // one timeout for the unit's late reply.
+    let attempts = (2 + u32::from(device.retries)) * 2;
     let calls = u32::try_from(requests)
         .unwrap_or(u32::MAX)
         .saturating_mul(attempts)

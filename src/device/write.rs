@@ -253,7 +253,9 @@ fn raw_number(p: &Point, ty: DataType, input: &Input, v: f64) -> Result<Raw, Wri
             let rounded = raw.round();
             // A set-point the register cannot hold exactly is refused, not rounded behind the
             // operator's back.
-            if (raw - rounded).abs() > 1e-6 * rounded.abs().max(1.0) {
+            // Absolute, in steps: only float noise from the division may be forgiven, at any
+            // magnitude (1500000.4 is not 1500000).
+            if (raw - rounded).abs() > 1e-9_f64.max(4.0 * f64::EPSILON * raw.abs()) {
                 return Err(WriteError::NotRepresentable(format!(
                     "{v} is not a whole number of steps of {} for {:?} (scale {}, offset {})",
                     p.scale, p.name, p.scale, p.offset
@@ -444,7 +446,13 @@ mod tests {
             (ranged.clone(), Input::Int(36), "out of range"),
             (ranged.clone(), Input::Float(4.5), "valid: 5 to 35"),
             (ranged, Input::Text("x".into()), "not a number"),
-            (tenth, Input::Float(21.55), "whole number of steps"),
+            (tenth.clone(), Input::Float(21.55), "whole number of steps"),
+            (tenth, Input::Float(150_000.04), "whole number of steps"),
+            (
+                writable(pt(Holding, 3, U32), None, None),
+                Input::Float(1_500_000.4),
+                "whole number",
+            ),
             (
                 writable(pt(Holding, 3, U16), None, None),
                 Input::Int(70_000),

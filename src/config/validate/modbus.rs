@@ -556,6 +556,13 @@ fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> P
             c.push(p.key("min"), format!("min {lo} is above max {hi}"));
         }
     }
+    // FC 16 carries at most 123 registers (Modbus application protocol §6.12).
+    if pt.writable && data_type == DataType::String && width > 123 {
+        c.push(
+            p.key("length"),
+            format!("a writable string is written in one FC 16 request of at most 123 registers; {width} is too long"),
+        );
+    }
     if pt.writable && matches!(table, Table::Input | Table::Discrete) {
         c.push(
             p.key("writable"),
