@@ -301,6 +301,13 @@ fn each_bad_rtu_config_exits_2_naming_the_file_line_and_key() {
             14,
         ),
         (
+            "a second bus on the same device server",
+            "[[devices]]\nname = \"meter\"",
+            "[[buses]]\nname = \"a\"\nkind = \"rtu_over_tcp\"\nhost = \"10.0.0.9\"\n\n[[buses]]\nname = \"b\"\nkind = \"rtu_over_tcp\"\nhost = \"10.0.0.9\"\nport = 502\n\n[[devices]]\nname = \"meter\"",
+            "buses[2].host",
+            19,
+        ),
+        (
             "unknown profile",
             "profile = \"eastron-sdm120\"",
             "profile = \"eastron-sdm999\"",

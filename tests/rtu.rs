@@ -1074,3 +1074,56 @@ fn a_local_command_user_writes_through_the_embedded_broker_and_others_are_refuse
         "one result: the refused command was not executed"
     );
 }
+
+#[test]
+fn a_retained_command_is_not_replayed_when_the_gateway_subscribes() {
+    let mut sim = RtuSim::start_units(2);
+    let mosq = Mosquitto::start();
+    // A standing order left on the broker before the gateway connects: delivered to the new
+    // subscription with the retain flag, it must not be executed (nor at every reconnect).
+    let out = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &mosq.port.to_string(),
+            "-q",
+            "1",
+            "-r",
+        ])
+        .args(["-t", "fieldbridge/gw/dev/setpoint/set", "-m", "7"])
+        .output()
+        .expect("run mosquitto_pub");
+    assert!(out.status.success());
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/#");
+    let dir = tempfile::tempdir().unwrap();
+    let bp = free_port();
+    let body = format!(
+        "{}{}",
+        bus(&sim.bus_path()),
+        rtu_device("dev", 2, "200ms", "300ms", WRITABLE_POINTS)
+    );
+    let gw = Gateway::start_with_config(
+        &config(dir.path(), bp, Some(mosq.port), &body),
+        bp,
+        dir.path(),
+    );
+    wait_until_sync("the retained command seen and ignored", LONG, || {
+        gw.log().contains("retained command ignored")
+    });
+    assert_eq!(sim.writes(2), 0, "the retained command reached the bus");
+    assert_eq!(
+        sim.get(2, "holding", 2),
+        202,
+        "unchanged from the simulator's map"
+    );
+    // A live command still works.
+    mosquitto_pub(mosq.port, "fieldbridge/gw/dev/setpoint/set", "8");
+    let r = up.wait_for_sync(
+        |m| m.topic == "fieldbridge/gw/dev/setpoint/set/result",
+        LONG,
+    );
+    assert_eq!(r.json()["ok"], true, "{}", r.text());
+    assert_eq!(sim.get(2, "holding", 2), 80);
+    assert_eq!(sim.writes(2), 1);
+}

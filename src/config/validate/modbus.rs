@@ -618,6 +618,19 @@ pub(super) fn check_buses(
         }
     }
     for (i, b) in buses.iter().enumerate() {
+        if let BusLink::RtuOverTcp { host, port } = &b.link {
+            if let Some(other) = buses[..i].iter().find(
+                |o| matches!(&o.link, BusLink::RtuOverTcp { host: h, port: p } if h == host && p == port),
+            ) {
+                c.push(
+                    root.key("buses").index(i).key("host"),
+                    format!(
+                        "{host}:{port} is already bus {:?}; one device server port is one line: put all its devices on that bus",
+                        other.name
+                    ),
+                );
+            }
+        }
         let BusLink::Serial { port, .. } = &b.link else {
             continue;
         };
