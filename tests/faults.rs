@@ -9,7 +9,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::gateway::{ids_seen, is_reading, Gateway, Spec};
+use common::gateway::{ids_seen, is_reading, split_id, Gateway, Spec};
 use common::peers::{wait_until_sync, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -19,6 +19,9 @@ const LONG: Duration = Duration::from_secs(60);
 const WINDOW: usize = 64 + 1;
 
 /// Readings the local broker has shown so far (any boot).
+/// (boot, sequence number) of a reading's message id.
+type ReadingId = (String, u64);
+
 fn local_count(local: &MqttWatcher) -> usize {
     local.count(is_reading)
 }
@@ -69,8 +72,17 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
     wait_until_sync("first readings upstream", LONG, || up.count(is_reading) > 0);
 
     let mut tally: BTreeMap<Fault, usize> = BTreeMap::new();
+    // (cycle, fault, highest reading id seen locally when it began), to place missing ids.
+    let mut history: Vec<(usize, Fault, Option<ReadingId>)> = Vec::new();
     for cycle in 0..cycles {
         let fault = FAULTS[rng.random_range(0..FAULTS.len())];
+        let latest = local
+            .messages()
+            .iter()
+            .rev()
+            .find(|m| is_reading(m))
+            .and_then(|m| m.json()["id"].as_str().map(split_id));
+        history.push((cycle, fault, latest));
         *tally.entry(fault).or_default() += 1;
         // A fault lasts until the device produced this many more readings (at ~240/s).
         let during = rng.random_range(5..120);
@@ -97,6 +109,18 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
                 // The test's own subscriber needs the broker too: hold the gateway off until it
                 // has subscribed again, or messages would be lost between it and mosquitto.
                 relay.set_mode(Mode::Refuse);
+                // What mosquitto acknowledged (so the gateway deleted it) but had not yet
+                // written to the test's subscriber would die with it: then the test, not the
+                // gateway, loses it. A marker published now is queued behind all of that; once
+                // the subscriber has it, everything acknowledged before has been delivered.
+                let marker = format!("fieldbridge/test/marker-{cycle}");
+                let out = std::process::Command::new("mosquitto_pub")
+                    .args(["-h", "127.0.0.1", "-p", &mosq.port.to_string(), "-q", "1"])
+                    .args(["-t", &marker, "-m", "x"])
+                    .output()
+                    .expect("mosquitto_pub");
+                assert!(out.status.success(), "marker publish failed");
+                up.wait_for_sync(|m| m.topic == marker, LONG);
                 let subs = up.subscriptions();
                 mosq.kill();
                 until(&local);
@@ -169,9 +193,20 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
                     gaps.len(),
                     &gaps[..gaps.len().min(20)]
                 );
+                let first = gaps[0];
+                for (cycle, fault, at) in &history {
+                    if let Some((b, seq)) = at {
+                        if b == boot && seq + 400 >= first && *seq <= first + 400 {
+                            eprintln!("  cycle {cycle} {fault:?} began at {b}-{seq}");
+                        }
+                    }
+                }
             }
         }
         let log = gw.log();
+        let keep = std::env::temp_dir().join(format!("fieldbridge-faults-{seed}.log"));
+        let _ = std::fs::write(&keep, &log);
+        eprintln!("full gateway log (last boot): {}", keep.display());
         let tail: Vec<&str> = log.lines().rev().take(60).collect();
         eprintln!(
             "gateway log tail:\n{}",
