@@ -77,6 +77,32 @@ impl Check {
         }
     }
 
+    /// Keys that belong to another kind of device or point: each one set is named.
+    fn not_used(&mut self, p: &KeyPath, keys: &[(&str, bool)], why: &str) {
+        for (k, set) in keys {
+            if *set {
+                self.push(p.key(k), why);
+            }
+        }
+    }
+
+    /// Rules every point's name and value transform follow, whatever the device kind.
+    fn point_common(&mut self, p: &KeyPath, name: &str, scale: f64, offset: f64) {
+        self.topic_level(p.key("name"), name);
+        if name == topics::RESERVED_POINT {
+            self.push(
+                p.key("name"),
+                "\"status\" is reserved for the device status topic; choose another name",
+            );
+        }
+        if !scale.is_finite() || scale == 0.0 {
+            self.push(p.key("scale"), "must be a finite, non-zero number");
+        }
+        if !offset.is_finite() {
+            self.push(p.key("offset"), "must be a finite number");
+        }
+    }
+
     fn topic_level(&mut self, path: KeyPath, s: &str) {
         if let Some(p) = topic_level_problem(s) {
             self.push(path, format!("{s:?} {p} (it becomes a topic level)"));

@@ -16,7 +16,6 @@ use super::super::serial::SerialDevice;
 use super::super::{Bus, BusLink, Device, Issue, PlanLimits, Point, Transport, WriteLimits};
 use super::Check;
 use crate::device::decode::{DataType, Table, WordOrder};
-use crate::topics::RESERVED_POINT;
 
 pub const KIND_TCP: &str = "modbus_tcp";
 pub const KIND_RTU: &str = "modbus_rtu";
@@ -129,11 +128,7 @@ pub(super) fn buses(c: &mut Check, p: KeyPath, raw: &[RawBus]) -> Vec<Bus> {
             );
         }
         let not_for = |c: &mut Check, keys: &[(&str, bool)], kind: &str| {
-            for (k, set) in keys {
-                if *set {
-                    c.push(bp.key(k), format!("not used by a {kind} bus"));
-                }
-            }
+            c.not_used(&bp, keys, &format!("not used by a {kind} bus"));
         };
         let link = match b.kind.as_str() {
             "serial" => {
@@ -240,20 +235,17 @@ pub(super) fn device(
         },
     };
     let defaults = prof.map(|r| &r.defaults);
-    for (k, set) in [
-        ("path", d.path.is_some()),
-        ("baud", d.baud.is_some()),
-        ("data_bits", d.data_bits.is_some()),
-        ("parity", d.parity.is_some()),
-        ("stop_bits", d.stop_bits.is_some()),
-    ] {
-        if set {
-            c.push(
-                p.key(k),
-                "a serial line setting: put it on the [[buses]] entry the device names with bus = \"...\"",
-            );
-        }
-    }
+    c.not_used(
+        &p,
+        &[
+            ("path", d.path.is_some()),
+            ("baud", d.baud.is_some()),
+            ("data_bits", d.data_bits.is_some()),
+            ("parity", d.parity.is_some()),
+            ("stop_bits", d.stop_bits.is_some()),
+        ],
+        "a serial line setting: put it on the [[buses]] entry the device names with bus = \"...\"",
+    );
     let transport = match d.kind.as_str() {
         KIND_TCP => {
             if d.bus.is_some() {
@@ -430,26 +422,17 @@ pub(super) fn device(
 }
 
 fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> Point {
-    c.topic_level(p.key("name"), &pt.name);
-    if pt.name == RESERVED_POINT {
-        c.push(
-            p.key("name"),
-            "\"status\" is reserved for the device status topic; choose another name",
-        );
-    }
-    for (k, set) in [
-        ("field", pt.field.is_some()),
-        ("column", pt.column.is_some()),
-        ("byte_offset", pt.byte_offset.is_some()),
-        ("byte_order", pt.byte_order.is_some()),
-    ] {
-        if set {
-            c.push(
-                p.key(k),
-                "a serial_line key, not used by a Modbus point (byte order is part of word_order)",
-            );
-        }
-    }
+    c.point_common(&p, &pt.name, pt.scale, pt.offset);
+    c.not_used(
+        &p,
+        &[
+            ("field", pt.field.is_some()),
+            ("column", pt.column.is_some()),
+            ("byte_offset", pt.byte_offset.is_some()),
+            ("byte_order", pt.byte_order.is_some()),
+        ],
+        "a serial_line key, not used by a Modbus point (byte order is part of word_order)",
+    );
     let table = match &pt.table {
         Some(t) => c.parsed(p.key("table"), t, "table", Table::NAMES, Table::Holding),
         None => {
@@ -531,12 +514,6 @@ fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> P
         ),
         None => device_order,
     };
-    if !pt.scale.is_finite() || pt.scale == 0.0 {
-        c.push(p.key("scale"), "must be a finite, non-zero number");
-    }
-    if !pt.offset.is_finite() {
-        c.push(p.key("offset"), "must be a finite number");
-    }
     let numeric = !matches!(data_type, DataType::Bool | DataType::String);
     for (k, v) in [("min", pt.min), ("max", pt.max)] {
         match v {

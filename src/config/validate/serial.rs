@@ -18,7 +18,6 @@ use crate::device::serial::framing::{BinarySpec, ChecksumSpec, FrameLength, Fram
 use crate::device::serial::parse::{FieldPoint, FieldType, ParseSpec, Source};
 use crate::device::serial::port::{Parity, PortSettings};
 use crate::device::serial::sensors::Sensor;
-use crate::topics::RESERVED_POINT;
 
 pub const KIND: &str = "serial_line";
 
@@ -35,23 +34,23 @@ pub(super) fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> SerialDevice {
             "not used by a serial_line device; set path = \"/dev/...\"",
         );
     }
-    for (k, set) in [
-        ("bus", d.bus.is_some()),
-        ("profile", d.profile.is_some()),
-        ("unit_id", d.unit_id.is_some()),
-        ("word_order", d.word_order.is_some()),
-        ("max_gap", d.max_gap.is_some()),
-        ("max_registers", d.max_registers.is_some()),
-        ("max_bits", d.max_bits.is_some()),
-        ("one_request_per_point", d.one_request_per_point.is_some()),
-        ("force_multiple_write", d.force_multiple_write.is_some()),
-        ("retries", d.retries.is_some()),
-        ("skip_points", !d.skip_points.is_empty()),
-    ] {
-        if set {
-            c.push(p.key(k), "a Modbus key, not used by a serial_line device");
-        }
-    }
+    c.not_used(
+        &p,
+        &[
+            ("bus", d.bus.is_some()),
+            ("profile", d.profile.is_some()),
+            ("unit_id", d.unit_id.is_some()),
+            ("word_order", d.word_order.is_some()),
+            ("max_gap", d.max_gap.is_some()),
+            ("max_registers", d.max_registers.is_some()),
+            ("max_bits", d.max_bits.is_some()),
+            ("one_request_per_point", d.one_request_per_point.is_some()),
+            ("force_multiple_write", d.force_multiple_write.is_some()),
+            ("retries", d.retries.is_some()),
+            ("skip_points", !d.skip_points.is_empty()),
+        ],
+        "a Modbus key, not used by a serial_line device",
+    );
     let path = d.path.clone().unwrap_or_default();
     if path.trim().is_empty() {
         c.push(
@@ -580,27 +579,21 @@ fn point(
     parse: Option<&ParseSpec>,
     max_frame: Option<usize>,
 ) -> FieldPoint {
-    c.topic_level(p.key("name"), &pt.name);
-    if pt.name == RESERVED_POINT {
-        c.push(
-            p.key("name"),
-            "\"status\" is reserved for the device status topic; choose another name",
-        );
-    }
-    for (k, set) in [
-        ("table", pt.table.is_some()),
-        ("address", pt.address.is_some()),
-        ("word_order", pt.word_order.is_some()),
-        ("bit", pt.bit.is_some()),
-        ("length", pt.length.is_some()),
-        ("writable", pt.writable),
-        ("min", pt.min.is_some()),
-        ("max", pt.max.is_some()),
-    ] {
-        if set {
-            c.push(p.key(k), "a Modbus key, not used by a serial_line point");
-        }
-    }
+    c.point_common(&p, &pt.name, pt.scale, pt.offset);
+    c.not_used(
+        &p,
+        &[
+            ("table", pt.table.is_some()),
+            ("address", pt.address.is_some()),
+            ("word_order", pt.word_order.is_some()),
+            ("bit", pt.bit.is_some()),
+            ("length", pt.length.is_some()),
+            ("writable", pt.writable),
+            ("min", pt.min.is_some()),
+            ("max", pt.max.is_some()),
+        ],
+        "a Modbus key, not used by a serial_line point",
+    );
     let field_type = c.parsed(
         p.key("type"),
         &pt.data_type,
@@ -608,12 +601,6 @@ fn point(
         FieldType::NAMES,
         FieldType::F64,
     );
-    if !pt.scale.is_finite() || pt.scale == 0.0 {
-        c.push(p.key("scale"), "must be a finite, non-zero number");
-    }
-    if !pt.offset.is_finite() {
-        c.push(p.key("offset"), "must be a finite number");
-    }
     let expect = |c: &mut Check, key: &str, wanted: &str, others: &[(&str, bool)]| {
         for (k, set) in others {
             if *set {
