@@ -99,8 +99,12 @@ fn flood(port: u16, secs: u64) -> (f64, u64) {
         pump.abort();
         n
     });
-    // Let the subscriber finish what is in flight, then read the count.
-    std::thread::sleep(Duration::from_secs(1)); // drain margin, not synchronisation
+    // The subscriber may still be taking what was in flight: wait until it has everything
+    // (or 10 s), then count.
+    let end = Instant::now() + Duration::from_secs(10);
+    while got.load(Ordering::Relaxed) < sent && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(5)); // polling interval of a deadline wait
+    }
     (got.load(Ordering::Relaxed) as f64 / secs as f64, sent)
 }
 

@@ -203,10 +203,6 @@ impl BusHandle {
         rx.await.map_err(|_| gone())?
     }
 
-    pub fn name(&self) -> &Arc<str> {
-        &self.name
-    }
-
     pub fn stats(&self) -> &Arc<LineStats> {
         &self.stats
     }

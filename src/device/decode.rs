@@ -84,18 +84,6 @@ impl DataType {
         }
     }
 
-    pub fn is_integer(self) -> bool {
-        matches!(
-            self,
-            DataType::U16
-                | DataType::I16
-                | DataType::U32
-                | DataType::I32
-                | DataType::U64
-                | DataType::I64
-        )
-    }
-
     /// The raw integer range of an integer type, as f64 (exact for all but the 64-bit ends,
     /// which only matter for range checks of absurd values).
     pub fn integer_range(self) -> Option<(f64, f64)> {
