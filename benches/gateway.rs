@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fieldbridge::demo::{serve_sim, SimKind};
-use fieldbridge::outbox::{Message, Outbox};
+use fieldbridge::cli::demo::{serve_sim, SimKind};
+use fieldbridge::flow::Message;
+use fieldbridge::outbox::Outbox;
 use peers::{free_port, Mode, Mosquitto, Relay};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 use tokio_util::sync::CancellationToken;

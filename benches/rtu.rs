@@ -19,9 +19,9 @@ use std::time::{Duration, Instant};
 
 use common::rtu::RtuSim;
 use fieldbridge::config::{parse_str, Config, Device};
-use fieldbridge::device::lines;
-use fieldbridge::device::modbus::ModbusDriver;
-use fieldbridge::device::plan::plan;
+use fieldbridge::device::modbus::driver::ModbusDriver;
+use fieldbridge::device::modbus::lines;
+use fieldbridge::device::modbus::plan::plan;
 use fieldbridge::device::Driver;
 use tokio_util::sync::CancellationToken;
 

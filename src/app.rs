@@ -1,4 +1,6 @@
-//! Builds every task from a validated config and owns the shutdown order.
+//! Builds every task from a validated config and owns the start and stop order. Every loop gets
+//! what it needs from here: its channels, its counters and its liveness beat (one `Health`
+//! registry per run, no process-wide state).
 //!
 //! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers.
 //! Stop: pollers first (no new readings) → pipeline drains and commits everything queued →
@@ -7,24 +9,28 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::{BrokerError, LocalBroker};
+use crate::backoff::Schedule;
 use crate::commands::{Commands, Target};
 use crate::config::Config;
-use crate::device::bus::LineStats;
-use crate::device::lines;
-use crate::device::modbus::ModbusDriver;
+use crate::device::modbus::driver::ModbusDriver;
+use crate::device::modbus::lines;
 use crate::device::serial;
+use crate::device::Driver;
+use crate::mqtt::broker::{BrokerError, LocalBroker};
+use crate::mqtt::topics::{self, Topics};
+use crate::mqtt::uplink::{self, Uplink, UplinkError};
+use crate::ops::health::Health;
+use crate::ops::stats::{Board, Reporter, SerialCounters, Sources};
+use crate::ops::watchdog;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline;
-use crate::poller::{self, Schedule};
-use crate::stats::{Board, Reporter};
-use crate::topics::{self, Topics};
-use crate::uplink::{Uplink, UplinkError, UplinkStats};
+use crate::poller;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -38,26 +44,15 @@ pub enum AppError {
     Internal(String),
 }
 
-/// Handles the caller can watch while the gateway runs.
-#[derive(Clone)]
-pub struct Running {
-    pub outbox: Outbox,
-    pub uplink: Option<Arc<UplinkStats>>,
-    /// Last reported reachability of every device.
-    pub board: Arc<Board>,
-    /// Counters of every Modbus line.
-    pub lines: Vec<(Arc<str>, Arc<LineStats>)>,
-    /// Counters of every serial_line device.
-    pub serial: Vec<(Arc<str>, Arc<serial::task::SerialStats>)>,
-}
-
-/// Runs the gateway until `stop` is cancelled. `on_ready` is called once the outbox is open and
-/// the broker listens.
+/// Runs the gateway until `stop` is cancelled. Once the outbox is open, the broker listens and
+/// every loop runs, systemd is told `READY=1` (see `ops::watchdog`) and `on_ready` is called.
 pub async fn run(
     cfg: Config,
     stop: CancellationToken,
-    on_ready: impl FnOnce(&Running),
+    on_ready: impl FnOnce(),
 ) -> Result<(), AppError> {
+    let started = tokio::time::Instant::now();
+    let health = Health::new();
     let topics = Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id);
     let outbox = Outbox::open(&cfg.gateway.data_dir, &cfg.outbox).await?;
     tracing::info!(path = %outbox.path().display(), "outbox open");
@@ -91,12 +86,14 @@ pub async fn run(
 
     let uplink = match cfg.upstream.clone() {
         Some(up) => {
+            let beat = health.register("uplink", uplink::connect_budget(&up));
             let u = Uplink::new(
                 up,
                 topics.clone(),
                 outbox.clone(),
                 cfg.subscribe.clone(),
                 routed_tx.clone(),
+                beat,
             )?;
             // Only a gateway with writable points listens for commands.
             Some(if writable {
@@ -120,17 +117,19 @@ pub async fn run(
     // open nothing until the first request.
     let lines_stop = CancellationToken::new();
     let mut lines = lines::start(&cfg, &lines_stop);
-    let serial_stats: Vec<(Arc<str>, Arc<serial::task::SerialStats>)> = cfg
+    let serial_stats: Vec<(Arc<str>, Arc<SerialCounters>)> = cfg
         .serial_devices
         .iter()
         .map(|d| (d.name.clone(), Arc::default()))
         .collect();
-    let running = Running {
+    let sources = Sources {
+        health: health.clone(),
         outbox: outbox.clone(),
         uplink: uplink.as_ref().map(|u| u.stats()),
         board: board.clone(),
         lines: lines.stats.clone(),
         serial: serial_stats.clone(),
+        started,
     };
 
     let (tx, rx) = mpsc::channel(1024);
@@ -143,12 +142,13 @@ pub async fn run(
         topics.clone(),
         board.clone(),
         pipe_stop.clone(),
+        health.register("pipeline", Duration::ZERO),
     ));
     let stats_stop = CancellationToken::new();
     let reporter = Reporter {
         interval: cfg.gateway.stats_interval,
-        running: running.clone(),
-        topics: topics.clone(),
+        sources: sources.clone(),
+        topic: topics.stats(),
         tx: routed_tx.clone(),
     };
     let stats_task = tokio::spawn(reporter.run(stats_stop.clone()));
@@ -183,6 +183,7 @@ pub async fn run(
             return Err(AppError::Internal(format!("no line for device {}", d.name)));
         };
         let driver = ModbusDriver::new(d.clone(), bus, budget);
+        let driver_budget = driver.max_poll_time();
         tracing::info!(
             device = %d.name,
             unit_id = d.unit_id,
@@ -201,6 +202,7 @@ pub async fn run(
             schedule,
             tx.clone(),
             poll_stop.clone(),
+            health.register_device(&d.name, driver_budget),
         ));
     }
     for (d, (_, stats)) in cfg.serial_devices.iter().zip(&serial_stats) {
@@ -210,10 +212,13 @@ pub async fn run(
             tx.clone(),
             poll_stop.clone(),
             stats.clone(),
+            health.register_device(&d.name, serial::task::first_beat_within(d)),
         ));
     }
     drop(tx);
-    on_ready(&running);
+    // READY goes out only now: the outbox is open, the broker listens, every loop runs.
+    let watchdog_task = tokio::spawn(watchdog::supervise(sources, stop.clone()));
+    on_ready();
     tracing::info!(devices = cfg.devices.len() + cfg.serial_devices.len(), gateway = %cfg.gateway.id, "fieldbridge running");
 
     stop.cancelled().await;
@@ -238,6 +243,7 @@ pub async fn run(
     lines_stop.cancel();
     while lines.tasks.join_next().await.is_some() {}
     let _ = stats_task.await;
+    let _ = watchdog_task.await;
     pipe_stop.cancel();
     let local = pipe.await.map_err(|e| AppError::Internal(e.to_string()))?;
     outbox.flush().await?;

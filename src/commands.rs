@@ -1,7 +1,7 @@
 //! Commands coming down: `<prefix>/<gw>/<device>/<point>/set` → a validated write on the
 //! device's bus → the outcome on `…/set/result`.
 //!
-//! Validation and encoding are pure (`device::write`); a refused command is answered here and
+//! Validation and encoding are pure (`device::modbus::write`); a refused command is answered here and
 //! never reaches a bus. Commands run one at a time in arrival order, so two writes to one point
 //! land in the order they were sent; a write to a dead device costs its timeout. Results go
 //! through the outbox like readings (they must not be lost either) and to the local broker.
@@ -14,22 +14,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Device;
-use crate::device::bus::{Answer, BusHandle};
-use crate::device::write::{parse_payload, prepare, WriteError};
-use crate::outbox::Message;
-use crate::pipeline::{Route, Routed};
-use crate::reading::now_ms;
-use crate::topics::Topics;
-
-/// One command as it arrived.
-#[derive(Debug, Clone)]
-pub struct Command {
-    pub device: String,
-    pub point: String,
-    pub payload: Vec<u8>,
-    /// Where it came from, for the log ("upstream").
-    pub origin: &'static str,
-}
+use crate::device::modbus::bus::{Answer, BusHandle};
+use crate::device::modbus::write::{parse_payload, prepare, WriteError};
+use crate::flow::Message;
+use crate::flow::{now_ms, Command};
+use crate::flow::{Route, Routed};
+use crate::mqtt::topics::Topics;
 
 /// A device that can be written, with the bus it is on.
 pub struct Target {
@@ -107,7 +97,7 @@ impl Commands {
         match &outcome {
             Ok(v) => tracing::info!(
                 event = "write",
-                origin = cmd.origin,
+                origin = cmd.origin.as_str(),
                 device = %cmd.device,
                 point = %cmd.point,
                 value = %v,
@@ -115,7 +105,7 @@ impl Commands {
             ),
             Err(e) => tracing::warn!(
                 event = "write_failed",
-                origin = cmd.origin,
+                origin = cmd.origin.as_str(),
                 device = %cmd.device,
                 point = %cmd.point,
                 error = %e,
@@ -137,8 +127,8 @@ impl Commands {
     }
 }
 
-fn input_json(i: &crate::device::write::Input) -> serde_json::Value {
-    use crate::device::write::Input;
+fn input_json(i: &crate::device::modbus::write::Input) -> serde_json::Value {
+    use crate::device::modbus::write::Input;
     match i {
         Input::Bool(b) => json!(b),
         Input::Int(v) => i64::try_from(*v)

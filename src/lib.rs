@@ -4,22 +4,15 @@
 //! and module map are in ARCHITECTURE.md.
 
 pub mod app;
-pub mod broker;
+pub mod backoff;
+pub mod cli;
 pub mod commands;
 pub mod config;
-pub mod demo;
 pub mod device;
-pub mod echo;
+pub mod flow;
 pub mod guard;
-pub mod health;
+pub mod mqtt;
+pub mod ops;
 pub mod outbox;
 pub mod pipeline;
 pub mod poller;
-pub mod reading;
-pub mod replay;
-pub mod stats;
-pub mod status;
-pub mod telemetry;
-pub mod tools;
-pub mod topics;
-pub mod uplink;

@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use fieldbridge::{app, config, demo, health, status, telemetry, tools};
+use fieldbridge::cli::{demo, status, tools};
+use fieldbridge::ops::telemetry;
+use fieldbridge::{app, config};
 
 #[derive(Parser)]
 #[command(
@@ -146,7 +148,7 @@ fn load_or_exit(path: &std::path::Path) -> Result<config::Config, ExitCode> {
 }
 
 fn scan_spec(a: &ScanArgs) -> Result<tools::ScanSpec, String> {
-    use fieldbridge::device::bus::Connector;
+    use fieldbridge::device::modbus::bus::Connector;
     use fieldbridge::device::serial::port::{Parity, PortSettings};
     let connector = if let Some(port) = &a.port {
         let parity: Parity = a
@@ -176,7 +178,7 @@ fn scan_spec(a: &ScanArgs) -> Result<tools::ScanSpec, String> {
             .iter()
             .find(|x| &*x.name == b)
             .ok_or_else(|| format!("{}: no [[buses]] entry named {b:?}", c.display()))?;
-        fieldbridge::device::lines::connector(bus)
+        fieldbridge::device::modbus::lines::connector(bus)
     } else {
         return Err("say which line: --port PATH, --tcp HOST:PORT, --rtu-over-tcp HOST:PORT, or --config FILE --bus NAME".into());
     };
@@ -187,7 +189,7 @@ fn scan_spec(a: &ScanArgs) -> Result<tools::ScanSpec, String> {
         format!(
             "--table {:?}: valid: {}",
             a.table,
-            fieldbridge::device::decode::Table::NAMES
+            fieldbridge::device::modbus::decode::Table::NAMES
         )
     })?;
     Ok(tools::ScanSpec {
@@ -236,18 +238,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             runtime_run(|stop| async move {
-                let supervisor_stop = stop.clone();
-                // READY is sent by the supervisor, which starts only once the outbox is open
-                // and the broker listens (that is when `on_ready` runs).
-                app::run(cfg, stop, move |running| {
-                    tokio::spawn(health::supervise(
-                        health::global().clone(),
-                        running.clone(),
-                        supervisor_stop,
-                    ));
-                })
-                .await
-                .map_err(|e| e.to_string())
+                app::run(cfg, stop, || {}).await.map_err(|e| e.to_string())
             })
         }
         Cmd::Status {

@@ -12,11 +12,12 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::broker::LocalBroker;
-use crate::outbox::{Message, Outbox};
-use crate::reading::DeviceEvent;
-use crate::stats::Board;
-use crate::topics::{self, Topics};
+use crate::flow::{DeviceEvent, Message, Route, Routed};
+use crate::mqtt::broker::LocalBroker;
+use crate::mqtt::topics::{self, Topics};
+use crate::ops::health::Beat;
+use crate::ops::stats::Board;
+use crate::outbox::Outbox;
 
 /// Makes message ids that are unique across restarts and stable across resends: a random boot
 /// id chosen at start, and a sequence number.
@@ -82,23 +83,6 @@ const MAX_BATCH: usize = 5000;
 /// far above any healthy group commit, even on a slow SD card.
 const BATCH_BUDGET: Duration = Duration::from_secs(60);
 
-/// Where a message that is not a device event goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    /// Outbox (then upstream) and the local broker, like a reading.
-    Everywhere,
-    /// Outbox only: it came from a local client and is already in the local broker.
-    UpstreamOnly,
-    /// Local broker only: it came from upstream.
-    LocalOnly,
-}
-
-#[derive(Debug, Clone)]
-pub struct Routed {
-    pub message: Message,
-    pub route: Route,
-}
-
 /// Splits one batch into what goes to the outbox and what goes to the local broker, keeping
 /// the order within each.
 pub fn split_routes(device: Vec<Message>, routed: Vec<Routed>) -> (Vec<Message>, Vec<Message>) {
@@ -128,13 +112,13 @@ pub async fn run(
     topics: Topics,
     board: Arc<Board>,
     stop: CancellationToken,
+    beat: Beat,
 ) -> Option<LocalBroker> {
     let ids = MessageIds::new();
     let mut evs = Vec::new();
     let mut routed = Vec::new();
     let (mut events_open, mut other_open) = (true, true);
     let mut stopping = false;
-    let beat = crate::health::global().register("pipeline", Duration::ZERO);
     while !stopping {
         evs.clear();
         routed.clear();
@@ -191,7 +175,7 @@ async fn deliver(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::{Quality, Reading, Value};
+    use crate::flow::{Quality, Reading, Value};
 
     #[test]
     fn events_become_reading_and_retained_status_messages_in_order() {

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldbridge::device::bus::{self, Answer, BusHandle, Connector, Exchange};
-use fieldbridge::device::decode::Table;
+use fieldbridge::device::modbus::bus::{self, Answer, BusHandle, Connector, Exchange};
+use fieldbridge::device::modbus::decode::Table;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

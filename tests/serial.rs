@@ -12,8 +12,10 @@ use common::peers::{wait_until, wait_until_sync};
 use common::serial::{mhz19b_answer, nmea_line, sds011_frame, PtyPair};
 use fieldbridge::config::serial::SerialDevice;
 use fieldbridge::device::serial::sensors::MHZ19B_READ;
-use fieldbridge::device::serial::task::{self, SerialStats};
-use fieldbridge::reading::{DeviceEvent, Quality, Value};
+use fieldbridge::device::serial::task;
+use fieldbridge::flow::{DeviceEvent, Quality, Value};
+use fieldbridge::ops::health::Health;
+use fieldbridge::ops::stats::SerialCounters as SerialStats;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -37,7 +39,8 @@ impl Harness {
         let (tx, mut rx) = mpsc::channel(64);
         let stats = Arc::new(SerialStats::default());
         let stop = CancellationToken::new();
-        tokio::spawn(task::run(dev, tx, stop.clone(), stats.clone()));
+        let beat = Health::new().register_device(&dev.name, task::first_beat_within(&dev));
+        tokio::spawn(task::run(dev, tx, stop.clone(), stats.clone(), beat));
         let events = Arc::new(Mutex::new(Vec::new()));
         let sink = events.clone();
         tokio::spawn(async move {

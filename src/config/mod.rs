@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::device::decode::{DataType, Table, WordOrder};
+use crate::device::modbus::decode::{DataType, Table, WordOrder};
 use crate::guard::acl::Access;
 use locate::{line_of_offset, line_of_path, path_at_offset, KeyPath};
 
@@ -54,13 +54,13 @@ pub struct BridgeRule {
 impl BridgeRule {
     pub fn to_remote(&self, local_topic: &str) -> String {
         match &self.remap {
-            Some((l, r)) => crate::topics::remap(local_topic, l, r),
+            Some((l, r)) => crate::mqtt::topics::remap(local_topic, l, r),
             None => local_topic.to_string(),
         }
     }
     pub fn to_local(&self, remote_topic: &str) -> String {
         match &self.remap {
-            Some((l, r)) => crate::topics::remap(remote_topic, r, l),
+            Some((l, r)) => crate::mqtt::topics::remap(remote_topic, r, l),
             None => remote_topic.to_string(),
         }
     }

@@ -153,7 +153,7 @@ mod tests {
             let d = &cfg.devices[0];
             (
                 d.points.len(),
-                crate::device::plan::plan(&d.points, &d.limits).len(),
+                crate::device::modbus::plan::plan(&d.points, &d.limits).len(),
             )
         };
         // The profile caps requests at 80 registers (the meter's documented limit) and allows

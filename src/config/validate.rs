@@ -14,7 +14,7 @@ use super::locate::KeyPath;
 use super::profile::Profiles;
 use super::raw::{RawBridgeRule, RawConfig, RawUpstream};
 use super::{BridgeRule, Config, Gateway, Issue, OutboxSettings, Overflow, Tls, Upstream};
-use crate::topics::{self, topic_level_problem};
+use crate::mqtt::topics::{self, topic_level_problem};
 
 struct Check {
     issues: Vec<Issue>,

@@ -3,18 +3,13 @@
 //! A driver's `poll()` does one complete read of the device's points and returns readings or a
 //! typed error. It never sleeps or retries: timing, backoff and status belong to the poller.
 
-pub mod bus;
-pub mod decode;
-pub mod lines;
 pub mod modbus;
-pub mod plan;
 pub mod serial;
-pub mod write;
 
 use std::future::Future;
 use std::time::Duration;
 
-use crate::reading::Reading;
+use crate::flow::Reading;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {

@@ -10,7 +10,7 @@
 //!    subscribe to a filter that is *covered* by one of its `subscribe` filters (every topic the
 //!    requested filter can match is matched by the allowed one).
 
-use crate::topics;
+use crate::mqtt::topics;
 
 /// What one client (a user, or the anonymous client) may do.
 #[derive(Debug, Clone, PartialEq, Eq)]

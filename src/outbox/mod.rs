@@ -33,20 +33,7 @@ use tokio::sync::{mpsc, oneshot, watch, Mutex};
 use tokio::time::Instant;
 
 use crate::config::{OutboxSettings, Overflow};
-
-/// A message bound upstream.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Message {
-    pub topic: String,
-    pub payload: Vec<u8>,
-    pub retain: bool,
-}
-
-impl Message {
-    fn size(&self) -> u64 {
-        (self.topic.len() + self.payload.len()) as u64
-    }
-}
+use crate::flow::Message;
 
 /// A stored message with its row id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +169,7 @@ fn is_corruption(e: &sqlx::Error) -> bool {
 
 /// Renames the database and its WAL/SHM files to `<name>.corrupt-<unix seconds>`.
 fn quarantine(path: &Path) -> Result<PathBuf, OutboxError> {
-    let stamp = crate::reading::now_ms() / 1000;
+    let stamp = crate::flow::now_ms() / 1000;
     let aside = PathBuf::from(format!("{}.corrupt-{stamp}", path.display()));
     for suffix in ["", "-wal", "-shm"] {
         let from = PathBuf::from(format!("{}{suffix}", path.display()));
@@ -500,7 +487,7 @@ impl Writer {
     }
 
     async fn commit(&mut self, appends: &[PendingAppend], acks: &[i64]) -> Result<(), sqlx::Error> {
-        let now = crate::reading::now_ms();
+        let now = crate::flow::now_ms();
         let mono = self.clock.now_ms();
         let s = &self.settings;
         if self.conn.is_none() {

@@ -16,7 +16,7 @@ use super::super::{Broker, BrokerTls, BrokerUser, BrokerWebSocket};
 use super::Check;
 use crate::guard::acl::Access;
 use crate::guard::auth::{hash_problem, user_name_problem};
-use crate::topics::filter_problem;
+use crate::mqtt::topics::filter_problem;
 
 pub(super) fn broker(c: &mut Check, b: KeyPath, raw: &RawBroker) -> Option<Broker> {
     if !raw.enabled {

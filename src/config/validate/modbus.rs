@@ -15,7 +15,7 @@ use super::super::raw::{RawBus, RawConfig, RawDevice, RawPoint, RawProfile, RawP
 use super::super::serial::SerialDevice;
 use super::super::{Bus, BusLink, Device, Issue, PlanLimits, Point, Transport, WriteLimits};
 use super::Check;
-use crate::device::decode::{DataType, Table, WordOrder};
+use crate::device::modbus::decode::{DataType, Table, WordOrder};
 
 pub const KIND_TCP: &str = "modbus_tcp";
 pub const KIND_RTU: &str = "modbus_rtu";

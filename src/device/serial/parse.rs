@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use regex::Regex;
 
-use crate::device::decode::{scale, Raw};
-use crate::reading::Value;
+use crate::device::modbus::decode::{scale, Raw};
+use crate::flow::Value;
 
 #[derive(Debug, Clone)]
 pub enum ParseSpec {

@@ -11,7 +11,7 @@ use std::str::FromStr;
 
 use super::checksum::{nmea_body, Checksum};
 use super::framing::{BinarySpec, ChecksumSpec, FrameLength, FramingSpec};
-use crate::reading::Value;
+use crate::flow::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sensor {

@@ -5,11 +5,11 @@
 //! Invariants: status events are sent only on a change (online → offline → online), each with a
 //! reason; online means "a valid frame arrived within `timeout`" (streaming) or "the last
 //! request was answered" (polled); an open port alone is not online. Rejected input (noise, bad
-//! checksums, over-long lines, unparsable frames) is counted in `SerialStats` and logged at most
+//! checksums, over-long lines, unparsable frames) is counted in `SerialCounters` and logged at most
 //! once per `LOG_EVERY` per device, so a babbling sensor cannot flood the journal. Nothing a
 //! device sends can make this task panic or stop; only `stop` ends it.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,9 +21,11 @@ use super::framing::{FrameEvent, Framer};
 use super::parse::parse_frame;
 use super::port::{Port, PortError};
 use super::sensors::DecodeError;
+use crate::backoff::{backoff, Schedule};
 use crate::config::serial::{Mode, Protocol, SerialDevice};
-use crate::poller::{backoff, Schedule};
-use crate::reading::{now_ms, DeviceEvent, Quality, Reading, Value};
+use crate::flow::{now_ms, DeviceEvent, Quality, Reading, Value};
+use crate::ops::health::Beat;
+use crate::ops::stats::SerialCounters;
 
 /// First delay before reopening a lost port; doubles up to the device's `backoff_max`.
 pub const REOPEN_MIN: Duration = Duration::from_millis(200);
@@ -34,28 +36,6 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 const BEAT_EVERY: Duration = Duration::from_secs(5);
 /// Room for a slow write or a busy machine before a loop counts as hung.
 const BEAT_SLACK: Duration = Duration::from_secs(10);
-
-/// Counters of one serial device, readable while it runs (the stats topic, `fieldbridge status`).
-#[derive(Debug, Default)]
-pub struct SerialStats {
-    /// Successful opens of the port.
-    pub opens: AtomicU64,
-    /// Frames that decoded into values (or were valid but carried none we read).
-    pub frames: AtomicU64,
-    pub noise_bytes: AtomicU64,
-    pub bad_checksums: AtomicU64,
-    pub overlong: AtomicU64,
-    /// Frames with the right framing whose content did not parse.
-    pub unparsable: AtomicU64,
-    /// Polled requests that got no valid answer in time.
-    pub timeouts: AtomicU64,
-}
-
-impl SerialStats {
-    fn get(c: &AtomicU64) -> u64 {
-        c.load(Ordering::Relaxed)
-    }
-}
 
 /// Decides when a log line about rejected input may be written: the first reject at once, then
 /// at most one line per `every`. Pure (time is passed in), so it is tested without waiting.
@@ -128,15 +108,20 @@ enum End {
 
 struct Task {
     /// Liveness for the systemd watchdog: every wait below promises when the loop comes round.
-    beat: crate::health::Beat,
+    beat: Beat,
     dev: SerialDevice,
     tx: mpsc::Sender<DeviceEvent>,
     stop: CancellationToken,
-    stats: Arc<SerialStats>,
+    stats: Arc<SerialCounters>,
     status: Status,
     framer: Framer,
     limiter: LogLimiter,
     events: Vec<FrameEvent>,
+}
+
+/// How long the serial task of `dev` may take before its first beat (see `ops::health`).
+pub fn first_beat_within(dev: &SerialDevice) -> Duration {
+    dev.timeout + BEAT_SLACK
 }
 
 /// Runs until `stop` is cancelled (or the receiving side is gone).
@@ -144,9 +129,9 @@ pub async fn run(
     dev: SerialDevice,
     tx: mpsc::Sender<DeviceEvent>,
     stop: CancellationToken,
-    stats: Arc<SerialStats>,
+    stats: Arc<SerialCounters>,
+    beat: Beat,
 ) {
-    let beat = crate::health::global().register_device(&dev.name, dev.timeout + BEAT_SLACK);
     let mut t = Task {
         beat,
         framer: Framer::new(dev.protocol.framing()),
@@ -224,7 +209,6 @@ impl Task {
     /// Records the status and sends an event if it changed; `false` when the pipeline is gone
     /// (shutting down).
     async fn set_status(&mut self, online: bool, reason: Option<String>) -> bool {
-        self.beat.set_online(online);
         match self.status.set(online, reason) {
             Some(ev) => self.tx.send(ev).await.is_ok(),
             None => true,
@@ -398,15 +382,15 @@ impl Task {
         self.events = events;
         if let Some(last) = reject {
             if let Some(suppressed) = self.limiter.allow(Instant::now()) {
-                let s = &self.stats;
+                let s = self.stats.snapshot();
                 tracing::warn!(
                     event = "serial_input_rejected",
                     device = %self.dev.name,
                     last = %last,
-                    noise_bytes = SerialStats::get(&s.noise_bytes),
-                    bad_checksums = SerialStats::get(&s.bad_checksums),
-                    overlong = SerialStats::get(&s.overlong),
-                    unparsable = SerialStats::get(&s.unparsable),
+                    noise_bytes = s.noise_bytes,
+                    bad_checksums = s.bad_checksums,
+                    overlong = s.overlong,
+                    unparsable = s.unparsable,
                     suppressed,
                     "rejected serial input (totals since start; logged at most every {}s)",
                     LOG_EVERY.as_secs()

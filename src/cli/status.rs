@@ -1,5 +1,5 @@
 //! `fieldbridge status`: asks the running daemon how it is doing, by reading the retained stats
-//! snapshot it keeps on its own embedded broker (`health::supervise` publishes it), and renders
+//! snapshot it keeps on its own embedded broker (`ops::stats::Reporter` publishes it), and renders
 //! it for a person. It never opens the outbox database: that belongs to the daemon.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 use crate::config::Config;
-use crate::health::{stats_topic, Stats};
+use crate::mqtt::topics::Topics;
+use crate::ops::stats::Stats;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -32,7 +33,7 @@ pub async fn fetch(cfg: &Config, wait: Duration) -> Result<Stats, StatusError> {
         broker.listen.ip().to_string()
     };
     let addr = format!("{host}:{}", broker.listen.port());
-    let topic = stats_topic(&cfg.gateway.topic_prefix, &cfg.gateway.id);
+    let topic = Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id).stats();
     let client_id = format!("fieldbridge-status-{}", std::process::id());
     let mut o = MqttOptions::new(client_id, host, broker.listen.port());
     o.set_keep_alive(Duration::from_secs(10));
@@ -165,7 +166,7 @@ pub fn now_ms() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::health::{OutboxStats, UpstreamStats};
+    use crate::ops::stats::{OutboxStats, UpstreamStats};
     use std::collections::BTreeMap;
 
     #[test]
@@ -173,7 +174,7 @@ mod tests {
         let s = Stats {
             serial: [(
                 "air".to_string(),
-                crate::health::SerialCounters {
+                crate::ops::stats::SerialTotals {
                     opens: 1,
                     frames: 40,
                     noise_bytes: 7,
@@ -186,7 +187,7 @@ mod tests {
             .into(),
             lines: [(
                 "rs485".to_string(),
-                crate::health::LineCounters {
+                crate::ops::stats::LineTotals {
                     requests: 120,
                     timeouts: 3,
                     bad_answers: 1,

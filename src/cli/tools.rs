@@ -10,14 +10,16 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::{Command, Commands, Target};
+use crate::commands::{Commands, Target};
 use crate::config::{Config, Device, Transport};
-use crate::device::bus::{self, Answer, Connector, Exchange};
-use crate::device::decode::Table;
-use crate::device::modbus::ModbusDriver;
-use crate::device::{lines, plan, Driver};
-use crate::reading::Value;
-use crate::topics::Topics;
+use crate::device::modbus::bus::{self, Answer, Connector, Exchange};
+use crate::device::modbus::decode::Table;
+use crate::device::modbus::driver::ModbusDriver;
+use crate::device::modbus::{lines, plan};
+use crate::device::Driver;
+use crate::flow::Value;
+use crate::flow::{Command, Origin};
+use crate::mqtt::topics::Topics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -157,7 +159,7 @@ pub async fn write(
         device: device.to_string(),
         point: point.to_string(),
         payload: value.as_bytes().to_vec(),
-        origin: "cli",
+        origin: Origin::CommandLine,
     };
     let (outcome, _) = commands.execute(&cmd).await;
     stop.cancel();

@@ -313,7 +313,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
         opts.upstream.as_ref().map(|(h, p)| (h.as_str(), *p)),
     );
     let cfg = crate::config::parse_str(&src).map_err(|e| DemoError::Config(format!("{e:?}")))?;
-    let prefix = crate::topics::Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id).all();
+    let prefix = crate::mqtt::topics::Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id).all();
     println!("fieldbridge demo: simulated Modbus TCP devices 'boiler' at {boiler} and 'meter' at {meter}");
     println!(
         "embedded MQTT broker on {}; try: mosquitto_sub -h {} -p {} -t '{prefix}' -v",
@@ -331,7 +331,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     let broker = opts.broker;
     let printer_stop = CancellationToken::new();
     let printer = printer_stop.clone();
-    let app = crate::app::run(cfg, stop.clone(), move |_| {
+    let app = crate::app::run(cfg, stop.clone(), move || {
         tokio::spawn(print_local(broker, prefix, printer));
     })
     .await;

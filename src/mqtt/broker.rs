@@ -31,13 +31,13 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::commands::Command;
 use crate::config::{BridgeRule, Broker as BrokerConfig};
-use crate::echo::Echoes;
+use crate::flow::Message;
+use crate::flow::{Command, Origin};
+use crate::flow::{Route, Routed};
 use crate::guard::{self, BackendLogin, GuardError};
-use crate::outbox::Message;
-use crate::pipeline::{Route, Routed};
-use crate::topics::{self, Topics};
+use crate::mqtt::echo::Echoes;
+use crate::mqtt::topics::{self, Topics};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -194,7 +194,7 @@ impl LocalBroker {
                                     device: device.to_string(),
                                     point: point.to_string(),
                                     payload: p.payload.to_vec(),
-                                    origin: "local",
+                                    origin: Origin::Local,
                                 });
                                 if cmd.is_some_and(|c| ctx.try_send(c).is_err()) {
                                     tracing::warn!(event = "write_failed", topic = %topic, "command queue full or stopped; local command dropped");

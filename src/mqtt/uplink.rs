@@ -8,7 +8,7 @@
 //! gateway `offline` (retained); `online` is published retained on every connect. Reconnects use
 //! capped, jittered exponential backoff; a black-holed link is detected by the keep-alive ping.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,14 +25,18 @@ use std::sync::Mutex;
 
 use tokio::sync::mpsc;
 
-use crate::commands::Command;
+use crate::backoff::reconnect_delay;
 use crate::config::{BridgeRule, Tls, Upstream};
-use crate::echo::Echoes;
+use crate::flow::Message;
+use crate::flow::{Command, Origin};
+use crate::flow::{Route, Routed};
+use crate::mqtt::echo::Echoes;
+use crate::mqtt::plan::{quotas, Bucket};
+use crate::mqtt::topics::{self, Topics};
+use crate::ops::health::Beat;
+use crate::ops::stats::UplinkCounters;
 use crate::outbox::inflight::{InFlight, Tag};
-use crate::outbox::{Message, Outbox, Row};
-use crate::pipeline::{Route, Routed};
-use crate::replay::{quotas, Bucket};
-use crate::topics::{self, Topics};
+use crate::outbox::{Outbox, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -44,25 +48,17 @@ pub enum UplinkError {
     Tls(String),
 }
 
-#[derive(Debug, Default)]
-pub struct UplinkStats {
-    pub connected: AtomicBool,
-    pub sent: AtomicU64,
-    pub acked: AtomicU64,
-    pub reconnects: AtomicU64,
-}
-
 pub struct Uplink {
     cfg: Upstream,
     transport: Transport,
     topics: Topics,
     outbox: Outbox,
-    stats: Arc<UplinkStats>,
+    stats: Arc<UplinkCounters>,
     subscribe: Vec<BridgeRule>,
     downlink: mpsc::Sender<Routed>,
     /// What we published that our own subscriptions will bring back (see `echo`).
     echoes: Mutex<Echoes>,
-    beat: crate::health::Beat,
+    beat: Beat,
     /// Where `<prefix>/<gw>/<device>/<point>/set` commands go; `None`: not subscribed.
     commands: Option<mpsc::Sender<Command>>,
 }
@@ -71,15 +67,6 @@ pub struct Uplink {
 enum End {
     Stopped,
     Failed(String),
-}
-
-/// Reconnect delay after `attempt` consecutive failures (≥ 1): exponential from `min`, capped at
-/// `max`, then "equal jitter" (between half and all of it) with `r` in [0, 1), so a fleet of
-/// gateways does not reconnect in lockstep after a broker restart.
-pub fn reconnect_delay(min: Duration, max: Duration, attempt: u32, r: f64) -> Duration {
-    let exp = attempt.saturating_sub(1).min(30);
-    let base = min.saturating_mul(1u32 << exp.min(31)).min(max);
-    base.mul_f64(0.5 + 0.5 * r.clamp(0.0, 1.0))
 }
 
 fn tls_transport(t: &Tls) -> Result<Transport, UplinkError> {
@@ -135,18 +122,18 @@ impl Uplink {
         outbox: Outbox,
         subscribe: Vec<BridgeRule>,
         downlink: mpsc::Sender<Routed>,
+        beat: Beat,
     ) -> Result<Uplink, UplinkError> {
         let transport = match &cfg.tls {
             Some(t) => tls_transport(t)?,
             None => Transport::Tcp,
         };
-        let beat = crate::health::global().register("uplink", connect_budget(&cfg));
         Ok(Uplink {
             cfg,
             transport,
             topics,
             outbox,
-            stats: Arc::new(UplinkStats::default()),
+            stats: Arc::new(UplinkCounters::default()),
             subscribe,
             downlink,
             echoes: Mutex::new(Echoes::new(10_000)),
@@ -180,7 +167,7 @@ impl Uplink {
             device: device.to_string(),
             point: point.to_string(),
             payload: p.payload.to_vec(),
-            origin: "upstream",
+            origin: Origin::Upstream,
         };
         if tx.try_send(cmd).is_err() {
             tracing::warn!(event = "write_failed", topic = %p.topic, "command queue full or stopped; command dropped");
@@ -242,7 +229,7 @@ impl Uplink {
         }
     }
 
-    pub fn stats(&self) -> Arc<UplinkStats> {
+    pub fn stats(&self) -> Arc<UplinkCounters> {
         self.stats.clone()
     }
 
@@ -558,7 +545,7 @@ impl Uplink {
 
 /// How long one connection attempt (or one wait for the broker) may take before the uplink
 /// counts as hung; covers a slow outbox read too.
-fn connect_budget(cfg: &Upstream) -> Duration {
+pub fn connect_budget(cfg: &Upstream) -> Duration {
     cfg.connect_timeout + Duration::from_secs(10)
 }
 
@@ -571,32 +558,5 @@ fn describe(e: &ConnectionError) -> String {
             format!("broker refused the connection: {code:?}")
         }
         other => other.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reconnect_delay_grows_exponentially_is_capped_and_jittered() {
-        let min = Duration::from_secs(1);
-        let max = Duration::from_secs(60);
-        let cases: &[(u32, f64, u64)] = &[
-            (1, 0.999_999, 1000),
-            (1, 0.0, 500),
-            (2, 0.999_999, 2000),
-            (4, 0.999_999, 8000),
-            (7, 0.999_999, 60_000),
-            (7, 0.0, 30_000),
-            (u32::MAX, 0.5, 45_000),
-        ];
-        for &(attempt, r, ms) in cases {
-            let d = reconnect_delay(min, max, attempt, r).as_millis() as u64;
-            assert!(
-                d.abs_diff(ms) <= 1,
-                "attempt {attempt}, r {r}: {d} ms, want {ms}"
-            );
-        }
     }
 }

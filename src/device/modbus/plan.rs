@@ -3,7 +3,7 @@
 //! the device's `max_gap` (registers read and thrown away to merge two nearby blocks).
 
 use crate::config::{PlanLimits, Point};
-use crate::device::decode::Table;
+use crate::device::modbus::decode::Table;
 
 /// One read request and the points it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub fn explain(points: &[Point], limits: &PlanLimits) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::device::decode::{DataType, WordOrder};
+    use crate::device::modbus::decode::{DataType, WordOrder};
 
     pub(crate) fn pt(table: Table, address: u16, ty: DataType) -> Point {
         Point {

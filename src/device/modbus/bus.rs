@@ -23,7 +23,6 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
@@ -38,8 +37,9 @@ use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
 use super::decode::Table;
-use super::serial::port::{Port, PortSettings};
-use super::DeviceError;
+use crate::device::serial::port::{Port, PortSettings};
+use crate::device::DeviceError;
+use crate::ops::stats::{bump, LineCounters};
 
 /// One Modbus request as the bus runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,28 +136,6 @@ impl Connector {
     }
 }
 
-/// Counters of one line, for the stats topic and `fieldbridge status`: what a field engineer
-/// looks at first on a flaky RS-485 line.
-#[derive(Debug, Default)]
-pub struct LineStats {
-    /// Exchanges put on the wire (attempts, retries included).
-    pub requests: AtomicU64,
-    pub timeouts: AtomicU64,
-    /// Answers that were not the answer (bad CRC surfaces as a timeout; wrong unit, function
-    /// or quantity counts here).
-    pub bad_answers: AtomicU64,
-    /// Modbus exception answers.
-    pub exceptions: AtomicU64,
-    /// The port or connection failed to open, or broke.
-    pub link_errors: AtomicU64,
-}
-
-impl LineStats {
-    fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
 struct Job {
     unit: u8,
     exchange: Exchange,
@@ -175,7 +153,7 @@ struct Job {
 pub struct BusHandle {
     tx: mpsc::Sender<Job>,
     name: Arc<str>,
-    stats: Arc<LineStats>,
+    stats: Arc<LineCounters>,
 }
 
 impl BusHandle {
@@ -203,7 +181,7 @@ impl BusHandle {
         rx.await.map_err(|_| gone())?
     }
 
-    pub fn stats(&self) -> &Arc<LineStats> {
+    pub fn stats(&self) -> &Arc<LineCounters> {
         &self.stats
     }
 }
@@ -217,7 +195,7 @@ pub fn spawn(
 ) -> (BusHandle, tokio::task::JoinHandle<()>) {
     // Small: a deep queue would only hide that the line is slower than the configured polling.
     let (tx, rx) = mpsc::channel(64);
-    let stats = Arc::new(LineStats::default());
+    let stats = Arc::new(LineCounters::default());
     let handle = BusHandle {
         tx,
         name: name.clone(),
@@ -233,7 +211,7 @@ async fn run(
     request_gap: Duration,
     mut rx: mpsc::Receiver<Job>,
     stop: CancellationToken,
-    stats: Arc<LineStats>,
+    stats: Arc<LineCounters>,
 ) {
     let mut line = Owner {
         stats,
@@ -302,7 +280,7 @@ async fn run(
 }
 
 struct Owner {
-    stats: Arc<LineStats>,
+    stats: Arc<LineCounters>,
     name: Arc<str>,
     connector: Connector,
     gap: Duration,
@@ -379,7 +357,7 @@ impl Owner {
             let ctx = match self.connect(job.timeout).await {
                 Ok(c) => c,
                 Err(e) => {
-                    LineStats::bump(&self.stats.link_errors);
+                    bump(&self.stats.link_errors);
                     return Err(AttemptError::Connect(e));
                 }
             };
@@ -391,20 +369,20 @@ impl Owner {
             )));
         };
         ctx.set_slave(Slave(job.unit));
-        LineStats::bump(&self.stats.requests);
+        bump(&self.stats.requests);
         let result = timeout(job.timeout, transact(ctx, &job.exchange)).await;
         self.quiet_from = Instant::now();
         let failure = match result {
             Ok(Ok(answer)) => {
                 if matches!(answer, Answer::Exception(_)) {
-                    LineStats::bump(&self.stats.exceptions);
+                    bump(&self.stats.exceptions);
                 }
                 return Ok(answer);
             }
             Err(_) => Failure::Timeout,
             Ok(Err(f)) => f,
         };
-        LineStats::bump(match failure {
+        bump(match failure {
             Failure::Timeout => &self.stats.timeouts,
             Failure::Garbage(_) | Failure::Corrupt(_) => &self.stats.bad_answers,
             Failure::Link(_) => &self.stats.link_errors,
@@ -774,7 +752,7 @@ mod tests {
                 path: "/dev/null".into(),
                 baud,
                 data_bits: 8,
-                parity: super::super::serial::port::Parity::None,
+                parity: crate::device::serial::port::Parity::None,
                 stop_bits: 1,
             },
             rs485: false,

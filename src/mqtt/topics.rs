@@ -10,7 +10,7 @@
 
 use serde_json::{json, Map, Number};
 
-use crate::reading::{Reading, Value};
+use crate::flow::{Reading, Value};
 
 /// The point name that would collide with the device status topic.
 pub const RESERVED_POINT: &str = "status";
@@ -161,7 +161,7 @@ fn value_json(v: &Value) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::reading::Quality;
+    use crate::flow::Quality;
 
     #[test]
     fn command_topics_name_device_and_point_and_nothing_else_parses() {

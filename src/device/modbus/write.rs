@@ -287,8 +287,8 @@ fn raw_number(p: &Point, ty: DataType, input: &Input, v: f64) -> Result<Raw, Wri
 mod tests {
     use super::*;
     use crate::config::WriteLimits;
-    use crate::device::decode::WordOrder;
-    use crate::device::plan::tests::pt;
+    use crate::device::modbus::decode::WordOrder;
+    use crate::device::modbus::plan::tests::pt;
 
     fn writable(mut p: Point, min: Option<f64>, max: Option<f64>) -> Point {
         p.write = Some(WriteLimits { min, max });

@@ -8,9 +8,9 @@
 use super::bus::{Answer, BusHandle, Exchange};
 use super::decode::{decode_registers, scale, Raw};
 use super::plan::{plan, ReadRequest};
-use super::{DeviceError, Driver};
 use crate::config::{Device, Point};
-use crate::reading::{now_ms, Quality, Reading, Value};
+use crate::device::{DeviceError, Driver};
+use crate::flow::{now_ms, Quality, Reading, Value};
 
 pub struct ModbusDriver {
     device: Device,

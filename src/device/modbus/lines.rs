@@ -9,16 +9,17 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use super::bus::{self, BusHandle, Connector, LineStats};
-use super::modbus::own_poll_budget;
+use super::bus::{self, BusHandle, Connector};
+use super::driver::own_poll_budget;
 use crate::config::{Bus, BusLink, Config, Device, Transport};
+use crate::ops::stats::LineCounters;
 
 pub struct Lines {
     by_device: HashMap<Arc<str>, (BusHandle, Duration)>,
     pub tasks: JoinSet<()>,
     /// Every line's counters, by line name (a bus name, or the device name of a Modbus TCP
     /// device).
-    pub stats: Vec<(Arc<str>, Arc<LineStats>)>,
+    pub stats: Vec<(Arc<str>, Arc<LineCounters>)>,
 }
 
 impl Lines {

@@ -1,0 +1,13 @@
+//! Modbus, RTU and TCP alike: one driver over one bus owner per line.
+//!
+//! `lines` builds one bus task per `[[buses]]` entry (and one per Modbus TCP device); `bus` owns
+//! a line and serialises every request on it; `driver` is the `Driver` a poller runs; `plan`
+//! (pure) groups points into requests; `decode` (pure) turns registers into values; `write`
+//! (pure) validates and encodes a command into a write exchange.
+
+pub mod bus;
+pub mod decode;
+pub mod driver;
+pub mod lines;
+pub mod plan;
+pub mod write;

@@ -1,0 +1,128 @@
+//! What travels on the gateway's channels, and nothing else: a `Reading` (a decoded value of one
+//! point) and device status changes (`DeviceEvent`, drivers → pipeline), a `Message` bound for a
+//! broker and where it goes (`Routed`, stats/commands/forwarding → pipeline), and a `Command`
+//! coming down (brokers → command runner). A leaf: it imports no other module of the crate, so
+//! every loop can speak it without knowing the loop at the other end.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A decoded value. Booleans and numbers stay typed all the way to the JSON payload.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Float(f64),
+    /// Text registers (a model name, a serial number).
+    Text(String),
+    Null,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quality {
+    /// The device answered and the value decoded.
+    Good,
+    /// The device answered with an error (e.g. a Modbus exception) for this point.
+    Bad,
+}
+
+impl Quality {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quality::Good => "good",
+            Quality::Bad => "bad",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub device: Arc<str>,
+    pub point: Arc<str>,
+    pub value: Value,
+    pub unit: Option<Arc<str>>,
+    /// Milliseconds since the Unix epoch, taken when the device answered.
+    pub ts_ms: i64,
+    pub quality: Quality,
+    /// Why the quality is bad, in words a field engineer can act on.
+    pub error: Option<String>,
+}
+
+/// What a poller reports: readings, or a change of a device's reachability.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeviceEvent {
+    Readings(Vec<Reading>),
+    Status {
+        device: Arc<str>,
+        online: bool,
+        reason: Option<String>,
+    },
+}
+
+/// A message bound for a broker (upstream through the outbox, or the local broker).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub retain: bool,
+}
+
+impl Message {
+    /// What it costs the outbox's byte bound.
+    pub fn size(&self) -> u64 {
+        (self.topic.len() + self.payload.len()) as u64
+    }
+}
+
+/// Where a message that is not a device event goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Outbox (then upstream) and the local broker, like a reading.
+    Everywhere,
+    /// Outbox only: it came from a local client and is already in the local broker.
+    UpstreamOnly,
+    /// Local broker only: it came from upstream.
+    LocalOnly,
+}
+
+#[derive(Debug, Clone)]
+pub struct Routed {
+    pub message: Message,
+    pub route: Route,
+}
+
+/// Where a command came from, for the log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    Upstream,
+    Local,
+    CommandLine,
+}
+
+impl Origin {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Origin::Upstream => "upstream",
+            Origin::Local => "local",
+            Origin::CommandLine => "cli",
+        }
+    }
+}
+
+/// One command as it arrived on `<prefix>/<gw>/<device>/<point>/set`.
+#[derive(Debug, Clone)]
+pub struct Command {
+    pub device: String,
+    pub point: String,
+    pub payload: Vec<u8>,
+    pub origin: Origin,
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,403 @@
+//! Gateway statistics, defined once: the live counters every loop bumps (`LineCounters` for a
+//! Modbus line, `SerialCounters` for a serial_line device, `UplinkCounters` for the upstream
+//! link), the device board (last reported reachability of every device, Modbus or serial, the
+//! one source of truth for "online"), and the `Stats` snapshot built from them.
+//!
+//! The snapshot is logged every `gateway.stats_interval` and published retained on the stats
+//! topic through the normal path (outbox → upstream, and the local broker) by `Reporter`;
+//! `fieldbridge status` reads it back, and the watchdog's `STATUS=` line is made from it.
+//! Each counter set is declared once (`counter_set!`): its snapshot type has the same fields, so
+//! the JSON schema cannot drift from what the loops count.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::flow::{DeviceEvent, Message, Route, Routed};
+use crate::ops::health::Health;
+use crate::outbox::Outbox;
+
+/// Adds one to a live counter.
+pub fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Declares a set of live counters (atomics, bumped by a loop) and its snapshot (plain numbers,
+/// serialised on the stats topic) from one list of fields.
+macro_rules! counter_set {
+    ($(#[$m:meta])* $live:ident => $snap:ident { $($(#[$fm:meta])* $field:ident),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Default)]
+        pub struct $live {
+            $($(#[$fm])* pub $field: AtomicU64,)*
+        }
+
+        /// Totals since start (the snapshot of the live counters of the same name).
+        #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+        pub struct $snap {
+            $(pub $field: u64,)*
+        }
+
+        impl $live {
+            pub fn snapshot(&self) -> $snap {
+                $snap { $($field: self.$field.load(Ordering::Relaxed),)* }
+            }
+        }
+    };
+}
+
+counter_set! {
+    /// Counters of one Modbus line (a bus, or a Modbus TCP device): what a field engineer looks
+    /// at first on a flaky RS-485 line.
+    LineCounters => LineTotals {
+        /// Exchanges put on the wire (attempts, retries included).
+        requests,
+        timeouts,
+        /// Answers that were not the answer (bad CRC surfaces as a timeout; wrong unit,
+        /// function or quantity counts here).
+        bad_answers,
+        /// Modbus exception answers.
+        exceptions,
+        /// The port or connection failed to open, or broke.
+        link_errors,
+    }
+}
+
+counter_set! {
+    /// Counters of one serial_line device: what its port delivered or rejected.
+    SerialCounters => SerialTotals {
+        /// Successful opens of the port.
+        opens,
+        /// Frames that decoded into values (or were valid but carried none we read).
+        frames,
+        noise_bytes,
+        bad_checksums,
+        overlong,
+        /// Frames with the right framing whose content did not parse.
+        unparsable,
+        /// Polled requests that got no valid answer in time.
+        timeouts,
+    }
+}
+
+/// Counters of the upstream link.
+#[derive(Debug, Default)]
+pub struct UplinkCounters {
+    pub connected: AtomicBool,
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub reconnects: AtomicU64,
+}
+
+/// The retained JSON snapshot on `<prefix>/<gateway>/stats`, read by `fieldbridge status`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    pub version: String,
+    pub pid: u32,
+    /// Milliseconds since the Unix epoch when this snapshot was taken.
+    pub ts: u64,
+    pub uptime_s: u64,
+    pub devices: BTreeMap<String, Option<bool>>,
+    pub outbox: OutboxStats,
+    pub upstream: UpstreamStats,
+    /// Modbus lines (a bus name, or a Modbus TCP device's name) and their counters.
+    #[serde(default)]
+    pub lines: BTreeMap<String, LineTotals>,
+    /// serial_line devices and what their ports delivered or rejected.
+    #[serde(default)]
+    pub serial: BTreeMap<String, SerialTotals>,
+    /// Loops that broke their progress promise (empty when healthy).
+    pub stalled: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct OutboxStats {
+    pub rows: u64,
+    pub bytes: u64,
+    pub dropped: u64,
+    /// Age in seconds of the oldest stored reading, if any.
+    pub oldest_age_s: Option<u64>,
+    /// Group commits so far; with `synchronous=FULL` each one fsyncs the WAL once.
+    #[serde(default)]
+    pub commits: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct UpstreamStats {
+    pub configured: bool,
+    pub connected: bool,
+    pub sent: u64,
+    pub acked: u64,
+    pub reconnects: u64,
+}
+
+/// Reachability of every device, as last reported by its poller or serial task.
+#[derive(Debug, Default)]
+pub struct Board {
+    devices: Mutex<HashMap<Arc<str>, Option<bool>>>,
+}
+
+impl Board {
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a Arc<str>>) -> Self {
+        Board {
+            devices: Mutex::new(names.into_iter().map(|n| (n.clone(), None)).collect()),
+        }
+    }
+
+    pub fn observe(&self, events: &[DeviceEvent]) {
+        // A poisoned lock only means another thread panicked mid-update of a bool map; the
+        // data is still usable.
+        let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        for e in events {
+            if let DeviceEvent::Status { device, online, .. } = e {
+                d.insert(device.clone(), Some(*online));
+            }
+        }
+    }
+
+    /// (online, total)
+    pub fn counts(&self) -> (usize, usize) {
+        let d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        (d.values().filter(|v| **v == Some(true)).count(), d.len())
+    }
+
+    /// Every device with its last reported reachability (`None`: not reported yet).
+    pub fn devices(&self) -> BTreeMap<String, Option<bool>> {
+        let d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        d.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+}
+
+/// Everything a snapshot is made from; `app.rs` fills it in once at start.
+#[derive(Clone)]
+pub struct Sources {
+    pub health: Health,
+    pub outbox: Outbox,
+    pub uplink: Option<Arc<UplinkCounters>>,
+    pub board: Arc<Board>,
+    pub lines: Vec<(Arc<str>, Arc<LineCounters>)>,
+    pub serial: Vec<(Arc<str>, Arc<SerialCounters>)>,
+    pub started: Instant,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl Sources {
+    /// The snapshot: counters of the outbox, uplink and lines, device reachability, and the
+    /// loops more than `slack` past their promise.
+    pub async fn collect(&self, slack: Duration) -> Stats {
+        let o = self.outbox.stats();
+        // Running-time age (see outbox): a wall-clock jump after NTP sync does not distort it.
+        let oldest_age_s = self
+            .outbox
+            .oldest_age()
+            .await
+            .ok()
+            .flatten()
+            .map(|a| a.as_secs());
+        let upstream = match &self.uplink {
+            Some(u) => UpstreamStats {
+                configured: true,
+                connected: u.connected.load(Ordering::Relaxed),
+                sent: u.sent.load(Ordering::Relaxed),
+                acked: u.acked.load(Ordering::Relaxed),
+                reconnects: u.reconnects.load(Ordering::Relaxed),
+            },
+            None => UpstreamStats::default(),
+        };
+        Stats {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            pid: std::process::id(),
+            ts: now_ms(),
+            uptime_s: self.started.elapsed().as_secs(),
+            devices: self.board.devices(),
+            lines: self
+                .lines
+                .iter()
+                .map(|(name, l)| (name.to_string(), l.snapshot()))
+                .collect(),
+            serial: self
+                .serial
+                .iter()
+                .map(|(name, s)| (name.to_string(), s.snapshot()))
+                .collect(),
+            outbox: OutboxStats {
+                rows: o.rows.load(Ordering::Relaxed),
+                bytes: o.bytes.load(Ordering::Relaxed),
+                dropped: o.dropped.load(Ordering::Relaxed),
+                commits: o.commits.load(Ordering::Relaxed),
+                oldest_age_s,
+            },
+            upstream,
+            stalled: self
+                .health
+                .stalled(slack)
+                .into_iter()
+                .map(|s| s.name)
+                .collect(),
+        }
+    }
+}
+
+/// The `STATUS=` line systemd shows in `systemctl status`.
+pub fn status_line(s: &Stats) -> String {
+    let online = s.devices.values().filter(|v| **v == Some(true)).count();
+    let upstream = match (s.upstream.configured, s.upstream.connected) {
+        (false, _) => "not configured",
+        (true, true) => "connected",
+        (true, false) => "disconnected",
+    };
+    let mut line = format!(
+        "{online}/{} devices online, outbox {} queued, upstream {upstream}",
+        s.devices.len(),
+        s.outbox.rows
+    );
+    if !s.stalled.is_empty() {
+        line.push_str(&format!(
+            "; no progress in {} (watchdog withheld)",
+            s.stalled.join(", ")
+        ));
+    }
+    line
+}
+
+/// How far past its promise a loop must be to show as stalled in the stats (the watchdog uses
+/// the systemd watchdog interval; the stats use the same default).
+const STALL_SLACK: Duration = Duration::from_secs(30);
+
+/// Logs and publishes the snapshot every `interval`.
+pub struct Reporter {
+    pub interval: Duration,
+    pub sources: Sources,
+    /// The stats topic (`mqtt::topics::Topics::stats`).
+    pub topic: String,
+    pub tx: mpsc::Sender<Routed>,
+}
+
+impl Reporter {
+    pub async fn run(self, stop: CancellationToken) {
+        let mut first = true;
+        loop {
+            // The first snapshot goes out at once, so `fieldbridge status` works right after start.
+            if !std::mem::take(&mut first) {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(self.interval) => {}
+                }
+            }
+            let s = self.sources.collect(STALL_SLACK).await;
+            let (online, total) = self.sources.board.counts();
+            tracing::info!(
+                event = "stats",
+                outbox_rows = s.outbox.rows,
+                oldest_age_s = s.outbox.oldest_age_s,
+                dropped = s.outbox.dropped,
+                sent = s.upstream.sent,
+                acked = s.upstream.acked,
+                reconnects = s.upstream.reconnects,
+                upstream_connected = s.upstream.connected,
+                devices_online = online,
+                devices_total = total,
+                "stats"
+            );
+            let Ok(payload) = serde_json::to_vec(&s) else {
+                continue;
+            };
+            let m = Message {
+                topic: self.topic.clone(),
+                payload,
+                retain: true,
+            };
+            if self
+                .tx
+                .send(Routed {
+                    message: m,
+                    route: Route::Everywhere,
+                })
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_board_counts_devices_by_their_last_status() {
+        let a: Arc<str> = "a".into();
+        let b: Arc<str> = "b".into();
+        let board = Board::new([&a, &b]);
+        assert_eq!(board.counts(), (0, 2));
+        let st = |d: &Arc<str>, online| DeviceEvent::Status {
+            device: d.clone(),
+            online,
+            reason: None,
+        };
+        board.observe(&[st(&a, true), st(&b, true), st(&b, false)]);
+        assert_eq!(board.counts(), (1, 2));
+        assert_eq!(board.devices().get("b"), Some(&Some(false)));
+    }
+
+    #[test]
+    fn a_counter_snapshot_carries_every_live_counter_under_its_own_name() {
+        let c = LineCounters::default();
+        bump(&c.requests);
+        bump(&c.requests);
+        bump(&c.link_errors);
+        let json = serde_json::to_value(c.snapshot()).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"requests": 2, "timeouts": 0, "bad_answers": 0, "exceptions": 0, "link_errors": 1})
+        );
+    }
+
+    #[test]
+    fn status_line_names_devices_outbox_upstream_and_stalls() {
+        let mut s = Stats {
+            lines: BTreeMap::new(),
+            serial: BTreeMap::new(),
+            version: "0".into(),
+            pid: 1,
+            ts: 0,
+            uptime_s: 0,
+            devices: BTreeMap::from([("a".into(), Some(true)), ("b".into(), Some(false))]),
+            outbox: OutboxStats {
+                rows: 7,
+                bytes: 0,
+                dropped: 0,
+                oldest_age_s: None,
+                commits: 0,
+            },
+            upstream: UpstreamStats {
+                configured: true,
+                connected: false,
+                sent: 0,
+                acked: 0,
+                reconnects: 0,
+            },
+            stalled: vec![],
+        };
+        assert_eq!(
+            status_line(&s),
+            "1/2 devices online, outbox 7 queued, upstream disconnected"
+        );
+        s.stalled.push("uplink".into());
+        assert!(status_line(&s).ends_with("; no progress in uplink (watchdog withheld)"));
+    }
+}
