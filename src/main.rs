@@ -1,6 +1,7 @@
 //! The command line: parse arguments, load the config, run, and map errors to exit codes
 //! (2: bad configuration or usage, 1: runtime failure).
 
+use fieldbridge::config::spec::serial::{Parity, PortSettings};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -149,7 +150,7 @@ fn load_or_exit(path: &std::path::Path) -> Result<config::Config, ExitCode> {
 
 fn scan_spec(a: &ScanArgs) -> Result<tools::ScanSpec, String> {
     use fieldbridge::device::modbus::bus::Connector;
-    use fieldbridge::device::serial::port::{Parity, PortSettings};
+
     let connector = if let Some(port) = &a.port {
         let parity: Parity = a
             .parity
@@ -189,7 +190,7 @@ fn scan_spec(a: &ScanArgs) -> Result<tools::ScanSpec, String> {
         format!(
             "--table {:?}: valid: {}",
             a.table,
-            fieldbridge::device::modbus::decode::Table::NAMES
+            fieldbridge::config::spec::modbus::Table::NAMES
         )
     })?;
     Ok(tools::ScanSpec {
@@ -376,7 +377,7 @@ fn main() -> ExitCode {
 fn passwd(user: &str, file: Option<&std::path::Path>) -> ExitCode {
     use fieldbridge::guard::auth;
     use std::io::IsTerminal;
-    if let Some(p) = auth::user_name_problem(user) {
+    if let Some(p) = fieldbridge::config::spec::access::user_name_problem(user) {
         eprintln!("user name {user:?} {p}");
         return ExitCode::from(2);
     }

@@ -4,12 +4,13 @@
 //! that makes the decoder give up). In-process and fine-grained; the same properties are
 //! exercised against pymodbus in tests/rtu.rs.
 
+use fieldbridge::config::spec::modbus::Table;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use fieldbridge::device::modbus::bus::{self, Answer, BusHandle, Connector, Exchange};
-use fieldbridge::device::modbus::decode::Table;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

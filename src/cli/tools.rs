@@ -4,6 +4,7 @@
 //! so what they show is what the gateway does. They must not run against a port the daemon
 //! holds: the port is opened exclusively and the second opener gets a "busy" error.
 
+use crate::config::spec::modbus::Table;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::commands::{Commands, Target};
 use crate::config::{Config, Device, Transport};
 use crate::device::modbus::bus::{self, Answer, Connector, Exchange};
-use crate::device::modbus::decode::Table;
+
 use crate::device::modbus::driver::ModbusDriver;
 use crate::device::modbus::{lines, plan};
 use crate::device::Driver;

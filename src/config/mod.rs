@@ -9,16 +9,17 @@ pub mod locate;
 pub mod profile;
 pub mod raw;
 pub mod serial;
+pub mod spec;
 mod validate;
 
+use crate::config::spec::access::Access;
+use crate::config::spec::modbus::{DataType, Table, WordOrder};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::device::modbus::decode::{DataType, Table, WordOrder};
-use crate::guard::acl::Access;
 use locate::{line_of_offset, line_of_path, path_at_offset, KeyPath};
 
 pub use validate::validate;
@@ -54,13 +55,13 @@ pub struct BridgeRule {
 impl BridgeRule {
     pub fn to_remote(&self, local_topic: &str) -> String {
         match &self.remap {
-            Some((l, r)) => crate::mqtt::topics::remap(local_topic, l, r),
+            Some((l, r)) => crate::config::spec::topic::remap(local_topic, l, r),
             None => local_topic.to_string(),
         }
     }
     pub fn to_local(&self, remote_topic: &str) -> String {
         match &self.remap {
-            Some((l, r)) => crate::mqtt::topics::remap(remote_topic, r, l),
+            Some((l, r)) => crate::config::spec::topic::remap(remote_topic, r, l),
             None => remote_topic.to_string(),
         }
     }
@@ -287,7 +288,7 @@ pub struct Bus {
 #[derive(Debug, Clone, PartialEq)]
 pub enum BusLink {
     Serial {
-        port: crate::device::serial::port::PortSettings,
+        port: crate::config::spec::serial::PortSettings,
         /// Ask the driver for RS-485 mode (TIOCSRS485); "not supported" is logged, not fatal.
         rs485: bool,
     },
@@ -480,18 +481,19 @@ fn load_broker_files(base: &Path, b: &mut Broker, issues: &mut Vec<Issue>) {
             return;
         }
     };
-    let entries = match crate::guard::auth::parse_password_file(&pf.display().to_string(), &text) {
-        Ok(entries) => entries,
-        Err(errors) => {
-            for e in errors {
-                issues.push(Issue {
-                    path: key.clone(),
-                    message: e.to_string(),
-                });
+    let entries =
+        match crate::config::spec::access::parse_password_file(&pf.display().to_string(), &text) {
+            Ok(entries) => entries,
+            Err(errors) => {
+                for e in errors {
+                    issues.push(Issue {
+                        path: key.clone(),
+                        message: e.to_string(),
+                    });
+                }
+                return;
             }
-            return;
-        }
-    };
+        };
     for (name, hash) in entries {
         match b.users.iter_mut().find(|u| u.name == name) {
             Some(u) if u.password_hash.is_some() => issues.push(Issue {

@@ -3,13 +3,9 @@
 //! sensor streams, or it is polled with a request). Built by `validate` only; every value here
 //! has been range-checked, so the serial task can rely on it.
 
+use crate::config::spec::serial::{FieldPoint, FramingSpec, ParseSpec, PortSettings, Sensor};
 use std::sync::Arc;
 use std::time::Duration;
-
-use crate::device::serial::framing::FramingSpec;
-use crate::device::serial::parse::{FieldPoint, ParseSpec};
-use crate::device::serial::port::PortSettings;
-use crate::device::serial::sensors::Sensor;
 
 #[derive(Debug, Clone)]
 pub struct SerialDevice {

@@ -6,6 +6,7 @@ mod serial;
 
 pub(super) use modbus::profile;
 
+use crate::config::spec::topic::topic_level_problem;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -14,7 +15,6 @@ use super::locate::KeyPath;
 use super::profile::Profiles;
 use super::raw::{RawBridgeRule, RawConfig, RawUpstream};
 use super::{BridgeRule, Config, Gateway, Issue, OutboxSettings, Overflow, Tls, Upstream};
-use crate::mqtt::topics::{self, topic_level_problem};
 
 struct Check {
     issues: Vec<Issue>,
@@ -89,7 +89,7 @@ impl Check {
     /// Rules every point's name and value transform follow, whatever the device kind.
     fn point_common(&mut self, p: &KeyPath, name: &str, scale: f64, offset: f64) {
         self.topic_level(p.key("name"), name);
-        if name == topics::RESERVED_POINT {
+        if name == crate::config::spec::topic::RESERVED_POINT {
             self.push(
                 p.key("name"),
                 "\"status\" is reserved for the device status topic; choose another name",
@@ -258,7 +258,7 @@ fn bridge_rules(c: &mut Check, p: KeyPath, raw: &[RawBridgeRule]) -> Vec<BridgeR
     let mut out = Vec::new();
     for (i, r) in raw.iter().enumerate() {
         let rp = p.index(i);
-        if let Some(problem) = topics::filter_problem(&r.filter) {
+        if let Some(problem) = crate::config::spec::topic::filter_problem(&r.filter) {
             c.push(rp.key("filter"), format!("{:?} {problem}", r.filter));
         }
         let remap = match (&r.local_prefix, &r.remote_prefix) {

@@ -5,6 +5,7 @@
 
 pub mod modbus;
 pub mod serial;
+pub mod value;
 
 use std::future::Future;
 use std::time::Duration;

@@ -10,26 +10,7 @@
 //!    subscribe to a filter that is *covered* by one of its `subscribe` filters (every topic the
 //!    requested filter can match is matched by the allowed one).
 
-use crate::mqtt::topics;
-
-/// What one client (a user, or the anonymous client) may do.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Access {
-    pub publish: Vec<String>,
-    pub subscribe: Vec<String>,
-    /// May publish command topics (`<prefix>/<gw>/<device>/<point>/set`).
-    pub commands: bool,
-}
-
-impl Access {
-    pub fn everything() -> Access {
-        Access {
-            publish: vec!["#".into()],
-            subscribe: vec!["#".into()],
-            commands: false,
-        }
-    }
-}
+use crate::config::spec::access::Access;
 
 /// Why a publish was refused; logged as the `reason` field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,17 +49,21 @@ impl Policy {
     }
 
     pub fn publish(&self, who: &Access, topic: &str) -> Result<(), Denied> {
-        if topics::matches(&self.commands, topic) {
+        if crate::config::spec::topic::matches(&self.commands, topic) {
             return if who.commands {
                 Ok(())
             } else {
                 Err(Denied::NotCommandUser)
             };
         }
-        if topics::matches(&self.gateway_tree, topic) {
+        if crate::config::spec::topic::matches(&self.gateway_tree, topic) {
             return Err(Denied::GatewayTopic);
         }
-        if who.publish.iter().any(|f| topics::matches(f, topic)) {
+        if who
+            .publish
+            .iter()
+            .any(|f| crate::config::spec::topic::matches(f, topic))
+        {
             Ok(())
         } else {
             Err(Denied::NoMatchingFilter)
@@ -92,7 +77,7 @@ impl Policy {
 
 /// Whether every topic matched by `filter` is also matched by `allowed`.
 pub fn covers(allowed: &str, filter: &str) -> bool {
-    // A leading wildcard does not match `$` topics (see topics::matches), so it cannot cover a
+    // A leading wildcard does not match `$` topics (see crate::config::spec::topic::matches), so it cannot cover a
     // filter that names them.
     if filter.starts_with('$') && (allowed.starts_with('+') || allowed.starts_with('#')) {
         return false;

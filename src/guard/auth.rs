@@ -24,12 +24,6 @@ pub enum AuthError {
         file: String,
         source: std::io::Error,
     },
-    #[error("{file}:{line}: {message}")]
-    File {
-        file: String,
-        line: usize,
-        message: String,
-    },
 }
 
 const M_COST_KIB: u32 = 19 * 1024;
@@ -53,68 +47,12 @@ pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
         .map_err(|e| AuthError::Hash(e.to_string()))
 }
 
-/// Why `s` is not a usable password hash, or `None`.
-pub fn hash_problem(s: &str) -> Option<String> {
-    match PasswordHash::new(s) {
-        Ok(h) if h.algorithm.as_str().starts_with("argon2") && h.hash.is_some() => None,
-        Ok(h) => Some(format!(
-            "{} hashes are not supported; only Argon2 (`fieldbridge passwd` writes Argon2id)",
-            h.algorithm
-        )),
-        Err(e) => Some(format!(
-            "not a PHC hash string ({e}); run `fieldbridge passwd USER` to make one"
-        )),
-    }
-}
-
 /// Whether `password` matches `hash`. A malformed hash never matches.
 pub fn verify(hash: &str, password: &[u8]) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;
     };
     Argon2::default().verify_password(password, &parsed).is_ok()
-}
-
-/// Parses password-file text into (user, hash) pairs, or every bad line.
-pub fn parse_password_file(
-    file: &str,
-    text: &str,
-) -> Result<Vec<(String, String)>, Vec<AuthError>> {
-    let mut out = Vec::new();
-    let mut errors = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let err = |message: String| AuthError::File {
-            file: file.to_string(),
-            line: i + 1,
-            message,
-        };
-        let Some((user, hash)) = line.split_once(':') else {
-            errors.push(err("expected `user:hash`".into()));
-            continue;
-        };
-        if user.is_empty() {
-            errors.push(err("empty user name".into()));
-            continue;
-        }
-        if let Some(p) = hash_problem(hash) {
-            errors.push(err(format!("user {user:?}: {p}")));
-            continue;
-        }
-        if out.iter().any(|(u, _): &(String, String)| u == user) {
-            errors.push(err(format!("user {user:?} appears twice")));
-            continue;
-        }
-        out.push((user.to_string(), hash.to_string()));
-    }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
 }
 
 /// Writes `user:hash` into the password file, replacing that user's line if present. The file
@@ -158,22 +96,10 @@ pub fn update_password_file(path: &Path, user: &str, hash: &str) -> Result<(), A
     std::fs::rename(&tmp, path).map_err(io)
 }
 
-/// Whether `name` can be a user name in the password file and in MQTT.
-pub fn user_name_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        Some("must not be empty")
-    } else if name.contains(':') {
-        Some("must not contain ':' (it separates name and hash in the password file)")
-    } else if name.chars().any(|c| c.is_control() || c.is_whitespace()) {
-        Some("must not contain spaces or control characters")
-    } else {
-        None
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::spec::access::{hash_problem, parse_password_file};
 
     #[test]
     fn a_hash_verifies_its_password_and_nothing_else() {

@@ -29,8 +29,9 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
+use crate::config::spec::access::Access;
 use crate::config::Broker as BrokerConfig;
-use acl::{Access, Policy};
+use acl::Policy;
 
 pub use listen::{bind, Bound};
 

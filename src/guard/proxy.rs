@@ -8,6 +8,7 @@
 //! The client side is written by one task only (the relay of broker packets), so packets the
 //! guard answers itself are never interleaved inside a broker packet.
 
+use crate::config::spec::access::Access;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -16,7 +17,6 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
-use super::acl::Access;
 use super::codec::{self, CodecError, Connect, Frame};
 use super::{auth, Shared};
 

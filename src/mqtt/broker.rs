@@ -37,7 +37,7 @@ use crate::flow::{Command, Origin};
 use crate::flow::{Route, Routed};
 use crate::guard::{self, BackendLogin, GuardError};
 use crate::mqtt::echo::Echoes;
-use crate::mqtt::topics::{self, Topics};
+use crate::mqtt::topics::Topics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -201,7 +201,7 @@ impl LocalBroker {
                                 }
                             }
                         }
-                        let Some(rule) = rules.iter().find(|r| topics::matches(&r.filter, &topic))
+                        let Some(rule) = rules.iter().find(|r| crate::config::spec::topic::matches(&r.filter, &topic))
                         else {
                             continue;
                         };
@@ -256,11 +256,11 @@ impl LocalBroker {
         if self
             .forward
             .iter()
-            .any(|r| topics::matches(&r.filter, topic))
+            .any(|r| crate::config::spec::topic::matches(&r.filter, topic))
             || self
                 .command_filter
                 .as_deref()
-                .is_some_and(|f| topics::matches(f, topic))
+                .is_some_and(|f| crate::config::spec::topic::matches(f, topic))
         {
             // Our link subscribes to the forward (and command) filters and will receive this
             // back; an upstream command delivered here by a [[subscribe]] rule must not run twice.

@@ -186,7 +186,7 @@ impl Uplink {
         if self
             .subscribe
             .iter()
-            .any(|r| topics::matches(&r.filter, &topic))
+            .any(|r| crate::config::spec::topic::matches(&r.filter, &topic))
         {
             self.echoes
                 .lock()
@@ -212,7 +212,7 @@ impl Uplink {
         let Some(rule) = self
             .subscribe
             .iter()
-            .find(|r| topics::matches(&r.filter, &p.topic))
+            .find(|r| crate::config::spec::topic::matches(&r.filter, &p.topic))
         else {
             return;
         };

@@ -5,6 +5,8 @@
 //! The safety rule: a listener that is not on loopback needs authentication (users or a
 //! password file) unless the file says `allow_anonymous = true` in so many words.
 
+use crate::config::spec::access::{hash_problem, user_name_problem, Access};
+use crate::config::spec::topic::filter_problem;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -14,9 +16,6 @@ use super::super::locate::KeyPath;
 use super::super::raw::RawBroker;
 use super::super::{Broker, BrokerTls, BrokerUser, BrokerWebSocket};
 use super::Check;
-use crate::guard::acl::Access;
-use crate::guard::auth::{hash_problem, user_name_problem};
-use crate::mqtt::topics::filter_problem;
 
 pub(super) fn broker(c: &mut Check, b: KeyPath, raw: &RawBroker) -> Option<Broker> {
     if !raw.enabled {

@@ -5,6 +5,7 @@
 //! the built-in default. Profile points come first, in profile order; a device point with the
 //! same name replaces the profile's, and `skip_points` drops profile points.
 
+use crate::config::spec::modbus::{DataType, Table, WordOrder};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,6 @@ use super::super::raw::{RawBus, RawConfig, RawDevice, RawPoint, RawProfile, RawP
 use super::super::serial::SerialDevice;
 use super::super::{Bus, BusLink, Device, Issue, PlanLimits, Point, Transport, WriteLimits};
 use super::Check;
-use crate::device::modbus::decode::{DataType, Table, WordOrder};
 
 pub const KIND_TCP: &str = "modbus_tcp";
 pub const KIND_RTU: &str = "modbus_rtu";
@@ -46,8 +46,8 @@ pub(in super::super) fn profile(raw: &RawProfile) -> Result<(), Vec<Issue>> {
             d.key("parity"),
             p,
             "parity",
-            crate::device::serial::port::Parity::NAMES,
-            crate::device::serial::port::Parity::None,
+            crate::config::spec::serial::Parity::NAMES,
+            crate::config::spec::serial::Parity::None,
         );
     }
     if raw.points.is_empty() {

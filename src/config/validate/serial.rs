@@ -3,6 +3,10 @@
 //! with its key path and a hint of what would be valid, and validation goes on so one run
 //! reports them all.
 
+use crate::config::spec::serial::{
+    BinarySpec, Checksum, ChecksumSpec, FieldPoint, FieldType, FrameLength, FramingSpec, Parity,
+    ParseSpec, PortSettings, Sensor, Source,
+};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,11 +17,6 @@ use super::super::locate::KeyPath;
 use super::super::raw::{RawDevice, RawFraming, RawParse, RawPoint};
 use super::super::serial::{Mode, Protocol, SerialDevice};
 use super::Check;
-use crate::device::serial::checksum::Checksum;
-use crate::device::serial::framing::{BinarySpec, ChecksumSpec, FrameLength, FramingSpec};
-use crate::device::serial::parse::{FieldPoint, FieldType, ParseSpec, Source};
-use crate::device::serial::port::{Parity, PortSettings};
-use crate::device::serial::sensors::Sensor;
 
 pub const KIND: &str = "serial_line";
 

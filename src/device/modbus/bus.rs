@@ -19,6 +19,8 @@
 //! A Modbus TCP connection is dropped after a timeout instead. Every exchange has its own
 //! deadline; tokio-modbus has none.
 
+use crate::config::spec::modbus::Table;
+use crate::config::spec::serial::PortSettings;
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -36,8 +38,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
-use super::decode::Table;
-use crate::device::serial::port::{Port, PortSettings};
+use crate::device::serial::port::Port;
 use crate::device::DeviceError;
 use crate::ops::stats::{bump, LineCounters};
 
@@ -752,7 +753,7 @@ mod tests {
                 path: "/dev/null".into(),
                 baud,
                 data_bits: 8,
-                parity: crate::device::serial::port::Parity::None,
+                parity: crate::config::spec::serial::Parity::None,
                 stop_bits: 1,
             },
             rs485: false,

@@ -1,140 +1,11 @@
-//! Pure Modbus data model: register tables, data types, word/byte order, and the decoding of raw
-//! registers or bits into values with scale and offset. No I/O here; tested as tables.
+//! Pure Modbus decoding: registers or bits → raw values by data type and word/byte order, and the
+//! exact inverse for writes. The vocabulary (tables, types, orders) is `config::spec::modbus`;
+//! scaling is `device::value`. No I/O here; tested as tables.
 
-use std::fmt;
-use std::str::FromStr;
-
-use crate::flow::Value;
-
-/// The four Modbus data tables.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Table {
-    Coil,
-    Discrete,
-    Holding,
-    Input,
-}
-
-impl Table {
-    pub const NAMES: &'static str = "holding, input, coil, discrete";
-
-    pub fn is_bits(self) -> bool {
-        matches!(self, Table::Coil | Table::Discrete)
-    }
-    /// Largest quantity one read request may carry (Modbus application protocol spec §6).
-    pub fn max_per_request(self) -> u16 {
-        if self.is_bits() {
-            2000
-        } else {
-            125
-        }
-    }
-}
-
-impl FromStr for Table {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "holding" => Table::Holding,
-            "input" => Table::Input,
-            "coil" => Table::Coil,
-            "discrete" => Table::Discrete,
-            _ => return Err(()),
-        })
-    }
-}
-
-impl fmt::Display for Table {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Table::Holding => "holding",
-            Table::Input => "input",
-            Table::Coil => "coil",
-            Table::Discrete => "discrete",
-        })
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DataType {
-    Bool,
-    U16,
-    I16,
-    U32,
-    I32,
-    F32,
-    U64,
-    I64,
-    F64,
-    /// Text in `length` registers, two bytes per register.
-    String,
-}
-
-impl DataType {
-    pub const NAMES: &'static str = "bool, u16, i16, u32, i32, f32, u64, i64, f64, string";
-
-    /// Registers (or bits, for bit tables) one value occupies; a string's width is its
-    /// configured length, so 0 here.
-    pub fn width(self) -> u16 {
-        match self {
-            DataType::String => 0,
-            DataType::Bool | DataType::U16 | DataType::I16 => 1,
-            DataType::U32 | DataType::I32 | DataType::F32 => 2,
-            DataType::U64 | DataType::I64 | DataType::F64 => 4,
-        }
-    }
-
-    /// The raw integer range of an integer type, as f64 (exact for all but the 64-bit ends,
-    /// which only matter for range checks of absurd values).
-    pub fn integer_range(self) -> Option<(f64, f64)> {
-        Some(match self {
-            DataType::U16 => (0.0, u16::MAX as f64),
-            DataType::I16 => (i16::MIN as f64, i16::MAX as f64),
-            DataType::U32 => (0.0, u32::MAX as f64),
-            DataType::I32 => (i32::MIN as f64, i32::MAX as f64),
-            DataType::U64 => (0.0, u64::MAX as f64),
-            DataType::I64 => (i64::MIN as f64, i64::MAX as f64),
-            _ => return None,
-        })
-    }
-}
-
-impl FromStr for DataType {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "bool" => DataType::Bool,
-            "u16" => DataType::U16,
-            "i16" => DataType::I16,
-            "u32" => DataType::U32,
-            "i32" => DataType::I32,
-            "f32" => DataType::F32,
-            "u64" => DataType::U64,
-            "i64" => DataType::I64,
-            "f64" => DataType::F64,
-            "string" => DataType::String,
-            _ => return Err(()),
-        })
-    }
-}
-
-/// Byte order of a multi-register value, named by where the big-endian bytes A B C D land.
-/// `ABCD`: big-endian words, high word first. `CDAB`: low word first. `BADC`: bytes swapped in
-/// each word. `DCBA`: both. For 64-bit values the same rule applies to all four words, and the
-/// 8-byte names (ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA) are accepted as the same four orders.
-/// For strings only the byte swap matters in practice (BADC: low byte first in each register).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WordOrder {
-    Abcd,
-    Cdab,
-    Badc,
-    Dcba,
-}
+use crate::config::spec::modbus::{DataType, WordOrder};
+use crate::device::value::Raw;
 
 impl WordOrder {
-    pub const NAMES: &'static str =
-        "ABCD, CDAB, BADC, DCBA (or for 64-bit: ABCDEFGH, GHEFCDAB, BADCFEHG, HGFEDCBA)";
-
     /// Text is a byte sequence, not a number: only the byte swap inside each register applies.
     /// (A device whose floats are CDAB still stores its strings first register first.)
     fn for_text(self) -> WordOrder {
@@ -145,31 +16,14 @@ impl WordOrder {
         }
     }
 
+    /// (reverse the words, swap the bytes inside each word)
     fn swaps(self) -> (bool, bool) {
-        // (reverse the words, swap the bytes inside each word)
         match self {
             WordOrder::Abcd => (false, false),
             WordOrder::Cdab => (true, false),
             WordOrder::Badc => (false, true),
             WordOrder::Dcba => (true, true),
         }
-    }
-}
-
-impl FromStr for WordOrder {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s.to_ascii_uppercase().as_str() {
-            "ABCD" => WordOrder::Abcd,
-            "CDAB" => WordOrder::Cdab,
-            "BADC" => WordOrder::Badc,
-            "DCBA" => WordOrder::Dcba,
-            "ABCDEFGH" => WordOrder::Abcd,
-            "GHEFCDAB" => WordOrder::Cdab,
-            "BADCFEHG" => WordOrder::Badc,
-            "HGFEDCBA" => WordOrder::Dcba,
-            _ => return Err(()),
-        })
     }
 }
 
@@ -305,40 +159,10 @@ pub fn encode_registers(
     Some(registers_from_bytes(&bytes, order))
 }
 
-/// A decoded value before scaling.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Raw {
-    Bool(bool),
-    Unsigned(u64),
-    Signed(i64),
-    Float(f64),
-    Text(String),
-}
-
-/// Applies `value = raw * scale + offset`. Integers stay integers when the transform is the
-/// identity, so a counter is published as `42`, not `42.0`. A non-finite float (NaN from an
-/// uninitialised register) becomes `Value::Null` because JSON has no NaN.
-pub fn scale(raw: Raw, scale: f64, offset: f64) -> Value {
-    let identity = scale == 1.0 && offset == 0.0;
-    let v = match raw {
-        Raw::Bool(b) => return Value::Bool(b),
-        Raw::Text(t) => return Value::Text(t),
-        Raw::Unsigned(u) if identity => return Value::UInt(u),
-        Raw::Signed(i) if identity => return Value::Int(i),
-        Raw::Unsigned(u) => u as f64 * scale + offset,
-        Raw::Signed(i) => i as f64 * scale + offset,
-        Raw::Float(f) => f * scale + offset,
-    };
-    if v.is_finite() {
-        Value::Float(v)
-    } else {
-        Value::Null
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::spec::modbus::Table;
 
     #[test]
     fn registers_decode_to_the_value_for_every_type_and_order() {
@@ -487,26 +311,6 @@ mod tests {
             decode_registers(&[], DataType::Bool, WordOrder::Abcd, Some(3)),
             None
         );
-    }
-
-    #[test]
-    fn scale_and_offset_apply_and_identity_keeps_integers() {
-        let cases: &[(Raw, f64, f64, Value)] = &[
-            (Raw::Unsigned(2345), 0.1, 0.0, Value::Float(234.5)),
-            (Raw::Unsigned(42), 1.0, 0.0, Value::UInt(42)),
-            (Raw::Signed(-42), 1.0, 0.0, Value::Int(-42)),
-            (Raw::Signed(100), 0.5, -10.0, Value::Float(40.0)),
-            (Raw::Float(21.5), 2.0, 1.0, Value::Float(44.0)),
-            (Raw::Bool(true), 10.0, 0.0, Value::Bool(true)),
-            (Raw::Float(f64::NAN), 1.0, 0.0, Value::Null),
-        ];
-        for (raw, s, o, want) in cases {
-            let got = scale(raw.clone(), *s, *o);
-            match (&got, want) {
-                (Value::Float(a), Value::Float(b)) => assert!((a - b).abs() < 1e-9, "{raw:?}"),
-                _ => assert_eq!(&got, want, "{raw:?}"),
-            }
-        }
     }
 
     #[test]

@@ -6,9 +6,10 @@
 //! reconnects belong to the bus, schedule and backoff to the poller.
 
 use super::bus::{Answer, BusHandle, Exchange};
-use super::decode::{decode_registers, scale, Raw};
+use super::decode::decode_registers;
 use super::plan::{plan, ReadRequest};
 use crate::config::{Device, Point};
+use crate::device::value::{scale, Raw};
 use crate::device::{DeviceError, Driver};
 use crate::flow::{now_ms, Quality, Reading, Value};
 

@@ -2,8 +2,8 @@
 //! the protocol limits (125 registers / 2000 bits per request, or the device's lower caps) and
 //! the device's `max_gap` (registers read and thrown away to merge two nearby blocks).
 
+use crate::config::spec::modbus::Table;
 use crate::config::{PlanLimits, Point};
-use crate::device::modbus::decode::Table;
 
 /// One read request and the points it answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +106,7 @@ pub fn explain(points: &[Point], limits: &PlanLimits) -> String {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::device::modbus::decode::{DataType, WordOrder};
+    use crate::config::spec::modbus::{DataType, WordOrder};
 
     pub(crate) fn pt(table: Table, address: u16, ty: DataType) -> Point {
         Point {

@@ -8,10 +8,12 @@
 //! then turned into the raw value with the inverse of scale and offset, which must land on a
 //! value the type can hold exactly (no silent rounding of a set-point).
 
+use crate::config::spec::modbus::{DataType, Table};
+use crate::device::value::Raw;
 use serde_json::Value as Json;
 
 use super::bus::Exchange;
-use super::decode::{encode_registers, DataType, Raw, Table};
+use super::decode::encode_registers;
 use crate::config::Point;
 
 /// What a command asked for, before it meets a point.
@@ -286,8 +288,9 @@ fn raw_number(p: &Point, ty: DataType, input: &Input, v: f64) -> Result<Raw, Wri
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::spec::modbus::WordOrder;
     use crate::config::WriteLimits;
-    use crate::device::modbus::decode::WordOrder;
+
     use crate::device::modbus::plan::tests::pt;
 
     fn writable(mut p: Point, min: Option<f64>, max: Option<f64>) -> Point {

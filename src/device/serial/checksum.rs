@@ -3,53 +3,7 @@
 //! Each function takes exactly the bytes the protocol covers; which bytes those are is decided by
 //! the framing spec (`framing.rs`) or the sensor driver (`sensors.rs`), never here.
 
-use std::fmt;
-use std::str::FromStr;
-
-/// A one-byte checksum over a slice of the frame.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Checksum {
-    /// Low byte of the sum of the covered bytes (Nova SDS011).
-    Sum8,
-    /// Two's complement of the low byte of the sum: covered bytes + checksum ≡ 0 (Winsen MH-Z19B).
-    Sum8Neg,
-    /// XOR of the covered bytes (NMEA 0183, many ad-hoc protocols).
-    Xor8,
-}
-
-impl Checksum {
-    pub const NAMES: &'static str = "none, sum8, sum8_neg, xor8";
-
-    pub fn compute(self, bytes: &[u8]) -> u8 {
-        match self {
-            Checksum::Sum8 => sum8(bytes),
-            Checksum::Sum8Neg => sum8(bytes).wrapping_neg(),
-            Checksum::Xor8 => xor8(bytes),
-        }
-    }
-}
-
-impl FromStr for Checksum {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "sum8" => Checksum::Sum8,
-            "sum8_neg" => Checksum::Sum8Neg,
-            "xor8" => Checksum::Xor8,
-            _ => return Err(()),
-        })
-    }
-}
-
-impl fmt::Display for Checksum {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Checksum::Sum8 => "sum8",
-            Checksum::Sum8Neg => "sum8_neg",
-            Checksum::Xor8 => "xor8",
-        })
-    }
-}
+use crate::config::spec::serial::Checksum;
 
 pub fn sum8(bytes: &[u8]) -> u8 {
     bytes.iter().fold(0u8, |a, b| a.wrapping_add(*b))
@@ -118,5 +72,17 @@ mod tests {
             nmea_body(good),
             Some("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
         );
+    }
+}
+
+impl Checksum {
+    pub const NAMES: &'static str = "none, sum8, sum8_neg, xor8";
+
+    pub fn compute(self, bytes: &[u8]) -> u8 {
+        match self {
+            Checksum::Sum8 => sum8(bytes),
+            Checksum::Sum8Neg => sum8(bytes).wrapping_neg(),
+            Checksum::Xor8 => xor8(bytes),
+        }
     }
 }

@@ -7,88 +7,9 @@
 //! an over-long line or a frame with a bad checksum; a frame split across any number of reads is
 //! reassembled exactly. No I/O here; tested as tables.
 
-use super::checksum::Checksum;
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum FramingSpec {
-    Line {
-        delimiter: Vec<u8>,
-        max_length: usize,
-    },
-    Binary(BinarySpec),
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct BinarySpec {
-    pub start: Vec<u8>,
-    pub length: FrameLength,
-    pub end: Vec<u8>,
-    pub checksum: Option<ChecksumSpec>,
-}
-
-/// How long a binary frame is, start and end bytes included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FrameLength {
-    Fixed(usize),
-    /// The byte at offset `at` plus `add` is the total frame length.
-    Field {
-        at: usize,
-        add: i64,
-    },
-}
-
-/// Offsets are from the frame start when ≥ 0 and from the frame end when negative (so the
-/// same spec works for variable-length frames). `to` is exclusive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChecksumSpec {
-    pub kind: Checksum,
-    pub from: i64,
-    pub to: i64,
-    pub at: i64,
-}
-
-/// Frames longer than this are impossible with a one-byte length field and a small `add`; it
-/// bounds memory when the length field says something absurd.
-const MAX_BINARY_FRAME: usize = 4096;
-
-impl BinarySpec {
-    /// The largest frame this spec can describe.
-    pub fn max_length(&self) -> usize {
-        match self.length {
-            FrameLength::Fixed(n) => n,
-            FrameLength::Field { add, .. } => {
-                (255 + add).clamp(0, MAX_BINARY_FRAME as i64) as usize
-            }
-        }
-    }
-}
-
-impl ChecksumSpec {
-    fn resolve(off: i64, len: usize) -> Option<usize> {
-        if off >= 0 {
-            let o = usize::try_from(off).ok()?;
-            (o <= len).then_some(o)
-        } else {
-            len.checked_sub(usize::try_from(off.unsigned_abs()).ok()?)
-        }
-    }
-
-    /// Whether the checksum of `frame` is right; `false` when the offsets do not fit the frame.
-    pub fn verify(&self, frame: &[u8]) -> bool {
-        let n = frame.len();
-        let (Some(from), Some(to), Some(at)) = (
-            Self::resolve(self.from, n),
-            Self::resolve(self.to, n),
-            Self::resolve(self.at, n),
-        ) else {
-            return false;
-        };
-        if from > to || at >= n {
-            return false;
-        }
-        self.kind.compute(&frame[from..to]) == frame[at]
-    }
-}
+use crate::config::spec::serial::{
+    BinarySpec, ChecksumSpec, FrameLength, FramingSpec, MAX_BINARY_FRAME,
+};
 
 /// What the framer found in the bytes it was given.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -264,6 +185,7 @@ fn partial_prefix_len(buf: &[u8], start: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::spec::serial::Checksum;
     use FrameEvent::*;
 
     fn line(max: usize) -> FramingSpec {
@@ -462,5 +384,32 @@ mod tests {
             fr.push(&[0x55; 100], &mut out);
             assert!(fr.buf.len() <= 10);
         }
+    }
+}
+
+impl ChecksumSpec {
+    fn resolve(off: i64, len: usize) -> Option<usize> {
+        if off >= 0 {
+            let o = usize::try_from(off).ok()?;
+            (o <= len).then_some(o)
+        } else {
+            len.checked_sub(usize::try_from(off.unsigned_abs()).ok()?)
+        }
+    }
+
+    /// Whether the checksum of `frame` is right; `false` when the offsets do not fit the frame.
+    pub fn verify(&self, frame: &[u8]) -> bool {
+        let n = frame.len();
+        let (Some(from), Some(to), Some(at)) = (
+            Self::resolve(self.from, n),
+            Self::resolve(self.to, n),
+            Self::resolve(self.at, n),
+        ) else {
+            return false;
+        };
+        if from > to || at >= n {
+            return false;
+        }
+        self.kind.compute(&frame[from..to]) == frame[at]
     }
 }

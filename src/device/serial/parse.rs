@@ -7,123 +7,10 @@
 //! but does not convert to the point's type yields a bad-quality value with the reason. Nothing
 //! here panics on any input. No I/O; tested as tables.
 
-use std::fmt;
-use std::str::FromStr;
-use std::sync::Arc;
+use crate::config::spec::serial::{FieldPoint, FieldType, ParseSpec, Source};
+use crate::device::value::{scale, Raw};
 
-use regex::Regex;
-
-use crate::device::modbus::decode::{scale, Raw};
 use crate::flow::Value;
-
-#[derive(Debug, Clone)]
-pub enum ParseSpec {
-    /// Named captures are the fields.
-    Regex(Regex),
-    /// `key<assign>value` pairs separated by `separators` (any of these characters).
-    KeyValue { separators: String, assign: String },
-    /// One JSON object per frame; a field is a dotted path into it (`"env.temp"`, `"list.0"`).
-    Json,
-    /// Columns split at `separator`, each trimmed; a field is a 0-based column index.
-    Csv { separator: String },
-    /// Binary frames: a field is a byte offset, decoded by the point's type and byte order.
-    Binary,
-}
-
-impl ParseSpec {
-    pub const NAMES: &'static str = "regex, kv, json, csv, binary";
-}
-
-/// Where a point's value sits in a frame.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Source {
-    /// A regex capture name, a key, or a JSON path.
-    Field(String),
-    Column(usize),
-    Bytes {
-        offset: usize,
-        little_endian: bool,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FieldType {
-    Bool,
-    U8,
-    I8,
-    U16,
-    I16,
-    U32,
-    I32,
-    U64,
-    I64,
-    F32,
-    F64,
-}
-
-impl FieldType {
-    pub const NAMES: &'static str = "bool, u8, i8, u16, i16, u32, i32, u64, i64, f32, f64";
-
-    /// Bytes the value occupies in a binary frame.
-    pub fn width(self) -> usize {
-        match self {
-            FieldType::Bool | FieldType::U8 | FieldType::I8 => 1,
-            FieldType::U16 | FieldType::I16 => 2,
-            FieldType::U32 | FieldType::I32 | FieldType::F32 => 4,
-            FieldType::U64 | FieldType::I64 | FieldType::F64 => 8,
-        }
-    }
-}
-
-impl FromStr for FieldType {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "bool" => FieldType::Bool,
-            "u8" => FieldType::U8,
-            "i8" => FieldType::I8,
-            "u16" => FieldType::U16,
-            "i16" => FieldType::I16,
-            "u32" => FieldType::U32,
-            "i32" => FieldType::I32,
-            "u64" => FieldType::U64,
-            "i64" => FieldType::I64,
-            "f32" => FieldType::F32,
-            "f64" => FieldType::F64,
-            _ => return Err(()),
-        })
-    }
-}
-
-impl fmt::Display for FieldType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let s = match self {
-            FieldType::Bool => "bool",
-            FieldType::U8 => "u8",
-            FieldType::I8 => "i8",
-            FieldType::U16 => "u16",
-            FieldType::I16 => "i16",
-            FieldType::U32 => "u32",
-            FieldType::I32 => "i32",
-            FieldType::U64 => "u64",
-            FieldType::I64 => "i64",
-            FieldType::F32 => "f32",
-            FieldType::F64 => "f64",
-        };
-        f.write_str(s)
-    }
-}
-
-/// A configured point of a generic serial device.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FieldPoint {
-    pub name: Arc<str>,
-    pub source: Source,
-    pub field_type: FieldType,
-    pub unit: Option<Arc<str>>,
-    pub scale: f64,
-    pub offset: f64,
-}
 
 /// The frame as a whole did not have the configured shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -357,6 +244,8 @@ fn from_bytes(b: &[u8], t: FieldType, little: bool) -> Raw {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use regex::Regex;
+    use std::sync::Arc;
 
     fn pt(name: &str, source: Source, t: FieldType) -> FieldPoint {
         FieldPoint {

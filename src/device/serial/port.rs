@@ -7,45 +7,11 @@
 //! opened; the port is opened exclusively, so exactly one task owns it. No modem-control or
 //! RS-485 ioctls are issued, so pseudo-terminals (ENOTTY for those) work like real ports.
 
+use crate::config::spec::serial::{Parity, PortSettings};
 use std::io;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt, SerialStream};
-
-/// Line settings of one port, as validated from the config.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PortSettings {
-    pub path: String,
-    pub baud: u32,
-    /// 5 to 8.
-    pub data_bits: u8,
-    pub parity: Parity,
-    /// 1 or 2.
-    pub stop_bits: u8,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parity {
-    None,
-    Even,
-    Odd,
-}
-
-impl Parity {
-    pub const NAMES: &'static str = "none, even, odd";
-}
-
-impl std::str::FromStr for Parity {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "none" => Parity::None,
-            "even" => Parity::Even,
-            "odd" => Parity::Odd,
-            _ => return Err(()),
-        })
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {

@@ -6,19 +6,12 @@
 //! verified in `decode`, because it lives inside the text line. Nothing here does I/O or panics
 //! on any input; tested as tables with frames built from the datasheets.
 
-use std::fmt;
-use std::str::FromStr;
+use crate::config::spec::serial::Sensor;
+use crate::config::spec::serial::{BinarySpec, Checksum, ChecksumSpec, FrameLength, FramingSpec};
 
-use super::checksum::{nmea_body, Checksum};
-use super::framing::{BinarySpec, ChecksumSpec, FrameLength, FramingSpec};
+use super::checksum::nmea_body;
+
 use crate::flow::Value;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Sensor {
-    Sds011,
-    Mhz19b,
-    Nmea,
-}
 
 /// The MH-Z19B "read gas concentration" command (datasheet §"Commands": 0x86).
 pub const MHZ19B_READ: [u8; 9] = [0xFF, 0x01, 0x86, 0x00, 0x00, 0x00, 0x00, 0x00, 0x79];
@@ -131,28 +124,6 @@ fn exact<const N: usize>(frame: &[u8]) -> Result<[u8; N], DecodeError> {
         .map_err(|_| DecodeError::Malformed(format!("{} bytes, expected {N}", frame.len())))
 }
 
-impl FromStr for Sensor {
-    type Err = ();
-    fn from_str(s: &str) -> Result<Self, ()> {
-        Ok(match s {
-            "sds011" => Sensor::Sds011,
-            "mhz19b" => Sensor::Mhz19b,
-            "nmea" => Sensor::Nmea,
-            _ => return Err(()),
-        })
-    }
-}
-
-impl fmt::Display for Sensor {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Sensor::Sds011 => "sds011",
-            Sensor::Mhz19b => "mhz19b",
-            Sensor::Nmea => "nmea",
-        })
-    }
-}
-
 fn nmea(frame: &[u8]) -> Result<Vec<(&'static str, Value)>, DecodeError> {
     let line = std::str::from_utf8(frame)
         .map_err(|_| DecodeError::Malformed("not ASCII text".into()))?
@@ -255,6 +226,7 @@ fn degrees(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::spec::serial::{Checksum, FieldPoint, FieldType, ParseSpec, Source};
     use crate::device::serial::framing::{FrameEvent, Framer};
 
     #[test]
@@ -373,7 +345,7 @@ mod tests {
 
     #[test]
     fn arbitrary_bytes_never_panic_any_framer_decoder_or_parser() {
-        use crate::device::serial::parse::{parse_frame, FieldPoint, FieldType, ParseSpec, Source};
+        use crate::device::serial::parse::parse_frame;
         use std::sync::Arc;
         // xorshift: reproducible noise without a dependency
         let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
