@@ -5,6 +5,7 @@
 //! same source text, so neither side has to carry spans around.
 
 use std::fmt;
+use std::path::PathBuf;
 
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
@@ -139,6 +140,67 @@ fn flatten(t: &DeTable, path: &KeyPath, out: &mut Vec<(KeyPath, usize, usize)>) 
             }
             _ => {}
         }
+    }
+}
+
+/// One problem found in a config, before it is located in a file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Issue {
+    pub path: KeyPath,
+    pub message: String,
+}
+
+/// A problem with its place in the file.
+#[derive(Debug, Clone)]
+pub struct Located {
+    /// Set when the problem is in another file than the config (a device profile).
+    pub file: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub key: String,
+    pub message: String,
+}
+
+pub fn locate_all(src: &str, issues: Vec<Issue>) -> Vec<Located> {
+    issues
+        .into_iter()
+        .map(|i| Located {
+            file: None,
+            line: line_of_path(src, &i.path),
+            key: i.path.to_string(),
+            message: i.message,
+        })
+        .collect()
+}
+
+pub fn locate_serde(src: &str, e: &toml::de::Error) -> Located {
+    let message = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let mut key = path_at_offset(src, span.start).to_string();
+            // "missing field `x`": the span covers the table that lacks it; name the full key.
+            if let Some(field) = message
+                .strip_prefix("missing field `")
+                .and_then(|m| m.split('`').next())
+            {
+                key = if key.is_empty() {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
+            }
+            Located {
+                file: None,
+                line: Some(line_of_offset(src, span.start)),
+                key,
+                message,
+            }
+        }
+        None => Located {
+            file: None,
+            line: None,
+            key: String::new(),
+            message,
+        },
     }
 }
 

@@ -4,14 +4,13 @@
 //! Lookup order for a name: `<config dir>/profiles/<name>.toml` (so a site can add or fix a
 //! profile without rebuilding), then the profiles built into the binary (the shipped ones, so a
 //! config works the same wherever the package put its files). A value with a `/` or ending in
-//! `.toml` is a path relative to the config file. This is the only part of config loading
-//! besides `load` that reads files; problems in a profile are located in the profile's file.
+//! `.toml` is a path relative to the config file. This module only finds and reads profile
+//! files; `config::load` parses and validates them and locates their problems in their own file.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::raw::{RawConfig, RawProfile};
-use super::Located;
+use crate::config::raw::{RawConfig, RawProfile};
 
 /// The profiles shipped in `hardware/profiles/`, compiled in.
 pub const BUILTIN: &[(&str, &str)] = &[
@@ -36,6 +35,10 @@ pub struct Profiles {
 }
 
 impl Profiles {
+    pub fn insert(&mut self, name: String, loaded: Result<RawProfile, String>) {
+        self.map.insert(name, loaded);
+    }
+
     pub fn get(&self, name: &str) -> Option<&Result<RawProfile, String>> {
         self.map.get(name)
     }
@@ -70,75 +73,42 @@ pub fn builtin_names() -> String {
         .join(", ")
 }
 
-/// Loads and checks every profile `raw` names. Problems inside a profile file come back located
-/// in that file; the device that named it gets its own issue during validation.
-pub fn load_all(raw: &RawConfig, base: Option<&Path>) -> (Profiles, Vec<Located>) {
-    let mut profiles = Profiles::default();
-    let mut problems = Vec::new();
+/// Reads the text of every profile `raw` names, once per name: `(name, Ok((file, text)))`, or
+/// the reason it could not be read. Parsing and validation are `config::load`'s job.
+pub fn read_all(
+    raw: &RawConfig,
+    base: Option<&Path>,
+) -> Vec<(String, Result<(PathBuf, String), String>)> {
+    let mut out: Vec<(String, Result<(PathBuf, String), String>)> = Vec::new();
     for d in &raw.devices {
         let Some(name) = d.profile.as_deref() else {
             continue;
         };
-        if profiles.map.contains_key(name) {
+        if out.iter().any(|(n, _)| n == name) {
             continue;
         }
-        let loaded = match find(name, base) {
+        let read = match find(name, base) {
             None => Err(format!(
                 "no profile named {name:?}: none in {}, and none built in (built-in: {})",
                 base.unwrap_or(Path::new(".")).join("profiles").display(),
                 builtin_names()
             )),
-            Some(Source::Builtin(text)) => parse(
-                text,
-                Path::new(&format!("<built-in profile {name}>")),
-                &mut problems,
-            ),
+            Some(Source::Builtin(text)) => Ok((
+                PathBuf::from(format!("<built-in profile {name}>")),
+                text.to_string(),
+            )),
             Some(Source::File(path)) => match std::fs::read_to_string(&path) {
-                Ok(text) => parse(&text, &path, &mut problems),
+                Ok(text) => Ok((path, text)),
                 Err(e) => Err(format!("cannot read profile {}: {e}", path.display())),
             },
         };
-        profiles.map.insert(name.to_string(), loaded);
+        out.push((name.to_string(), read));
     }
-    (profiles, problems)
-}
-
-/// Parses and validates one profile text; `Err` carries the summary the naming device reports.
-pub fn parse(text: &str, file: &Path, problems: &mut Vec<Located>) -> Result<RawProfile, String> {
-    let located = match toml::from_str::<RawProfile>(text) {
-        Ok(raw) => match super::validate::profile(&raw) {
-            Ok(()) => return Ok(raw),
-            Err(issues) => super::locate_all(text, issues),
-        },
-        Err(e) => vec![super::locate_serde(text, &e)],
-    };
-    let n = located.len();
-    problems.extend(located.into_iter().map(|mut l| {
-        l.file = Some(file.to_path_buf());
-        l
-    }));
-    Err(format!(
-        "profile {} has {n} problem{} (listed with its file name)",
-        file.display(),
-        if n == 1 { "" } else { "s" }
-    ))
+    out
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
-    #[test]
-    fn every_built_in_profile_parses_and_validates() {
-        for (name, text) in BUILTIN {
-            let mut problems = Vec::new();
-            let r = parse(text, Path::new(name), &mut problems);
-            assert!(r.is_ok(), "{name}: {problems:#?}");
-            let raw = r.unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(raw.profile.name, *name, "the file name is the profile name");
-            assert!(!raw.points.is_empty(), "{name} has no points");
-        }
-    }
 
     #[test]
     fn the_sdm630_profile_is_read_in_12_requests_per_cycle_instead_of_91() {

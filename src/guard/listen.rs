@@ -24,7 +24,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
 
 use super::proxy::{serve, Origin};
-use super::{GuardError, Shared};
+use super::shared::{AddressSlot, GuardError, Shared};
 use crate::config::Broker as BrokerConfig;
 
 /// The listeners, bound but not yet accepting.
@@ -95,12 +95,14 @@ fn server_config(
     Ok(Arc::new(config))
 }
 
+/// Starts accepting on every bound listener, on `rt`; each connection gets its own task.
 pub fn spawn(
     bound: Bound,
     cfg: &BrokerConfig,
-    shared: Arc<Shared>,
+    shared: Shared,
     rt: &tokio::runtime::Handle,
 ) -> Result<(), GuardError> {
+    let shared = Arc::new(shared);
     let _enter = rt.enter();
     let tokio_listener =
         |l: StdListener| TcpListener::from_std(l).map_err(|e| GuardError::Internal(e.to_string()));
@@ -199,7 +201,7 @@ async fn connection(
     origin: Origin,
     shared: Arc<Shared>,
     kind: Kind,
-    _slots: (OwnedSemaphorePermit, super::AddressSlot),
+    _slots: (OwnedSemaphorePermit, AddressSlot),
 ) {
     match kind {
         Kind::Plain => serve(stream, origin, shared).await,

@@ -17,8 +17,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
+use super::auth;
 use super::codec::{self, CodecError, Connect, Frame};
-use super::{auth, Shared};
+use super::shared::Shared;
 
 /// The broker's frames are not limited by the client's limit (the gateway's own messages pass
 /// there too) but by the largest packet MQTT can express.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use super::super::locate::KeyPath;
 use super::super::raw::RawBroker;
 use super::super::{Broker, BrokerTls, BrokerUser, BrokerWebSocket};
-use super::Check;
+use super::check::Check;
 
 pub(super) fn broker(c: &mut Check, b: KeyPath, raw: &RawBroker) -> Option<Broker> {
     if !raw.enabled {

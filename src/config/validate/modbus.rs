@@ -15,7 +15,7 @@ use super::super::profile::{builtin_names, Profiles};
 use super::super::raw::{RawBus, RawConfig, RawDevice, RawPoint, RawProfile, RawProfileDefaults};
 use super::super::serial::SerialDevice;
 use super::super::{Bus, BusLink, Device, Issue, PlanLimits, Point, Transport, WriteLimits};
-use super::Check;
+use super::check::Check;
 
 pub const KIND_TCP: &str = "modbus_tcp";
 pub const KIND_RTU: &str = "modbus_rtu";

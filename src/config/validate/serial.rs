@@ -16,7 +16,7 @@ use regex::Regex;
 use super::super::locate::KeyPath;
 use super::super::raw::{RawDevice, RawFraming, RawParse, RawPoint};
 use super::super::serial::{Mode, Protocol, SerialDevice};
-use super::Check;
+use super::check::Check;
 
 pub const KIND: &str = "serial_line";
 

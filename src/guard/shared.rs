@@ -1,0 +1,191 @@
+//! What every connection of the guard shares: the backend login for rumqttd, the ACL policy and
+//! users, the login throttle, and the connection slots (in total and per client address). Built
+//! once from `[broker]` by `mqtt::broker`, read by the listeners and proxies.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::config::spec::access::Access;
+use crate::config::Broker as BrokerConfig;
+use crate::guard::acl::Policy;
+use crate::guard::{auth, throttle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GuardError {
+    #[error("embedded broker cannot listen on {addr} ({listener} listener): {source} (is another MQTT broker, e.g. mosquitto, using that port? change [broker] listen)")]
+    Bind {
+        listener: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("[broker.tls]: {file}: {message}")]
+    Tls { file: String, message: String },
+    #[error("embedded broker: {0}")]
+    Internal(String),
+}
+
+/// Credentials the guard presents to rumqttd; fresh random values each start.
+#[derive(Clone)]
+pub struct BackendLogin {
+    pub user: String,
+    pub password: String,
+}
+
+impl BackendLogin {
+    pub fn random() -> BackendLogin {
+        let hex = |n: usize| {
+            let mut b = vec![0u8; n];
+            rand::fill(&mut b[..]);
+            b.iter().map(|x| format!("{x:02x}")).collect::<String>()
+        };
+        BackendLogin {
+            user: format!("fieldbridge-guard-{}", hex(4)),
+            password: hex(24),
+        }
+    }
+}
+
+/// Everything a connection needs, shared by all listeners.
+pub struct Shared {
+    pub(super) backend: SocketAddr,
+    pub(super) login: BackendLogin,
+    pub(super) policy: Policy,
+    pub(super) users: HashMap<String, (String, Access)>,
+    pub(super) anonymous: Access,
+    /// Verified against when the user is unknown, so that the answer takes as long as for a
+    /// known user with a wrong password (no user enumeration by timing).
+    pub(super) dummy_hash: String,
+    /// Argon2 costs ~19 MiB and tens of ms each: bound how many run at once.
+    pub(super) verify_slots: Semaphore,
+    /// Failed logins per client address (password guessing).
+    pub(super) throttle: std::sync::Mutex<throttle::Throttle>,
+    pub(super) connections: Arc<Semaphore>,
+    /// Open connections per client address (`max_connections_per_address`), so one LAN host
+    /// cannot take every slot with idle sockets.
+    pub(super) per_address: Arc<PerAddress>,
+    /// Largest accepted packet body (a PUBLISH with the largest payload and topic).
+    pub(super) max_body: usize,
+    pub(super) max_payload: usize,
+    pub(super) keep_alive: (u16, u16),
+    pub(super) connect_timeout: Duration,
+}
+
+impl Shared {
+    /// `base` is `<prefix>/<gateway id>`, the gateway's own topic tree.
+    pub fn new(
+        cfg: &BrokerConfig,
+        base: &str,
+        backend: SocketAddr,
+        login: BackendLogin,
+    ) -> Result<Shared, GuardError> {
+        let dummy_hash = auth::hash_password(login.password.as_bytes())
+            .map_err(|e| GuardError::Internal(e.to_string()))?;
+        let secs = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
+        Ok(Shared {
+            backend,
+            login,
+            policy: Policy::new(base),
+            users: cfg
+                .users
+                .iter()
+                .filter_map(|u| {
+                    let hash = u.password_hash.clone()?;
+                    Some((u.name.clone(), (hash, u.access.clone())))
+                })
+                .collect(),
+            anonymous: cfg.anonymous.clone(),
+            dummy_hash,
+            verify_slots: Semaphore::new(2),
+            throttle: Default::default(),
+            connections: Arc::new(Semaphore::new(cfg.max_connections)),
+            per_address: Arc::new(PerAddress::new(cfg.max_connections_per_address)),
+            max_body: cfg.max_payload_bytes + 2 + 65_535 + 2,
+            max_payload: cfg.max_payload_bytes,
+            keep_alive: (secs(cfg.keep_alive_min), secs(cfg.keep_alive_max)),
+            connect_timeout: cfg.connect_timeout,
+        })
+    }
+}
+
+/// Starts the accept loops of every bound listener on `rt`.
+
+/// Open connections per client IP address, against an optional cap.
+pub(crate) struct PerAddress {
+    cap: Option<usize>,
+    open: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in its address's count, given back on drop.
+pub(crate) struct AddressSlot {
+    owner: Arc<PerAddress>,
+    ip: std::net::IpAddr,
+}
+
+impl PerAddress {
+    pub(crate) fn new(cap: Option<usize>) -> Self {
+        PerAddress {
+            cap,
+            open: Default::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` when that address is at its cap.
+    pub(crate) fn try_take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if self.cap.is_some_and(|cap| *n >= cap) {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                // The table holds only addresses with open connections: it cannot grow with
+                // every address that ever connected.
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod per_address_tests {
+    use super::*;
+
+    #[test]
+    fn each_address_gets_at_most_its_cap_and_slots_come_back_on_close() {
+        let a: std::net::IpAddr = [192, 168, 1, 10].into();
+        let b: std::net::IpAddr = [192, 168, 1, 11].into();
+        let p = Arc::new(PerAddress::new(Some(2)));
+        let s1 = p.try_take(a).expect("first");
+        let s2 = p.try_take(a).expect("second");
+        assert!(p.try_take(a).is_none(), "third from the same address");
+        let other = p.try_take(b).expect("another address has its own count");
+        drop(s1);
+        let s3 = p
+            .try_take(a)
+            .expect("a closed connection gives its slot back");
+        drop((s2, s3, other));
+        assert!(
+            p.open.lock().unwrap().is_empty(),
+            "no entries for idle addresses"
+        );
+        let unlimited = Arc::new(PerAddress::new(None));
+        let many: Vec<_> = (0..100).filter_map(|_| unlimited.try_take(a)).collect();
+        assert_eq!(many.len(), 100);
+    }
+}
