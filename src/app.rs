@@ -29,7 +29,7 @@ use crate::ops::health::Health;
 use crate::ops::stats::{Board, Reporter, SerialCounters, Sources};
 use crate::ops::watchdog;
 use crate::outbox::{Outbox, OutboxError};
-use crate::pipeline;
+use crate::pipeline::{self, Pipeline};
 use crate::poller;
 
 #[derive(Debug, thiserror::Error)]
@@ -135,14 +135,16 @@ pub async fn run(
     let (tx, rx) = mpsc::channel(1024);
     let pipe_stop = CancellationToken::new();
     let pipe = tokio::spawn(pipeline::run(
+        Pipeline {
+            outbox: outbox.clone(),
+            local,
+            topics: topics.clone(),
+            board: board.clone(),
+            beat: health.register("pipeline", Duration::ZERO),
+        },
         rx,
         routed_rx,
-        outbox.clone(),
-        local,
-        topics.clone(),
-        board.clone(),
         pipe_stop.clone(),
-        health.register("pipeline", Duration::ZERO),
     ));
     let stats_stop = CancellationToken::new();
     let reporter = Reporter {

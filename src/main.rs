@@ -10,7 +10,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
-use fieldbridge::cli::{demo, status, tools};
+use fieldbridge::cli::{demo, passwd, status, tools};
 use fieldbridge::ops::telemetry;
 use fieldbridge::{app, config};
 
@@ -264,12 +264,15 @@ fn main() -> ExitCode {
                         serde_json::to_string_pretty(&s).map_err(|e| e.to_string())?
                     );
                 } else {
-                    print!("{}", status::render(&s, status::now_ms()));
+                    print!(
+                        "{}",
+                        status::render(&s, u64::try_from(fieldbridge::flow::now_ms()).unwrap_or(0))
+                    );
                 }
                 Ok(())
             })
         }
-        Cmd::Passwd { user, file } => passwd(&user, file.as_deref()),
+        Cmd::Passwd { user, file } => passwd::run(&user, file.as_deref()),
         Cmd::Demo {
             broker,
             upstream,
@@ -371,64 +374,6 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }
-    }
-}
-
-fn passwd(user: &str, file: Option<&std::path::Path>) -> ExitCode {
-    use fieldbridge::guard::auth;
-    use std::io::IsTerminal;
-    if let Some(p) = fieldbridge::config::spec::access::user_name_problem(user) {
-        eprintln!("user name {user:?} {p}");
-        return ExitCode::from(2);
-    }
-    let password = if std::io::stdin().is_terminal() {
-        let first = rpassword::prompt_password(format!("Password for {user}: "));
-        let again = rpassword::prompt_password("Again: ");
-        match (first, again) {
-            (Ok(a), Ok(b)) if a == b => a,
-            (Ok(_), Ok(_)) => {
-                eprintln!("the passwords differ; nothing written");
-                return ExitCode::from(2);
-            }
-            (Err(e), _) | (_, Err(e)) => {
-                eprintln!("cannot read the password: {e}");
-                return ExitCode::FAILURE;
-            }
-        }
-    } else {
-        let mut line = String::new();
-        if let Err(e) = std::io::stdin().read_line(&mut line) {
-            eprintln!("cannot read the password from stdin: {e}");
-            return ExitCode::FAILURE;
-        }
-        line.trim_end_matches(['\n', '\r']).to_string()
-    };
-    if password.is_empty() {
-        eprintln!("empty password refused");
-        return ExitCode::from(2);
-    }
-    let hash = match auth::hash_password(password.as_bytes()) {
-        Ok(h) => h,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match file {
-        None => {
-            println!("{user}:{hash}");
-            ExitCode::SUCCESS
-        }
-        Some(f) => match auth::update_password_file(f, user, &hash) {
-            Ok(()) => {
-                eprintln!("{}: password of {user} set", f.display());
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        },
     }
 }
 

@@ -101,19 +101,32 @@ pub fn split_routes(device: Vec<Message>, routed: Vec<Routed>) -> (Vec<Message>,
     (up, local)
 }
 
+/// What the pipeline writes to and reports into.
+pub struct Pipeline {
+    pub outbox: Outbox,
+    pub local: Option<LocalBroker>,
+    pub topics: Topics,
+    /// Device reachability, updated from the status events that pass through.
+    pub board: Arc<Board>,
+    pub beat: Beat,
+}
+
 /// Runs until `stop`, then takes what is still queued on both channels, commits it and returns
 /// the broker handle. `other` carries routed messages (stats, forwarding). The caller stops the
 /// producers before cancelling `stop`, so nothing they sent is left behind.
 pub async fn run(
+    p: Pipeline,
     mut events: mpsc::Receiver<DeviceEvent>,
     mut other: mpsc::Receiver<Routed>,
-    outbox: Outbox,
-    mut local: Option<LocalBroker>,
-    topics: Topics,
-    board: Arc<Board>,
     stop: CancellationToken,
-    beat: Beat,
 ) -> Option<LocalBroker> {
+    let Pipeline {
+        outbox,
+        mut local,
+        topics,
+        board,
+        beat,
+    } = p;
     let ids = MessageIds::new();
     let mut evs = Vec::new();
     let mut routed = Vec::new();

@@ -2,7 +2,7 @@
 //! snapshot it keeps on its own embedded broker (`ops::stats::Reporter` publishes it), and renders
 //! it for a person. It never opens the outbox database: that belongs to the daemon.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
@@ -154,13 +154,6 @@ pub fn render(s: &Stats, now_ms: u64) -> String {
         ));
     }
     out
-}
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

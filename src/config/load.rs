@@ -211,7 +211,7 @@ fn load_profiles(raw: &raw::RawConfig, base: Option<&Path>) -> (Profiles, Vec<Lo
     let mut profiles = Profiles::default();
     let mut problems = Vec::new();
     for (name, read) in profile::read_all(raw, base) {
-        let loaded = read.and_then(|(file, text)| parse_profile(&text, &file, &mut problems));
+        let loaded = read.and_then(|p| parse_profile(&p.text, &p.file, &mut problems));
         profiles.insert(name, loaded);
     }
     (profiles, problems)

@@ -73,13 +73,20 @@ pub fn builtin_names() -> String {
         .join(", ")
 }
 
-/// Reads the text of every profile `raw` names, once per name: `(name, Ok((file, text)))`, or
-/// the reason it could not be read. Parsing and validation are `config::load`'s job.
+/// The text of one profile and the file it came from (a made-up name for a built-in one).
+#[derive(Debug)]
+pub struct ProfileText {
+    pub file: PathBuf,
+    pub text: String,
+}
+
+/// Reads the text of every profile `raw` names, once per name, or the reason it could not be
+/// read. Parsing and validation are `config::load`'s job.
 pub fn read_all(
     raw: &RawConfig,
     base: Option<&Path>,
-) -> Vec<(String, Result<(PathBuf, String), String>)> {
-    let mut out: Vec<(String, Result<(PathBuf, String), String>)> = Vec::new();
+) -> Vec<(String, Result<ProfileText, String>)> {
+    let mut out: Vec<(String, Result<ProfileText, String>)> = Vec::new();
     for d in &raw.devices {
         let Some(name) = d.profile.as_deref() else {
             continue;
@@ -93,12 +100,12 @@ pub fn read_all(
                 base.unwrap_or(Path::new(".")).join("profiles").display(),
                 builtin_names()
             )),
-            Some(Source::Builtin(text)) => Ok((
-                PathBuf::from(format!("<built-in profile {name}>")),
-                text.to_string(),
-            )),
+            Some(Source::Builtin(text)) => Ok(ProfileText {
+                file: PathBuf::from(format!("<built-in profile {name}>")),
+                text: text.to_string(),
+            }),
             Some(Source::File(path)) => match std::fs::read_to_string(&path) {
-                Ok(text) => Ok((path, text)),
+                Ok(text) => Ok(ProfileText { file: path, text }),
                 Err(e) => Err(format!("cannot read profile {}: {e}", path.display())),
             },
         };

@@ -111,8 +111,6 @@ impl Shared {
     }
 }
 
-/// Starts the accept loops of every bound listener on `rt`.
-
 /// Open connections per client IP address, against an optional cap.
 pub(crate) struct PerAddress {
     cap: Option<usize>,

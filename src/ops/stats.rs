@@ -12,14 +12,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::flow::{DeviceEvent, Message, Route, Routed};
+use crate::flow::{now_ms, DeviceEvent, Message, Route, Routed};
 use crate::ops::health::Health;
 use crate::outbox::Outbox;
 
@@ -186,13 +186,6 @@ pub struct Sources {
     pub started: Instant,
 }
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 impl Sources {
     /// The snapshot: counters of the outbox, uplink and lines, device reachability, and the
     /// loops more than `slack` past their promise.
@@ -219,7 +212,7 @@ impl Sources {
         Stats {
             version: env!("CARGO_PKG_VERSION").to_string(),
             pid: std::process::id(),
-            ts: now_ms(),
+            ts: u64::try_from(now_ms()).unwrap_or(0),
             uptime_s: self.started.elapsed().as_secs(),
             devices: self.board.devices(),
             lines: self

@@ -56,8 +56,10 @@ pub enum OutboxError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The group commit that held the messages failed (disk full, I/O error); shared by every
+    /// caller whose messages were in that group.
     #[error("outbox: write failed, messages not stored: {0}")]
-    WriteFailed(String),
+    WriteFailed(Arc<sqlx::Error>),
     #[error("outbox is closed")]
     Closed,
 }
@@ -88,10 +90,10 @@ impl RunClock {
 }
 
 /// Messages waiting for the group commit, and who to tell when it is done.
-type PendingAppend = (Vec<Message>, oneshot::Sender<Result<(), String>>);
+type PendingAppend = (Vec<Message>, oneshot::Sender<Result<(), Arc<sqlx::Error>>>);
 
 enum WriteCmd {
-    Append(Vec<Message>, oneshot::Sender<Result<(), String>>),
+    Append(Vec<Message>, oneshot::Sender<Result<(), Arc<sqlx::Error>>>),
     Ack(Vec<i64>),
     Flush(oneshot::Sender<()>),
 }
@@ -446,7 +448,7 @@ impl Writer {
                     let _ = conn.close().await;
                 }
             }
-            let reply = result.map_err(|e| e.to_string());
+            let reply = result.map_err(Arc::new);
             for (_, tx) in appends {
                 let _ = tx.send(reply.clone());
             }
