@@ -47,6 +47,19 @@ impl Shared {
     fn captured(&self) -> MutexGuard<'_, Captured> {
         self.captured.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// Waits for new output (or the end of a stream) until `end` at most.
+    fn wait_change<'a>(
+        &self,
+        c: MutexGuard<'a, Captured>,
+        end: Instant,
+    ) -> MutexGuard<'a, Captured> {
+        let left = end.saturating_duration_since(Instant::now());
+        self.changed
+            .wait_timeout(c, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+    }
 }
 
 /// How to start a [`Proc`]; see [`Proc::build`].
@@ -290,12 +303,7 @@ impl Proc {
                     self.name
                 );
             }
-            c = self
-                .shared
-                .changed
-                .wait_timeout(c, end - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            c = self.shared.wait_change(c, end);
         }
     }
 
@@ -324,12 +332,7 @@ impl Proc {
                 let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
                 panic!("{} exited ({status}) before {what}\n{stderr}", self.name);
             }
-            c = self
-                .shared
-                .changed
-                .wait_timeout(c, end - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            c = self.shared.wait_change(c, end);
         }
     }
 
@@ -399,12 +402,7 @@ impl Proc {
             if now >= end {
                 return;
             }
-            c = self
-                .shared
-                .changed
-                .wait_timeout(c, end - now)
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            c = self.shared.wait_change(c, end);
         }
         drop(c);
         for r in self.readers.drain(..) {
