@@ -5,8 +5,8 @@
 //! FB_BENCH_SECONDS (15), FB_BENCH_DRAIN (100000; e.g. "100000,1000000"), FB_BENCH_QUEUED
 //! (1000000). Needs mosquitto and strace (scripts/test installs mosquitto; strace for fsync).
 
-#[path = "../tests/common/peers.rs"]
-mod peers;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::fmt::Write as _;
 use std::path::Path;
@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use fieldbridge::cli::demo::{serve_sim, SimKind};
 use fieldbridge::flow::Message;
 use fieldbridge::outbox::Outbox;
-use peers::{free_port, Mode, Mosquitto, Relay};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+use support::free_port;
+use support::mosquitto::Mosquitto;
+use support::relay::{Mode, Relay};
 use tokio_util::sync::CancellationToken;
 
 fn env(name: &str, default: u64) -> u64 {

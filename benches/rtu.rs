@@ -10,19 +10,19 @@
 //!
 //! Needs the test venv (scripts/test creates target/venv with pymodbus) and socat.
 
-#[path = "../tests/common/mod.rs"]
-mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::rtu::RtuSim;
 use fieldbridge::config::{parse_str, Config, Device};
 use fieldbridge::device::modbus::driver::ModbusDriver;
 use fieldbridge::device::modbus::lines;
 use fieldbridge::device::modbus::plan::plan;
 use fieldbridge::device::Driver;
+use support::modbus::RtuSim;
 use tokio_util::sync::CancellationToken;
 
 fn env(name: &str, default: u64) -> u64 {

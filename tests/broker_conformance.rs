@@ -3,63 +3,61 @@
 //! from the specification, the test pins the observed behaviour and README.md (Security →
 //! rumqttd deviations) says so.
 
-#[path = "common/clients.rs"]
-mod clients;
-mod common;
+mod support;
 
-use clients::{mosquitto_pub, mosquitto_sub, subscribed, text, BrokerGateway, DEADLINE};
-
-fn publish(port: u16, args: &[&str]) {
-    let out = mosquitto_pub(port, args);
-    assert!(
-        out.status.success(),
-        "mosquitto_pub {args:?}: {}",
-        text(&out)
-    );
-}
+use support::gateway::broker_gateway;
+use support::mosquitto::Mosquitto;
+use support::mqtt::{mosquitto_pub, mosquitto_sub, paho, publish, MqttClient, DEADLINE};
+use support::process::text;
 
 #[test]
 fn qos_0_1_and_2_are_delivered_end_to_end_at_the_granted_qos() {
-    let b = BrokerGateway::start("127.0.0.1", "");
+    let b = broker_gateway("127.0.0.1", "");
     for qos in [0u8, 1, 2] {
         let q = qos.to_string();
         let topic = format!("qos/{qos}");
-        let sub = mosquitto_sub(b.port, &["-t", &topic, "-q", &q]);
-        assert_eq!(subscribed(&sub), vec![qos]);
+        let sub = mosquitto_sub(b.broker_port, &["-t", &topic, "-q", &q]);
+        assert_eq!(sub.subscribed(), vec![qos]);
         publish(
-            b.port,
+            b.broker_port,
             &["-t", &topic, "-m", &format!("at qos {qos}"), "-q", &q],
         );
         let m = sub.wait_message(&topic, DEADLINE);
-        assert_eq!((m.1, m.3.as_str()), (qos, &*format!("at qos {qos}")));
-        assert!(!m.0, "a live message is not flagged retained");
+        assert_eq!((m.qos, m.text().as_str()), (qos, &*format!("at qos {qos}")));
+        assert!(!m.retain, "a live message is not flagged retained");
     }
     // Delivery QoS is the lower of the publish and the subscription QoS.
-    let sub = mosquitto_sub(b.port, &["-t", "down/#", "-q", "1"]);
-    assert_eq!(subscribed(&sub), vec![1]);
-    publish(b.port, &["-t", "down/x", "-m", "m", "-q", "2"]);
-    assert_eq!(sub.wait_message("down/x", DEADLINE).1, 1);
+    let sub = mosquitto_sub(b.broker_port, &["-t", "down/#", "-q", "1"]);
+    assert_eq!(sub.subscribed(), vec![1]);
+    publish(b.broker_port, &["-t", "down/x", "-m", "m", "-q", "2"]);
+    assert_eq!(sub.wait_message("down/x", DEADLINE).qos, 1);
 }
 
 #[test]
 fn a_retained_message_reaches_later_subscribers_until_an_empty_retained_message_clears_it() {
-    let b = BrokerGateway::start("127.0.0.1", "");
-    publish(b.port, &["-t", "ret/a", "-m", "kept", "-r", "-q", "1"]);
-    publish(b.port, &["-t", "ret/b", "-m", "other", "-r", "-q", "1"]);
-    let late = mosquitto_sub(b.port, &["-t", "ret/a", "-C", "1"]);
+    let b = broker_gateway("127.0.0.1", "");
+    publish(
+        b.broker_port,
+        &["-t", "ret/a", "-m", "kept", "-r", "-q", "1"],
+    );
+    publish(
+        b.broker_port,
+        &["-t", "ret/b", "-m", "other", "-r", "-q", "1"],
+    );
+    let late = mosquitto_sub(b.broker_port, &["-t", "ret/a", "-C", "1"]);
     let m = late.wait_message("ret/a", DEADLINE);
-    assert!(m.0 && m.3 == "kept", "{m:?}");
+    assert!(m.retain && m.text() == "kept", "{m:?}");
 
-    publish(b.port, &["-t", "ret/a", "-n", "-r", "-q", "1"]);
-    let after = mosquitto_sub(b.port, &["-t", "ret/#"]);
-    assert_eq!(subscribed(&after), vec![0]);
+    publish(b.broker_port, &["-t", "ret/a", "-n", "-r", "-q", "1"]);
+    let after = mosquitto_sub(b.broker_port, &["-t", "ret/#"]);
+    assert_eq!(after.subscribed(), vec![0]);
     after.wait_message("ret/b", DEADLINE);
     // Retained messages are sent right after the SUBACK, together; ret/b is here, so a
     // remaining ret/a would be too.
-    publish(b.port, &["-t", "ret/sync", "-m", "s"]);
+    publish(b.broker_port, &["-t", "ret/sync", "-m", "s"]);
     after.wait_message("ret/sync", DEADLINE);
     assert!(
-        after.messages().iter().all(|m| m.2 != "ret/a"),
+        after.messages().iter().all(|m| m.topic != "ret/a"),
         "{:?}",
         after.messages()
     );
@@ -67,13 +65,13 @@ fn a_retained_message_reaches_later_subscribers_until_an_empty_retained_message_
 
 #[test]
 fn the_last_will_is_published_when_a_client_dies_and_not_after_a_clean_disconnect() {
-    let b = BrokerGateway::start("127.0.0.1", "");
-    let watcher = mosquitto_sub(b.port, &["-t", "will/#", "-q", "1"]);
-    assert_eq!(subscribed(&watcher), vec![1]);
+    let b = broker_gateway("127.0.0.1", "");
+    let watcher = mosquitto_sub(b.broker_port, &["-t", "will/#", "-q", "1"]);
+    assert_eq!(watcher.subscribed(), vec![1]);
 
     // A clean DISCONNECT: no will (mosquitto_sub -E subscribes and disconnects).
     let mut clean = mosquitto_sub(
-        b.port,
+        b.broker_port,
         &[
             "-t",
             "x/y",
@@ -89,7 +87,7 @@ fn the_last_will_is_published_when_a_client_dies_and_not_after_a_clean_disconnec
     assert!(clean.wait_exit(DEADLINE));
 
     let mut dying = mosquitto_sub(
-        b.port,
+        b.broker_port,
         &[
             "-t",
             "x/y",
@@ -102,27 +100,27 @@ fn the_last_will_is_published_when_a_client_dies_and_not_after_a_clean_disconnec
             "--will-retain",
         ],
     );
-    assert_eq!(subscribed(&dying), vec![0]);
+    assert_eq!(dying.subscribed(), vec![0]);
     dying.kill9();
     let m = watcher.wait_message("will/dead", DEADLINE);
-    assert_eq!((m.1, m.3.as_str()), (1, "gone"));
+    assert_eq!((m.qos, m.text().as_str()), (1, "gone"));
     assert!(
-        watcher.messages().iter().all(|m| m.2 != "will/clean"),
+        watcher.messages().iter().all(|m| m.topic != "will/clean"),
         "{:?}",
         watcher.messages()
     );
     // A retained will stays for later subscribers.
-    let late = mosquitto_sub(b.port, &["-t", "will/dead", "-C", "1"]);
-    assert!(late.wait_message("will/dead", DEADLINE).0);
+    let late = mosquitto_sub(b.broker_port, &["-t", "will/dead", "-C", "1"]);
+    assert!(late.wait_message("will/dead", DEADLINE).retain);
 }
 
 #[test]
 fn a_client_that_falls_silent_is_dropped_after_one_and_a_half_keep_alives_and_its_will_sent() {
-    let b = BrokerGateway::start("127.0.0.1", "keep_alive_min = \"1s\"\n");
-    let watcher = mosquitto_sub(b.port, &["-t", "will/#", "-q", "1"]);
-    assert_eq!(subscribed(&watcher), vec![1]);
-    let port = b.port.to_string();
-    let silent = clients::paho(&[
+    let b = broker_gateway("127.0.0.1", "keep_alive_min = \"1s\"\n");
+    let watcher = mosquitto_sub(b.broker_port, &["-t", "will/#", "-q", "1"]);
+    assert_eq!(watcher.subscribed(), vec![1]);
+    let port = b.broker_port.to_string();
+    let silent = paho(&[
         "--transport",
         "tcp",
         "--port",
@@ -142,28 +140,28 @@ fn a_client_that_falls_silent_is_dropped_after_one_and_a_half_keep_alives_and_it
     let m = watcher.wait_message("will/silent", DEADLINE);
     let took = stopped.elapsed();
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
-    assert_eq!(m.3, "timed out");
+    assert_eq!(m.text(), "timed out");
     eprintln!("will of a silent client (keep-alive 1 s) after {took:?}");
     assert!(took < std::time::Duration::from_secs(5), "{took:?}");
 }
 
 #[test]
 fn plus_and_hash_wildcards_match_as_the_specification_says() {
-    let b = BrokerGateway::start("127.0.0.1", "");
-    let plus = mosquitto_sub(b.port, &["-t", "w/+/t"]);
-    let hash = mosquitto_sub(b.port, &["-t", "w/a/#"]);
-    assert_eq!(subscribed(&plus), vec![0]);
-    assert_eq!(subscribed(&hash), vec![0]);
+    let b = broker_gateway("127.0.0.1", "");
+    let plus = mosquitto_sub(b.broker_port, &["-t", "w/+/t"]);
+    let hash = mosquitto_sub(b.broker_port, &["-t", "w/a/#"]);
+    assert_eq!(plus.subscribed(), vec![0]);
+    assert_eq!(hash.subscribed(), vec![0]);
     for topic in ["w/a/t", "w/b/t", "w/a/t/deeper", "w/a", "w/t", "w/end"] {
-        publish(b.port, &["-t", topic, "-m", topic, "-q", "1"]);
+        publish(b.broker_port, &["-t", topic, "-m", topic, "-q", "1"]);
     }
     plus.wait_message("w/b/t", DEADLINE);
     hash.wait_message("w/a/t/deeper", DEADLINE);
     // Sync: "w/end" is matched by neither, so publish one that both see, last.
-    publish(b.port, &["-t", "w/a/t", "-m", "sync", "-q", "1"]);
-    let seen = |s: &clients::Lines| {
+    publish(b.broker_port, &["-t", "w/a/t", "-m", "sync", "-q", "1"]);
+    let seen = |s: &MqttClient| {
         s.wait_for("the sync message", DEADLINE, |l| l.ends_with(" sync"));
-        let mut t: Vec<String> = s.messages().into_iter().map(|m| m.2).collect();
+        let mut t: Vec<String> = s.messages().into_iter().map(|m| m.topic).collect();
         t.sort();
         t.dedup();
         t
@@ -175,29 +173,32 @@ fn plus_and_hash_wildcards_match_as_the_specification_says() {
 
 #[test]
 fn a_persistent_session_keeps_subscriptions_and_queues_qos1_messages_while_offline() {
-    let b = BrokerGateway::start("127.0.0.1", "");
+    let b = broker_gateway("127.0.0.1", "");
     let id = ["-i", "persistent-1", "-c", "-q", "1"];
     let mut first = mosquitto_sub(
-        b.port,
+        b.broker_port,
         &[&id[..], &["-t", "sess/a", "-t", "sess/b", "-E"]].concat(),
     );
     assert!(first.wait_exit(DEADLINE));
-    publish(b.port, &["-t", "sess/a", "-m", "while away", "-q", "1"]);
+    publish(
+        b.broker_port,
+        &["-t", "sess/a", "-m", "while away", "-q", "1"],
+    );
     // mosquitto_sub needs a filter; an unrelated one, so sess/a can only come from the session.
     let back = mosquitto_sub(
-        b.port,
+        b.broker_port,
         &[&id[..], &["-t", "sess/unrelated", "-C", "1"]].concat(),
     );
     let m = back.wait_message("sess/a", DEADLINE);
-    assert_eq!((m.1, m.3.as_str()), (1, "while away"));
+    assert_eq!((m.qos, m.text().as_str()), (1, "while away"));
 }
 
 #[test]
 fn unsubscribe_stops_delivery_for_that_filter_only() {
-    let b = BrokerGateway::start("127.0.0.1", "");
+    let b = broker_gateway("127.0.0.1", "");
     // paho (TCP) subscribes to both, unsubscribes from u/a and reports the UNSUBACK.
-    let port = b.port.to_string();
-    let client = clients::paho(&[
+    let port = b.broker_port.to_string();
+    let client = paho(&[
         "--transport",
         "tcp",
         "--port",
@@ -210,11 +211,11 @@ fn unsubscribe_stops_delivery_for_that_filter_only() {
         "u/a",
     ]);
     client.wait_for("the UNSUBACK", DEADLINE, |l| l == "UNSUBACK");
-    publish(b.port, &["-t", "u/a", "-m", "1", "-q", "1"]);
-    publish(b.port, &["-t", "u/b", "-m", "2", "-q", "1"]);
-    assert_eq!(client.wait_message("u/b", DEADLINE).3, "2");
+    publish(b.broker_port, &["-t", "u/a", "-m", "1", "-q", "1"]);
+    publish(b.broker_port, &["-t", "u/b", "-m", "2", "-q", "1"]);
+    assert_eq!(client.wait_message("u/b", DEADLINE).text(), "2");
     assert!(
-        client.messages().iter().all(|m| m.2 != "u/a"),
+        client.messages().iter().all(|m| m.topic != "u/a"),
         "{:?}",
         client.messages()
     );
@@ -233,27 +234,33 @@ fn first_after_unsubscribe_then_disconnect(port: u16) -> String {
     publish(port, &["-t", "u/b", "-m", "2", "-q", "1"]);
     let back = mosquitto_sub(port, &[&id[..], &["-t", "u/unrelated", "-C", "1"]].concat());
     back.wait_for("a message", DEADLINE, |l| l.starts_with("MSG "));
-    back.messages()[0].2.clone()
+    back.messages()[0].topic.clone()
 }
 
 #[test]
 fn an_unsubscribe_right_before_disconnect_is_lost_by_rumqttd_but_not_by_mosquitto() {
     // A deviation of rumqttd 0.20, pinned here and listed in README.md.
-    let mosquitto = common::peers::Mosquitto::start();
+    let mosquitto = Mosquitto::start();
     assert_eq!(
         first_after_unsubscribe_then_disconnect(mosquitto.port),
         "u/b"
     );
-    let b = BrokerGateway::start("127.0.0.1", "");
-    assert_eq!(first_after_unsubscribe_then_disconnect(b.port), "u/a");
+    let b = broker_gateway("127.0.0.1", "");
+    assert_eq!(
+        first_after_unsubscribe_then_disconnect(b.broker_port),
+        "u/a"
+    );
 }
 
 #[test]
 fn mqtt_5_clients_are_refused_with_unacceptable_protocol_version() {
-    let b = BrokerGateway::start("127.0.0.1", "");
-    let out = mosquitto_pub(b.port, &["-V", "mqttv5", "-t", "v5/x", "-m", "1"]);
+    let b = broker_gateway("127.0.0.1", "");
+    let out = mosquitto_pub(b.broker_port, &["-V", "mqttv5", "-t", "v5/x", "-m", "1"]);
     assert!(!out.status.success(), "{}", text(&out));
     b.wait_log(&["broker_connect_refused", "protocol level 5"]);
-    let out = mosquitto_pub(b.port, &["-V", "mqttv311", "-t", "v311/x", "-m", "1"]);
+    let out = mosquitto_pub(
+        b.broker_port,
+        &["-V", "mqttv311", "-t", "v311/x", "-m", "1"],
+    );
     assert!(out.status.success(), "{}", text(&out));
 }

@@ -1,7 +1,11 @@
-//! `fieldbridge check`: bad configs exit 2 with the file, line and key named; good ones exit 0.
+//! Config validation, in process through the real loader (`config::load`, what `fieldbridge
+//! check` and `fieldbridge run` call): bad configs are refused with the file, line and key named
+//! in the text `fieldbridge check` prints; good ones load. That the binary prints that text and
+//! exits 2 is checked once, in tests/serial_config.rs.
 
 use std::path::Path;
-use std::process::Command;
+
+use fieldbridge::config::{load, parse_str, Config};
 
 const GOOD: &str = r#"[gateway]
 id = "gw"
@@ -20,29 +24,41 @@ address = 0
 type = "f32"
 "#;
 
-fn check(src: &str) -> (i32, String) {
+/// Loads `src` as the file `fb.toml`; an error is the text `fieldbridge check` prints.
+fn check(src: &str) -> Result<Config, String> {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("fb.toml");
     std::fs::write(&file, src).unwrap();
     check_file(&file)
 }
 
-fn check_file(file: &Path) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
-        .args(["check", "--config"])
-        .arg(file)
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
-    (out.status.code().unwrap_or(-1), text)
+fn check_file(file: &Path) -> Result<Config, String> {
+    load(file).map_err(|e| e.to_string())
+}
+
+/// Each case (what is wrong, replace this, with this, key that must be named, line it is on)
+/// applied to `fixture` is refused naming the file, the line and the key.
+fn assert_each_refused(fixture: &str, cases: &[(&str, &str, &str, &str, usize)]) {
+    for (what, from, to, key, line) in cases {
+        assert!(fixture.contains(from), "{what}: fixture lacks {from:?}");
+        let text = check(&fixture.replacen(from, to, 1))
+            .err()
+            .unwrap_or_else(|| panic!("{what}: accepted"));
+        assert!(
+            text.contains(&format!("'{key}'")),
+            "{what}: key {key} not named in\n{text}"
+        );
+        assert!(
+            text.contains(&format!("fb.toml:{line}:")),
+            "{what}: line {line} not named in\n{text}"
+        );
+    }
 }
 
 #[test]
-fn a_valid_config_checks_with_exit_code_0() {
-    let (code, text) = check(GOOD);
-    assert_eq!(code, 0, "{text}");
-    assert!(text.contains("valid"), "{text}");
+fn a_valid_config_loads_without_problems() {
+    let cfg = check(GOOD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.devices.len(), 1);
 }
 
 #[test]
@@ -52,7 +68,7 @@ fn the_shipped_example_configs_parse_and_validate() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let src = std::fs::read_to_string(&path).unwrap();
-            if let Err(issues) = fieldbridge::config::parse_str(&src) {
+            if let Err(issues) = parse_str(&src) {
                 panic!("{}: {issues:?}", path.display());
             }
         }
@@ -60,7 +76,7 @@ fn the_shipped_example_configs_parse_and_validate() {
 }
 
 #[test]
-fn each_bad_config_exits_2_naming_the_file_line_and_key() {
+fn each_bad_config_is_refused_naming_the_file_line_and_key() {
     // (what is wrong, replace this, with this, key that must be named, line it is on)
     let cases: &[(&str, &str, &str, &str, usize)] = &[
         (
@@ -170,26 +186,15 @@ fn each_bad_config_exits_2_naming_the_file_line_and_key() {
             12,
         ),
     ];
-    for (what, from, to, key, line) in cases {
-        assert!(GOOD.contains(from), "{what}: fixture lacks {from:?}");
-        let (code, text) = check(&GOOD.replacen(from, to, 1));
-        assert_eq!(code, 2, "{what}: exit code\n{text}");
-        assert!(
-            text.contains(&format!("'{key}'")),
-            "{what}: key {key} not named in\n{text}"
-        );
-        assert!(
-            text.contains(&format!("fb.toml:{line}:")),
-            "{what}: line {line} not named in\n{text}"
-        );
-    }
+    assert_each_refused(GOOD, cases);
 }
 
 #[test]
 fn a_duplicate_device_is_named_at_its_second_definition() {
     let dup = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[devices]]").unwrap()..]);
-    let (code, text) = check(&dup);
-    assert_eq!(code, 2, "{text}");
+    let Err(text) = check(&dup) else {
+        panic!("a duplicate device was accepted")
+    };
     assert!(text.contains("'devices[1].name'"), "{text}");
     assert!(text.contains("duplicate device name"), "{text}");
 }
@@ -200,8 +205,9 @@ fn every_problem_of_a_file_is_reported_at_once() {
         .replace("unit_id = 1", "unit_id = 999")
         .replace("address = 0", "address = 70000")
         .replace("type = \"f32\"", "type = \"float\"");
-    let (code, text) = check(&bad);
-    assert_eq!(code, 2, "{text}");
+    let Err(text) = check(&bad) else {
+        panic!("accepted")
+    };
     assert!(text.contains("3 problems"), "{text}");
     for key in [
         "devices[0].unit_id",
@@ -215,9 +221,10 @@ fn every_problem_of_a_file_is_reported_at_once() {
 }
 
 #[test]
-fn a_missing_config_file_exits_2_with_the_path() {
-    let (code, text) = check_file(Path::new("/nonexistent/fieldbridge.toml"));
-    assert_eq!(code, 2);
+fn a_missing_config_file_is_refused_with_the_path() {
+    let Err(text) = check_file(Path::new("/nonexistent/fieldbridge.toml")) else {
+        panic!("accepted")
+    };
     assert!(text.contains("/nonexistent/fieldbridge.toml"), "{text}");
 }
 
@@ -253,14 +260,13 @@ writable = true
 "#;
 
 #[test]
-fn a_valid_rtu_config_with_a_profile_checks_with_exit_code_0() {
-    let (code, text) = check(GOOD_RTU);
-    assert_eq!(code, 0, "{text}");
-    assert!(text.contains("2 devices"), "{text}");
+fn a_valid_rtu_config_with_a_profile_loads_both_devices() {
+    let cfg = check(GOOD_RTU).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.devices.len() + cfg.serial_devices.len(), 2);
 }
 
 #[test]
-fn each_bad_rtu_config_exits_2_naming_the_file_line_and_key() {
+fn each_bad_rtu_config_is_refused_naming_the_file_line_and_key() {
     // (what is wrong, replace this, with this, key that must be named, line it is on)
     let cases: &[(&str, &str, &str, &str, usize)] = &[
         (
@@ -357,19 +363,7 @@ fn each_bad_rtu_config_exits_2_naming_the_file_line_and_key() {
             17,
         ),
     ];
-    for (what, from, to, key, line) in cases {
-        assert!(GOOD_RTU.contains(from), "{what}: fixture lacks {from:?}");
-        let (code, text) = check(&GOOD_RTU.replacen(from, to, 1));
-        assert_eq!(code, 2, "{what}: exit code\n{text}");
-        assert!(
-            text.contains(&format!("'{key}'")),
-            "{what}: key {key} not named in\n{text}"
-        );
-        assert!(
-            text.contains(&format!("fb.toml:{line}:")),
-            "{what}: line {line} not named in\n{text}"
-        );
-    }
+    assert_each_refused(GOOD_RTU, cases);
 }
 
 #[test]
@@ -383,8 +377,9 @@ fn a_problem_inside_a_profile_file_is_named_in_that_file() {
     .unwrap();
     let file = dir.path().join("fb.toml");
     std::fs::write(&file, GOOD_RTU.replace("eastron-sdm120", "my-meter")).unwrap();
-    let (code, text) = check_file(&file);
-    assert_eq!(code, 2, "{text}");
+    let Err(text) = check_file(&file) else {
+        panic!("accepted")
+    };
     assert!(
         text.contains("profiles/my-meter.toml:8: key 'points[0].type'"),
         "{text}"
@@ -401,7 +396,7 @@ fn a_device_point_overrides_the_profile_point_of_the_same_name() {
         "profile = \"eastron-sdm120\"\n",
         "profile = \"eastron-sdm120\"\nskip_points = [\"frequency\"]\n\n[[devices.points]]\nname = \"voltage\"\ntable = \"input\"\naddress = 0\ntype = \"f32\"\nscale = 1000\nunit = \"mV\"\n",
     );
-    let cfg = fieldbridge::config::parse_str(&src).unwrap_or_else(|e| panic!("{e:#?}"));
+    let cfg = parse_str(&src).unwrap_or_else(|e| panic!("{e:#?}"));
     let meter = &cfg.devices[0];
     let voltage: Vec<_> = meter
         .points

@@ -1,19 +1,21 @@
 //! The front door: `fieldbridge demo` shows readings from its simulated devices with nothing else
 //! installed, and stops cleanly.
 
-mod common;
+mod support;
 
-use std::process::Command;
+use support::free_port;
+use support::gateway::fieldbridge;
 
 #[test]
 fn the_demo_prints_readings_of_both_simulated_devices_and_exits_cleanly() {
-    let port = common::peers::free_port();
-    let out = Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
-        .args(["demo", "--duration", "5s", "--broker"])
-        .arg(format!("127.0.0.1:{port}"))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let port = free_port();
+    let out = fieldbridge([
+        "demo",
+        "--duration",
+        "5s",
+        "--broker",
+        &format!("127.0.0.1:{port}"),
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

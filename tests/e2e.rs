@@ -1,17 +1,20 @@
 //! End to end against real peers: pymodbus plays the Modbus TCP device, mosquitto the upstream
 //! broker, and the real `fieldbridge` binary runs in between.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::Duration;
 
-use common::gateway::{ids_seen, is_reading, split_id, Gateway, Spec};
-use common::peers::{
-    wait_for_value_sync, wait_until_sync, Message, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay,
-};
 use serde_json::json;
+use support::certs::{make_certs, LOCALHOST_SAN};
+use support::gateway::{ids_seen, is_reading, split_id, GatewayConfig, SimDevice};
+use support::modbus::ModbusSim;
+use support::mosquitto::Mosquitto;
+use support::mqtt::{mosquitto_pub_lines, mosquitto_sub, Message, MqttWatcher};
+use support::process::text;
+use support::relay::{Mode, Relay};
+use support::{free_port, wait_for, wait_until};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -51,7 +54,10 @@ fn readings_arrive_upstream_with_exactly_the_decoded_values() {
     let mosq = Mosquitto::start();
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let _gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+    let _gw = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with(SimDevice::new(sim.port))
+        .start(dir.path());
 
     let expect = [
         ("f32_abcd", json!(21.5)),
@@ -88,27 +94,28 @@ fn an_upstream_black_hole_loses_no_reading_produced_during_the_outage() {
     let relay = Relay::start(mosq.addr());
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(relay.port()));
-    spec.interval = "50ms";
-    let gw = Gateway::start(&spec, dir.path());
+    let spec = GatewayConfig::standard()
+        .upstream(relay.port())
+        .with(SimDevice::new(sim.port).interval("50ms"));
+    let gw = spec.start(dir.path());
     let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
 
     up.wait_for_sync(is_reading, LONG);
     relay.set_mode(Mode::BlackHole);
     // The outage lasts until the gateway has noticed the dead link (keep-alive 1 s) and the
     // device has produced plenty of readings that could not go upstream.
-    wait_until_sync("the gateway to detect the dead link", LONG, || {
+    wait_until(LONG, "the gateway to detect the dead link", || {
         gw.log().contains("upstream_disconnected")
     });
-    let (boot, at_detect) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
-    wait_until_sync("more readings during the outage", LONG, || {
+    let (boot, at_detect) = wait_for(LONG, "a local reading", || newest_local(&local));
+    wait_until(LONG, "more readings during the outage", || {
         newest_local(&local).is_some_and(|(_, s)| s > at_detect + 100)
     });
     relay.set_mode(Mode::Pass);
     let (_, upto) = newest_local(&local).unwrap();
-    wait_until_sync(
-        "every reading up to the end of the outage upstream",
+    wait_until(
         LONG,
+        "every reading up to the end of the outage upstream",
         || has_all(&up, &boot, upto),
     );
     let dups = duplicates(&up);
@@ -126,22 +133,23 @@ fn a_refused_then_restored_upstream_loses_nothing_either() {
     let relay = Relay::start(mosq.addr());
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(relay.port()));
-    spec.interval = "50ms";
-    let gw = Gateway::start(&spec, dir.path());
+    let spec = GatewayConfig::standard()
+        .upstream(relay.port())
+        .with(SimDevice::new(sim.port).interval("50ms"));
+    let gw = spec.start(dir.path());
     let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
 
     up.wait_for_sync(is_reading, LONG);
     relay.set_mode(Mode::Refuse);
-    let (boot, at_cut) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
-    wait_until_sync("readings during the outage", LONG, || {
+    let (boot, at_cut) = wait_for(LONG, "a local reading", || newest_local(&local));
+    wait_until(LONG, "readings during the outage", || {
         newest_local(&local).is_some_and(|(_, s)| s > at_cut + 100)
     });
     relay.set_mode(Mode::Pass);
     let (_, upto) = newest_local(&local).unwrap();
-    wait_until_sync(
-        "every reading up to the end of the outage upstream",
+    wait_until(
         LONG,
+        "every reading up to the end of the outage upstream",
         || has_all(&up, &boot, upto),
     );
 }
@@ -154,13 +162,14 @@ fn rows_pending_at_a_kill_9_are_delivered_after_restart() {
     relay.set_mode(Mode::Refuse);
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(relay.port()));
-    spec.interval = "50ms";
-    let mut gw = Gateway::start(&spec, dir.path());
+    let spec = GatewayConfig::standard()
+        .upstream(relay.port())
+        .with(SimDevice::new(sim.port).interval("50ms"));
+    let mut gw = spec.start(dir.path());
     let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
-    wait_until_sync(
-        "readings queued while upstream is unreachable",
+    wait_until(
         LONG,
+        "readings queued while upstream is unreachable",
         || newest_local(&local).is_some_and(|(_, s)| s >= 60),
     );
     // Everything the local broker showed was committed first (append before local publish).
@@ -169,8 +178,8 @@ fn rows_pending_at_a_kill_9_are_delivered_after_restart() {
     assert_eq!(up.count(is_reading), 0, "nothing could have gone upstream");
 
     relay.set_mode(Mode::Pass);
-    let _gw = Gateway::start(&spec, dir.path());
-    wait_until_sync("all rows pending at the kill upstream", LONG, || {
+    let _gw = spec.start(dir.path());
+    wait_until(LONG, "all rows pending at the kill upstream", || {
         has_all(&up, &boot, upto)
     });
 }
@@ -180,11 +189,13 @@ fn the_last_will_marks_a_killed_gateway_offline_and_a_restart_online() {
     let sim = ModbusSim::start(1);
     let mosq = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let spec = Spec::new(sim.port, Some(mosq.port));
+    let spec = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with(SimDevice::new(sim.port));
     let live = MqttWatcher::connect(mosq.port, "fieldbridge/gw/status");
-    let mut gw = Gateway::start(&spec, dir.path());
+    let mut gw = spec.start(dir.path());
     let status = |want: &str, times: usize| {
-        wait_until_sync(want, LONG, || live.count(|m| m.text() == want) == times);
+        wait_until(LONG, want, || live.count(|m| m.text() == want) == times);
         // A subscriber arriving afterwards gets it as the retained value.
         let w = MqttWatcher::connect(mosq.port, "fieldbridge/gw/status");
         w.wait_for_sync(|m| m.retain && m.text() == want, LONG);
@@ -192,7 +203,7 @@ fn the_last_will_marks_a_killed_gateway_offline_and_a_restart_online() {
     status("online", 1);
     gw.kill9();
     status("offline", 1);
-    let _gw = Gateway::start(&spec, dir.path());
+    let _gw = spec.start(dir.path());
     status("online", 2);
 }
 
@@ -202,7 +213,10 @@ fn a_clean_shutdown_publishes_offline_and_leaves_nothing_unsent() {
     let mosq = Mosquitto::start();
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+    let mut gw = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with(SimDevice::new(sim.port))
+        .start(dir.path());
     up.wait_for_sync(is_reading, LONG);
     let status = gw.terminate();
     assert!(status.success(), "exit status {status}\n{}", gw.log());
@@ -225,35 +239,36 @@ fn a_clean_shutdown_publishes_offline_and_leaves_nothing_unsent() {
 fn a_local_client_receives_readings_and_retained_device_status() {
     let sim = ModbusSim::start(1);
     let dir = tempfile::tempdir().unwrap();
-    let gw = Gateway::start(&Spec::new(sim.port, None), dir.path());
+    let gw = GatewayConfig::standard()
+        .with(SimDevice::new(sim.port))
+        .start(dir.path());
     let first = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/dev/#");
     first.wait_for_sync(|m| m.topic == "fieldbridge/gw/dev/status", LONG);
     // An independent client (mosquitto_sub) connecting later gets the retained status...
-    let out = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &gw.broker_port.to_string()])
-        .args([
+    let retained = mosquitto_sub(
+        gw.broker_port,
+        &[
             "-t",
             "fieldbridge/gw/dev/status",
             "-C",
             "1",
             "-W",
             "10",
-            "-v",
             "--retained-only",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        "fieldbridge/gw/dev/status online"
+        ],
     );
+    let m = retained.wait_message("fieldbridge/gw/dev/status", LONG);
+    assert_eq!(
+        (m.topic.as_str(), m.text().as_str()),
+        ("fieldbridge/gw/dev/status", "online")
+    );
+    assert!(m.retain);
     // ...and live readings.
-    let out = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &gw.broker_port.to_string()])
-        .args(["-t", "fieldbridge/gw/dev/i32", "-C", "1", "-W", "10"])
-        .output()
-        .unwrap();
-    let p: serde_json::Value = serde_json::from_slice(&out.stdout).expect("a JSON reading");
+    let live = mosquitto_sub(
+        gw.broker_port,
+        &["-t", "fieldbridge/gw/dev/i32", "-C", "1", "-W", "10"],
+    );
+    let p = live.wait_message("fieldbridge/gw/dev/i32", LONG).json();
     assert_eq!(p["value"], -123456);
 }
 
@@ -263,15 +278,18 @@ fn a_muted_device_goes_offline_and_comes_back_online() {
     let mosq = Mosquitto::start();
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/dev/status");
     let dir = tempfile::tempdir().unwrap();
-    let _gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+    let _gw = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with(SimDevice::new(sim.port))
+        .start(dir.path());
     let count = |s: &str| up.count(|m| m.text() == s);
-    wait_until_sync("online", LONG, || count("online") == 1);
+    wait_until(LONG, "online", || count("online") == 1);
     sim.mute();
-    wait_until_sync("offline after the device stops answering", LONG, || {
+    wait_until(LONG, "offline after the device stops answering", || {
         count("offline") == 1
     });
     sim.unmute();
-    wait_until_sync("online again", LONG, || count("online") == 2);
+    wait_until(LONG, "online again", || count("online") == 2);
 }
 
 #[test]
@@ -280,17 +298,20 @@ fn a_late_reply_is_never_read_as_the_answer_to_the_next_request() {
     let mosq = Mosquitto::start();
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/dev/#");
     let dir = tempfile::tempdir().unwrap();
-    let _gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+    let _gw = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with(SimDevice::new(sim.port))
+        .start(dir.path());
     let count = |s: &str| up.count(|m| m.text() == s);
-    wait_until_sync("online", LONG, || count("online") == 1);
+    wait_until(LONG, "online", || count("online") == 1);
     // Replies now come 0.4 s late with a 0.3 s timeout: every request times out and its answer
     // arrives while the next request would be waiting.
     sim.set_delay(Duration::from_millis(400));
-    wait_until_sync("offline", LONG, || count("offline") == 1);
+    wait_until(LONG, "offline", || count("offline") == 1);
     sim.set_delay(Duration::ZERO);
-    wait_until_sync("online again", LONG, || count("online") == 2);
+    wait_until(LONG, "online again", || count("online") == 2);
     let before = up.messages().len();
-    wait_until_sync("several polls after recovery", LONG, || {
+    wait_until(LONG, "several polls after recovery", || {
         up.count(|m| m.topic.ends_with("/i32")) > 5 && up.messages().len() > before + 40
     });
     // Every reading after recovery is the right value for its own point.
@@ -312,56 +333,17 @@ fn a_late_reply_is_never_read_as_the_answer_to_the_next_request() {
     }
 }
 
-/// A throw-away CA, a server certificate for 127.0.0.1/localhost and a client certificate,
-/// made with openssl.
-fn make_certs(dir: &std::path::Path, ca_name: &str) {
-    make_certs_for(dir, ca_name, "DNS:localhost,IP:127.0.0.1")
-}
-
-/// Like `make_certs`, with the server certificate valid only for `san`.
-fn make_certs_for(dir: &std::path::Path, ca_name: &str, san: &str) {
-    let run = |args: &str| {
-        let out = Command::new("openssl")
-            .args(args.split_whitespace())
-            .current_dir(dir)
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "openssl {args}: {err}");
-    };
-    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
-    run(&format!(
-        "req -x509 {ec} -keyout ca.key -out ca.pem -days 2 -subj /CN={ca_name}"
-    ));
-    // x509v3 extensions also make them version 3 certificates, which rustls requires
-    let exts = [
-        ("server", format!("subjectAltName={san}\n")),
-        ("client", "extendedKeyUsage=clientAuth\n".to_string()),
-    ];
-    for (name, ext) in exts {
-        std::fs::write(dir.join(format!("{name}.ext")), ext).unwrap();
-    }
-    for (name, cn) in [("server", "localhost"), ("client", "gw")] {
-        run(&format!(
-            "req {ec} -keyout {name}.key -out {name}.csr -subj /CN={cn}"
-        ));
-        run(&format!(
-            "x509 -req -in {name}.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"
-        ));
-    }
-}
-
 fn tls_mosquitto(certs: &std::path::Path) -> (Mosquitto, u16) {
     tls_mosquitto_with(certs, "")
 }
 
 fn tls_mosquitto_with(certs: &std::path::Path, extra: &str) -> (Mosquitto, u16) {
-    let tls_port = common::peers::free_port();
+    let tls_port = free_port();
     let mosq = Mosquitto::start_with_config(&format!(
         "listener {tls_port} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n{extra}",
         d = certs.display()
     ));
-    wait_until_sync("the TLS listener", LONG, || {
+    wait_until(LONG, "the TLS listener", || {
         std::net::TcpStream::connect(("127.0.0.1", tls_port)).is_ok()
     });
     (mosq, tls_port)
@@ -370,17 +352,19 @@ fn tls_mosquitto_with(certs: &std::path::Path, extra: &str) -> (Mosquitto, u16) 
 #[test]
 fn readings_arrive_over_tls_verified_against_the_configured_ca_file() {
     let certs = tempfile::tempdir().unwrap();
-    make_certs(certs.path(), "fieldbridge-test-ca");
+    make_certs(certs.path(), "fieldbridge-test-ca", LOCALHOST_SAN);
     let (mosq, tls_port) = tls_mosquitto(certs.path());
     let sim = ModbusSim::start(1);
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(tls_port));
-    spec.extra_upstream = format!(
+    let spec = GatewayConfig::standard()
+        .upstream(tls_port)
+        .with(SimDevice::new(sim.port));
+    let spec = spec.upstream_extra(format!(
         "[upstream.tls]\nca_file = \"{}/ca.pem\"\n",
         certs.path().display()
-    );
-    let _gw = Gateway::start(&spec, dir.path());
+    ));
+    let _gw = spec.start(dir.path());
     assert_eq!(value_of(&up, "i32")["value"], -123456);
     up.wait_for_sync(
         |m| m.topic == "fieldbridge/gw/status" && m.text() == "online",
@@ -391,20 +375,22 @@ fn readings_arrive_over_tls_verified_against_the_configured_ca_file() {
 #[test]
 fn a_server_certificate_from_another_ca_is_refused_with_a_clear_error() {
     let certs = tempfile::tempdir().unwrap();
-    make_certs(certs.path(), "the-real-ca");
+    make_certs(certs.path(), "the-real-ca", LOCALHOST_SAN);
     let other = tempfile::tempdir().unwrap();
-    make_certs(other.path(), "some-other-ca");
+    make_certs(other.path(), "some-other-ca", LOCALHOST_SAN);
     let (mosq, tls_port) = tls_mosquitto(certs.path());
     let sim = ModbusSim::start(1);
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(tls_port));
-    spec.extra_upstream = format!(
+    let spec = GatewayConfig::standard()
+        .upstream(tls_port)
+        .with(SimDevice::new(sim.port));
+    let spec = spec.upstream_extra(format!(
         "[upstream.tls]\nca_file = \"{}/ca.pem\"\n",
         other.path().display()
-    );
-    let gw = Gateway::start(&spec, dir.path());
-    wait_until_sync("a certificate error in the log", LONG, || {
+    ));
+    let gw = spec.start(dir.path());
+    wait_until(LONG, "a certificate error in the log", || {
         let log = gw.log();
         log.contains("upstream_connect_failed") && log.contains("certificate")
     });
@@ -420,9 +406,11 @@ fn stats_are_published_retained_upstream_and_locally() {
     let sim = ModbusSim::start(1);
     let mosq = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(mosq.port));
-    spec.stats_interval = "200ms";
-    let gw = Gateway::start(&spec, dir.path());
+    let spec = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .stats_interval("200ms")
+        .with(SimDevice::new(sim.port));
+    let gw = spec.start(dir.path());
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/stats");
     let m = up.wait_for_sync(|m| m.json()["devices"]["dev"] == true, LONG);
     let v = m.json();
@@ -432,7 +420,7 @@ fn stats_are_published_retained_upstream_and_locally() {
     assert!(v["stalled"].as_array().unwrap().is_empty(), "{v}");
     let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/stats");
     local.wait_for_sync(|m| m.retain, LONG);
-    wait_until_sync("a stats log line", LONG, || {
+    wait_until(LONG, "a stats log line", || {
         gw.log().contains("event=\"stats\"")
     });
 }
@@ -440,7 +428,7 @@ fn stats_are_published_retained_upstream_and_locally() {
 #[test]
 fn mutual_tls_with_a_client_certificate_is_accepted_where_one_is_required() {
     let certs = tempfile::tempdir().unwrap();
-    make_certs(certs.path(), "fieldbridge-test-ca");
+    make_certs(certs.path(), "fieldbridge-test-ca", LOCALHOST_SAN);
     let (mosq, tls_port) = tls_mosquitto_with(certs.path(), "require_certificate true\n");
     let sim = ModbusSim::start(1);
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
@@ -448,20 +436,22 @@ fn mutual_tls_with_a_client_certificate_is_accepted_where_one_is_required() {
 
     // without a client certificate the broker refuses the handshake
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(tls_port));
-    spec.extra_upstream = format!("[upstream.tls]\nca_file = \"{d}/ca.pem\"\n");
-    let gw = Gateway::start(&spec, dir.path());
-    wait_until_sync("a refused TLS connection in the log", LONG, || {
+    let spec = GatewayConfig::standard()
+        .upstream(tls_port)
+        .upstream_extra(format!("[upstream.tls]\nca_file = \"{d}/ca.pem\"\n"))
+        .with(SimDevice::new(sim.port));
+    let gw = spec.start(dir.path());
+    wait_until(LONG, "a refused TLS connection in the log", || {
         gw.log().contains("upstream_connect_failed")
     });
     assert_eq!(up.count(|_| true), 0);
     drop(gw);
 
     let dir = tempfile::tempdir().unwrap();
-    spec.extra_upstream = format!(
+    let spec = spec.upstream_extra(format!(
         "[upstream.tls]\nca_file = \"{d}/ca.pem\"\ncert_file = \"{d}/client.pem\"\nkey_file = \"{d}/client.key\"\n"
-    );
-    let _gw = Gateway::start(&spec, dir.path());
+    ));
+    let _gw = spec.start(dir.path());
     assert_eq!(value_of(&up, "i32")["value"], -123456);
 }
 
@@ -470,26 +460,27 @@ fn a_sigstopped_broker_is_detected_by_keep_alive_and_nothing_is_lost() {
     let sim = ModbusSim::start(1);
     let mut mosq = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(mosq.port));
-    spec.interval = "50ms";
-    let gw = Gateway::start(&spec, dir.path());
+    let spec = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with(SimDevice::new(sim.port).interval("50ms"));
+    let gw = spec.start(dir.path());
     let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     up.wait_for_sync(is_reading, LONG);
     mosq.sigstop();
     // keep-alive is 1 s: the dead link must be noticed within a few seconds, not minutes
-    wait_until_sync(
-        "the gateway to detect the hung broker",
+    wait_until(
         Duration::from_secs(6),
+        "the gateway to detect the hung broker",
         || gw.log().contains("upstream_disconnected"),
     );
-    let (boot, _) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
+    let (boot, _) = wait_for(LONG, "a local reading", || newest_local(&local));
     mosq.sigcont();
     let _ = &mut mosq;
-    let (_, upto) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
-    wait_until_sync(
-        "every reading upstream after the broker resumed",
+    let (_, upto) = wait_for(LONG, "a local reading", || newest_local(&local));
+    wait_until(
         LONG,
+        "every reading upstream after the broker resumed",
         || has_all(&up, &boot, upto),
     );
 }
@@ -502,12 +493,13 @@ fn a_rate_limited_backlog_replay_does_not_hold_back_live_readings() {
     relay.set_mode(Mode::Refuse);
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(relay.port()));
-    spec.interval = "50ms";
-    spec.extra_upstream = "replay_rate = 100\n".into();
-    let gw = Gateway::start(&spec, dir.path());
+    let spec = GatewayConfig::standard()
+        .upstream(relay.port())
+        .upstream_extra("replay_rate = 100\n")
+        .with(SimDevice::new(sim.port).interval("50ms"));
+    let gw = spec.start(dir.path());
     let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
-    wait_until_sync("a backlog of 600 readings", LONG, || {
+    wait_until(LONG, "a backlog of 600 readings", || {
         newest_local(&local).is_some_and(|(_, s)| s >= 600)
     });
     relay.set_mode(Mode::Pass);
@@ -526,37 +518,17 @@ fn a_rate_limited_backlog_replay_does_not_hold_back_live_readings() {
         live.text()
     );
     let (_, upto) = newest_local(&local).unwrap();
-    wait_until_sync(
-        "the whole backlog and the live readings upstream",
+    wait_until(
         LONG,
+        "the whole backlog and the live readings upstream",
         || has_all(&up, &boot, upto),
     );
 }
 
-fn mosquitto_pub(port: u16, topic: &str, lines: &str) {
-    use std::io::Write;
-    let mut child = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-q",
-            "1",
-            "-t",
-            topic,
-            "-l",
-        ])
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(lines.as_bytes())
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+/// Publishes each line of `lines` as one QoS 1 message on `topic`.
+fn publish_lines(port: u16, topic: &str, lines: &str) {
+    let out = mosquitto_pub_lines(port, &["-q", "1", "-t", topic, "-l"], lines);
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]
@@ -567,17 +539,19 @@ fn a_local_client_publishing_during_an_outage_reaches_upstream_afterwards() {
     relay.set_mode(Mode::Refuse);
     let up = MqttWatcher::connect(mosq.port, "site/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(relay.port()));
-    spec.extra =
-        "[[forward]]\nfilter = \"lan/#\"\nlocal_prefix = \"lan\"\nremote_prefix = \"site/lan\"\n"
-            .into();
-    let gw = Gateway::start(&spec, dir.path());
+    let spec = GatewayConfig::standard()
+        .upstream(relay.port())
+        .with(SimDevice::new(sim.port));
+    let spec = spec.with(
+        "[[forward]]\nfilter = \"lan/#\"\nlocal_prefix = \"lan\"\nremote_prefix = \"site/lan\"\n",
+    );
+    let gw = spec.start(dir.path());
     let lines: String = (0..50).map(|i| format!("{i}\n")).collect();
-    mosquitto_pub(gw.broker_port, "lan/esp32/temp", &lines);
+    publish_lines(gw.broker_port, "lan/esp32/temp", &lines);
     // not forwarded: outside the filter
-    mosquitto_pub(gw.broker_port, "other/x", "no\n");
+    publish_lines(gw.broker_port, "other/x", "no\n");
     relay.set_mode(Mode::Pass);
-    wait_until_sync("all 50 forwarded messages upstream", LONG, || {
+    wait_until(LONG, "all 50 forwarded messages upstream", || {
         up.count(|m| m.topic == "site/lan/esp32/temp") >= 50
     });
     let got: Vec<String> = up
@@ -595,22 +569,24 @@ fn upstream_subscriptions_reach_local_clients_and_nothing_loops_between_the_two(
     let sim = ModbusSim::start(1);
     let mosq = Mosquitto::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(mosq.port));
+    let spec = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with(SimDevice::new(sim.port));
     // The widest filters in both directions: everything would loop without echo suppression.
-    spec.extra = "[[forward]]\nfilter = \"#\"\n\n[[subscribe]]\nfilter = \"#\"\n".into();
-    let gw = Gateway::start(&spec, dir.path());
+    let spec = spec.with("[[forward]]\nfilter = \"#\"\n\n[[subscribe]]\nfilter = \"#\"\n");
+    let gw = spec.start(dir.path());
     let up = MqttWatcher::connect(mosq.port, "#");
     let local = MqttWatcher::connect(gw.broker_port, "#");
-    wait_until_sync("readings on both sides", LONG, || {
+    wait_until(LONG, "readings on both sides", || {
         up.count(is_reading) > 20 && local.count(is_reading) > 20
     });
-    mosquitto_pub(mosq.port, "cmd/valve", "open\n");
+    publish_lines(mosq.port, "cmd/valve", "open\n");
     local.wait_for_sync(|m| m.topic == "cmd/valve", LONG);
-    mosquitto_pub(gw.broker_port, "lan/esp32", "21.5\n");
+    publish_lines(gw.broker_port, "lan/esp32", "21.5\n");
     up.wait_for_sync(|m| m.topic == "lan/esp32", LONG);
     // Let a few hundred more readings pass through both directions, then count copies.
     let seen = up.count(is_reading);
-    wait_until_sync("more readings", LONG, || up.count(is_reading) > seen + 200);
+    wait_until(LONG, "more readings", || up.count(is_reading) > seen + 200);
     assert_eq!(
         up.count(|m| m.topic == "cmd/valve"),
         1,
@@ -643,7 +619,10 @@ fn a_corrupt_outbox_file_is_quarantined_and_the_gateway_runs() {
         b"this is not a database, just garbage bytes ".repeat(200),
     )
     .unwrap();
-    let gw = Gateway::start(&Spec::new(sim.port, Some(mosq.port)), dir.path());
+    let gw = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with(SimDevice::new(sim.port))
+        .start(dir.path());
     up.wait_for_sync(is_reading, LONG);
     let log = gw.log();
     assert!(
@@ -669,11 +648,12 @@ fn a_full_disk_keeps_local_readings_flowing_counts_drops_and_recovers() {
     let mosq = Mosquitto::start();
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(mosq.port));
-    spec.interval = "50ms";
-    spec.stats_interval = "200ms";
-    spec.tmpfs_data_kib = Some(4096);
-    let gw = Gateway::start(&spec, dir.path());
+    let spec = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .stats_interval("200ms")
+        .tmpfs_data(4096)
+        .with(SimDevice::new(sim.port).interval("50ms"));
+    let gw = spec.start(dir.path());
     let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
     up.wait_for_sync(is_reading, LONG);
 
@@ -684,19 +664,19 @@ fn a_full_disk_keeps_local_readings_flowing_counts_drops_and_recovers() {
     ));
     let out = gw.in_mount_ns(&format!("df -k {data} | tail -1"));
     eprintln!("tmpfs: {}", String::from_utf8_lossy(&out.stdout));
-    wait_until_sync("a counted drop for a failed write", LONG, || {
+    wait_until(LONG, "a counted drop for a failed write", || {
         gw.log().contains("reason=\"write_failed\"")
     });
     // Polling and the local broker go on while nothing can be stored.
     let before = local.count(is_reading);
-    wait_until_sync("local readings while the disk is full", LONG, || {
+    wait_until(LONG, "local readings while the disk is full", || {
         local.count(is_reading) > before + 50
     });
     let dropped = |m: &Message| m.json()["outbox"]["dropped"].as_u64().unwrap_or(0) > 0;
     local.wait_for_sync(|m| m.topic.ends_with("/stats") && dropped(m), LONG);
 
     gw.in_mount_ns(&format!("rm -f {data}/filler"));
-    let (boot, after_free) = wait_for_value_sync("a local reading", LONG, || newest_local(&local));
+    let (boot, after_free) = wait_for(LONG, "a local reading", || newest_local(&local));
     // Readings produced after the space returned are stored and delivered again.
     up.wait_for_sync(
         |m| {
@@ -710,7 +690,7 @@ fn a_full_disk_keeps_local_readings_flowing_counts_drops_and_recovers() {
 #[test]
 fn a_server_certificate_for_another_host_name_is_refused_even_from_the_trusted_ca() {
     let certs = tempfile::tempdir().unwrap();
-    make_certs_for(
+    make_certs(
         certs.path(),
         "fieldbridge-test-ca",
         "DNS:broker.example.com",
@@ -719,11 +699,13 @@ fn a_server_certificate_for_another_host_name_is_refused_even_from_the_trusted_c
     let sim = ModbusSim::start(1);
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(tls_port));
+    let spec = GatewayConfig::standard()
+        .upstream(tls_port)
+        .with(SimDevice::new(sim.port));
     let d = certs.path().display();
-    spec.extra_upstream = format!("[upstream.tls]\nca_file = \"{d}/ca.pem\"\n");
-    let gw = Gateway::start(&spec, dir.path());
-    wait_until_sync("a host name error in the log", LONG, || {
+    let spec = spec.upstream_extra(format!("[upstream.tls]\nca_file = \"{d}/ca.pem\"\n"));
+    let gw = spec.start(dir.path());
+    wait_until(LONG, "a host name error in the log", || {
         let log = gw.log();
         log.contains("upstream_connect_failed") && log.contains("certificate not valid for name")
     });

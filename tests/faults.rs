@@ -4,15 +4,19 @@
 //! Knobs: FB_FAULT_CYCLES (default 50; 1000 for a long run), FB_FAULT_SEED (default: random,
 //! printed so a failure can be replayed).
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::gateway::{ids_seen, is_reading, split_id, Gateway, Spec};
-use common::peers::{wait_until_sync, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use support::gateway::{ids_seen, is_reading, split_id, GatewayConfig, SimDevice};
+use support::modbus::ModbusSim;
+use support::mosquitto::Mosquitto;
+use support::mqtt::{publish, MqttWatcher};
+use support::relay::{Mode, Relay};
+use support::{eventually, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 /// The gateway's in-flight window (upstream.inflight default) plus its status message.
@@ -65,11 +69,12 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
     let relay = Relay::start(mosq.addr());
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = Spec::new(sim.port, Some(relay.port()));
-    spec.interval = "50ms";
-    let mut gw = Gateway::start(&spec, dir.path());
+    let spec = GatewayConfig::standard()
+        .upstream(relay.port())
+        .with(SimDevice::new(sim.port).interval("50ms"));
+    let mut gw = spec.start(dir.path());
     let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/#");
-    wait_until_sync("first readings upstream", LONG, || up.count(is_reading) > 0);
+    wait_until(LONG, "first readings upstream", || up.count(is_reading) > 0);
 
     let mut tally: BTreeMap<Fault, usize> = BTreeMap::new();
     // (cycle, fault, highest reading id seen locally when it began), to place missing ids.
@@ -88,9 +93,9 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
         let during = rng.random_range(5..120);
         let until = |local: &MqttWatcher| {
             let start = local_count(local);
-            wait_until_sync(
-                &format!("cycle {cycle} ({fault:?}): readings"),
+            wait_until(
                 LONG,
+                &format!("cycle {cycle} ({fault:?}): readings"),
                 || local_count(local) >= start + during,
             );
         };
@@ -114,18 +119,13 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
                 // gateway, loses it. A marker published now is queued behind all of that; once
                 // the subscriber has it, everything acknowledged before has been delivered.
                 let marker = format!("fieldbridge/test/marker-{cycle}");
-                let out = std::process::Command::new("mosquitto_pub")
-                    .args(["-h", "127.0.0.1", "-p", &mosq.port.to_string(), "-q", "1"])
-                    .args(["-t", &marker, "-m", "x"])
-                    .output()
-                    .expect("mosquitto_pub");
-                assert!(out.status.success(), "marker publish failed");
+                publish(mosq.port, &["-q", "1", "-t", &marker, "-m", "x"]);
                 up.wait_for_sync(|m| m.topic == marker, LONG);
                 let subs = up.subscriptions();
                 mosq.kill();
                 until(&local);
                 mosq.restart();
-                wait_until_sync("the test subscriber back on the broker", LONG, || {
+                wait_until(LONG, "the test subscriber back on the broker", || {
                     up.subscriptions() > subs
                 });
                 relay.set_mode(Mode::Pass);
@@ -137,7 +137,7 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
             }
             Fault::KillGateway => {
                 gw.kill9();
-                gw = Gateway::start(&spec, dir.path());
+                gw = spec.start(dir.path());
                 until(&local);
             }
         }
@@ -170,10 +170,8 @@ fn no_committed_reading_is_lost_through_randomized_link_broker_and_gateway_fault
             })
             .sum::<usize>()
     };
-    let end = std::time::Instant::now() + LONG;
-    while missing(&up) > 0 && std::time::Instant::now() < end {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    // Failing is explained below, with the missing ids.
+    eventually(LONG, || missing(&up) == 0);
     let lost = missing(&up);
     if lost > 0 {
         // Say which ones, and what the gateway was doing, before failing.

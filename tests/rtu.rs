@@ -1,20 +1,21 @@
 //! Modbus RTU end to end: the real gateway binary on a socat pty pair (or RTU over TCP) with
 //! pymodbus serving several unit ids on the other end (tests/peers/modbus_rtu_sim.py, whose
-//! register layout tests/rtu_peers.rs cross-checks with mbpoll), readings watched on the
+//! register layout tests/harness_rtu_sim.rs cross-checks with mbpoll), readings watched on the
 //! embedded broker, commands sent through mosquitto with mosquitto_pub.
 
-#[path = "common/clients.rs"]
-mod clients;
-mod common;
+mod support;
 
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::gateway::Gateway;
-use common::peers::{free_port, wait_until_sync, Message, Mosquitto, MqttWatcher};
-use common::rtu::RtuSim;
 use serde_json::{json, Value};
+use support::gateway::{fieldbridge, hash_of, GatewayConfig, BIN};
+use support::modbus::{ModbusSim, RtuSim};
+use support::mosquitto::Mosquitto;
+use support::mqtt::{mosquitto_pub, publish, Message, MqttWatcher};
+use support::process::{text, Proc};
+use support::wait_until;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -25,18 +26,17 @@ fn bus(path: &Path) -> String {
     )
 }
 
-fn config(dir: &Path, broker_port: u16, upstream: Option<u16>, body: &str) -> String {
-    let upstream = upstream
-        .map(|p| {
-            format!(
-                "[upstream]\nhost = \"127.0.0.1\"\nport = {p}\nkeep_alive = \"2s\"\nreconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n"
-            )
-        })
-        .unwrap_or_default();
-    format!(
-        "[gateway]\nid = \"gw\"\ndata_dir = \"{}\"\nshutdown_timeout = \"3s\"\nstats_interval = \"1s\"\n\n[broker]\nlisten = \"127.0.0.1:{broker_port}\"\n\n[outbox]\ncommit_interval = \"20ms\"\n\n{upstream}\n{body}",
-        dir.join("data").display()
-    )
+/// The standard test gateway with `body` (buses and devices) and, optionally, an upstream
+/// broker (keep-alive 2 s).
+fn gateway(upstream: Option<u16>, body: &str) -> GatewayConfig {
+    let mut c = GatewayConfig::standard();
+    if let Some(port) = upstream {
+        c = c.upstream(port);
+        let up = c.upstream.as_mut().unwrap();
+        up.keep_alive = "2s";
+        up.connect_timeout = None;
+    }
+    c.with(body)
 }
 
 fn rtu_device(name: &str, unit: u8, interval: &str, timeout: &str, points: &str) -> String {
@@ -139,7 +139,6 @@ fn reading_ts(watch: &MqttWatcher, device: &str, point: &str) -> Vec<i64> {
 fn units_on_one_bus_keep_their_period_while_a_muted_unit_costs_at_most_one_timeout_per_cycle() {
     let mut sim = RtuSim::start_units(3);
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     let mut body = bus(&sim.bus_path());
     for u in 1..=3u8 {
         body.push_str(&rtu_device(
@@ -152,17 +151,17 @@ fn units_on_one_bus_keep_their_period_while_a_muted_unit_costs_at_most_one_timeo
     }
     // An id nobody on the bus has: silent, as on a real RS-485 line.
     body.push_str(&rtu_device("ghost", 9, "300ms", "200ms", UNIT_POINTS));
-    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
-    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
-    wait_until_sync("all three units online", LONG, || {
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
+    wait_until(LONG, "all three units online", || {
         (1..=3).all(|u| status_count(&watch, &format!("u{u}"), "online") == 1)
     });
-    wait_until_sync("the unknown id reported offline", LONG, || {
+    wait_until(LONG, "the unknown id reported offline", || {
         status_count(&watch, "ghost", "offline") == 1
     });
 
     sim.mute(2);
-    wait_until_sync("the muted unit offline", LONG, || {
+    wait_until(LONG, "the muted unit offline", || {
         status_count(&watch, "u2", "offline") == 1
     });
     // From here, measure the period of units 1 and 3 over a dozen cycles.
@@ -170,7 +169,7 @@ fn units_on_one_bus_keep_their_period_while_a_muted_unit_costs_at_most_one_timeo
         reading_ts(&watch, "u1", "h0").len(),
         reading_ts(&watch, "u3", "h0").len(),
     ];
-    wait_until_sync("twelve more polls of units 1 and 3", LONG, || {
+    wait_until(LONG, "twelve more polls of units 1 and 3", || {
         reading_ts(&watch, "u1", "h0").len() >= start[0] + 12
             && reading_ts(&watch, "u3", "h0").len() >= start[1] + 12
     });
@@ -206,11 +205,11 @@ fn units_on_one_bus_keep_their_period_while_a_muted_unit_costs_at_most_one_timeo
     assert!(assert_all_values(&watch, "u3", &expected_unit_values(3)) > 0);
 
     sim.unmute(2);
-    wait_until_sync("the unmuted unit back online", LONG, || {
+    wait_until(LONG, "the unmuted unit back online", || {
         status_count(&watch, "u2", "online") == 2
     });
     let n = reading_ts(&watch, "u2", "h0").len();
-    wait_until_sync("unit 2 polled at its normal rate again", LONG, || {
+    wait_until(LONG, "unit 2 polled at its normal rate again", || {
         reading_ts(&watch, "u2", "h0").len() >= n + 5
     });
     assert!(assert_all_values(&watch, "u2", &expected_unit_values(2)) > 0);
@@ -425,7 +424,7 @@ fn typed_expectations() -> Vec<(&'static str, Value)> {
 
 fn check_typed(watch: &MqttWatcher, device: &str) {
     let want = typed_expectations();
-    wait_until_sync("a reading of every typed point", LONG, || {
+    wait_until(LONG, "a reading of every typed point", || {
         want.iter().all(|(p, _)| {
             let topic = format!("fieldbridge/gw/{device}/{p}");
             watch.count(|m| m.topic == topic) > 0
@@ -455,14 +454,13 @@ fn check_typed(watch: &MqttWatcher, device: &str) {
 fn every_type_and_order_decodes_to_the_value_pymodbus_serves() {
     let sim = RtuSim::start(&typed_spec());
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     let body = format!(
         "{}{}",
         bus(&sim.bus_path()),
         rtu_device("dev", 1, "200ms", "300ms", TYPED_POINTS)
     );
-    let _gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
-    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
     check_typed(&watch, "dev");
 }
 
@@ -470,14 +468,13 @@ fn every_type_and_order_decodes_to_the_value_pymodbus_serves() {
 fn rtu_over_tcp_reads_the_same_values_through_a_device_server() {
     let sim = RtuSim::start_tcp(&typed_spec());
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     let body = format!(
         "[[buses]]\nname = \"rs485\"\nkind = \"rtu_over_tcp\"\nhost = \"127.0.0.1\"\nport = {}\n{}",
         sim.addr().port(),
         rtu_device("dev", 1, "200ms", "300ms", TYPED_POINTS)
     );
-    let _gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
-    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
     check_typed(&watch, "dev");
 }
 
@@ -485,7 +482,6 @@ fn rtu_over_tcp_reads_the_same_values_through_a_device_server() {
 fn exceptions_make_bad_quality_readings_and_the_device_stays_online() {
     let mut sim = RtuSim::start_units(1);
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     // Address 500 is beyond the simulator's table: that request alone gets exception 02.
     let points = format!(
         "{UNIT_POINTS}\n[[devices.points]]\nname = \"missing\"\ntable = \"holding\"\naddress = 500\ntype = \"u16\"\n"
@@ -495,8 +491,8 @@ fn exceptions_make_bad_quality_readings_and_the_device_stays_online() {
         bus(&sim.bus_path()),
         rtu_device("dev", 1, "200ms", "300ms", &points)
     );
-    let _gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
-    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
     let missing = watch.wait_for_sync(|m| m.topic.ends_with("/dev/missing"), LONG);
     let v = missing.json();
     assert_eq!(v["quality"], "bad", "{}", missing.text());
@@ -541,30 +537,29 @@ fn a_late_reply_or_garbage_never_becomes_the_answer_to_the_next_request() {
     // Default retries = 1: one corrupted reply is retried, not an outage.
     let mut sim = RtuSim::start_units(2);
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     let body = format!(
         "{}{}{}",
         bus(&sim.bus_path()),
         rtu_device("u1", 1, "100ms", "250ms", UNIT_POINTS),
         rtu_device("u2", 2, "100ms", "250ms", UNIT_POINTS)
     );
-    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
-    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
-    wait_until_sync("both online", LONG, || {
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
+    wait_until(LONG, "both online", || {
         status_count(&watch, "u1", "online") == 1 && status_count(&watch, "u2", "online") == 1
     });
     // Unit 1 now answers 0.4 s late against a 0.25 s timeout: its replies land while unit 2's
     // requests (and unit 1's next ones) are on the wire.
     sim.delay(1, Duration::from_millis(400));
-    wait_until_sync("the slow unit offline", LONG, || {
+    wait_until(LONG, "the slow unit offline", || {
         status_count(&watch, "u1", "offline") == 1
     });
     let n = reading_ts(&watch, "u2", "h0").len();
-    wait_until_sync("unit 2 polled through unit 1's late replies", LONG, || {
+    wait_until(LONG, "unit 2 polled through unit 1's late replies", || {
         reading_ts(&watch, "u2", "h0").len() >= n + 10
     });
     sim.delay(1, Duration::ZERO);
-    wait_until_sync("the slow unit back", LONG, || {
+    wait_until(LONG, "the slow unit back", || {
         status_count(&watch, "u1", "online") == 2
     });
     // Corrupted CRCs: the bus retries on a cleared line; nothing wrong is published.
@@ -577,13 +572,13 @@ fn a_late_reply_or_garbage_never_becomes_the_answer_to_the_next_request() {
         ];
         sim.garbage(1);
         sim.garbage(2);
-        wait_until_sync("a poll of both units after garbage", LONG, || {
+        wait_until(LONG, "a poll of both units after garbage", || {
             reading_ts(&watch, "u1", "h0").len() > n[0] + 1
                 && reading_ts(&watch, "u2", "h0").len() > n[1] + 1
         });
     }
     let n = reading_ts(&watch, "u1", "h0").len();
-    wait_until_sync("more polls", LONG, || {
+    wait_until(LONG, "more polls", || {
         reading_ts(&watch, "u1", "h0").len() >= n + 5
     });
     let checked = assert_all_values(&watch, "u1", &expected_unit_values(1))
@@ -601,27 +596,26 @@ fn a_late_reply_or_garbage_never_becomes_the_answer_to_the_next_request() {
 fn an_unplugged_adapter_goes_offline_with_the_reason_and_polling_recovers_after_replug() {
     let mut sim = RtuSim::start_units(2);
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     let body = format!(
         "{}{}{}",
         bus(&sim.bus_path()),
         rtu_device("u1", 1, "200ms", "200ms", UNIT_POINTS),
         rtu_device("u2", 2, "200ms", "200ms", UNIT_POINTS)
     );
-    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
-    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
-    wait_until_sync("both online", LONG, || {
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
+    wait_until(LONG, "both online", || {
         status_count(&watch, "u1", "online") == 1 && status_count(&watch, "u2", "online") == 1
     });
     sim.unplug();
-    wait_until_sync("both offline", LONG, || {
+    wait_until(LONG, "both offline", || {
         status_count(&watch, "u1", "offline") == 1 && status_count(&watch, "u2", "offline") == 1
     });
-    wait_until_sync("the log names the missing port", LONG, || {
+    wait_until(LONG, "the log names the missing port", || {
         gw.log().contains("no such device")
     });
     sim.replug();
-    wait_until_sync("both online again without a restart", LONG, || {
+    wait_until(LONG, "both online again without a restart", || {
         status_count(&watch, "u1", "online") == 2 && status_count(&watch, "u2", "online") == 2
     });
     watch.clear();
@@ -680,37 +674,19 @@ address = 0
 type = "u16"
 "#;
 
-fn mosquitto_pub(port: u16, topic: &str, payload: &str) {
-    let out = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-        .args(["-t", topic, "-m", payload])
-        .output()
-        .expect("run mosquitto_pub");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn writes_from_upstream_round_trip_and_rejected_writes_never_reach_the_bus() {
     let mut sim = RtuSim::start_units(2);
     let mosq = Mosquitto::start();
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/#");
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     let body = format!(
         "{}{}",
         bus(&sim.bus_path()),
         rtu_device("dev", 2, "200ms", "300ms", WRITABLE_POINTS)
     );
-    let gw = Gateway::start_with_config(
-        &config(dir.path(), bp, Some(mosq.port), &body),
-        bp,
-        dir.path(),
-    );
-    wait_until_sync("online upstream", LONG, || {
+    let gw = gateway(Some(mosq.port), &body).start(dir.path());
+    wait_until(LONG, "online upstream", || {
         status_count(&up, "dev", "online") == 1
     });
     // The gateway subscribes to its command topics once connected; a result proves it.
@@ -718,8 +694,8 @@ fn writes_from_upstream_round_trip_and_rejected_writes_never_reach_the_bus() {
         let topic = format!("fieldbridge/gw/dev/{point}/set");
         let result = format!("{topic}/result");
         let before = up.count(|m| m.topic == result);
-        mosquitto_pub(mosq.port, &topic, payload);
-        wait_until_sync(&format!("a result for {point} = {payload}"), LONG, || {
+        publish(mosq.port, &["-q", "1", "-t", &topic, "-m", payload]);
+        wait_until(LONG, &format!("a result for {point} = {payload}"), || {
             up.count(|m| m.topic == result) > before
         });
         up.messages()
@@ -730,8 +706,11 @@ fn writes_from_upstream_round_trip_and_rejected_writes_never_reach_the_bus() {
             .json()
     };
     // Wait until commands are taken at all (the SUBSCRIBE may still be in flight).
-    wait_until_sync("the command subscription", LONG, || {
-        mosquitto_pub(mosq.port, "fieldbridge/gw/dev/nothing/set", "1");
+    wait_until(LONG, "the command subscription", || {
+        publish(
+            mosq.port,
+            &["-q", "1", "-t", "fieldbridge/gw/dev/nothing/set", "-m", "1"],
+        );
         up.count(|m| m.topic == "fieldbridge/gw/dev/nothing/set/result") > 0
     });
 
@@ -802,19 +781,12 @@ fn writes_from_upstream_round_trip_and_rejected_writes_never_reach_the_bus() {
     assert_eq!(sim.writes(1), 0, "nothing was ever sent to the other unit");
 }
 
-fn fieldbridge(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_fieldbridge"))
-        .args(args)
-        .output()
-        .expect("run fieldbridge")
-}
-
 #[test]
 fn scan_finds_exactly_the_units_that_answer_on_the_line() {
     let mut sim = RtuSim::start_units(3);
     sim.mute(2);
     let path = sim.bus_path();
-    let out = fieldbridge(&[
+    let out = fieldbridge([
         "scan",
         "--port",
         path.to_str().unwrap(),
@@ -837,7 +809,7 @@ fn scan_finds_exactly_the_units_that_answer_on_the_line() {
         "{text}"
     );
 
-    let missing = fieldbridge(&[
+    let missing = fieldbridge([
         "scan",
         "--port",
         "/dev/fieldbridge-no-such-port",
@@ -858,10 +830,10 @@ fn read_and_write_do_one_poll_and_one_validated_write_from_the_command_line() {
         rtu_device("dev", 2, "1s", "300ms", WRITABLE_POINTS)
     );
     let cfg = dir.path().join("fieldbridge.toml");
-    std::fs::write(&cfg, config(dir.path(), free_port(), None, &body)).unwrap();
+    std::fs::write(&cfg, gateway(None, &body).render(&dir.path().join("data"))).unwrap();
     let c = cfg.to_str().unwrap();
 
-    let out = fieldbridge(&["read", "-c", c, "--device", "dev"]);
+    let out = fieldbridge(["read", "-c", c, "--device", "dev"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -871,7 +843,7 @@ fn read_and_write_do_one_poll_and_one_validated_write_from_the_command_line() {
     assert!(text.contains("h0        200"), "{text}");
     assert!(text.contains("in0       1200"), "{text}");
 
-    let out = fieldbridge(&[
+    let out = fieldbridge([
         "write", "-c", c, "--device", "dev", "--point", "setpoint", "30",
     ]);
     assert!(
@@ -882,7 +854,7 @@ fn read_and_write_do_one_poll_and_one_validated_write_from_the_command_line() {
     assert_eq!(sim.get(2, "holding", 2), 300);
 
     let writes = sim.writes(2);
-    let out = fieldbridge(&["write", "-c", c, "--device", "dev", "--point", "h0", "1"]);
+    let out = fieldbridge(["write", "-c", c, "--device", "dev", "--point", "h0", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("read-only"));
     assert_eq!(sim.writes(2), writes);
@@ -894,8 +866,8 @@ fn explain_prints_the_request_plan_of_a_profiled_device() {
     let body = "[[buses]]\nname = \"rs485\"\nkind = \"serial\"\npath = \"/dev/ttyUSB0\"\n\
         [[devices]]\nname = \"meter\"\nkind = \"modbus_rtu\"\nbus = \"rs485\"\nprofile = \"eastron-sdm630\"\n";
     let cfg = dir.path().join("fieldbridge.toml");
-    std::fs::write(&cfg, config(dir.path(), 1883, None, body)).unwrap();
-    let out = fieldbridge(&["explain", "-c", cfg.to_str().unwrap()]);
+    std::fs::write(&cfg, gateway(None, body).render(&dir.path().join("data"))).unwrap();
+    let out = fieldbridge(["explain", "-c", cfg.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -913,15 +885,14 @@ fn explain_prints_the_request_plan_of_a_profiled_device() {
 fn rs485_mode_on_a_port_without_support_is_logged_once_and_polling_goes_on() {
     let sim = RtuSim::start_units(1);
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     // A pty answers TIOCSRS485 with ENOTTY, like adapters whose driver lacks RS-485 support.
     let body = format!(
         "{}rs485 = true\n{}",
         bus(&sim.bus_path()),
         rtu_device("dev", 1, "200ms", "300ms", UNIT_POINTS)
     );
-    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
-    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
     watch.wait_for_sync(
         |m| m.topic.ends_with("/dev/h0") && m.json()["value"] == json!(100),
         LONG,
@@ -947,12 +918,14 @@ fn a_bus_port_the_user_may_not_open_is_reported_with_the_dialout_hint() {
         std::fs::Permissions::from_mode(0o755),
     )
     .unwrap();
-    let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_fieldbridge"))
-        .args(["scan", "--port", path.to_str().unwrap(), "--to", "1"])
-        .output()
-        .expect("setpriv (util-linux)");
+    let out = Proc::run(
+        "setpriv (util-linux)",
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(BIN)
+            .args(["scan", "--port", path.to_str().unwrap(), "--to", "1"]),
+        LONG,
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("permission denied"), "{err}");
@@ -961,8 +934,8 @@ fn a_bus_port_the_user_may_not_open_is_reported_with_the_dialout_hint() {
 
 #[test]
 fn scan_over_modbus_tcp_and_rtu_over_tcp_finds_the_units_that_answer() {
-    let tcp = common::peers::ModbusSim::start(1);
-    let out = fieldbridge(&[
+    let tcp = ModbusSim::start(1);
+    let out = fieldbridge([
         "scan",
         "--tcp",
         &format!("127.0.0.1:{}", tcp.port),
@@ -980,7 +953,7 @@ fn scan_over_modbus_tcp_and_rtu_over_tcp_finds_the_units_that_answer() {
     assert!(text.contains("found 1 unit: 1"), "{text}");
 
     let rtu = RtuSim::start_tcp(&json!({"units": {"2": {"holding": {"0": 7}}, "3": {}}}));
-    let out = fieldbridge(&[
+    let out = fieldbridge([
         "scan",
         "--rtu-over-tcp",
         &rtu.addr().to_string(),
@@ -1003,26 +976,25 @@ fn scan_over_modbus_tcp_and_rtu_over_tcp_finds_the_units_that_answer() {
 fn a_local_command_user_writes_through_the_embedded_broker_and_others_are_refused_by_the_guard() {
     let mut sim = RtuSim::start_units(2);
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     let users = format!(
         "[[broker.users]]\nname = \"op\"\npassword_hash = \"{}\"\ncommands = true\n\n\
          [[broker.users]]\nname = \"viewer\"\npassword_hash = \"{}\"\n\n",
-        clients::hash_of("op-pw"),
-        clients::hash_of("viewer-pw")
+        hash_of("op-pw"),
+        hash_of("viewer-pw")
     );
     let body = format!(
         "{users}{}{}",
         bus(&sim.bus_path()),
         rtu_device("dev", 2, "200ms", "300ms", WRITABLE_POINTS)
     );
-    let gw = Gateway::start_with_config(&config(dir.path(), bp, None, &body), bp, dir.path());
-    let watch = MqttWatcher::connect(bp, "fieldbridge/gw/#");
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
     watch.wait_for_sync(|m| m.topic.ends_with("/dev/h0"), LONG);
     let writes = sim.writes(2);
     let topic = "fieldbridge/gw/dev/setpoint/set";
     // A user without `commands` is refused by the guard: nothing reaches the gateway or the bus.
-    let out = clients::mosquitto_pub(
-        bp,
+    let out = mosquitto_pub(
+        gw.broker_port,
         &[
             "-u",
             "viewer",
@@ -1036,10 +1008,10 @@ fn a_local_command_user_writes_through_the_embedded_broker_and_others_are_refuse
             "30",
         ],
     );
-    assert!(out.status.success(), "{}", clients::text(&out));
+    assert!(out.status.success(), "{}", text(&out));
     // The command user's write is executed and answered on the local broker.
-    let out = clients::mosquitto_pub(
-        bp,
+    let out = mosquitto_pub(
+        gw.broker_port,
         &[
             "-u",
             "op",
@@ -1053,7 +1025,7 @@ fn a_local_command_user_writes_through_the_embedded_broker_and_others_are_refuse
             "{\"value\": 12.5, \"id\": \"local-1\"}",
         ],
     );
-    assert!(out.status.success(), "{}", clients::text(&out));
+    assert!(out.status.success(), "{}", text(&out));
     let r = watch.wait_for_sync(
         |m| m.topic == "fieldbridge/gw/dev/setpoint/set/result",
         LONG,
@@ -1081,34 +1053,27 @@ fn a_retained_command_is_not_replayed_when_the_gateway_subscribes() {
     let mosq = Mosquitto::start();
     // A standing order left on the broker before the gateway connects: delivered to the new
     // subscription with the retain flag, it must not be executed (nor at every reconnect).
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &mosq.port.to_string(),
+    publish(
+        mosq.port,
+        &[
             "-q",
             "1",
             "-r",
-        ])
-        .args(["-t", "fieldbridge/gw/dev/setpoint/set", "-m", "7"])
-        .output()
-        .expect("run mosquitto_pub");
-    assert!(out.status.success());
+            "-t",
+            "fieldbridge/gw/dev/setpoint/set",
+            "-m",
+            "7",
+        ],
+    );
     let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/#");
     let dir = tempfile::tempdir().unwrap();
-    let bp = free_port();
     let body = format!(
         "{}{}",
         bus(&sim.bus_path()),
         rtu_device("dev", 2, "200ms", "300ms", WRITABLE_POINTS)
     );
-    let gw = Gateway::start_with_config(
-        &config(dir.path(), bp, Some(mosq.port), &body),
-        bp,
-        dir.path(),
-    );
-    wait_until_sync("the retained command seen and ignored", LONG, || {
+    let gw = gateway(Some(mosq.port), &body).start(dir.path());
+    wait_until(LONG, "the retained command seen and ignored", || {
         gw.log().contains("retained command ignored")
     });
     assert_eq!(sim.writes(2), 0, "the retained command reached the bus");
@@ -1118,7 +1083,17 @@ fn a_retained_command_is_not_replayed_when_the_gateway_subscribes() {
         "unchanged from the simulator's map"
     );
     // A live command still works.
-    mosquitto_pub(mosq.port, "fieldbridge/gw/dev/setpoint/set", "8");
+    publish(
+        mosq.port,
+        &[
+            "-q",
+            "1",
+            "-t",
+            "fieldbridge/gw/dev/setpoint/set",
+            "-m",
+            "8",
+        ],
+    );
     let r = up.wait_for_sync(
         |m| m.topic == "fieldbridge/gw/dev/setpoint/set/result",
         LONG,

@@ -3,19 +3,19 @@
 //! answers requests, silence, missing ports and unplug/replug. The task runs in-process so the
 //! tests can read its counters; `serial_e2e.rs` runs the real binary.
 
-mod common;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::peers::{wait_until, wait_until_sync};
-use common::serial::{mhz19b_answer, nmea_line, sds011_frame, PtyPair};
 use fieldbridge::config::serial::SerialDevice;
 use fieldbridge::device::serial::sensors::MHZ19B_READ;
 use fieldbridge::device::serial::task;
 use fieldbridge::flow::{DeviceEvent, Quality, Value};
 use fieldbridge::ops::health::Health;
 use fieldbridge::ops::stats::SerialCounters as SerialStats;
+use support::serial::{mhz19b_answer, nmea_line, sds011_frame, PtyPair};
+use support::{wait_until, wait_until_async};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -92,7 +92,7 @@ impl Harness {
     }
 
     async fn wait_opened(&self, n: u64) {
-        wait_until("the serial task to open the port", LONG, || {
+        wait_until_async(LONG, "the serial task to open the port", || {
             self.opens() >= n
         })
         .await;
@@ -136,7 +136,7 @@ async fn sds011_values_are_exact_despite_noise_split_frames_and_bad_checksums() 
     peer.send(&lone_start).unwrap();
     peer.send(&sds011_frame(0, 65535)).unwrap();
 
-    wait_until("three SDS011 readings", LONG, || {
+    wait_until_async(LONG, "three SDS011 readings", || {
         h.values("pm10").len() >= 3
     })
     .await;
@@ -184,7 +184,7 @@ async fn mhz19b_is_polled_with_its_command_and_answers_decode_exactly() {
         }
     });
 
-    wait_until("three CO2 readings", LONG, || h.values("co2").len() >= 3).await;
+    wait_until_async(LONG, "three CO2 readings", || h.values("co2").len() >= 3).await;
     assert_eq!(
         h.values("co2")[..3],
         [Value::UInt(400), Value::UInt(401), Value::UInt(402)]
@@ -224,7 +224,7 @@ async fn nmea_gps_position_altitude_fix_and_satellites_are_exact() {
         .unwrap();
     peer.send(rmc.as_bytes()).unwrap();
 
-    wait_until("the RMC position", LONG, || h.values("speed").len() == 1).await;
+    wait_until_async(LONG, "the RMC position", || h.values("speed").len() == 1).await;
     assert_eq!(
         h.values("latitude"),
         floats(&[48.0 + 7.038 / 60.0, -(33.0 + 56.5 / 60.0)])
@@ -292,7 +292,7 @@ type = "u8"
             }
         }
     });
-    wait_until("three answers", LONG, || h.values("humidity").len() >= 3).await;
+    wait_until_async(LONG, "three answers", || h.values("humidity").len() >= 3).await;
     assert_eq!(
         h.values("temperature")[..3],
         floats(&[21.5, -3.25, 0.0])[..]
@@ -315,19 +315,19 @@ async fn a_sensor_silent_past_its_timeout_is_offline_until_it_sends_valid_data_a
     h.wait_opened(1).await;
     let mut peer = pty.open_peer();
     peer.send(&sds011_frame(10, 20)).unwrap();
-    wait_until("online", LONG, || h.online() == Some(true)).await;
+    wait_until_async(LONG, "online", || h.online() == Some(true)).await;
     // On a slow machine the first frame may come after the timeout: look from here on.
     let before = h.statuses().len();
-    wait_until("offline after silence", LONG, || h.online() == Some(false)).await;
+    wait_until_async(LONG, "offline after silence", || h.online() == Some(false)).await;
     // Garbage is not a sign of life.
     peer.send(&[0x55; 64]).unwrap();
-    wait_until("the garbage to be counted", LONG, || {
+    wait_until_async(LONG, "the garbage to be counted", || {
         count(&h.stats.noise_bytes) >= 64
     })
     .await;
     assert_eq!(h.online(), Some(false));
     peer.send(&sds011_frame(11, 21)).unwrap();
-    wait_until("online again", LONG, || h.online() == Some(true)).await;
+    wait_until_async(LONG, "online again", || h.online() == Some(true)).await;
     let st = h.statuses()[before..].to_vec();
     assert_eq!(
         st,
@@ -347,7 +347,7 @@ async fn a_missing_port_is_offline_with_a_clear_reason_and_is_picked_up_when_it_
         "[[devices]]\nname = \"air\"\nkind = \"serial_line\"\npath = \"{}\"\ndriver = \"sds011\"\nbackoff_max = \"500ms\"\n",
         pty.device().display()
     )));
-    wait_until("offline", LONG, || h.online() == Some(false)).await;
+    wait_until_async(LONG, "offline", || h.online() == Some(false)).await;
     let reason = h.statuses()[0].1.clone();
     assert!(
         reason.contains(&format!("{}: no such device", pty.device().display())),
@@ -357,7 +357,7 @@ async fn a_missing_port_is_offline_with_a_clear_reason_and_is_picked_up_when_it_
     h.wait_opened(1).await;
     let mut peer = pty.open_peer();
     peer.send(&sds011_frame(5, 6)).unwrap();
-    wait_until("online", LONG, || h.online() == Some(true)).await;
+    wait_until_async(LONG, "online", || h.online() == Some(true)).await;
     assert_eq!(h.values("pm10"), floats(&[0.6]));
 }
 
@@ -374,7 +374,7 @@ async fn unplugging_and_replugging_20_times_recovers_within_5_s_each_time() {
         let mut peer = pty.open_peer();
         // Like a streaming sensor: send a frame now and then until one is read.
         let mut polls = 0u32;
-        wait_until(&format!("the reading of cycle {cycle}"), LONG, || {
+        wait_until_async(LONG, &format!("the reading of cycle {cycle}"), || {
             if polls.is_multiple_of(5) {
                 let _ = peer.send(&sds011_frame(cycle, 0));
             }
@@ -388,7 +388,7 @@ async fn unplugging_and_replugging_20_times_recovers_within_5_s_each_time() {
         slowest = slowest.max(took);
         drop(peer);
         pty.unplug();
-        wait_until("offline after the unplug", LONG, || {
+        wait_until_async(LONG, "offline after the unplug", || {
             h.online() == Some(false)
         })
         .await;
@@ -427,7 +427,7 @@ async fn a_late_answer_is_discarded_and_never_taken_for_the_next_request() {
         if peer.read_exact(9).is_err() {
             return;
         }
-        wait_until_sync("the gateway to give up on the first command", LONG, offline);
+        wait_until(LONG, "the gateway to give up on the first command", offline);
         if peer.send(&mhz19b_answer(999)).is_err() {
             return;
         }
@@ -437,7 +437,7 @@ async fn a_late_answer_is_discarded_and_never_taken_for_the_next_request() {
             }
         }
     });
-    wait_until("an answer to a later request", LONG, || {
+    wait_until_async(LONG, "an answer to a later request", || {
         !h.values("co2").is_empty()
     })
     .await;

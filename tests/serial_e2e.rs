@@ -2,43 +2,28 @@
 //! and the real `fieldbridge` binary runs in between, so readings travel the normal path
 //! (serial task → pipeline → outbox → uplink).
 
-mod common;
+mod support;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::gateway::Gateway;
-use common::peers::{free_port, wait_until_sync, Message, Mosquitto, MqttWatcher};
-use common::serial::{sds011_frame, Peer, PtyPair};
 use serde_json::json;
+use support::gateway::GatewayConfig;
+use support::mosquitto::Mosquitto;
+use support::mqtt::{Message, MqttWatcher};
+use support::serial::{sds011_frame, Peer, PtyPair};
+use support::wait_until;
 
 const LONG: Duration = Duration::from_secs(30);
 
-fn config(data_dir: &Path, broker_port: u16, upstream_port: u16, air: &Path, env: &Path) -> String {
-    format!(
-        r#"[gateway]
-id = "gw"
-data_dir = "{data}"
-shutdown_timeout = "3s"
-
-[broker]
-listen = "127.0.0.1:{broker_port}"
-
-[outbox]
-commit_interval = "20ms"
-
-[upstream]
-host = "127.0.0.1"
-port = {upstream_port}
-keep_alive = "1s"
-connect_timeout = "2s"
-reconnect_min = "100ms"
-reconnect_max = "1s"
-
-[[devices]]
+/// An SDS011 on `air` and a JSON line sensor on `env`, forwarded to mosquitto on `upstream_port`.
+fn config(upstream_port: u16, air: &Path, env: &Path) -> GatewayConfig {
+    let mut c = GatewayConfig::standard()
+        .upstream(upstream_port)
+        .with(format!(
+            r#"[[devices]]
 name = "air"
 kind = "serial_line"
 path = "{air}"
@@ -77,10 +62,11 @@ type = "u16"
 scale = 0.1
 unit = "%"
 "#,
-        data = data_dir.display(),
-        air = air.display(),
-        env = env.display(),
-    )
+            air = air.display(),
+            env = env.display(),
+        ));
+    c.stats_interval = None;
+    c
 }
 
 fn on(topic: &str) -> impl Fn(&Message) -> bool + '_ {
@@ -94,15 +80,7 @@ fn serial_readings_and_status_reach_the_upstream_broker_through_the_normal_path(
     let mut air = PtyPair::start();
     let env = PtyPair::start();
     let dir = tempfile::tempdir().unwrap();
-    let broker_port = free_port();
-    let cfg = config(
-        &dir.path().join("data"),
-        broker_port,
-        mosq.port,
-        &air.device(),
-        &env.device(),
-    );
-    let gw = Gateway::start_with_config(&cfg, broker_port, dir.path());
+    let gw = config(mosq.port, &air.device(), &env.device()).start(dir.path());
 
     // The sensors stream until the gateway has read them (it discards what was queued before
     // it opened the port, as it should).
@@ -210,25 +188,6 @@ fn serial_readings_and_status_reach_the_upstream_broker_through_the_normal_path(
     );
 }
 
-/// A gateway process that runs as another user and is killed on drop.
-struct Unprivileged {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Unprivileged {
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Unprivileged {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[test]
 fn a_port_the_service_user_may_not_open_is_reported_with_the_dialout_hint() {
     let pty = PtyPair::start();
@@ -241,32 +200,23 @@ fn a_port_the_service_user_may_not_open_is_reported_with_the_dialout_hint() {
     fs::set_permissions(&link_dir, fs::Permissions::from_mode(0o755)).unwrap();
     let dir = tempfile::tempdir().unwrap();
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
-    let cfg = dir.path().join("fieldbridge.toml");
-    fs::write(
-        &cfg,
-        format!(
-            "[gateway]\nid = \"gw\"\ndata_dir = \"{}\"\n\n[broker]\nenabled = false\n\n[[devices]]\nname = \"air\"\nkind = \"serial_line\"\npath = \"{}\"\ndriver = \"sds011\"\n",
-            dir.path().join("data").display(),
-            pty.device().display()
-        ),
-    )
-    .unwrap();
+    let mut config = GatewayConfig::minimal().with(format!(
+        "[[devices]]\nname = \"air\"\nkind = \"serial_line\"\npath = \"{}\"\ndriver = \"sds011\"\n",
+        pty.device().display()
+    ));
+    config.broker = "enabled = false\n".into();
+    let cfg = config.write(dir.path());
     fs::set_permissions(&cfg, fs::Permissions::from_mode(0o644)).unwrap();
-    let log = dir.path().join("gateway.log");
-    let out = fs::File::create(&log).unwrap();
-    let child = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(env!("CARGO_BIN_EXE_fieldbridge"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(out.try_clone().unwrap())
-        .stderr(out)
-        .spawn()
-        .expect("setpriv (util-linux)");
-    let gw = Unprivileged { child, log };
-    wait_until_sync("the permission error in the log", LONG, || {
+    let gw = config
+        .prefix([
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--",
+        ])
+        .spawn(dir.path());
+    wait_until(LONG, "the permission error in the log", || {
         gw.log().contains("permission denied")
     });
     let log = gw.log();

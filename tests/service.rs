@@ -3,37 +3,27 @@
 //! journal socket path inside a private mount namespace, and `fieldbridge status` against a
 //! running daemon. Devices are pymodbus simulators; the upstream is mosquitto.
 
-mod common;
+mod support;
 
 use std::net::TcpStream;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::gateway::Spec;
-use common::peers::{free_port, wait_until_sync, ModbusSim, Mosquitto};
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
+use support::gateway::{fieldbridge, GatewayConfig, SimDevice};
+use support::modbus::ModbusSim;
+use support::mosquitto::Mosquitto;
+use support::process::text;
+use support::{free_port, wait_until};
 
-const BIN: &str = env!("CARGO_BIN_EXE_fieldbridge");
-
-/// A child process (and its process group) killed and reaped on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let pgid = Pid::from_raw(self.0.id() as i32);
-        let _ = killpg(pgid, Signal::SIGKILL);
-        let _ = self.0.wait();
-    }
-}
-
-fn write_config(dir: &Path, spec: &Spec) -> std::path::PathBuf {
-    let cfg = dir.join("fieldbridge.toml");
-    std::fs::write(&cfg, spec.config(&dir.join("data"))).unwrap();
-    cfg
+/// `fieldbridge status --timeout 2s --config CFG`.
+fn status(cfg: &std::path::Path) -> std::process::Output {
+    fieldbridge([
+        "status",
+        "--timeout",
+        "2s",
+        "--config",
+        cfg.to_str().unwrap(),
+    ])
 }
 
 /// Receives sd_notify datagrams until `f` accepts one or `deadline` passes.
@@ -66,25 +56,16 @@ fn recv_until(
 fn ready_follows_the_listening_broker_and_the_watchdog_stops_when_a_poll_loop_hangs() {
     let dir = tempfile::tempdir().unwrap();
     let sim = ModbusSim::start(1);
-    let spec = Spec::new(sim.addr().port(), None);
-    let cfg = write_config(dir.path(), &spec);
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let hang_file = dir.path().join("hang");
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
+    let spec = GatewayConfig::standard()
+        .with(SimDevice::new(sim.addr().port()))
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "1000000")
         .env("FIELDBRIDGE_DEBUG_HANG_FILE", &hang_file)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let _child = Proc(child);
+        .env("RUST_LOG", "info");
+    let _gw = spec.spawn(dir.path());
     let mut seen = Vec::new();
 
     let ready = recv_until(&sock, &mut seen, Duration::from_secs(30), |m| {
@@ -136,35 +117,20 @@ fn ready_follows_the_listening_broker_and_the_watchdog_stops_when_a_poll_loop_ha
 fn the_watchdog_also_stops_when_a_serial_device_loop_hangs_even_with_a_silent_sensor() {
     let dir = tempfile::tempdir().unwrap();
     // A sensor that sends nothing: the loop must still come round and promise its next beat.
-    let pty = common::serial::PtyPair::start();
-    let cfg = dir.path().join("fieldbridge.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[gateway]\nid = \"gw\"\ndata_dir = \"{}\"\n\n[broker]\nlisten = \"127.0.0.1:{}\"\n\n[[devices]]\nname = \"air\"\nkind = \"serial_line\"\npath = \"{}\"\ndriver = \"sds011\"\n",
-            dir.path().join("data").display(),
-            free_port(),
-            pty.device().display()
-        ),
-    )
-    .unwrap();
+    let pty = support::serial::PtyPair::start();
     let sock_path = dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     let hang_file = dir.path().join("hang");
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
+    let _gw = GatewayConfig::minimal()
+        .with(format!(
+            "[[devices]]\nname = \"air\"\nkind = \"serial_line\"\npath = \"{}\"\ndriver = \"sds011\"\n",
+            pty.device().display()
+        ))
         .env("NOTIFY_SOCKET", &sock_path)
         .env("WATCHDOG_USEC", "1000000")
         .env("FIELDBRIDGE_DEBUG_HANG_FILE", &hang_file)
         .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let _child = Proc(child);
+        .spawn(dir.path());
     let mut seen = Vec::new();
     let ready = recv_until(&sock, &mut seen, Duration::from_secs(30), |m| {
         m.lines().any(|l| l == "READY=1")
@@ -200,62 +166,39 @@ fn status_command_reports_devices_outbox_and_upstream_of_the_running_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let sim = ModbusSim::start(1);
     let mosq = Mosquitto::start();
-    let mut spec = Spec::new(sim.addr().port(), Some(mosq.addr().port()));
-    spec.interval = "200ms";
-    let cfg = write_config(dir.path(), &spec);
-    let child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.path().join("gateway.log")).unwrap())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let _child = Proc(child);
+    let spec = GatewayConfig::standard()
+        .upstream(mosq.addr().port())
+        .with(SimDevice::new(sim.addr().port()).interval("200ms"));
+    let gw = spec.spawn(dir.path());
+    let cfg = gw.config.clone();
     let mut last = String::new();
-    wait_until_sync(
-        "status showing the device online and upstream connected",
+    wait_until(
         Duration::from_secs(30),
+        "status showing the device online and upstream connected",
         || {
-            let out = Command::new(BIN)
-                .args(["status", "--timeout", "2s", "--config"])
-                .arg(&cfg)
-                .output()
-                .unwrap();
-            last = format!(
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = status(&cfg);
+            last = text(&out);
             out.status.success()
                 && last.contains("devices: 1/1 online")
                 && last.contains("upstream: connected")
                 && last.contains("outbox: ")
         },
     );
-    let json = Command::new(BIN)
-        .args(["status", "--json", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let json = fieldbridge(["status", "--json", "--config", cfg.to_str().unwrap()]);
     assert!(json.status.success());
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["devices"]["dev"], true);
     assert!(v["outbox"]["rows"].is_u64());
-    drop((sim, mosq));
+    drop((gw, sim, mosq));
 }
 
 #[test]
 fn status_command_fails_clearly_when_no_daemon_runs() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = Spec::new(free_port(), None);
-    let cfg = write_config(dir.path(), &spec);
-    let out = Command::new(BIN)
-        .args(["status", "--timeout", "2s", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    let cfg = GatewayConfig::standard()
+        .with(SimDevice::new(free_port()))
+        .write(dir.path());
+    let out = status(&cfg);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("is fieldbridge running"), "{err}");
@@ -309,10 +252,11 @@ fn under_journald_events_carry_device_point_unit_error_and_event_fields() {
     let dir = tempfile::tempdir().unwrap();
     let sim = ModbusSim::start(1);
     // Nothing listens upstream: the uplink logs upstream_connect_failed.
-    let mut spec = Spec::new(sim.addr().port(), Some(free_port()));
     // Address 150 is outside the simulator's map: the device answers with exception 02.
-    spec.points = "[[devices.points]]\nname = \"missing\"\ntable = \"holding\"\naddress = 150\ntype = \"u16\"\n".into();
-    let cfg = write_config(dir.path(), &spec);
+    let device = SimDevice::new(sim.addr().port()).points(
+        "[[devices.points]]\nname = \"missing\"\ntable = \"holding\"\naddress = 150\ntype = \"u16\"\n",
+    );
+    let spec = GatewayConfig::standard().upstream(free_port()).with(device);
     let listener = dir.path().join("listener.py");
     std::fs::write(&listener, JOURNAL_LISTENER).unwrap();
     let entries = dir.path().join("journal.jsonl");
@@ -327,30 +271,27 @@ python3 "$1" /run/systemd/journal/socket "$2" &
 i=0; while [ ! -e "$2.ready" ]; do i=$((i+1)); [ $i -lt 500 ] || exit 3; sleep 0.01; done
 exec 2>"$3"
 export JOURNAL_STREAM="$(stat -c %d:%i "$3")"
-exec "$4" run --config "$5"
+shift 3
+exec "$@"
 "#;
-    let child = Command::new("unshare")
-        .args([
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            script,
-            "sh",
+    // The gateway's command line follows the script's three arguments.
+    let _gw = spec
+        .prefix([
+            "unshare".as_ref(),
+            "--mount".as_ref(),
+            "--propagation".as_ref(),
+            "private".as_ref(),
+            "sh".as_ref(),
+            "-c".as_ref(),
+            script.as_ref(),
+            "sh".as_ref(),
+            listener.as_os_str(),
+            entries.as_os_str(),
+            stderr.as_os_str(),
         ])
-        .arg(&listener)
-        .arg(&entries)
-        .arg(&stderr)
-        .arg(BIN)
-        .arg(&cfg)
         .env("RUST_LOG", "debug,rumqttc=warn,sqlx=warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .unwrap();
-    let _child = Proc(child);
+        .process_group()
+        .spawn(dir.path());
 
     let read = || -> Vec<serde_json::Value> {
         std::fs::read_to_string(&entries)
@@ -360,9 +301,9 @@ exec "$4" run --config "$5"
             .collect()
     };
     let find = |event: &str| read().into_iter().find(|e| e["EVENT"] == event);
-    wait_until_sync(
-        "point_exception and upstream_connect_failed in the journal",
+    wait_until(
         Duration::from_secs(30),
+        "point_exception and upstream_connect_failed in the journal",
         || find("point_exception").is_some() && find("upstream_connect_failed").is_some(),
     );
     let p = find("point_exception").unwrap();
@@ -379,9 +320,9 @@ exec "$4" run --config "$5"
 
     // The device goes away: device_offline with its name and the reason.
     drop(sim);
-    wait_until_sync(
-        "device_offline in the journal",
+    wait_until(
         Duration::from_secs(30),
+        "device_offline in the journal",
         || find("device_offline").is_some(),
     );
     let d = find("device_offline").unwrap();

@@ -1,5 +1,6 @@
 //! Serial lines for tests: a socat pty pair whose two ends appear under stable link names in a
-//! temporary directory, the test's own end of it, and ways to unplug and replug it.
+//! temporary directory, the test's own end of it, ways to unplug and replug it, and the frames
+//! sensors send.
 //!
 //! Facts this relies on (see /work/shared/testing.md): killing socat removes both links, so the
 //! gateway sees the port vanish as if a USB adapter were pulled; starting it again with the same
@@ -7,27 +8,24 @@
 //! links behind, pointing at pts numbers that get reused). Nothing sleeps to synchronise: the
 //! helper waits for socat's "starting data transfer loop" log line and for the links.
 
-#![allow(dead_code)]
-
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 use tempfile::TempDir;
 
-use super::peers::wait_until_sync;
+use super::process::Proc;
+use super::wait::wait_until;
 
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A socat pty pair: `device` is the gateway's end, `peer` is the test's (the sensor's) end.
 pub struct PtyPair {
+    socat: Option<Proc>,
     dir: TempDir,
-    child: Option<Child>,
-    starts: usize,
 }
 
 impl PtyPair {
@@ -36,11 +34,7 @@ impl PtyPair {
             .prefix("fieldbridge-pty-")
             .tempdir()
             .expect("temp dir for pty links");
-        let mut p = PtyPair {
-            dir,
-            child: None,
-            starts: 0,
-        };
+        let mut p = PtyPair { socat: None, dir };
         p.plug();
         p
     }
@@ -56,46 +50,43 @@ impl PtyPair {
     }
 
     pub fn is_plugged(&self) -> bool {
-        self.child.is_some()
+        self.socat.is_some()
     }
 
     /// Starts socat with the same link names; returns once both links exist and socat is
     /// moving data.
     pub fn plug(&mut self) {
-        assert!(self.child.is_none(), "already plugged");
+        assert!(self.socat.is_none(), "already plugged");
         // Links of an earlier socat that did not clean up would make it fail.
         let _ = fs::remove_file(self.device());
         let _ = fs::remove_file(self.peer());
-        self.starts += 1;
-        let log = self.dir.path().join(format!("socat-{}.log", self.starts));
-        let child = Command::new("socat")
-            .arg("-d")
-            .arg("-d")
-            .arg(format!("pty,raw,echo=0,link={}", self.device().display()))
-            .arg(format!("pty,raw,echo=0,link={}", self.peer().display()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&log).expect("socat log"))
-            .spawn()
-            .expect("start socat (apt install socat)");
-        self.child = Some(child);
-        let (dev, peer) = (self.device(), self.peer());
-        wait_until_sync("socat's pty pair", START_TIMEOUT, || {
-            let ready =
-                fs::read_to_string(&log).is_ok_and(|l| l.contains("starting data transfer loop"));
-            ready && dev.exists() && peer.exists()
+        let socat = Proc::build(
+            "socat",
+            Command::new("socat")
+                .args(["-d", "-d"])
+                .arg(format!("pty,raw,echo=0,link={}", self.device().display()))
+                .arg(format!("pty,raw,echo=0,link={}", self.peer().display())),
+        )
+        .stop_with(Signal::SIGTERM)
+        .start();
+        socat.wait_for_line(START_TIMEOUT, "socat's pty pair", |l| {
+            l.contains("starting data transfer loop")
         });
+        let (dev, peer) = (self.device(), self.peer());
+        wait_until(START_TIMEOUT, "socat's links", || {
+            dev.exists() && peer.exists()
+        });
+        self.socat = Some(socat);
     }
 
     /// Stops socat (SIGTERM) and waits until it has exited and removed its links.
     pub fn unplug(&mut self) {
-        let Some(mut child) = self.child.take() else {
+        let Some(mut socat) = self.socat.take() else {
             return;
         };
-        let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-        let _ = child.wait();
+        socat.stop();
         let (dev, peer) = (self.device(), self.peer());
-        wait_until_sync("socat's links to disappear", START_TIMEOUT, || {
+        wait_until(START_TIMEOUT, "socat's links to disappear", || {
             fs::symlink_metadata(&dev).is_err() && fs::symlink_metadata(&peer).is_err()
         });
     }
@@ -103,15 +94,6 @@ impl PtyPair {
     /// Opens the test's end of the line.
     pub fn open_peer(&self) -> Peer {
         Peer::open(&self.peer())
-    }
-}
-
-impl Drop for PtyPair {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
-            let _ = child.wait();
-        }
     }
 }
 

@@ -1,64 +1,36 @@
-//! Proves the test peers in tests/common/peers.rs behave as the gateway's tests assume, using
-//! independent clients (mosquitto_pub, mbpoll, raw sockets) rather than the gateway itself.
+//! Harness self-check, not a product test: proves the test peers of tests/support/
+//! (mosquitto, the Modbus TCP simulator, the relay, the MQTT watcher, `wait_until`) behave as
+//! the gateway's tests assume, using independent clients (mosquitto_pub, mbpoll, raw sockets)
+//! rather than the gateway itself.
 
-mod common;
+mod support;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::peers::{wait_until, wait_until_sync, ModbusSim, Mode, Mosquitto, MqttWatcher, Relay};
 use serde_json::json;
+use support::modbus::{mbpoll, ModbusSim, Target};
+use support::mosquitto::Mosquitto;
+use support::mqtt::{publish, MqttWatcher};
+use support::relay::{Mode, Relay};
+use support::{wait_until, wait_until_async};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 /// How long "nothing arrives" is watched for. Absence can't be observed any other way; a
 /// broken peer would answer within microseconds on loopback.
 const QUIET: Duration = Duration::from_millis(300);
 
+/// A QoS 1 publish with mosquitto_pub that must succeed.
 fn mosquitto_pub(port: u16, args: &[&str]) {
-    let status = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-q", "1"])
-        .args(args)
-        .status()
-        .expect("run mosquitto_pub (apt install mosquitto-clients)");
-    assert!(status.success(), "mosquitto_pub {args:?}: {status}");
+    publish(port, &[&["-q", "1"], args].concat());
 }
 
-/// Runs one mbpoll read against the simulator (unit 1, 0-based addresses) and returns the
-/// values it printed, or its error text.
-fn mbpoll(port: u16, args: &[&str]) -> Result<Vec<String>, String> {
-    let output = Command::new("mbpoll")
-        .args([
-            "-m",
-            "tcp",
-            "-p",
-            &port.to_string(),
-            "-a",
-            "1",
-            "-0",
-            "-1",
-            "-o",
-            "1",
-        ])
-        .args(args)
-        .arg("127.0.0.1")
-        .output()
-        .expect("run mbpoll (apt install mbpoll)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    if !output.status.success() {
-        return Err(format!(
-            "{stdout}{}",
-            String::from_utf8_lossy(&output.stderr)
-        ));
-    }
-    // Values are printed as "[addr]: \tvalue".
-    Ok(stdout
-        .lines()
-        .filter_map(|l| l.strip_prefix('[')?.split_once("]:"))
-        .map(|(_, value)| value.trim().to_owned())
-        .collect())
+/// One mbpoll read against the simulator (unit 1, 0-based addresses): the values it printed,
+/// or its error text.
+fn mbpoll_tcp(port: u16, args: &[&str]) -> Result<Vec<String>, String> {
+    mbpoll(Target::Tcp(port), args, &[]).result()
 }
 
 fn read_holding_request(transaction: u16, unit: u8, addr: u16) -> Vec<u8> {
@@ -169,7 +141,7 @@ fn mqtt_watcher_resubscribes_after_the_broker_restarts_on_the_same_port() {
     );
     broker.restart();
     assert_eq!(broker.port, port);
-    wait_until_sync("the watcher to subscribe again", DEADLINE, || {
+    wait_until(DEADLINE, "the watcher to subscribe again", || {
         watcher.subscriptions() >= 2
     });
     mosquitto_pub(port, &["-t", "smoke/again", "-m", "back"]);
@@ -198,7 +170,8 @@ fn sigstopped_mosquitto_accepts_tcp_but_answers_only_after_sigcont() {
 #[test]
 fn modbus_sim_serves_the_default_map_to_mbpoll() {
     let sim = ModbusSim::start(1);
-    let read = |args: &[&str]| mbpoll(sim.port, args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    let read =
+        |args: &[&str]| mbpoll_tcp(sim.port, args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
     let holding_float_abcd = read(&["-r", "0", "-c", "1", "-t", "4:float", "-B"]);
     assert_eq!(holding_float_abcd, ["21.5"]);
     assert_eq!(
@@ -235,13 +208,13 @@ fn modbus_sim_serves_the_default_map_to_mbpoll() {
     assert_eq!(read(&["-r", "0", "-c", "2", "-t", "1"]), ["0", "1"]);
 
     for table in ["4", "3", "0", "1"] {
-        let error = mbpoll(sim.port, &["-r", "100", "-c", "1", "-t", table]).unwrap_err();
+        let error = mbpoll_tcp(sim.port, &["-r", "100", "-c", "1", "-t", table]).unwrap_err();
         assert!(
             error.contains("Illegal data address"),
             "table {table}: {error}"
         );
     }
-    let error = mbpoll(sim.port, &["-r", "99", "-c", "2", "-t", "0"]).unwrap_err();
+    let error = mbpoll_tcp(sim.port, &["-r", "99", "-c", "2", "-t", "0"]).unwrap_err();
     assert!(
         error.contains("Illegal data address"),
         "coils 99..100: {error}"
@@ -257,7 +230,7 @@ fn modbus_sim_serves_a_spec_map_and_takes_register_changes() {
         "discrete": {"99": true},
     });
     let mut sim = ModbusSim::start_with_spec(1, &spec);
-    let read = |args: &[&str]| mbpoll(sim.port, args).unwrap();
+    let read = |args: &[&str]| mbpoll_tcp(sim.port, args).unwrap();
     assert_eq!(
         read(&["-r", "0", "-c", "1", "-t", "4:float", "-B"]),
         ["21.5"]
@@ -275,7 +248,7 @@ fn modbus_sim_serves_a_spec_map_and_takes_register_changes() {
 
     sim.set_holding(7, 1234);
     assert_eq!(
-        mbpoll(sim.port, &["-r", "7", "-c", "1", "-t", "4"]).unwrap(),
+        mbpoll_tcp(sim.port, &["-r", "7", "-c", "1", "-t", "4"]).unwrap(),
         ["1234"]
     );
 }
@@ -285,12 +258,12 @@ fn muted_modbus_sim_does_not_answer() {
     let mut sim = ModbusSim::start(1);
     let before = sim.requests();
     sim.mute();
-    let error = mbpoll(sim.port, &["-r", "0", "-c", "1", "-t", "4"]).unwrap_err();
+    let error = mbpoll_tcp(sim.port, &["-r", "0", "-c", "1", "-t", "4"]).unwrap_err();
     assert!(error.contains("timed out"), "{error}");
     assert_eq!(sim.requests(), before + 1, "the muted request was received");
     sim.unmute();
     assert_eq!(
-        mbpoll(sim.port, &["-r", "4", "-c", "1", "-t", "4"]).unwrap(),
+        mbpoll_tcp(sim.port, &["-r", "4", "-c", "1", "-t", "4"]).unwrap(),
         ["2345"]
     );
 }
@@ -300,7 +273,7 @@ fn muted_modbus_sim_does_not_answer() {
 fn send_request(sim: &mut ModbusSim, stream: &mut TcpStream, request: &[u8]) {
     let before = sim.requests();
     stream.write_all(request).unwrap();
-    wait_until_sync("the simulator to receive the request", DEADLINE, || {
+    wait_until(DEADLINE, "the simulator to receive the request", || {
         sim.requests() > before
     });
 }
@@ -377,7 +350,7 @@ fn relay_reset_cuts_current_connections_and_then_passes() {
     relay.set_mode(Mode::Reset);
     assert!(is_closed(&mut first));
     assert!(is_closed(&mut second));
-    wait_until_sync("the relay to drop both connections", DEADLINE, || {
+    wait_until(DEADLINE, "the relay to drop both connections", || {
         relay.connections() == 0
     });
     let mut third = connect(relay.addr());
@@ -404,7 +377,7 @@ async fn mqtt_through_a_relay_survives_a_reset_in_an_async_test() {
     let relay = Relay::start(broker.addr());
     let watcher = MqttWatcher::connect(relay.port(), "smoke/#");
     relay.set_mode(Mode::Reset);
-    wait_until("the watcher to subscribe again", DEADLINE, || {
+    wait_until_async(DEADLINE, "the watcher to subscribe again", || {
         watcher.subscriptions() >= 2
     })
     .await;
@@ -417,5 +390,5 @@ async fn mqtt_through_a_relay_survives_a_reset_in_an_async_test() {
 #[test]
 #[should_panic(expected = "waiting for the impossible")]
 fn wait_until_names_what_it_waited_for() {
-    wait_until_sync("the impossible", Duration::from_millis(50), || false);
+    wait_until(Duration::from_millis(50), "the impossible", || false);
 }

@@ -1,45 +1,177 @@
-//! A simulated Modbus RTU bus for integration tests: tests/peers/modbus_rtu_sim.py (pymodbus
-//! 3.16.1) serving several unit ids on one socat pty pair, or RTU framing over TCP; and `mbpoll`
-//! as an independent master to cross-check what is on the wire.
+//! Modbus peers: the pymodbus simulators (tests/peers/modbus_sim.py for Modbus TCP,
+//! tests/peers/modbus_rtu_sim.py for an RTU bus on a socat pty pair or RTU framing over TCP),
+//! both driven through [`PythonPeer`], and `mbpoll` as an independent master.
 //!
-//! The simulator owns the sensor end of the pair (`PtyPair::peer`); the gateway opens
-//! [`RtuSim::bus_path`] (`PtyPair::device`). Every link name lives in a temporary directory of
-//! its own, so tests never share a line. Nothing sleeps to synchronise: starting waits for the
-//! simulator's `READY`, every command for its `OK`, unplugging for socat's links to vanish.
-//! Dropping an [`RtuSim`] kills the simulator, then socat.
-
-// Each test binary includes this module but uses only part of it.
-#![allow(dead_code)]
+//! Nothing sleeps to synchronise: starting waits for the simulator's `READY`, every command for
+//! its `OK`, unplugging for socat's links to vanish. Dropping a simulator kills it (then socat).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::mpsc::{self, RecvTimeoutError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use tempfile::TempDir;
 
-use super::peers::venv_python;
+use super::process::Proc;
 use super::serial::PtyPair;
+use super::wait::{manifest_dir, venv_python, LOCALHOST};
 
 /// Generous, because a loaded CI machine can take seconds to start Python and import pymodbus.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 /// An mbpoll run is bounded by its own `-o` timeout; this only catches a hung one.
 const MBPOLL_DEADLINE: Duration = Duration::from_secs(30);
-const POLL_INTERVAL: Duration = Duration::from_millis(10);
 
-fn manifest_dir() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// A Python peer of tests/peers/: started with a `READY…` line on stdout, then driven by
+/// one-line commands on stdin, each answered by the lines it prints and `OK <command>` (or a
+/// line starting with `ERR`).
+pub struct PythonPeer {
+    proc: Proc,
+    /// Holds the spec file; removed after the process is gone.
+    _dir: TempDir,
 }
 
-fn read_or_empty(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_default()
+impl PythonPeer {
+    /// Runs tests/peers/`script` with `args` (and `--spec FILE` for `spec`); returns it with
+    /// its `READY…` line.
+    pub fn start(
+        script: &str,
+        args: &[&str],
+        spec: Option<&serde_json::Value>,
+    ) -> (PythonPeer, String) {
+        let dir = tempfile::Builder::new()
+            .prefix("python-peer-")
+            .tempdir()
+            .expect("create temp dir");
+        let mut cmd = Command::new(venv_python());
+        cmd.arg(manifest_dir().join("tests/peers").join(script))
+            .args(args);
+        if let Some(spec) = spec {
+            let path = dir.path().join("spec.json");
+            fs::write(&path, spec.to_string()).expect("write spec.json");
+            cmd.arg("--spec").arg(path);
+        }
+        let mut proc = Proc::build(script, &mut cmd).stdin().start();
+        let ready = proc.next_line(START_TIMEOUT, "READY");
+        assert!(
+            ready.starts_with("READY"),
+            "{script}: expected READY, got {ready:?}\n{}",
+            proc.stderr()
+        );
+        (PythonPeer { proc, _dir: dir }, ready)
+    }
+
+    /// What the peer wrote to stderr (pymodbus logs warnings and errors there).
+    pub fn stderr(&self) -> String {
+        self.proc.stderr()
+    }
+
+    /// Sends one control line, waits for its `OK` and returns the lines printed before it.
+    /// Panics on `ERR`.
+    pub fn command(&mut self, cmd: &str) -> Vec<String> {
+        let cmd = cmd.trim();
+        self.proc.send_line(cmd);
+        let ok = format!("OK {cmd}");
+        let mut output = Vec::new();
+        loop {
+            let line = self.proc.next_line(COMMAND_TIMEOUT, &ok);
+            if line == ok {
+                return output;
+            }
+            assert!(
+                !line.starts_with("ERR"),
+                "{} rejected {cmd:?}: {line}",
+                self.proc.name()
+            );
+            output.push(line);
+        }
+    }
 }
+
+fn port_of(ready: &str) -> u16 {
+    ready
+        .strip_prefix("READY port=")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("expected READY port=<port>, got {ready:?}"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modbus TCP device simulator
+
+/// A simulated Modbus TCP device (pymodbus) on a port it picked itself. See
+/// tests/peers/modbus_sim.py for the register map and the commands.
+pub struct ModbusSim {
+    pub port: u16,
+    peer: PythonPeer,
+}
+
+impl ModbusSim {
+    /// The default register map, answering as unit `unit`.
+    pub fn start(unit: u8) -> ModbusSim {
+        ModbusSim::spawn(unit, None)
+    }
+
+    /// `spec` replaces the map: `{"holding": {"0": 16812}, "input": {..}, "coils": {"0": true},
+    /// "discrete": {..}, "counter": 20}` (raw registers / bools; `counter` is optional).
+    pub fn start_with_spec(unit: u8, spec: &serde_json::Value) -> ModbusSim {
+        ModbusSim::spawn(unit, Some(spec))
+    }
+
+    fn spawn(unit: u8, spec: Option<&serde_json::Value>) -> ModbusSim {
+        let unit = unit.to_string();
+        let (peer, ready) =
+            PythonPeer::start("modbus_sim.py", &["--port", "0", "--unit", &unit], spec);
+        ModbusSim {
+            port: port_of(&ready),
+            peer,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        (LOCALHOST, self.port).into()
+    }
+
+    pub fn stderr(&self) -> String {
+        self.peer.stderr()
+    }
+
+    /// Sends one control line and waits for its `OK`.
+    pub fn command(&mut self, cmd: &str) {
+        self.peer.command(cmd);
+    }
+
+    /// Requests received since start, answered or not, for any unit id.
+    pub fn requests(&mut self) -> u64 {
+        self.peer
+            .command("stats")
+            .iter()
+            .find_map(|l| l.strip_prefix("STATS requests="))
+            .and_then(|n| n.parse().ok())
+            .expect("modbus_sim: no STATS line before OK stats")
+    }
+
+    pub fn mute(&mut self) {
+        self.command("mute");
+    }
+
+    pub fn unmute(&mut self) {
+        self.command("unmute");
+    }
+
+    /// Every reply from now on is sent `delay` late, on the connection it belongs to.
+    pub fn set_delay(&mut self, delay: Duration) {
+        self.command(&format!("delay {}", delay.as_secs_f64()));
+    }
+
+    pub fn set_holding(&mut self, addr: u16, value: u16) {
+        self.command(&format!("set holding {addr} {value}"));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Modbus RTU bus simulator
 
 /// Request and write counts of one unit id, as the simulator saw them on the wire.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -56,20 +188,19 @@ pub struct BusStats {
 }
 
 enum Transport {
-    /// RTU on a pty pair; `None` while unplugged.
+    /// RTU on a pty pair; socat stopped while unplugged.
     Serial(PtyPair),
     /// RTU framing over TCP on this loopback port.
     Tcp(u16),
 }
 
 /// A Modbus RTU bus with several simulated units. See tests/peers/modbus_rtu_sim.py for the
-/// spec format and the commands.
+/// spec format and the commands. The simulator owns the sensor end of the pty pair; the gateway
+/// opens [`RtuSim::bus_path`].
 pub struct RtuSim {
-    child: Child,
-    stdin: ChildStdin,
-    stdout: mpsc::Receiver<String>,
+    /// Declared before `transport`: the simulator is killed before socat.
+    peer: PythonPeer,
     transport: Transport,
-    dir: TempDir,
 }
 
 impl RtuSim {
@@ -90,73 +221,33 @@ impl RtuSim {
     }
 
     fn spawn(spec: Option<&serde_json::Value>, units_count: u8, tcp: bool) -> RtuSim {
-        let dir = tempfile::Builder::new()
-            .prefix("modbus-rtu-sim-")
-            .tempdir()
-            .expect("create temp dir");
-        let mut command = Command::new(venv_python());
-        command.arg(manifest_dir().join("tests/peers/modbus_rtu_sim.py"));
-        let transport = if tcp {
-            command.args(["--tcp-port", "0"]);
-            Transport::Tcp(0)
+        let mut args: Vec<String> = Vec::new();
+        let pty = if tcp {
+            args.extend(["--tcp-port".into(), "0".into()]);
+            None
         } else {
             let pty = PtyPair::start();
-            command
-                .arg("--serial")
-                .arg(pty.peer())
-                .args(["--baud", "9600"]);
-            Transport::Serial(pty)
+            args.extend([
+                "--serial".into(),
+                pty.peer().display().to_string(),
+                "--baud".into(),
+                "9600".into(),
+            ]);
+            Some(pty)
         };
-        if let Some(spec) = spec {
-            let path = dir.path().join("spec.json");
-            fs::write(&path, spec.to_string()).expect("write spec.json");
-            command.arg("--spec").arg(path);
-        }
         if units_count > 0 {
-            command.args(["--units-count", &units_count.to_string()]);
+            args.extend(["--units-count".into(), units_count.to_string()]);
         }
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(File::create(dir.path().join("stderr")).expect("create stderr file"))
-            .spawn()
-            .expect("spawn modbus_rtu_sim.py");
-        let stdin = child.stdin.take().expect("piped stdin");
-        let stdout = child.stdout.take().expect("piped stdout");
-        // A thread turns the pipe into a channel so that every read can have a deadline.
-        let (tx, rx) = mpsc::channel();
-        thread::Builder::new()
-            .name("modbus-rtu-sim-stdout".into())
-            .spawn(move || {
-                for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            })
-            .expect("spawn stdout reader");
-        let mut sim = RtuSim {
-            child,
-            stdin,
-            stdout: rx,
-            transport,
-            dir,
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (peer, ready) = PythonPeer::start("modbus_rtu_sim.py", &args, spec);
+        let transport = match pty {
+            Some(pty) => {
+                assert_eq!(ready, "READY", "modbus_rtu_sim: unexpected first line");
+                Transport::Serial(pty)
+            }
+            None => Transport::Tcp(port_of(&ready)),
         };
-        let ready = sim.next_line(Instant::now() + START_TIMEOUT, "READY");
-        match &mut sim.transport {
-            Transport::Serial(_) => {
-                assert_eq!(ready, "READY", "modbus_rtu_sim: unexpected first line")
-            }
-            Transport::Tcp(port) => {
-                *port = ready
-                    .strip_prefix("READY port=")
-                    .and_then(|p| p.parse().ok())
-                    .unwrap_or_else(|| {
-                        panic!("modbus_rtu_sim: expected READY port=, got {ready:?}")
-                    })
-            }
-        }
-        sim
+        RtuSim { peer, transport }
     }
 
     /// The gateway's end of the serial line (a symlink to a pty; gone while unplugged).
@@ -170,37 +261,18 @@ impl RtuSim {
     /// The TCP address of an RTU-over-TCP simulator.
     pub fn addr(&self) -> SocketAddr {
         match self.transport {
-            Transport::Tcp(port) => (Ipv4Addr::LOCALHOST, port).into(),
+            Transport::Tcp(port) => (LOCALHOST, port).into(),
             Transport::Serial(_) => panic!("addr() of a serial RTU simulator; use bus_path()"),
         }
     }
 
-    /// What the simulator wrote to stderr (pymodbus logs warnings and errors there).
     pub fn stderr(&self) -> String {
-        read_or_empty(&self.dir.path().join("stderr"))
+        self.peer.stderr()
     }
 
     /// Sends one control line, waits for its `OK` and returns the lines printed before it.
-    /// Panics on `ERR`.
     pub fn command(&mut self, cmd: &str) -> Vec<String> {
-        let cmd = cmd.trim();
-        writeln!(self.stdin, "{cmd}")
-            .and_then(|()| self.stdin.flush())
-            .unwrap_or_else(|e| panic!("modbus_rtu_sim: write {cmd:?}: {e}\n{}", self.stderr()));
-        let end = Instant::now() + COMMAND_TIMEOUT;
-        let ok = format!("OK {cmd}");
-        let mut output = Vec::new();
-        loop {
-            let line = self.next_line(end, &ok);
-            if line == ok {
-                return output;
-            }
-            assert!(
-                !line.starts_with("ERR"),
-                "modbus_rtu_sim rejected {cmd:?}: {line}"
-            );
-            output.push(line);
-        }
+        self.peer.command(cmd)
     }
 
     /// The unit neither answers nor executes requests until [`RtuSim::unmute`].
@@ -329,39 +401,19 @@ impl RtuSim {
             Transport::Tcp(_) => panic!("an RTU-over-TCP simulator has no serial line"),
         }
     }
-
-    fn next_line(&mut self, end: Instant, expecting: &str) -> String {
-        let timeout = end.saturating_duration_since(Instant::now());
-        match self.stdout.recv_timeout(timeout) {
-            Ok(line) => line,
-            Err(RecvTimeoutError::Timeout) => {
-                panic!(
-                    "modbus_rtu_sim: no {expecting:?} in time\n{}",
-                    self.stderr()
-                )
-            }
-            Err(RecvTimeoutError::Disconnected) => {
-                let status = self.child.wait().map(|s| s.to_string()).unwrap_or_default();
-                panic!(
-                    "modbus_rtu_sim exited ({status}) before {expecting:?}\n{}",
-                    self.stderr()
-                )
-            }
-        }
-    }
-}
-
-impl Drop for RtuSim {
-    fn drop(&mut self) {
-        // Fails only if the child was already reaped, which is the state we want anyway. The
-        // PtyPair field is dropped after this and stops socat.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
 // mbpoll, the independent master
+
+/// Where mbpoll talks to.
+#[derive(Clone, Copy, Debug)]
+pub enum Target<'a> {
+    /// Modbus TCP on 127.0.0.1:port, unit 1, 1 s timeout unless the options say otherwise.
+    Tcp(u16),
+    /// Modbus RTU at 9600 8N1 on this serial port.
+    Rtu(&'a Path),
+}
 
 /// What one mbpoll run printed.
 #[derive(Debug)]
@@ -369,6 +421,42 @@ pub struct Mbpoll {
     pub success: bool,
     pub stdout: String,
     pub stderr: String,
+}
+
+/// Runs mbpoll once against `target` with 0-based references (`-0 -1`), `options` and, for a
+/// write, `write_values` after the target; returns what it printed.
+pub fn mbpoll(target: Target, options: &[&str], write_values: &[&str]) -> Mbpoll {
+    let mut cmd = Command::new("mbpoll");
+    match target {
+        Target::Tcp(port) => cmd
+            .args([
+                "-m",
+                "tcp",
+                "-p",
+                &port.to_string(),
+                "-a",
+                "1",
+                "-0",
+                "-1",
+                "-o",
+                "1",
+            ])
+            .args(options)
+            .arg("127.0.0.1"),
+        Target::Rtu(bus) => cmd
+            .args([
+                "-m", "rtu", "-b", "9600", "-d", "8", "-s", "1", "-P", "none", "-0", "-1",
+            ])
+            .args(options)
+            .arg(bus),
+    };
+    cmd.args(write_values);
+    let out = Proc::run("mbpoll", &mut cmd, MBPOLL_DEADLINE);
+    Mbpoll {
+        success: out.status.success(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
 }
 
 impl Mbpoll {
@@ -386,6 +474,15 @@ impl Mbpoll {
     /// The value texts only, in order.
     pub fn texts(&self) -> Vec<String> {
         self.values().into_iter().map(|(_, v)| v).collect()
+    }
+
+    /// The value texts if mbpoll succeeded, else everything it printed.
+    pub fn result(self) -> Result<Vec<String>, String> {
+        if self.success {
+            Ok(self.texts())
+        } else {
+            Err(format!("{}{}", self.stdout, self.stderr))
+        }
     }
 
     /// `(slave, value texts)` for every slave polled, in order (for `-a 1:30`).
@@ -413,46 +510,5 @@ impl Mbpoll {
             self.stdout, self.stderr
         );
         self
-    }
-}
-
-/// Runs `mbpoll -m rtu -b 9600 -d 8 -s 1 -P none -0 -1 <options> <bus> [write values]` once
-/// (0-based references) and returns what it printed. Reads time out after mbpoll's own `-o`
-/// (1 s unless `options` say otherwise).
-pub fn mbpoll_rtu(bus: &Path, options: &[&str], write_values: &[&str]) -> Mbpoll {
-    let dir = tempfile::Builder::new()
-        .prefix("mbpoll-")
-        .tempdir()
-        .expect("temp dir for mbpoll output");
-    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
-    let mut child = Command::new("mbpoll")
-        .args([
-            "-m", "rtu", "-b", "9600", "-d", "8", "-s", "1", "-P", "none", "-0", "-1",
-        ])
-        .args(options)
-        .arg(bus)
-        .args(write_values)
-        .stdin(Stdio::null())
-        .stdout(File::create(&out).expect("mbpoll stdout file"))
-        .stderr(File::create(&err).expect("mbpoll stderr file"))
-        .spawn()
-        .expect("spawn mbpoll (apt install mbpoll)");
-    let end = Instant::now() + MBPOLL_DEADLINE;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) if Instant::now() < end => thread::sleep(POLL_INTERVAL),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("mbpoll {options:?} did not finish in {MBPOLL_DEADLINE:?}");
-            }
-            Err(e) => panic!("waiting for mbpoll: {e}"),
-        }
-    };
-    Mbpoll {
-        success: status.success(),
-        stdout: read_or_empty(&out),
-        stderr: read_or_empty(&err),
     }
 }

@@ -1,4 +1,5 @@
-//! The Modbus RTU bus simulator (tests/peers/modbus_rtu_sim.py) checked by an independent
+//! Harness self-check, not a product test: the Modbus RTU bus simulator
+//! (tests/peers/modbus_rtu_sim.py, driven by tests/support/modbus.rs) checked by an independent
 //! master, mbpoll: typed values that Python's `struct` encoded read back as what they are, the
 //! word and byte orders land where the Modbus convention puts them, and the faults the gateway's
 //! tests rely on (silent unknown ids, mute, delay, garbage, exceptions, unplug) behave as on a
@@ -7,14 +8,23 @@
 //! Expected register words are literal constants worked out by hand from IEEE 754 and two's
 //! complement (noted next to each), never computed by the simulator or by fieldbridge's decoder.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
-use common::rtu::{mbpoll_rtu, Mbpoll, RtuSim};
 use serde_json::json;
+use support::modbus::{mbpoll, Mbpoll, RtuSim, Target};
+use support::process::Proc;
+use support::wait::venv_python;
+
+/// mbpoll as the RTU master on `bus` (9600 8N1, 0-based references).
+fn mbpoll_rtu(bus: &Path, options: &[&str], write_values: &[&str]) -> Mbpoll {
+    mbpoll(Target::Rtu(bus), options, write_values)
+}
 
 fn read(sim: &RtuSim, unit: u8, table_type: &str, reference: u16, count: u16) -> Mbpoll {
     let (unit, reference, count) = (unit.to_string(), reference.to_string(), count.to_string());
@@ -536,7 +546,6 @@ fn rtu_over_tcp_answers_bare_rtu_frames_and_ignores_unknown_units() {
 
 #[test]
 fn a_bad_spec_is_refused_before_ready() {
-    use std::process::Command;
     let dir = tempfile::tempdir().unwrap();
     let spec = dir.path().join("spec.json");
     // Two typed values overlapping at register 1.
@@ -549,16 +558,17 @@ fn a_bad_spec_is_refused_before_ready() {
         .to_string(),
     )
     .unwrap();
-    let out = Command::new(common::peers::venv_python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/peers/modbus_rtu_sim.py"
-        ))
-        .args(["--tcp-port", "0", "--spec"])
-        .arg(&spec)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
+    let out = Proc::run(
+        "modbus_rtu_sim.py",
+        Command::new(venv_python())
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/peers/modbus_rtu_sim.py"
+            ))
+            .args(["--tcp-port", "0", "--spec"])
+            .arg(&spec),
+        Duration::from_secs(60),
+    );
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stdout).is_empty());
     assert!(

@@ -1,4 +1,0 @@
-pub mod gateway;
-pub mod peers;
-pub mod rtu;
-pub mod serial;

@@ -1,0 +1,32 @@
+//! The one test harness every integration test (and the benches) uses.
+//!
+//! - [`wait`]: `wait_until` / `wait_for` with a deadline that name what they waited for, and
+//!   small shared facts (free ports, the test venv).
+//! - [`process`]: every child process (gateway, mosquitto, socat, Python peers, mbpoll,
+//!   mosquitto_pub/sub, openssl...) is a [`process::Proc`]: its output lines are collected as
+//!   they come, can be waited for with a deadline, and it is killed and reaped on drop.
+//! - [`gateway`]: the gateway config builder, the running gateway and the CLI.
+//! - [`mosquitto`], [`relay`], [`mqtt`]: the upstream broker, a TCP relay that cuts links, MQTT
+//!   watchers and independent MQTT client processes.
+//! - [`modbus`]: the pymodbus simulators (TCP and RTU) and mbpoll.
+//! - [`serial`]: socat pty pairs and sensor frames.
+//! - [`certs`]: throw-away TLS certificates.
+//!
+//! Nothing here sleeps to synchronise: everything waits for something it can observe.
+
+// Each test binary uses only part of the harness.
+#![allow(dead_code, unused_imports)]
+
+pub mod certs;
+pub mod gateway;
+pub mod modbus;
+pub mod mosquitto;
+pub mod mqtt;
+pub mod process;
+pub mod relay;
+pub mod serial;
+pub mod wait;
+
+pub use wait::{
+    eventually, free_port, wait_for, wait_for_async, wait_until, wait_until_async, LONG,
+};

@@ -1,0 +1,290 @@
+//! An in-process TCP relay that can pass, black-hole, delay, reset or refuse a link without
+//! touching either end.
+
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+use super::wait::LOCALHOST;
+
+/// What the relay does with traffic; see [`Relay`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward both ways.
+    Pass,
+    /// Keep every connection open and accept new ones, but move no byte in either direction.
+    /// Nothing is read, so nothing is lost: after `Pass` the streams continue where they were.
+    /// New connections reach the target only once the relay passes traffic again.
+    BlackHole,
+    /// Reset (RST) every current connection, both sides; new connections are accepted and reset
+    /// at once, so a client's connect succeeds and its first read or write fails.
+    Refuse,
+    /// Reset every current connection, both sides, then behave as `Pass`.
+    Reset,
+    /// Forward both ways, holding every chunk this long first (a slow, high-latency link).
+    Delay(Duration),
+}
+
+#[derive(Clone, Copy, Debug)]
+struct RelayState {
+    /// Never `Reset`: that is a one-off action recorded as a new generation.
+    mode: Mode,
+    /// Connections from an older generation are cut. Bumped by `Reset` and `Refuse`, so that a
+    /// quick `Refuse` then `Pass` still cuts them even if they only ever see the latest state.
+    generation: u64,
+}
+
+/// An in-process TCP relay on 127.0.0.1, forwarding to `target`, that can cut the link at
+/// runtime. It runs on its own thread and runtime so that sync and async tests can use it.
+/// Mode changes take effect asynchronously: wait on [`Relay::connections`] or on what the peers
+/// observe.
+pub struct Relay {
+    port: u16,
+    state: watch::Sender<RelayState>,
+    open: Arc<AtomicUsize>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Relay {
+    pub fn start(target: SocketAddr) -> Relay {
+        let listener = StdTcpListener::bind((LOCALHOST, 0)).expect("bind relay");
+        listener.set_nonblocking(true).expect("nonblocking relay");
+        let port = listener.local_addr().expect("relay addr").port();
+        let (state, state_rx) = watch::channel(RelayState {
+            mode: Mode::Pass,
+            generation: 0,
+        });
+        let open = Arc::new(AtomicUsize::new(0));
+        let (stop, stop_rx) = oneshot::channel();
+        let thread = {
+            let open = open.clone();
+            thread::Builder::new()
+                .name(format!("relay-{port}"))
+                .spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("relay runtime");
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener).expect("relay listener");
+                        tokio::select! {
+                            _ = stop_rx => {}
+                            () = accept_loop(listener, target, state_rx, open) => {}
+                        }
+                    });
+                    // Dropping the runtime drops every connection task, closing its sockets.
+                })
+                .expect("spawn relay thread")
+        };
+        Relay {
+            port,
+            state,
+            open,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        (LOCALHOST, self.port).into()
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.state.send_modify(|s| match mode {
+            Mode::Reset => {
+                s.generation += 1;
+                s.mode = Mode::Pass;
+            }
+            Mode::Refuse => {
+                s.generation += 1;
+                s.mode = Mode::Refuse;
+            }
+            Mode::Pass | Mode::BlackHole | Mode::Delay(_) => s.mode = mode,
+        });
+    }
+
+    /// Client connections currently open through the relay.
+    pub fn connections(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl OpenConnection {
+    fn new(open: &Arc<AtomicUsize>) -> OpenConnection {
+        open.fetch_add(1, Ordering::SeqCst);
+        OpenConnection(open.clone())
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    target: SocketAddr,
+    state: watch::Receiver<RelayState>,
+    open: Arc<AtomicUsize>,
+) {
+    loop {
+        let Ok((client, _)) = listener.accept().await else {
+            continue;
+        };
+        // Taken now, not in the task, so a reset issued right after this accept cuts it too.
+        let current = *state.borrow();
+        if current.mode == Mode::Refuse {
+            abort(&client);
+            continue;
+        }
+        let guard = OpenConnection::new(&open);
+        let state = state.clone();
+        tokio::spawn(async move {
+            relay_connection(client, target, state, current.generation).await;
+            drop(guard);
+        });
+    }
+}
+
+/// Closes with RST rather than FIN, as a reset link or a refusing host would.
+fn abort(stream: &TcpStream) {
+    let _ = stream.set_zero_linger();
+}
+
+enum PumpEnd {
+    /// The source closed its side; the other direction may go on.
+    Eof,
+    /// The relay cut the connection.
+    Cut,
+    /// A socket failed; give up on the whole connection.
+    Failed,
+}
+
+async fn relay_connection(
+    mut client: TcpStream,
+    target: SocketAddr,
+    mut state: watch::Receiver<RelayState>,
+    generation: u64,
+) {
+    if !wait_for_pass(&mut state, generation).await {
+        return abort(&client);
+    }
+    let Ok(mut upstream) = TcpStream::connect(target).await else {
+        return abort(&client);
+    };
+    let cut = {
+        let (client_rx, client_tx) = client.split();
+        let (upstream_rx, upstream_tx) = upstream.split();
+        let up = pump(client_rx, upstream_tx, state.clone(), generation);
+        let down = pump(upstream_rx, client_tx, state, generation);
+        tokio::pin!(up, down);
+        let (mut up_done, mut down_done) = (false, false);
+        loop {
+            let end = tokio::select! {
+                end = &mut up, if !up_done => { up_done = true; end }
+                end = &mut down, if !down_done => { down_done = true; end }
+            };
+            match end {
+                PumpEnd::Eof if !(up_done && down_done) => {}
+                PumpEnd::Eof | PumpEnd::Failed => break false,
+                PumpEnd::Cut => break true,
+            }
+        }
+    };
+    if cut {
+        abort(&client);
+        abort(&upstream);
+    }
+}
+
+/// Waits until the relay passes traffic; false if this connection's generation is cut.
+async fn wait_for_pass(state: &mut watch::Receiver<RelayState>, generation: u64) -> bool {
+    loop {
+        let current = *state.borrow_and_update();
+        if current.generation != generation || current.mode == Mode::Refuse {
+            return false;
+        }
+        if matches!(current.mode, Mode::Pass | Mode::Delay(_)) {
+            return true;
+        }
+        if state.changed().await.is_err() {
+            return false;
+        }
+    }
+}
+
+/// Copies one direction, but only while the relay is in `Pass`; a read or write in progress
+/// when the mode changes is abandoned (both are cancel-safe) and retried once it passes again.
+async fn pump(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    mut state: watch::Receiver<RelayState>,
+    generation: u64,
+) -> PumpEnd {
+    let mut buf = vec![0; 16 * 1024];
+    loop {
+        let n = loop {
+            if !wait_for_pass(&mut state, generation).await {
+                return PumpEnd::Cut;
+            }
+            tokio::select! {
+                read = from.read(&mut buf) => match read {
+                    Ok(n) => break n,
+                    Err(_) => return PumpEnd::Failed,
+                },
+                _ = state.changed() => {}
+            }
+        };
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return PumpEnd::Eof;
+        }
+        let delay = match state.borrow().mode {
+            Mode::Delay(d) => d,
+            _ => Duration::ZERO,
+        };
+        if !delay.is_zero() {
+            // The link's latency, not synchronisation.
+            tokio::time::sleep(delay).await;
+        }
+        let mut sent = 0;
+        while sent < n {
+            if !wait_for_pass(&mut state, generation).await {
+                return PumpEnd::Cut;
+            }
+            tokio::select! {
+                written = to.write(&buf[sent..n]) => match written {
+                    Ok(0) | Err(_) => return PumpEnd::Failed,
+                    Ok(k) => sent += k,
+                },
+                _ = state.changed() => {}
+            }
+        }
+    }
+}
