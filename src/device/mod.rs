@@ -33,7 +33,7 @@ pub trait Driver: Send {
     fn poll(&mut self) -> impl Future<Output = Result<Vec<Reading>, DeviceError>> + Send;
 
     /// The longest one `poll()` can legitimately take (its timeouts added up). A poll that runs
-    /// longer is treated as a hung loop by the watchdog (see `health`).
+    /// longer is treated as a hung loop by the watchdog (see `ops::health`).
     fn max_poll_time(&self) -> std::time::Duration {
         std::time::Duration::from_secs(120)
     }
