@@ -12,9 +12,12 @@ use std::time::{Duration, Instant};
 
 use support::certs::{make_certs, LOCALHOST_SAN};
 use support::gateway::{broker_gateway, hash_of, passwd_line, GatewayConfig, BIN};
-use support::mqtt::{mosquitto_pub, mosquitto_sub, paho, DEADLINE};
+use support::mosquitto::Mosquitto;
+use support::mqtt::{
+    mosquitto_pub, mosquitto_pub_lines, mosquitto_sub, paho, MqttWatcher, DEADLINE,
+};
 use support::process::{text, Proc};
-use support::{eventually, free_port};
+use support::{eventually, free_port, wait_until, LONG};
 
 /// alice: sensors only, no commands; bob: commands; admin: everything.
 fn users() -> String {
@@ -778,4 +781,43 @@ fn rumqttd_behind_the_guard_refuses_clients_that_bypass_it() {
         "direct anonymous access to rumqttd: {}",
         text(&out)
     );
+}
+
+/// The CONNECT from the field report: client id "poison", Last Will QoS 1 on `lan/#`.
+const WILDCARD_WILL_CONNECT: [u8; 35] = [
+    0x10, 0x21, 0x00, 0x04, 0x4d, 0x51, 0x54, 0x54, 0x04, 0x0e, 0x00, 0x1e, 0x00, 0x06, 0x70, 0x6f,
+    0x69, 0x73, 0x6f, 0x6e, 0x00, 0x05, 0x6c, 0x61, 0x6e, 0x2f, 0x23, 0x00, 0x06, 0x70, 0x6f, 0x69,
+    0x73, 0x6f, 0x6e,
+];
+
+#[test]
+fn a_last_will_with_a_wildcard_topic_is_refused_at_connect_and_forwarding_goes_on() {
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "site/#");
+    let gw = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with("[[forward]]\nfilter = \"lan/#\"\nlocal_prefix = \"lan\"\nremote_prefix = \"site/lan\"\n")
+        .start_in_temp();
+    let mut s = TcpStream::connect(("127.0.0.1", gw.broker_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&WILDCARD_WILL_CONNECT).unwrap();
+    let mut connack = [0u8; 4];
+    let got = s.read(&mut connack).unwrap_or(0);
+    assert_eq!(
+        got,
+        0,
+        "no CONNACK for a wildcard Will: {:02x?}",
+        &connack[..got]
+    );
+    // Gone without a DISCONNECT: a broker that had accepted it would publish the Will now.
+    drop(s);
+    gw.wait_log(&["broker_connect_refused", "Last Will topic"]);
+    // The queue is not jammed: forwarded messages keep reaching upstream, in order.
+    let lines: String = (0..20).map(|i| format!("{i}\n")).collect();
+    mosquitto_pub_lines(gw.broker_port, &["-q", "1", "-t", "lan/ok", "-l"], &lines);
+    wait_until(LONG, "20 forwarded messages upstream", || {
+        up.count(|m| m.topic == "site/lan/ok") >= 20
+    });
+    assert!(up.count(|m| m.topic.contains('#')) == 0);
+    assert!(!gw.log().contains("upstream_disconnected"), "{}", gw.log());
 }

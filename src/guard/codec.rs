@@ -240,8 +240,17 @@ pub fn parse_connect(body: &[u8]) -> Result<Connect, CodecError> {
         return Err(malformed(W, "will QoS 3"));
     }
     let will = if will_flag {
+        // A Will becomes a PUBLISH the broker sends for the client; a topic no PUBLISH may carry
+        // (a wildcard, empty) would be stored, forwarded and refused upstream for ever.
+        let topic = r.string()?;
+        if topic_name_problem(&topic).is_some() {
+            return Err(malformed(
+                W,
+                "Last Will topic is empty or has a wildcard (not a valid topic name)",
+            ));
+        }
         Some(Will {
-            topic: r.string()?,
+            topic,
             message: r.bytes()?.to_vec(),
             qos: will_qos,
             retain: will_retain,
@@ -333,6 +342,17 @@ pub struct PublishHeader {
     pub payload_len: usize,
 }
 
+/// Why `topic` cannot name a message — the topic of a PUBLISH, or of a Last Will, which the
+/// broker publishes for the client later — or `None` when it can. Strings have already been
+/// checked for UTF-8 and U+0000 by the reader.
+pub fn topic_name_problem(topic: &str) -> Option<&'static str> {
+    if topic.is_empty() || topic.contains(['+', '#']) {
+        Some("empty topic or a wildcard in the topic")
+    } else {
+        None
+    }
+}
+
 pub fn parse_publish(flags: u8, body: &[u8]) -> Result<PublishHeader, CodecError> {
     const W: &str = "PUBLISH";
     let qos = (flags >> 1) & 0x03;
@@ -341,8 +361,8 @@ pub fn parse_publish(flags: u8, body: &[u8]) -> Result<PublishHeader, CodecError
     }
     let mut r = Reader::new(body, W);
     let topic = r.string()?;
-    if topic.is_empty() || topic.contains(['+', '#']) {
-        return Err(malformed(W, "empty topic or a wildcard in the topic"));
+    if let Some(problem) = topic_name_problem(&topic) {
+        return Err(malformed(W, problem));
     }
     let pkid = if qos > 0 { Some(r.u16()?) } else { None };
     if pkid == Some(0) {
@@ -516,6 +536,19 @@ mod tests {
         for (name, body) in cases {
             assert!(parse_connect(&body).is_err(), "{name}");
         }
+        // A Last Will is published like any message later: a topic no PUBLISH may carry is a
+        // malformed CONNECT, exactly as the PUBLISH would be.
+        for topic in ["lan/#", "a/+/b", "#", "+", ""] {
+            let mut p = id.clone();
+            put_bytes(&mut p, topic.as_bytes());
+            put_bytes(&mut p, b"poison");
+            let body = connect_bytes(0x0e, &p); // will QoS 1, will flag, clean session
+            assert!(parse_connect(&body).is_err(), "will topic {topic:?}");
+        }
+        let mut p = id.clone();
+        put_bytes(&mut p, b"lan/dev/1");
+        put_bytes(&mut p, b"bye");
+        assert!(parse_connect(&connect_bytes(0x0e, &p)).is_ok());
         // Another protocol level parses far enough to be refused politely.
         let v5 = vec![0, 4, b'M', b'Q', b'T', b'T', 5, 2, 0, 60, 0];
         assert_eq!(parse_connect(&v5).unwrap().level, 5);

@@ -262,6 +262,20 @@ async fn admit(
         }
     };
     if let Some(w) = &c.will {
+        // The same size rule as a PUBLISH: the Will is published (and forwarded) like one.
+        if w.message.len() > shared.max_payload {
+            let reason = format!(
+                "Last Will message of {} bytes is over max_payload_bytes ({})",
+                w.message.len(),
+                shared.max_payload
+            );
+            return answer(refuse(
+                codec::RC_NOT_AUTHORIZED,
+                &reason,
+                &user,
+                &c.client_id,
+            ));
+        }
         if let Err(d) = shared.policy.publish(&access, &w.topic) {
             let reason = format!("Last Will topic {:?} refused: {}", w.topic, d.as_str());
             return answer(refuse(
