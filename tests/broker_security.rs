@@ -821,3 +821,136 @@ fn a_last_will_with_a_wildcard_topic_is_refused_at_connect_and_forwarding_goes_o
     assert!(up.count(|m| m.topic.contains('#')) == 0);
     assert!(!gw.log().contains("upstream_disconnected"), "{}", gw.log());
 }
+
+/// Resident memory of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// 16 clients at once, `rounds` CONNECTs each with a wrong password, each from its own source
+/// address on 127/8 (so the per-address lockout does not stop them first); returns the CONNACK
+/// return codes seen (255: closed without one).
+fn login_storm(port: u16, user: &str, rounds: usize) -> Vec<u8> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tasks = (0..16u32).map(|t| {
+            let user = user.to_string();
+            tokio::spawn(async move {
+                let mut codes = Vec::new();
+                for r in 0..rounds as u32 {
+                    let n = t * rounds as u32 + r;
+                    let src =
+                        std::net::Ipv4Addr::new(127, 1 + (n / 250) as u8, 0, 2 + (n % 250) as u8);
+                    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+                    sock.bind((src, 0).into()).unwrap();
+                    let Ok(mut s) = sock.connect(([127, 0, 0, 1], port).into()).await else {
+                        codes.push(255);
+                        continue;
+                    };
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let pkt = support::mqtt::connect_packet(&format!("storm-{n}"), &user, "wrong");
+                    let _ = s.write_all(&pkt).await;
+                    let mut ack = [0u8; 4];
+                    let got =
+                        tokio::time::timeout(Duration::from_secs(20), s.read_exact(&mut ack)).await;
+                    codes.push(match got {
+                        Ok(Ok(_)) => ack[3],
+                        _ => 255,
+                    });
+                }
+                codes
+            })
+        });
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    })
+}
+
+#[test]
+fn a_login_storm_from_many_addresses_keeps_memory_within_two_argon2_costs() {
+    const ARGON2_KIB: u64 = 19 * 1024;
+    let b = broker_gateway("0.0.0.0", &users());
+    let pid = b.pid().as_raw() as u32;
+    // Idle: the broker has answered one client.
+    let out = mosquitto_pub(
+        b.broker_port,
+        &[
+            &creds("alice", "alice-pw")[..],
+            &["-t", "sensors/x", "-m", "1"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let idle = rss_kib(pid);
+    let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(idle));
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let (peak, done) = (peak.clone(), done.clone());
+        std::thread::spawn(move || {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        })
+    };
+    // Known and unknown users alike cost an Argon2 check (an unknown one against a dummy hash).
+    let mut codes = login_storm(b.broker_port, "alice", 4);
+    codes.extend(login_storm(b.broker_port, "someone", 4));
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    sampler.join().unwrap();
+    let peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        !codes.contains(&0),
+        "a wrong password was accepted: {codes:?}"
+    );
+    assert!(
+        codes.iter().filter(|c| **c == 4).count() >= 16,
+        "the storm was checked: {codes:?}"
+    );
+    let bound = idle + 2 * ARGON2_KIB + 8 * 1024;
+    assert!(
+        peak <= bound,
+        "RSS rose from {idle} KiB to {peak} KiB during the storm (bound {bound} KiB)"
+    );
+    // Afterwards the workers have given their memory back.
+    assert!(
+        eventually(Duration::from_secs(10), || rss_kib(pid) <= idle + 4 * 1024),
+        "RSS after the storm: {} KiB, idle was {idle} KiB",
+        rss_kib(pid)
+    );
+    // The broker still serves the right password.
+    let out = mosquitto_pub(
+        b.broker_port,
+        &[
+            &creds("alice", "alice-pw")[..],
+            &["-t", "sensors/x", "-m", "1"],
+        ]
+        .concat(),
+    );
+    assert!(out.status.success(), "{}", text(&out));
+}
+
+#[test]
+fn with_no_users_configured_a_login_storm_costs_no_password_hashing() {
+    let b = broker_gateway("0.0.0.0", "allow_anonymous = true\n");
+    let pid = b.pid().as_raw() as u32;
+    let idle = rss_kib(pid);
+    let codes = login_storm(b.broker_port, "someone", 8);
+    assert!(codes.iter().all(|c| *c == 4 || *c == 255), "{codes:?}");
+    let after = rss_kib(pid);
+    assert!(
+        after <= idle + 8 * 1024,
+        "RSS {idle} KiB → {after} KiB with no users to check"
+    );
+}

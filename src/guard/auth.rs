@@ -7,13 +7,16 @@
 //! from each hash, so stronger hashes made elsewhere work too. Nothing is cached: a successful
 //! verification is not remembered, and no plain password is kept after the CONNECT is checked.
 //!
+//! The broker checks passwords on a `Verifier`: a fixed pool of workers with preallocated Argon2
+//! memory, so a login storm costs bounded memory (see there).
+//!
 //! Password file: one `user:hash` per line; blank lines and lines starting with `#` are
 //! ignored. `fieldbridge passwd --file F USER` creates or updates a line.
 
 use std::path::Path;
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
-use argon2::{Algorithm, Argon2, Params, Version};
+use argon2::password_hash::{Output, PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::{Algorithm, Argon2, Block, Params, Version};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -47,12 +50,161 @@ pub fn hash_password(password: &[u8]) -> Result<String, AuthError> {
         .map_err(|e| AuthError::Hash(e.to_string()))
 }
 
-/// Whether `password` matches `hash`. A malformed hash never matches.
+/// Whether `password` matches `hash`, allocating Argon2's memory for this one call (for tools
+/// and tests; the broker uses a `Verifier`). A malformed hash never matches.
 pub fn verify(hash: &str, password: &[u8]) -> bool {
     let Ok(parsed) = PasswordHash::new(hash) else {
         return false;
     };
     Argon2::default().verify_password(password, &parsed).is_ok()
+}
+
+/// The memory one Argon2 computation with `hash`'s parameters needs, in 1 KiB blocks (`None`
+/// for a malformed hash).
+pub fn blocks_needed(hash: &str) -> Option<usize> {
+    let parsed = PasswordHash::new(hash).ok()?;
+    Params::try_from(&parsed).ok().map(|p| p.block_count())
+}
+
+/// Checks `password` against `hash` in caller-provided Argon2 memory (at least
+/// `blocks_needed(hash)` blocks), so repeated checks never allocate. Any malformed or unusable
+/// hash, or too little memory, is "no match".
+fn verify_in(hash: &str, password: &[u8], memory: &mut [Block]) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params), Some(expected), Some(salt)) = (
+        Algorithm::try_from(parsed.algorithm),
+        Params::try_from(&parsed),
+        parsed.hash,
+        parsed.salt,
+    ) else {
+        return false;
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(v)) => v,
+        Some(Err(_)) => return false,
+    };
+    let mut salt_buf = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_buf) else {
+        return false;
+    };
+    let mut out = vec![0u8; expected.len()];
+    let argon = Argon2::new(algorithm, version, params);
+    if argon
+        .hash_password_into_with_memory(password, salt, &mut out, memory)
+        .is_err()
+    {
+        return false;
+    }
+    // `Output`'s equality is constant-time.
+    Output::new(&out).is_ok_and(|o| o == expected)
+}
+
+/// Returns the pages of an idle worker's Argon2 memory to the kernel while keeping the
+/// allocation, so the process shrinks back after a login storm and the next check reuses the
+/// same address range (a fresh allocation could land in another allocator arena and stay).
+fn release(memory: &mut [Block]) {
+    const PAGE: usize = 4096;
+    let start = memory.as_mut_ptr() as usize;
+    let end = start + std::mem::size_of_val(memory);
+    let first = start.next_multiple_of(PAGE);
+    let last = end - end % PAGE;
+    if last > first {
+        // SAFETY: [first, last) lies inside `memory`, which we borrow mutably, so nothing else
+        // reads it meanwhile. MADV_DONTNEED on private anonymous memory makes later reads see
+        // zeroes, a valid `Block` (plain integers) that Argon2 overwrites before use anyway.
+        unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            );
+        }
+    }
+}
+
+/// What the broker's password check said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Match,
+    NoMatch,
+    /// Every worker is busy and the queue is full: refused without hashing.
+    Busy,
+}
+
+struct Job {
+    hash: String,
+    password: Vec<u8>,
+    reply: tokio::sync::oneshot::Sender<bool>,
+}
+
+/// Password checks for the broker on a fixed number of worker threads, each with its Argon2
+/// memory allocated once for the largest cost among the configured hashes.
+///
+/// Why: Argon2id needs 19 MiB per check. Run on whatever thread is free (a blocking pool), every
+/// new thread's allocator arena kept its own copy after the check, and a login storm from many
+/// addresses grew the process by hundreds of MiB for good. Here memory is
+/// `workers × cost`, reached at the first checks and never more; a storm beyond what the
+/// workers can take waits in a short queue or is refused (`Verdict::Busy`) before any hashing.
+/// An idle worker gives its pages back (`release`), so the memory is only held during a storm.
+pub struct Verifier {
+    tx: std::sync::mpsc::SyncSender<Job>,
+}
+
+impl Verifier {
+    /// Starts `workers` threads with room for hashes of up to `max_blocks` KiB each; at most
+    /// `queue` checks wait for a worker.
+    pub fn start(workers: usize, max_blocks: usize, queue: usize) -> Result<Verifier, AuthError> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(queue);
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
+        for i in 0..workers.max(1) {
+            let rx = rx.clone();
+            std::thread::Builder::new()
+                .name(format!("fb-argon2-{i}"))
+                .spawn(move || {
+                    let mut memory = vec![Block::default(); max_blocks];
+                    loop {
+                        // A poisoned lock only means another worker panicked while waiting;
+                        // the receiver is still sound.
+                        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).try_recv();
+                        let job = match next {
+                            Ok(job) => job,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => return,
+                            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                                // Idle: hand the pages back until the next login.
+                                release(&mut memory);
+                                let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                                let Ok(job) = job else { return };
+                                job
+                            }
+                        };
+                        let ok = verify_in(&job.hash, &job.password, &mut memory);
+                        let _ = job.reply.send(ok);
+                    }
+                })
+                .map_err(|e| AuthError::Hash(format!("cannot start a password worker: {e}")))?;
+        }
+        Ok(Verifier { tx })
+    }
+
+    /// Checks `password` against `hash`, or says `Busy` at once when the queue is full.
+    pub async fn verify(&self, hash: String, password: Vec<u8>) -> Verdict {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        let job = Job {
+            hash,
+            password,
+            reply,
+        };
+        if self.tx.try_send(job).is_err() {
+            return Verdict::Busy;
+        }
+        match rx.await {
+            Ok(true) => Verdict::Match,
+            _ => Verdict::NoMatch,
+        }
+    }
 }
 
 /// Writes `user:hash` into the password file, replacing that user's line if present. The file
@@ -111,6 +263,45 @@ mod tests {
         assert!(!verify(&h, b""));
         assert!(!verify("garbage", b"s3cret"));
         assert_ne!(h, hash_password(b"s3cret").unwrap(), "fresh salt each time");
+    }
+
+    #[tokio::test]
+    async fn the_worker_pool_agrees_with_the_reference_check_and_refuses_when_full() {
+        let h = hash_password(b"s3cret").unwrap();
+        let blocks = blocks_needed(&h).unwrap();
+        assert_eq!(blocks, 19 * 1024);
+        let v = Verifier::start(1, blocks, 4).unwrap();
+        assert_eq!(
+            v.verify(h.clone(), b"s3cret".to_vec()).await,
+            Verdict::Match
+        );
+        assert_eq!(
+            v.verify(h.clone(), b"s3cret ".to_vec()).await,
+            Verdict::NoMatch
+        );
+        assert_eq!(
+            v.verify("garbage".into(), b"x".to_vec()).await,
+            Verdict::NoMatch
+        );
+        // A hash that needs more memory than the workers have never matches (no allocation).
+        let small = Verifier::start(1, 8, 4).unwrap();
+        assert_eq!(
+            small.verify(h.clone(), b"s3cret".to_vec()).await,
+            Verdict::NoMatch
+        );
+        // One worker, a queue of one: of many checks sent at once, some are refused unhashed.
+        let tight = std::sync::Arc::new(Verifier::start(1, blocks, 1).unwrap());
+        let all = (0..8).map(|_| {
+            let (t, h) = (tight.clone(), h.clone());
+            tokio::spawn(async move { t.verify(h, b"no".to_vec()).await })
+        });
+        let verdicts: Vec<Verdict> = futures_util::future::join_all(all)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap())
+            .collect();
+        assert!(verdicts.contains(&Verdict::Busy), "{verdicts:?}");
+        assert!(!verdicts.contains(&Verdict::Match), "{verdicts:?}");
     }
 
     #[test]

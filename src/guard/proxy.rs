@@ -220,15 +220,29 @@ async fn admit(
                 return answer(r);
             }
             let known = shared.users.get(name);
-            let hash = known
-                .map(|(h, _)| h.clone())
-                .unwrap_or_else(|| shared.dummy_hash.clone());
-            let password = c.password.clone().unwrap_or_default();
-            let ok = match shared.verify_slots.acquire().await {
-                Ok(_slot) => tokio::task::spawn_blocking(move || auth::verify(&hash, &password))
-                    .await
-                    .unwrap_or(false),
-                Err(_) => false,
+            let ok = if shared.users.is_empty() {
+                // No user could match: nothing to hash (a storm of logins costs no Argon2).
+                false
+            } else {
+                // An unknown user is checked against a dummy hash, so the answer takes as long
+                // as for a known one and does not tell which names exist.
+                let hash = known
+                    .map(|(h, _)| h.clone())
+                    .unwrap_or_else(|| shared.dummy_hash.clone());
+                let password = c.password.clone().unwrap_or_default();
+                match shared.verifier.verify(hash, password).await {
+                    auth::Verdict::Match => true,
+                    auth::Verdict::NoMatch => false,
+                    auth::Verdict::Busy => {
+                        let r = refuse(
+                            codec::RC_SERVER_UNAVAILABLE,
+                            "too many logins being checked at once; try again shortly",
+                            name,
+                            &c.client_id,
+                        );
+                        return answer(r);
+                    }
+                }
             };
             {
                 let mut t = shared.throttle.lock().unwrap_or_else(|e| e.into_inner());

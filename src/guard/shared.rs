@@ -50,6 +50,12 @@ impl BackendLogin {
 }
 
 /// Everything a connection needs, shared by all listeners.
+/// Password checks running at once: each holds Argon2's memory (19 MiB at the default cost).
+const VERIFY_WORKERS: usize = 2;
+/// Checks waiting for a worker before new ones are refused unhashed (about 0.1 s of work at
+/// the default cost on a PC, a few tenths of a second on a Pi).
+const VERIFY_QUEUE: usize = 8;
+
 pub struct Shared {
     pub(super) backend: SocketAddr,
     pub(super) login: BackendLogin,
@@ -60,7 +66,7 @@ pub struct Shared {
     /// known user with a wrong password (no user enumeration by timing).
     pub(super) dummy_hash: String,
     /// Argon2 costs ~19 MiB and tens of ms each: bound how many run at once.
-    pub(super) verify_slots: Semaphore,
+    pub(super) verifier: auth::Verifier,
     /// Failed logins per client address (password guessing).
     pub(super) throttle: std::sync::Mutex<throttle::Throttle>,
     pub(super) connections: Arc<Semaphore>,
@@ -84,6 +90,16 @@ impl Shared {
     ) -> Result<Shared, GuardError> {
         let dummy_hash = auth::hash_password(login.password.as_bytes())
             .map_err(|e| GuardError::Internal(e.to_string()))?;
+        // Room for the costliest configured hash; the dummy one has our default cost.
+        let max_blocks = cfg
+            .users
+            .iter()
+            .filter_map(|u| u.password_hash.as_deref().and_then(auth::blocks_needed))
+            .chain(auth::blocks_needed(&dummy_hash))
+            .max()
+            .unwrap_or(0);
+        let verifier = auth::Verifier::start(VERIFY_WORKERS, max_blocks, VERIFY_QUEUE)
+            .map_err(|e| GuardError::Internal(e.to_string()))?;
         let secs = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
         Ok(Shared {
             backend,
@@ -99,7 +115,7 @@ impl Shared {
                 .collect(),
             anonymous: cfg.anonymous.clone(),
             dummy_hash,
-            verify_slots: Semaphore::new(2),
+            verifier,
             throttle: Default::default(),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
             per_address: Arc::new(PerAddress::new(cfg.max_connections_per_address)),

@@ -360,3 +360,28 @@ fn parse_msg(line: &str) -> Option<Message> {
         qos,
     })
 }
+
+/// An MQTT 3.1.1 CONNECT (clean session, keep-alive 30 s) with a user name and password, as raw
+/// bytes, for tests that speak to a listener below any client library.
+pub fn connect_packet(client_id: &str, user: &str, password: &str) -> Vec<u8> {
+    let s = |b: &mut Vec<u8>, x: &[u8]| {
+        b.extend_from_slice(&(x.len() as u16).to_be_bytes());
+        b.extend_from_slice(x);
+    };
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x80 | 0x40 | 0x02, 0, 30];
+    s(&mut body, client_id.as_bytes());
+    s(&mut body, user.as_bytes());
+    s(&mut body, password.as_bytes());
+    let mut p = vec![0x10];
+    let mut n = body.len();
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        p.push(if n > 0 { byte | 0x80 } else { byte });
+        if n == 0 {
+            break;
+        }
+    }
+    p.extend_from_slice(&body);
+    p
+}
