@@ -45,8 +45,23 @@ pub enum BrokerError {
     Guard(#[from] GuardError),
     #[error("embedded broker did not start listening on {addr} within {}", humantime::format_duration(*wait))]
     NotListening { addr: SocketAddr, wait: Duration },
-    #[error("embedded broker: {0}")]
-    Link(String),
+    #[error("embedded broker: no async runtime for the guard: {reason}")]
+    NoRuntime { reason: String },
+    #[error("embedded broker: no free loopback port for rumqttd: {0}")]
+    NoLoopbackPort(#[source] std::io::Error),
+    /// rumqttd would not give us the in-process link (`reason`: its error, in words).
+    #[error("embedded broker: cannot open the gateway's link: {reason}")]
+    Link { reason: String },
+    #[error("embedded broker: cannot subscribe the gateway's link to {filter}: {reason}")]
+    Subscribe { filter: String, reason: String },
+    #[error("embedded broker: cannot start the {thread} thread: {source}")]
+    Thread {
+        thread: &'static str,
+        source: std::io::Error,
+    },
+    /// The link did not take a publish: the broker's router has stopped.
+    #[error("embedded broker: publishing on {topic}: {reason}")]
+    Publish { topic: String, reason: String },
 }
 
 /// The gateway's own publishing handle into the embedded broker.
@@ -124,8 +139,9 @@ impl LocalBroker {
         forward_tx: ForwardTx,
         commands: Option<(Topics, mpsc::Sender<Command>)>,
     ) -> Result<LocalBroker, BrokerError> {
-        let rt = tokio::runtime::Handle::try_current()
-            .map_err(|e| BrokerError::Link(format!("no async runtime for the guard: {e}")))?;
+        let rt = tokio::runtime::Handle::try_current().map_err(|e| BrokerError::NoRuntime {
+            reason: e.to_string(),
+        })?;
         // Public listeners first: a busy port is a clear startup error.
         let bound = guard::bind(cfg)?;
         // rumqttd cannot be handed a bound socket; take a free loopback port for it. Even if
@@ -133,21 +149,24 @@ impl LocalBroker {
         // talk to the guard, which sends nothing but the random backend login there.
         let backend = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
-            .map_err(|e| BrokerError::Link(format!("no free loopback port for rumqttd: {e}")))?;
+            .map_err(BrokerError::NoLoopbackPort)?;
         let login = BackendLogin::random();
         let shared = guard::Shared::new(cfg, base, backend, login.clone())?;
         let mut broker = rumqttd::Broker::new(rumqttd_config(cfg, backend, &login));
-        let (mut tx, mut rx) = broker
-            .link("fieldbridge")
-            .map_err(|e| BrokerError::Link(e.to_string()))?;
+        let (mut tx, mut rx) = broker.link("fieldbridge").map_err(|e| BrokerError::Link {
+            reason: e.to_string(),
+        })?;
+        let subscribe_err = |filter: &str, e: rumqttd::local::LinkError| BrokerError::Subscribe {
+            filter: filter.to_string(),
+            reason: e.to_string(),
+        };
         for rule in &forward {
             tx.subscribe(rule.filter.clone())
-                .map_err(|e| BrokerError::Link(e.to_string()))?;
+                .map_err(|e| subscribe_err(&rule.filter, e))?;
         }
         let command_filter = commands.as_ref().map(|(t, _)| t.command_filter());
         if let Some(f) = &command_filter {
-            tx.subscribe(f.clone())
-                .map_err(|e| BrokerError::Link(e.to_string()))?;
+            tx.subscribe(f.clone()).map_err(|e| subscribe_err(f, e))?;
         }
         let echoes = Arc::new(Mutex::new(Echoes::new(ECHO_CAPACITY)));
         let link_echoes = echoes.clone();
@@ -161,7 +180,10 @@ impl LocalBroker {
                     tracing::error!("embedded broker listener stopped");
                 }
             })
-            .map_err(|e| BrokerError::Link(e.to_string()))?;
+            .map_err(|source| BrokerError::Thread {
+                thread: "mqtt-broker",
+                source,
+            })?;
         // The router parks a link it has nothing for (`Unschedule`); it must be woken or our
         // publishes stall. Forwarded publishes of local clients arrive here too.
         std::thread::Builder::new()
@@ -223,7 +245,10 @@ impl LocalBroker {
                     Err(_) => break,
                 }
             })
-            .map_err(|e| BrokerError::Link(e.to_string()))?;
+            .map_err(|source| BrokerError::Thread {
+                thread: "mqtt-link",
+                source,
+            })?;
         let probe = backend;
         let wait = Duration::from_secs(10);
         let deadline = std::time::Instant::now() + wait;
@@ -278,6 +303,9 @@ impl LocalBroker {
             .send(Packet::Publish(p, None))
             .await
             .map(|_| ())
-            .map_err(|e| BrokerError::Link(e.to_string()))
+            .map_err(|e| BrokerError::Publish {
+                topic: topic.to_string(),
+                reason: e.to_string(),
+            })
     }
 }
