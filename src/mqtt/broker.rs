@@ -32,11 +32,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::config::{BridgeRule, Broker as BrokerConfig};
-use crate::flow::Message;
-use crate::flow::{Command, Origin};
-use crate::flow::{Route, Routed};
+use crate::flow::{Command, Message, Routed};
 use crate::guard::{self, BackendLogin, GuardError};
 use crate::mqtt::echo::Echoes;
+use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
 use crate::mqtt::topics::Topics;
 
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +169,11 @@ impl LocalBroker {
         }
         let echoes = Arc::new(Mutex::new(Echoes::new(ECHO_CAPACITY)));
         let link_echoes = echoes.clone();
-        let rules = forward.clone();
+        let (command_topics, command_tx) = match commands {
+            Some((t, tx)) => (Some(t), Some(tx)),
+            None => (None, None),
+        };
+        let inbound = Inbound::new(Side::Local, forward.clone(), command_topics);
         std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {
@@ -197,43 +200,41 @@ impl LocalBroker {
                     }
                     Ok(Some(Notification::Forward(f))) => {
                         let p = f.publish;
-                        let ours = link_echoes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .take(&p.topic, &p.payload);
-                        if ours {
-                            continue;
-                        }
+                        // The guard lets only UTF-8 topics through: this copies, never replaces.
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                        if let Some((t, ctx)) = &commands {
-                            if let Some((device, point)) = t.parse_command(&topic) {
-                                // A retained command would be a standing order replayed
-                                // later over newer values: not executed.
-                                if p.retain {
-                                    tracing::warn!(event = "write_failed", topic = %topic, "retained command ignored (publish commands without the retain flag)");
-                                }
-                                let cmd = (!p.retain).then(|| Command {
+                        let verdict = {
+                            let mut echoes = link_echoes.lock().unwrap_or_else(|e| e.into_inner());
+                            inbound.classify(&topic, p.retain, &p.payload, &mut echoes)
+                        };
+                        match (verdict.command, &command_tx) {
+                            // A retained command would be a standing order replayed later over
+                            // newer values: not executed.
+                            (Some(CommandTopic::Retained), _) => {
+                                tracing::warn!(event = "write_failed", topic = %topic, "retained command ignored (publish commands without the retain flag)");
+                            }
+                            (Some(CommandTopic::Run { device, point }), Some(ctx)) => {
+                                let cmd = Command {
                                     device: device.to_string(),
                                     point: point.to_string(),
                                     payload: p.payload.to_vec(),
-                                    origin: Origin::Local,
-                                });
-                                if cmd.is_some_and(|c| ctx.try_send(c).is_err()) {
+                                    origin: inbound.side().origin(),
+                                };
+                                if ctx.try_send(cmd).is_err() {
                                     tracing::warn!(event = "write_failed", topic = %topic, "command queue full or stopped; local command dropped");
                                 }
                             }
+                            _ => {}
                         }
-                        let Some(rule) = rules.iter().find(|r| crate::config::spec::topic::matches(&r.filter, &topic))
-                        else {
+                        let Some(remote) = verdict.pass_on else {
                             continue;
                         };
                         let routed = Routed {
                             message: Message {
-                                topic: rule.to_remote(&topic),
+                                topic: remote,
                                 payload: p.payload.to_vec(),
                                 retain: p.retain,
                             },
-                            route: Route::UpstreamOnly,
+                            route: inbound.side().route(),
                         };
                         // Blocking is right here: this thread exists only to drain the link,
                         // and back-pressure from the outbox must not drop forwarded messages.

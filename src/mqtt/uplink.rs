@@ -32,10 +32,9 @@ use tokio::sync::mpsc;
 
 use crate::backoff::reconnect_delay;
 use crate::config::{BridgeRule, Tls, Upstream};
-use crate::flow::Message;
-use crate::flow::{Command, Origin};
-use crate::flow::{Route, Routed};
+use crate::flow::{Command, Message, Routed};
 use crate::mqtt::echo::Echoes;
+use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
 use crate::mqtt::plan::SendPlan;
 use crate::mqtt::topics::{self, Topics};
 use crate::ops::health::Beat;
@@ -66,6 +65,8 @@ pub struct Uplink {
     beat: Beat,
     /// Where `<prefix>/<gw>/<device>/<point>/set` commands go; `None`: not subscribed.
     commands: Option<mpsc::Sender<Command>>,
+    /// What an incoming publish is (command, message for a subscription, echo).
+    inbound: Inbound,
 }
 
 /// Why a session ended.
@@ -172,6 +173,7 @@ impl Uplink {
         Ok(Uplink {
             cfg,
             transport,
+            inbound: Inbound::new(Side::Upstream, subscribe.clone(), None),
             topics,
             outbox,
             stats: Arc::new(UplinkCounters::default()),
@@ -186,34 +188,12 @@ impl Uplink {
     /// Subscribes to this gateway's command topics and hands every command to `tx`.
     pub fn with_commands(mut self, tx: mpsc::Sender<Command>) -> Self {
         self.commands = Some(tx);
+        self.inbound = Inbound::new(
+            Side::Upstream,
+            self.subscribe.clone(),
+            Some(self.topics.clone()),
+        );
         self
-    }
-
-    /// A command for one of our devices: to the command runner. Never blocks the event loop:
-    /// when the runner is behind, the command is refused in the log rather than stalling acks.
-    fn deliver_command(&self, p: &rumqttc::Publish) -> bool {
-        let Some(tx) = &self.commands else {
-            return false;
-        };
-        let Some((device, point)) = self.topics.parse_command(&p.topic) else {
-            return false;
-        };
-        if p.retain {
-            // A retained command would run again at every reconnect, hours later, over newer
-            // values. Not executed; the sender should clear it.
-            tracing::warn!(event = "write_failed", topic = %p.topic, "retained command ignored (publish commands without the retain flag, and clear this one with an empty retained message)");
-            return true;
-        }
-        let cmd = Command {
-            device: device.to_string(),
-            point: point.to_string(),
-            payload: p.payload.to_vec(),
-            origin: Origin::Upstream,
-        };
-        if tx.try_send(cmd).is_err() {
-            tracing::warn!(event = "write_failed", topic = %p.topic, "command queue full or stopped; command dropped");
-        }
-        true
     }
 
     /// Publishes at QoS 1, remembering the message if our own subscriptions will echo it.
@@ -239,31 +219,45 @@ impl Uplink {
             .map_err(request_refused)
     }
 
-    /// An upstream message for one of our subscriptions: into the local broker, unless it is
-    /// the echo of something we published.
-    async fn deliver_down(&self, p: &rumqttc::Publish) {
-        let ours = self
-            .echoes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(p.topic.as_bytes(), &p.payload);
-        if ours {
-            return;
+    /// A publish from upstream: a command goes to the command runner, a message for one of our
+    /// subscriptions into the local broker, our own echo nowhere (see `inbound`). Never blocks
+    /// the event loop on the runner: when it is behind, the command is refused in the log
+    /// rather than stalling acks.
+    async fn receive(&self, p: &rumqttc::Publish) {
+        let verdict = {
+            let mut echoes = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
+            self.inbound
+                .classify(&p.topic, p.retain, &p.payload, &mut echoes)
+        };
+        match (verdict.command, &self.commands) {
+            (Some(CommandTopic::Retained), _) => {
+                // A retained command would run again at every reconnect, hours later, over newer
+                // values. Not executed; the sender should clear it.
+                tracing::warn!(event = "write_failed", topic = %p.topic, "retained command ignored (publish commands without the retain flag, and clear this one with an empty retained message)");
+            }
+            (Some(CommandTopic::Run { device, point }), Some(tx)) => {
+                let cmd = Command {
+                    device: device.to_string(),
+                    point: point.to_string(),
+                    payload: p.payload.to_vec(),
+                    origin: self.inbound.side().origin(),
+                };
+                if tx.try_send(cmd).is_err() {
+                    tracing::warn!(event = "write_failed", topic = %p.topic, "command queue full or stopped; command dropped");
+                }
+            }
+            _ => {}
         }
-        let Some(rule) = self
-            .subscribe
-            .iter()
-            .find(|r| crate::config::spec::topic::matches(&r.filter, &p.topic))
-        else {
+        let Some(topic) = verdict.pass_on else {
             return;
         };
         let routed = Routed {
             message: Message {
-                topic: rule.to_local(&p.topic),
+                topic,
                 payload: p.payload.to_vec(),
                 retain: p.retain,
             },
-            route: Route::LocalOnly,
+            route: self.inbound.side().route(),
         };
         if self.downlink.send(routed).await.is_err() {
             tracing::debug!(topic = %p.topic, "pipeline stopped; upstream message not delivered locally");
@@ -440,10 +434,7 @@ impl Uplink {
                         Ok(Tag::Control) => {}
                         Err(m) => tracing::warn!(pkid = a.pkid, "unexpected PUBACK: {m:?}"),
                     },
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        self.deliver_command(&p);
-                        self.deliver_down(&p).await
-                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => self.receive(&p).await,
                     Ok(_) => {}
                     Err(e) => {
                         self.flush_acks(&mut acks).await;
