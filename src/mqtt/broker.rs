@@ -32,11 +32,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 
 use crate::config::{BridgeRule, Broker as BrokerConfig};
-use crate::flow::Message;
-use crate::flow::{Command, Origin};
-use crate::flow::{Route, Routed};
+use crate::flow::{Command, Message, Routed};
 use crate::guard::{self, BackendLogin, GuardError};
 use crate::mqtt::echo::Echoes;
+use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
 use crate::mqtt::topics::Topics;
 
 #[derive(Debug, thiserror::Error)]
@@ -45,8 +44,23 @@ pub enum BrokerError {
     Guard(#[from] GuardError),
     #[error("embedded broker did not start listening on {addr} within {}", humantime::format_duration(*wait))]
     NotListening { addr: SocketAddr, wait: Duration },
-    #[error("embedded broker: {0}")]
-    Link(String),
+    #[error("embedded broker: no async runtime for the guard: {reason}")]
+    NoRuntime { reason: String },
+    #[error("embedded broker: no free loopback port for rumqttd: {0}")]
+    NoLoopbackPort(#[source] std::io::Error),
+    /// rumqttd would not give us the in-process link (`reason`: its error, in words).
+    #[error("embedded broker: cannot open the gateway's link: {reason}")]
+    Link { reason: String },
+    #[error("embedded broker: cannot subscribe the gateway's link to {filter}: {reason}")]
+    Subscribe { filter: String, reason: String },
+    #[error("embedded broker: cannot start the {thread} thread: {source}")]
+    Thread {
+        thread: &'static str,
+        source: std::io::Error,
+    },
+    /// The link did not take a publish: the broker's router has stopped.
+    #[error("embedded broker: publishing on {topic}: {reason}")]
+    Publish { topic: String, reason: String },
 }
 
 /// The gateway's own publishing handle into the embedded broker.
@@ -124,8 +138,9 @@ impl LocalBroker {
         forward_tx: ForwardTx,
         commands: Option<(Topics, mpsc::Sender<Command>)>,
     ) -> Result<LocalBroker, BrokerError> {
-        let rt = tokio::runtime::Handle::try_current()
-            .map_err(|e| BrokerError::Link(format!("no async runtime for the guard: {e}")))?;
+        let rt = tokio::runtime::Handle::try_current().map_err(|e| BrokerError::NoRuntime {
+            reason: e.to_string(),
+        })?;
         // Public listeners first: a busy port is a clear startup error.
         let bound = guard::bind(cfg)?;
         // rumqttd cannot be handed a bound socket; take a free loopback port for it. Even if
@@ -133,25 +148,32 @@ impl LocalBroker {
         // talk to the guard, which sends nothing but the random backend login there.
         let backend = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
             .and_then(|l| l.local_addr())
-            .map_err(|e| BrokerError::Link(format!("no free loopback port for rumqttd: {e}")))?;
+            .map_err(BrokerError::NoLoopbackPort)?;
         let login = BackendLogin::random();
         let shared = guard::Shared::new(cfg, base, backend, login.clone())?;
         let mut broker = rumqttd::Broker::new(rumqttd_config(cfg, backend, &login));
-        let (mut tx, mut rx) = broker
-            .link("fieldbridge")
-            .map_err(|e| BrokerError::Link(e.to_string()))?;
+        let (mut tx, mut rx) = broker.link("fieldbridge").map_err(|e| BrokerError::Link {
+            reason: e.to_string(),
+        })?;
+        let subscribe_err = |filter: &str, e: rumqttd::local::LinkError| BrokerError::Subscribe {
+            filter: filter.to_string(),
+            reason: e.to_string(),
+        };
         for rule in &forward {
             tx.subscribe(rule.filter.clone())
-                .map_err(|e| BrokerError::Link(e.to_string()))?;
+                .map_err(|e| subscribe_err(&rule.filter, e))?;
         }
         let command_filter = commands.as_ref().map(|(t, _)| t.command_filter());
         if let Some(f) = &command_filter {
-            tx.subscribe(f.clone())
-                .map_err(|e| BrokerError::Link(e.to_string()))?;
+            tx.subscribe(f.clone()).map_err(|e| subscribe_err(f, e))?;
         }
         let echoes = Arc::new(Mutex::new(Echoes::new(ECHO_CAPACITY)));
         let link_echoes = echoes.clone();
-        let rules = forward.clone();
+        let (command_topics, command_tx) = match commands {
+            Some((t, tx)) => (Some(t), Some(tx)),
+            None => (None, None),
+        };
+        let inbound = Inbound::new(Side::Local, forward.clone(), command_topics);
         std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {
@@ -161,7 +183,10 @@ impl LocalBroker {
                     tracing::error!("embedded broker listener stopped");
                 }
             })
-            .map_err(|e| BrokerError::Link(e.to_string()))?;
+            .map_err(|source| BrokerError::Thread {
+                thread: "mqtt-broker",
+                source,
+            })?;
         // The router parks a link it has nothing for (`Unschedule`); it must be woken or our
         // publishes stall. Forwarded publishes of local clients arrive here too.
         std::thread::Builder::new()
@@ -175,43 +200,41 @@ impl LocalBroker {
                     }
                     Ok(Some(Notification::Forward(f))) => {
                         let p = f.publish;
-                        let ours = link_echoes
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .take(&p.topic, &p.payload);
-                        if ours {
-                            continue;
-                        }
+                        // The guard lets only UTF-8 topics through: this copies, never replaces.
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                        if let Some((t, ctx)) = &commands {
-                            if let Some((device, point)) = t.parse_command(&topic) {
-                                // A retained command would be a standing order replayed
-                                // later over newer values: not executed.
-                                if p.retain {
-                                    tracing::warn!(event = "write_failed", topic = %topic, "retained command ignored (publish commands without the retain flag)");
-                                }
-                                let cmd = (!p.retain).then(|| Command {
+                        let verdict = {
+                            let mut echoes = link_echoes.lock().unwrap_or_else(|e| e.into_inner());
+                            inbound.classify(&topic, p.retain, &p.payload, &mut echoes)
+                        };
+                        match (verdict.command, &command_tx) {
+                            // A retained command would be a standing order replayed later over
+                            // newer values: not executed.
+                            (Some(CommandTopic::Retained), _) => {
+                                tracing::warn!(event = "write_failed", topic = %topic, "retained command ignored (publish commands without the retain flag)");
+                            }
+                            (Some(CommandTopic::Run { device, point }), Some(ctx)) => {
+                                let cmd = Command {
                                     device: device.to_string(),
                                     point: point.to_string(),
                                     payload: p.payload.to_vec(),
-                                    origin: Origin::Local,
-                                });
-                                if cmd.is_some_and(|c| ctx.try_send(c).is_err()) {
+                                    origin: inbound.side().origin(),
+                                };
+                                if ctx.try_send(cmd).is_err() {
                                     tracing::warn!(event = "write_failed", topic = %topic, "command queue full or stopped; local command dropped");
                                 }
                             }
+                            _ => {}
                         }
-                        let Some(rule) = rules.iter().find(|r| crate::config::spec::topic::matches(&r.filter, &topic))
-                        else {
+                        let Some(remote) = verdict.pass_on else {
                             continue;
                         };
                         let routed = Routed {
                             message: Message {
-                                topic: rule.to_remote(&topic),
+                                topic: remote,
                                 payload: p.payload.to_vec(),
                                 retain: p.retain,
                             },
-                            route: Route::UpstreamOnly,
+                            route: inbound.side().route(),
                         };
                         // Blocking is right here: this thread exists only to drain the link,
                         // and back-pressure from the outbox must not drop forwarded messages.
@@ -223,7 +246,10 @@ impl LocalBroker {
                     Err(_) => break,
                 }
             })
-            .map_err(|e| BrokerError::Link(e.to_string()))?;
+            .map_err(|source| BrokerError::Thread {
+                thread: "mqtt-link",
+                source,
+            })?;
         let probe = backend;
         let wait = Duration::from_secs(10);
         let deadline = std::time::Instant::now() + wait;
@@ -278,6 +304,9 @@ impl LocalBroker {
             .send(Packet::Publish(p, None))
             .await
             .map(|_| ())
-            .map_err(|e| BrokerError::Link(e.to_string()))
+            .map_err(|e| BrokerError::Publish {
+                topic: topic.to_string(),
+                reason: e.to_string(),
+            })
     }
 }

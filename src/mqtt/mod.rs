@@ -1,10 +1,13 @@
 //! MQTT on both sides of the gateway: the embedded broker (`broker`, rumqttd behind the guard),
-//! the upstream link (`uplink`, rumqttc) with its pure send plan (`plan`), the recognition of our
-//! own messages coming back (`echo`), and the topic names and payloads of the user-facing
-//! contract (`topics`). No rumqttc or rumqttd type leaves this folder.
+//! the upstream link (`uplink`, rumqttc) with its pure send plan (`plan`), what an incoming
+//! publish is on either link (`inbound`), the recognition of our own messages coming back
+//! (`echo`), and the topic names and payloads of the user-facing contract (`topics`). The
+//! decisions live in the pure files so they can be tested as tables; `broker` and `uplink` only
+//! do the I/O. No rumqttc or rumqttd type leaves this folder.
 
 pub mod broker;
 pub mod echo;
+pub mod inbound;
 pub mod plan;
 pub mod topics;
 pub mod uplink;

@@ -7,6 +7,11 @@
 //! acked just before the link died may be sent twice; none is lost). The Last Will marks the
 //! gateway `offline` (retained); `online` is published retained on every connect. Reconnects use
 //! capped, jittered exponential backoff; a black-holed link is detected by the keep-alive ping.
+//!
+//! What to read from the outbox next and what to wait for is decided by the pure send plan
+//! (`plan::SendPlan`: backlog and live cursors, window, replay rate, stop and grace); which row
+//! a PUBACK names is decided by `outbox::inflight`. The session loop here only moves data between
+//! those two, the outbox and rumqttc.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -27,16 +32,15 @@ use tokio::sync::mpsc;
 
 use crate::backoff::reconnect_delay;
 use crate::config::{BridgeRule, Tls, Upstream};
-use crate::flow::Message;
-use crate::flow::{Command, Origin};
-use crate::flow::{Route, Routed};
+use crate::flow::{Command, Message, Routed};
 use crate::mqtt::echo::Echoes;
-use crate::mqtt::plan::{quotas, Bucket};
+use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
+use crate::mqtt::plan::SendPlan;
 use crate::mqtt::topics::{self, Topics};
 use crate::ops::health::Beat;
 use crate::ops::stats::UplinkCounters;
-use crate::outbox::inflight::{InFlight, Tag};
-use crate::outbox::{Outbox, Row};
+use crate::outbox::inflight::{InFlight, Mismatch, Tag};
+use crate::outbox::{Outbox, OutboxError, Row};
 
 #[derive(Debug, thiserror::Error)]
 pub enum UplinkError {
@@ -61,12 +65,50 @@ pub struct Uplink {
     beat: Beat,
     /// Where `<prefix>/<gw>/<device>/<point>/set` commands go; `None`: not subscribed.
     commands: Option<mpsc::Sender<Command>>,
+    /// What an incoming publish is (command, message for a subscription, echo).
+    inbound: Inbound,
 }
 
 /// Why a session ended.
 enum End {
     Stopped,
-    Failed(String),
+    Failed(LinkError),
+}
+
+/// Why a connection failed or ended without a stop: logged by `run` (as
+/// `upstream_connect_failed` or `upstream_disconnected`), then the uplink reconnects. rumqttc's
+/// errors are described in our words here; no rumqttc type leaves this module.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    #[error("no CONNACK within {}", humantime::format_duration(*wait))]
+    NoConnAck { wait: Duration },
+    /// The broker answered the CONNECT with a refusal (`code`: the MQTT return code's name).
+    #[error("broker refused the connection: {code}")]
+    Refused { code: String },
+    /// The connection could not be set up (DNS, TCP, TLS, or the broker closed it).
+    #[error("{0}")]
+    Connect(Cause),
+    /// The connection was up and broke.
+    #[error("{0}")]
+    Lost(Cause),
+    #[error("reading the outbox: {0}")]
+    Outbox(#[source] OutboxError),
+    /// rumqttc reported a packet the FIFO matching of `outbox::inflight` cannot place.
+    #[error("in-flight bookkeeping: {0:?}")]
+    InFlight(Mismatch),
+    /// The client did not take a publish or subscribe request (its queue is full or closed).
+    #[error("MQTT client did not take the request: {reason}")]
+    Request { reason: String },
+}
+
+/// What broke a connection, in our words.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("no answer to keep-alive ping (link dead or broker hung)")]
+    PingTimeout,
+    /// Anything else, as rumqttc describes it (I/O, TLS, protocol).
+    #[error("{0}")]
+    Other(String),
 }
 
 fn tls_transport(t: &Tls) -> Result<Transport, UplinkError> {
@@ -131,6 +173,7 @@ impl Uplink {
         Ok(Uplink {
             cfg,
             transport,
+            inbound: Inbound::new(Side::Upstream, subscribe.clone(), None),
             topics,
             outbox,
             stats: Arc::new(UplinkCounters::default()),
@@ -145,34 +188,12 @@ impl Uplink {
     /// Subscribes to this gateway's command topics and hands every command to `tx`.
     pub fn with_commands(mut self, tx: mpsc::Sender<Command>) -> Self {
         self.commands = Some(tx);
+        self.inbound = Inbound::new(
+            Side::Upstream,
+            self.subscribe.clone(),
+            Some(self.topics.clone()),
+        );
         self
-    }
-
-    /// A command for one of our devices: to the command runner. Never blocks the event loop:
-    /// when the runner is behind, the command is refused in the log rather than stalling acks.
-    fn deliver_command(&self, p: &rumqttc::Publish) -> bool {
-        let Some(tx) = &self.commands else {
-            return false;
-        };
-        let Some((device, point)) = self.topics.parse_command(&p.topic) else {
-            return false;
-        };
-        if p.retain {
-            // A retained command would run again at every reconnect, hours later, over newer
-            // values. Not executed; the sender should clear it.
-            tracing::warn!(event = "write_failed", topic = %p.topic, "retained command ignored (publish commands without the retain flag, and clear this one with an empty retained message)");
-            return true;
-        }
-        let cmd = Command {
-            device: device.to_string(),
-            point: point.to_string(),
-            payload: p.payload.to_vec(),
-            origin: Origin::Upstream,
-        };
-        if tx.try_send(cmd).is_err() {
-            tracing::warn!(event = "write_failed", topic = %p.topic, "command queue full or stopped; command dropped");
-        }
-        true
     }
 
     /// Publishes at QoS 1, remembering the message if our own subscriptions will echo it.
@@ -182,7 +203,7 @@ impl Uplink {
         topic: String,
         payload: Vec<u8>,
         retain: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         if self
             .subscribe
             .iter()
@@ -195,34 +216,48 @@ impl Uplink {
         }
         client
             .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-            .map_err(|e| e.to_string())
+            .map_err(request_refused)
     }
 
-    /// An upstream message for one of our subscriptions: into the local broker, unless it is
-    /// the echo of something we published.
-    async fn deliver_down(&self, p: &rumqttc::Publish) {
-        let ours = self
-            .echoes
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take(p.topic.as_bytes(), &p.payload);
-        if ours {
-            return;
+    /// A publish from upstream: a command goes to the command runner, a message for one of our
+    /// subscriptions into the local broker, our own echo nowhere (see `inbound`). Never blocks
+    /// the event loop on the runner: when it is behind, the command is refused in the log
+    /// rather than stalling acks.
+    async fn receive(&self, p: &rumqttc::Publish) {
+        let verdict = {
+            let mut echoes = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
+            self.inbound
+                .classify(&p.topic, p.retain, &p.payload, &mut echoes)
+        };
+        match (verdict.command, &self.commands) {
+            (Some(CommandTopic::Retained), _) => {
+                // A retained command would run again at every reconnect, hours later, over newer
+                // values. Not executed; the sender should clear it.
+                tracing::warn!(event = "write_failed", topic = %p.topic, "retained command ignored (publish commands without the retain flag, and clear this one with an empty retained message)");
+            }
+            (Some(CommandTopic::Run { device, point }), Some(tx)) => {
+                let cmd = Command {
+                    device: device.to_string(),
+                    point: point.to_string(),
+                    payload: p.payload.to_vec(),
+                    origin: self.inbound.side().origin(),
+                };
+                if tx.try_send(cmd).is_err() {
+                    tracing::warn!(event = "write_failed", topic = %p.topic, "command queue full or stopped; command dropped");
+                }
+            }
+            _ => {}
         }
-        let Some(rule) = self
-            .subscribe
-            .iter()
-            .find(|r| crate::config::spec::topic::matches(&r.filter, &p.topic))
-        else {
+        let Some(topic) = verdict.pass_on else {
             return;
         };
         let routed = Routed {
             message: Message {
-                topic: rule.to_local(&p.topic),
+                topic,
                 payload: p.payload.to_vec(),
                 retain: p.retain,
             },
-            route: Route::LocalOnly,
+            route: self.inbound.side().route(),
         };
         if self.downlink.send(routed).await.is_err() {
             tracing::debug!(topic = %p.topic, "pipeline stopped; upstream message not delivered locally");
@@ -287,21 +322,23 @@ impl Uplink {
         }
     }
 
-    async fn connect(&self, ev: &mut EventLoop) -> Result<(), String> {
+    async fn connect(&self, ev: &mut EventLoop) -> Result<(), LinkError> {
         let wait = self.cfg.connect_timeout + Duration::from_secs(1);
         let connack = timeout(wait, async {
             loop {
                 match ev.poll().await {
                     Ok(Event::Incoming(Incoming::ConnAck(a))) => return Ok(a),
                     Ok(_) => {}
-                    Err(e) => return Err(describe(&e)),
+                    Err(e) => return Err(describe(e, LinkError::Connect)),
                 }
             }
         })
         .await
-        .map_err(|_| format!("no CONNACK within {}", humantime::format_duration(wait)))??;
+        .map_err(|_| LinkError::NoConnAck { wait })??;
         if connack.code != rumqttc::ConnectReturnCode::Success {
-            return Err(format!("broker refused the connection: {:?}", connack.code));
+            return Err(LinkError::Refused {
+                code: format!("{:?}", connack.code),
+            });
         }
         Ok(())
     }
@@ -330,95 +367,66 @@ impl Uplink {
         inflight.requested(Tag::Control);
         for rule in &self.subscribe {
             if let Err(e) = client.try_subscribe(rule.filter.clone(), QoS::AtLeastOnce) {
-                return End::Failed(e.to_string());
+                return End::Failed(request_refused(e));
             }
         }
         if self.commands.is_some() {
             if let Err(e) = client.try_subscribe(self.topics.command_filter(), QoS::AtLeastOnce) {
-                return End::Failed(e.to_string());
+                return End::Failed(request_refused(e));
             }
         }
 
         let mut latest = self.outbox.latest();
-        let mut latest_open = true;
-        // Rows up to `replay_end` were stored before this connection: the backlog.
+        // Rows up to the newest id now were stored before this connection: the backlog.
         let replay_end = *latest.borrow_and_update();
-        let mut backlog_sent: i64 = 0;
-        let mut backlog_done = replay_end == 0;
-        let mut live_sent: i64 = replay_end;
-        let mut bucket = Bucket::new(self.cfg.replay_rate, std::time::Instant::now());
+        let mut plan = SendPlan::new(
+            window,
+            replay_end,
+            self.cfg.replay_rate,
+            std::time::Instant::now(),
+        );
         let mut acks: Vec<i64> = Vec::new();
-        let mut stopping = false;
-        let mut deadline = Instant::now();
         loop {
             // While connected, rumqttc's poll returns at least once per keep-alive (the ping).
             self.beat
                 .progress(self.cfg.keep_alive * 2 + connect_budget(&self.cfg))
                 .await;
-            if !stopping && inflight.len() < window {
-                let newest = *latest.borrow_and_update();
-                let room = window - inflight.len();
-                let (live_cap, _) = quotas(room, newest > live_sent, !backlog_done);
-                let mut sent_now = 0;
-                if live_cap > 0 && newest > live_sent {
-                    match self.outbox.fetch_range(live_sent, newest, live_cap).await {
-                        Ok(rows) => {
-                            // Empty: everything up to `newest` was acked or dropped meanwhile.
-                            live_sent = rows.last().map_or(newest, |r| r.id);
-                            sent_now += rows.len();
-                            if let Err(e) = self.send_rows(&client, &mut inflight, rows) {
-                                return End::Failed(e);
-                            }
-                        }
-                        Err(e) => return End::Failed(format!("reading the outbox: {e}")),
-                    }
+            let newest = *latest.borrow_and_update();
+            while let Some(fetch) =
+                plan.next_fetch(inflight.len(), newest, std::time::Instant::now())
+            {
+                let rows = match self
+                    .outbox
+                    .fetch_range(fetch.after, fetch.upto, fetch.max)
+                    .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => return End::Failed(LinkError::Outbox(e)),
+                };
+                if plan.fetched(&fetch, rows.len(), rows.last().map(|r| r.id)) {
+                    tracing::debug!("backlog replayed");
                 }
-                let backlog_room =
-                    (room - sent_now).min(bucket.available(std::time::Instant::now()));
-                if !backlog_done && backlog_room > 0 {
-                    match self
-                        .outbox
-                        .fetch_range(backlog_sent, replay_end, backlog_room)
-                        .await
-                    {
-                        Ok(rows) => {
-                            if rows.len() < backlog_room {
-                                backlog_done = true;
-                                tracing::debug!("backlog replayed");
-                            }
-                            backlog_sent = rows.last().map_or(backlog_sent, |r| r.id);
-                            bucket.take(rows.len());
-                            if let Err(e) = self.send_rows(&client, &mut inflight, rows) {
-                                return End::Failed(e);
-                            }
-                        }
-                        Err(e) => return End::Failed(format!("reading the outbox: {e}")),
-                    }
+                if let Err(e) = self.send_rows(&client, &mut inflight, rows) {
+                    return End::Failed(e);
                 }
             }
-            let room = !stopping && inflight.len() < window;
-            let idle = room && latest_open && *latest.borrow() <= live_sent;
-            // Only the rate limit holds the backlog back: wake up when the next token is due.
-            let token_wait = match (room && !backlog_done, bucket.next_token()) {
-                (true, Some(d)) => d,
-                _ => Duration::from_secs(3600),
-            };
+            let wait = plan.wait(inflight.len(), *latest.borrow());
+            let deadline = wait.deadline.map(Instant::from_std);
             tokio::select! {
                 biased;
-                _ = stop.cancelled(), if !stopping => {
-                    stopping = true;
-                    deadline = Instant::now() + grace;
+                _ = stop.cancelled(), if !plan.stopping() => {
+                    plan.stop(std::time::Instant::now(), grace);
                 }
-                _ = sleep_until(deadline), if stopping => break,
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
                 e = ev.poll() => match e {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         if let Err(m) = inflight.on_outgoing_publish(pkid) {
-                            return End::Failed(format!("in-flight bookkeeping: {m:?}"));
+                            return End::Failed(LinkError::InFlight(m));
                         }
                     }
                     Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
                         if let Err(m) = inflight.on_await_ack(pkid) {
-                            return End::Failed(format!("in-flight bookkeeping: {m:?}"));
+                            return End::Failed(LinkError::InFlight(m));
                         }
                     }
                     Ok(Event::Incoming(Incoming::PubAck(a))) => match inflight.on_puback(a.pkid) {
@@ -426,28 +434,26 @@ impl Uplink {
                         Ok(Tag::Control) => {}
                         Err(m) => tracing::warn!(pkid = a.pkid, "unexpected PUBACK: {m:?}"),
                     },
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        self.deliver_command(&p);
-                        self.deliver_down(&p).await
-                    }
+                    Ok(Event::Incoming(Incoming::Publish(p))) => self.receive(&p).await,
                     Ok(_) => {}
                     Err(e) => {
                         self.flush_acks(&mut acks).await;
-                        return End::Failed(describe(&e));
+                        return End::Failed(describe(e, LinkError::Lost));
                     }
                 },
-                r = latest.changed(), if idle => {
+                r = latest.changed(), if wait.newer_rows => {
                     if r.is_err() {
-                        latest_open = false;
+                        plan.latest_closed();
                     }
                 }
-                _ = sleep(token_wait), if room && !backlog_done => {}
+                _ = sleep(wait.replay_token.unwrap_or_default()), if wait.replay_token.is_some() => {}
             }
             self.flush_acks(&mut acks).await;
-            if stopping && inflight.rows() == 0 {
+            if plan.finished(inflight.rows()) {
                 break;
             }
         }
+        let deadline = plan.deadline().map_or_else(Instant::now, Instant::from_std);
         if inflight.rows() > 0 {
             tracing::warn!(
                 unacked = inflight.rows(),
@@ -521,7 +527,7 @@ impl Uplink {
         client: &AsyncClient,
         inflight: &mut InFlight,
         rows: Vec<Row>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         for r in rows {
             let m = r.message;
             self.publish(client, m.topic, m.payload, m.retain)?;
@@ -549,14 +555,20 @@ pub fn connect_budget(cfg: &Upstream) -> Duration {
     cfg.connect_timeout + Duration::from_secs(10)
 }
 
-fn describe(e: &ConnectionError) -> String {
+/// rumqttc's connection error in our words; `broke` says whether it hit a connection being set
+/// up (`LinkError::Connect`) or one that was up (`LinkError::Lost`).
+fn describe(e: ConnectionError, broke: fn(Cause) -> LinkError) -> LinkError {
     match e {
-        ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => {
-            "no answer to keep-alive ping (link dead or broker hung)".into()
-        }
-        ConnectionError::ConnectionRefused(code) => {
-            format!("broker refused the connection: {code:?}")
-        }
-        other => other.to_string(),
+        ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => broke(Cause::PingTimeout),
+        ConnectionError::ConnectionRefused(code) => LinkError::Refused {
+            code: format!("{code:?}"),
+        },
+        other => broke(Cause::Other(other.to_string())),
+    }
+}
+
+fn request_refused(e: rumqttc::ClientError) -> LinkError {
+    LinkError::Request {
+        reason: e.to_string(),
     }
 }
