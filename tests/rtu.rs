@@ -1009,6 +1009,15 @@ fn a_local_command_user_writes_through_the_embedded_broker_and_others_are_refuse
         ],
     );
     assert!(out.status.success(), "{}", text(&out));
+    // Not even a command user's retained command runs: the guard drops it (issue 14).
+    let out = mosquitto_pub(
+        gw.broker_port,
+        &[
+            "-u", "op", "-P", "op-pw", "-q", "1", "-r", "-t", topic, "-m", "40",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    gw.wait_log(&["broker_acl_denied", "retained_command"]);
     // The command user's write is executed and answered on the local broker.
     let out = mosquitto_pub(
         gw.broker_port,
@@ -1037,7 +1046,7 @@ fn a_local_command_user_writes_through_the_embedded_broker_and_others_are_refuse
     assert_eq!(
         sim.writes(2),
         writes + 1,
-        "exactly one write: the viewer's never ran\n{}",
+        "exactly one write: neither the viewer's nor the retained one ran\n{}",
         gw.log()
     );
     assert_eq!(

@@ -5,7 +5,9 @@
 //!    the gateway may publish readings, status or stats there, so a local client can never forge
 //!    what the gateway reports.
 //! 2. The exception: command topics `<prefix>/<gateway id>/+/+/set` may be published by users
-//!    with `commands = true`, and by nobody else (anonymous clients never).
+//!    with `commands = true`, and by nobody else (anonymous clients never) — and never with the
+//!    retain flag, by anyone: a retained command would run again for every later subscriber and
+//!    at every reconnect. Upstream follows the same rule (`mqtt::inbound`).
 //! 3. Otherwise a client may publish to a topic matched by one of its `publish` filters, and
 //!    subscribe to a filter that is *covered* by one of its `subscribe` filters (every topic the
 //!    requested filter can match is matched by the allowed one).
@@ -21,6 +23,9 @@ pub enum Denied {
     NotCommandUser,
     /// Not matched by any of the client's filters.
     NoMatchingFilter,
+    /// A command with the retain flag: it would run again for every new subscriber and at every
+    /// reconnect, hours later, over newer values. Refused for everyone, like upstream.
+    RetainedCommand,
 }
 
 impl Denied {
@@ -29,6 +34,7 @@ impl Denied {
             Denied::GatewayTopic => "gateway_topic_read_only",
             Denied::NotCommandUser => "not_a_command_user",
             Denied::NoMatchingFilter => "no_matching_filter",
+            Denied::RetainedCommand => "retained_command",
         }
     }
 }
@@ -48,9 +54,12 @@ impl Policy {
         }
     }
 
-    pub fn publish(&self, who: &Access, topic: &str) -> Result<(), Denied> {
+    /// Whether `who` may publish on `topic` (with the retain flag when `retain`).
+    pub fn publish(&self, who: &Access, topic: &str, retain: bool) -> Result<(), Denied> {
         if crate::config::spec::topic::matches(&self.commands, topic) {
-            return if who.commands {
+            return if retain {
+                Err(Denied::RetainedCommand)
+            } else if who.commands {
                 Ok(())
             } else {
                 Err(Denied::NotCommandUser)
@@ -160,7 +169,25 @@ mod tests {
             (&narrow, "sensors/esp1/hum", Err(Denied::NoMatchingFilter)),
         ];
         for (who, topic, want) in cases {
-            assert_eq!(p.publish(who, topic), want, "{topic} by {who:?}");
+            assert_eq!(p.publish(who, topic, false), want, "{topic} by {who:?}");
+        }
+        // With the retain flag: a command is refused for everyone; other topics as without.
+        let retained: Vec<(&Access, &str, Result<(), Denied>)> = vec![
+            (
+                &commander,
+                "fb/gw/dev/temp/set",
+                Err(Denied::RetainedCommand),
+            ),
+            (&anyone, "fb/gw/dev/temp/set", Err(Denied::RetainedCommand)),
+            (&anyone, "anything/else", Ok(())),
+            (&anyone, "fb/gw/status", Err(Denied::GatewayTopic)),
+        ];
+        for (who, topic, want) in retained {
+            assert_eq!(
+                p.publish(who, topic, true),
+                want,
+                "retained {topic} by {who:?}"
+            );
         }
         assert!(p.subscribe(&anyone, "fb/gw/#"));
         assert!(p.subscribe(&narrow, "sensors/+/temp"));

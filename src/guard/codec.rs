@@ -338,6 +338,7 @@ pub fn pkid_of(body: &[u8]) -> Option<u16> {
 pub struct PublishHeader {
     pub topic: String,
     pub qos: u8,
+    pub retain: bool,
     pub pkid: Option<u16>,
     pub payload_len: usize,
 }
@@ -371,6 +372,7 @@ pub fn parse_publish(flags: u8, body: &[u8]) -> Result<PublishHeader, CodecError
     Ok(PublishHeader {
         topic,
         qos,
+        retain: flags & 0x01 != 0,
         pkid,
         payload_len: r.rest().len(),
     })

@@ -290,7 +290,7 @@ async fn admit(
                 &c.client_id,
             ));
         }
-        if let Err(d) = shared.policy.publish(&access, &w.topic) {
+        if let Err(d) = shared.policy.publish(&access, &w.topic, w.retain) {
             let reason = format!("Last Will topic {:?} refused: {}", w.topic, d.as_str());
             return answer(refuse(
                 codec::RC_NOT_AUTHORIZED,
@@ -395,7 +395,7 @@ where
                     tracing::warn!(event = "broker_payload_too_large", topic = %h.topic, bytes = h.payload_len, max = ctx.shared.max_payload, client_id = %ctx.client_id, peer = %ctx.origin.peer, "broker client published over max_payload_bytes; disconnecting it");
                     return Err(SessionEnd::Refused("payload over max_payload_bytes"));
                 }
-                if let Err(d) = ctx.shared.policy.publish(ctx.access, &h.topic) {
+                if let Err(d) = ctx.shared.policy.publish(ctx.access, &h.topic, h.retain) {
                     ctx.log_denied("publish", &h.topic, d.as_str());
                     match (h.qos, h.pkid) {
                         (1, Some(id)) => reply(codec::ack(codec::PUBACK, id)).await?,
