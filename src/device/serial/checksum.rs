@@ -27,6 +27,18 @@ pub fn nmea_body(sentence: &str) -> Option<&str> {
     (xor8(body.as_bytes()) == want).then_some(body)
 }
 
+impl Checksum {
+    pub const NAMES: &'static str = "none, sum8, sum8_neg, xor8";
+
+    pub fn compute(self, bytes: &[u8]) -> u8 {
+        match self {
+            Checksum::Sum8 => sum8(bytes),
+            Checksum::Sum8Neg => sum8(bytes).wrapping_neg(),
+            Checksum::Xor8 => xor8(bytes),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,17 +84,5 @@ mod tests {
             nmea_body(good),
             Some("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,")
         );
-    }
-}
-
-impl Checksum {
-    pub const NAMES: &'static str = "none, sum8, sum8_neg, xor8";
-
-    pub fn compute(self, bytes: &[u8]) -> u8 {
-        match self {
-            Checksum::Sum8 => sum8(bytes),
-            Checksum::Sum8Neg => sum8(bytes).wrapping_neg(),
-            Checksum::Xor8 => xor8(bytes),
-        }
     }
 }

@@ -182,6 +182,33 @@ fn partial_prefix_len(buf: &[u8], start: &[u8]) -> usize {
         .unwrap_or(0)
 }
 
+impl ChecksumSpec {
+    fn resolve(off: i64, len: usize) -> Option<usize> {
+        if off >= 0 {
+            let o = usize::try_from(off).ok()?;
+            (o <= len).then_some(o)
+        } else {
+            len.checked_sub(usize::try_from(off.unsigned_abs()).ok()?)
+        }
+    }
+
+    /// Whether the checksum of `frame` is right; `false` when the offsets do not fit the frame.
+    pub fn verify(&self, frame: &[u8]) -> bool {
+        let n = frame.len();
+        let (Some(from), Some(to), Some(at)) = (
+            Self::resolve(self.from, n),
+            Self::resolve(self.to, n),
+            Self::resolve(self.at, n),
+        ) else {
+            return false;
+        };
+        if from > to || at >= n {
+            return false;
+        }
+        self.kind.compute(&frame[from..to]) == frame[at]
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -384,32 +411,5 @@ mod tests {
             fr.push(&[0x55; 100], &mut out);
             assert!(fr.buf.len() <= 10);
         }
-    }
-}
-
-impl ChecksumSpec {
-    fn resolve(off: i64, len: usize) -> Option<usize> {
-        if off >= 0 {
-            let o = usize::try_from(off).ok()?;
-            (o <= len).then_some(o)
-        } else {
-            len.checked_sub(usize::try_from(off.unsigned_abs()).ok()?)
-        }
-    }
-
-    /// Whether the checksum of `frame` is right; `false` when the offsets do not fit the frame.
-    pub fn verify(&self, frame: &[u8]) -> bool {
-        let n = frame.len();
-        let (Some(from), Some(to), Some(at)) = (
-            Self::resolve(self.from, n),
-            Self::resolve(self.to, n),
-            Self::resolve(self.at, n),
-        ) else {
-            return false;
-        };
-        if from > to || at >= n {
-            return false;
-        }
-        self.kind.compute(&frame[from..to]) == frame[at]
     }
 }
