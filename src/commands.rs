@@ -82,8 +82,7 @@ impl Commands {
         {
             Ok(Answer::Written) => Ok(input_json(&input)),
             Ok(Answer::Exception(code)) => Err(format!(
-                "device answered with Modbus exception {:02} ({code:?}) to {function}",
-                u8::from(code)
+                "device answered with Modbus exception {code} to {function}"
             )),
             Ok(other) => Err(format!("unexpected answer to {function}: {other:?}")),
             Err(e) => Err(format!(

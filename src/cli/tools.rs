@@ -218,10 +218,8 @@ pub async fn scan(spec: &ScanSpec, mut progress: impl FnMut(&str)) -> Result<Vec
             }
             Ok(Answer::Exception(code)) => {
                 progress(&format!(
-                    "unit {unit:>3}: answers with exception {:02} ({code:?}) for {} {}",
-                    u8::from(code),
-                    spec.table,
-                    spec.address
+                    "unit {unit:>3}: answers with exception {code} for {} {}",
+                    spec.table, spec.address
                 ));
                 found.push(unit);
             }

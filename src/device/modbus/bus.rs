@@ -38,6 +38,7 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
+use super::exception::ModbusException;
 use crate::device::serial::port::Port;
 use crate::device::DeviceError;
 use crate::ops::stats::{bump, LineCounters};
@@ -104,7 +105,7 @@ pub enum Answer {
     Words(Vec<u16>),
     Bits(Vec<bool>),
     Written,
-    Exception(ExceptionCode),
+    Exception(ModbusException),
 }
 
 /// How a bus reaches its line.
@@ -502,7 +503,7 @@ async fn transact(ctx: &mut Context, ex: &Exchange) -> Result<Answer, Failure> {
             };
             let want = usize::from(*count);
             match call(ctx, req).await? {
-                Err(code) => Ok(Answer::Exception(code)),
+                Err(code) => Ok(Answer::Exception(exception(code))),
                 Ok(Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits)) => {
                     // Bits come padded to whole bytes.
                     if bits.len() < want {
@@ -571,7 +572,7 @@ async fn transact(ctx: &mut Context, ex: &Exchange) -> Result<Answer, Failure> {
             multiple,
         } => {
             let current = match call(ctx, Request::ReadHoldingRegisters(*address, 1)).await? {
-                Err(code) => return Ok(Answer::Exception(code)),
+                Err(code) => return Ok(Answer::Exception(exception(code))),
                 Ok(Response::ReadHoldingRegisters(w)) if w.len() == 1 => w[0],
                 Ok(other) => return Err(Failure::Garbage(format!("unexpected answer {other:?}"))),
             };
@@ -601,12 +602,17 @@ async fn transact(ctx: &mut Context, ex: &Exchange) -> Result<Answer, Failure> {
 /// and quantity): a stale reply to another write of the same unit must not confirm this one.
 fn written(r: Result<Response, ExceptionCode>, echo: &Response) -> Result<Answer, Failure> {
     match r {
-        Err(code) => Ok(Answer::Exception(code)),
+        Err(code) => Ok(Answer::Exception(exception(code))),
         Ok(got) if got == *echo => Ok(Answer::Written),
         Ok(other) => Err(Failure::Garbage(format!(
             "the write was answered with {other:?}, not its echo {echo:?}"
         ))),
     }
+}
+
+/// The one place a tokio-modbus exception code becomes ours.
+fn exception(code: ExceptionCode) -> ModbusException {
+    ModbusException::new(u8::from(code))
 }
 
 async fn call(
