@@ -178,7 +178,9 @@ impl BusHandle {
             attempts: 0,
             garbage_retry_used: false,
         };
-        let gone = || DeviceError::Transport(format!("bus {} is not running", self.name));
+        let gone = || DeviceError::BusGone {
+            line: self.name.clone(),
+        };
         self.tx.send(job).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
@@ -327,10 +329,14 @@ impl Owner {
         let is_garbage = matches!(err, Failure::Garbage(_) | Failure::Corrupt(_));
         let device_error = match err {
             Failure::Timeout => DeviceError::Timeout(job.timeout),
-            Failure::Garbage(why) | Failure::Corrupt(why) => {
-                DeviceError::Transport(format!("bad answer: {why}"))
-            }
-            Failure::Link(why) => DeviceError::Transport(why),
+            Failure::Garbage(reason) | Failure::Corrupt(reason) => DeviceError::BadAnswer {
+                line: self.name.clone(),
+                reason,
+            },
+            Failure::Link(reason) => DeviceError::Link {
+                line: self.name.clone(),
+                reason,
+            },
         };
         tracing::debug!(
             bus = %self.name,
@@ -366,9 +372,10 @@ impl Owner {
             self.ctx = Some(ctx);
         }
         let Some(ctx) = self.ctx.as_mut() else {
-            return Err(AttemptError::Connect(DeviceError::Transport(
-                "not connected".into(),
-            )));
+            return Err(AttemptError::Connect(DeviceError::Link {
+                line: self.name.clone(),
+                reason: "not connected".into(),
+            }));
         };
         ctx.set_slave(Slave(job.unit));
         bump(&self.stats.requests);
