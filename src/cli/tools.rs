@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::{Commands, Target};
+use crate::commands::Commands;
 use crate::config::{Config, Device, Transport};
 use crate::device::modbus::bus::{self, Answer, Connector, Exchange};
 
@@ -139,20 +139,12 @@ pub async fn write(
     let sub = only(cfg, d);
     let stop = CancellationToken::new();
     let mut l = lines::start(&sub, &stop);
-    let Some((bus, _)) = l.get(&d.name).cloned() else {
+    let Some(writer) = l.writer(d) else {
         return Err(ToolError::Failed("no line for the device".into()));
     };
     let (results, _) = tokio::sync::mpsc::channel(1);
     let commands = Commands {
-        targets: [(
-            d.name.clone(),
-            Target {
-                device: d.clone(),
-                bus,
-            },
-        )]
-        .into_iter()
-        .collect(),
+        targets: [(d.name.clone(), writer)].into_iter().collect(),
         topics: Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id),
         results,
     };
@@ -167,7 +159,7 @@ pub async fn write(
     while l.tasks.join_next().await.is_some() {}
     outcome
         .map(|v| format!("{device}/{point} = {v}: confirmed by the device\n"))
-        .map_err(ToolError::Failed)
+        .map_err(|e| ToolError::Failed(e.to_string()))
 }
 
 /// What `scan` probes with.
