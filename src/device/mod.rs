@@ -2,9 +2,11 @@
 //!
 //! A driver's `poll()` does one complete read of the device's points and returns readings or a
 //! typed error. It never sleeps or retries: timing, backoff and status belong to the poller.
+//! `status` is the pure online/offline bookkeeping the poller and the serial task share.
 
 pub mod modbus;
 pub mod serial;
+pub mod status;
 pub mod value;
 
 use std::future::Future;
