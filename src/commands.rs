@@ -153,7 +153,7 @@ mod tests {
         let err = result_payload(&Err(WriteError::UnknownDevice("x".into()).into()), None, 8);
         assert_eq!(
             std::str::from_utf8(&err).unwrap(),
-            r#"{"ok":false,"error":"no device \"x\" on this gateway","ts":8}"#
+            r#"{"error":"no device \"x\" on this gateway","ok":false,"ts":8}"#
         );
     }
 }
