@@ -18,11 +18,14 @@
 //!
 //! A Modbus TCP connection is dropped after a timeout instead. Every exchange has its own
 //! deadline; tokio-modbus has none.
+//!
+//! Which job goes next (taints, per-unit order) is decided by the pure `queue`; this task does
+//! the I/O around it. tokio-modbus types stay in this file: answers leave it as `Answer`, with
+//! exceptions as our `ModbusException`, and failures as `DeviceError`.
 
 use crate::config::spec::modbus::Table;
 use crate::config::spec::serial::PortSettings;
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -39,6 +42,7 @@ use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
 use super::exception::ModbusException;
+use super::queue::{Next, Queue};
 use crate::device::serial::port::Port;
 use crate::device::DeviceError;
 use crate::ops::stats::{bump, LineCounters};
@@ -225,45 +229,35 @@ async fn run(
         ctx: None,
         quiet_from: Instant::now(),
         rs485_noted: false,
-        tainted: HashMap::new(),
+        queue: Queue::default(),
     };
-    // Jobs wait here until their unit may be sent to: a unit that just timed out waits one
-    // more timeout (see the module doc) while the other units' jobs go ahead. Within one unit,
-    // jobs run in arrival order.
-    let mut pending: VecDeque<Job> = VecDeque::new();
     let mut open = true;
     loop {
         while let Ok(j) = rx.try_recv() {
-            pending.push_back(j);
+            line.queue.push(j.unit, j);
         }
         // A caller that stopped waiting (shutdown) needs no answer, and the line no traffic.
-        pending.retain(|j| !j.reply.is_closed());
+        line.queue.retain(|j| !j.reply.is_closed());
         let now = Instant::now();
-        line.tainted.retain(|_, until| *until > now);
-        let next = pending
-            .iter()
-            .position(|j| !line.tainted.contains_key(&j.unit));
-        let Some(i) = next else {
-            if !open && pending.is_empty() {
-                break;
+        let mut job = match line.queue.next(now) {
+            Next::Run(job) => job,
+            Next::Idle if !open => break,
+            waiting => {
+                // Nothing to send yet: a new job, the end of a taint, or stop.
+                let wake = match waiting {
+                    Next::WaitUntil(t) => Some(t),
+                    _ => None,
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    j = rx.recv(), if open => match j {
+                        Some(j) => line.queue.push(j.unit, j),
+                        None => open = false,
+                    },
+                    _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+                }
+                continue;
             }
-            let wake = pending
-                .iter()
-                .filter_map(|j| line.tainted.get(&j.unit))
-                .min()
-                .copied();
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                j = rx.recv(), if open => match j {
-                    Some(j) => pending.push_back(j),
-                    None => open = false,
-                },
-                _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
-            }
-            continue;
-        };
-        let Some(mut job) = pending.remove(i) else {
-            continue;
         };
         let step = tokio::select! {
             _ = stop.cancelled() => break,
@@ -275,7 +269,7 @@ async fn run(
                 let _ = job.reply.send(result);
             }
             // Back to the front: it is the oldest job of its unit.
-            Step::Again => pending.push_front(job),
+            Step::Again => line.queue.put_back(job.unit, job),
         }
     }
     if let Some(mut ctx) = line.ctx.take() {
@@ -292,8 +286,9 @@ struct Owner {
     /// When the line last fell silent; the next request waits for `gap` after it.
     quiet_from: Instant,
     rs485_noted: bool,
-    /// Units that timed out, and until when a late reply of theirs may still arrive.
-    tainted: HashMap<u8, Instant>,
+    /// The jobs waiting for the line, and the units that may not be asked yet (a late reply
+    /// of theirs may still arrive): which job goes next is decided there (`queue`, pure).
+    queue: Queue<Job>,
 }
 
 /// How one attempt went wrong.
@@ -403,7 +398,7 @@ impl Owner {
             Failure::Timeout | Failure::Garbage(_) | Failure::Corrupt(_)
         ) && !matches!(connector, Connector::Tcp { .. })
         {
-            self.tainted.insert(job.unit, self.quiet_from + job.timeout);
+            self.queue.taint(job.unit, self.quiet_from + job.timeout);
         }
         let drop_connection = match (&failure, &connector) {
             (Failure::Link(_), _) => true,
