@@ -1,7 +1,7 @@
 //! One-shot field tools behind the CLI: `explain` (the planned requests), `scan` (which unit ids
 //! answer on a line), `read` (one poll of a configured device) and `write` (one validated
-//! write). They reuse the daemon's own pieces (planner, bus owner, driver, write validation),
-//! so what they show is what the gateway does. They must not run against a port the daemon
+//! write). They reuse the daemon's own pieces (planner, bus owner, driver, and the device's
+//! write handle through `Commands`), so what they show is what the gateway does. They must not run against a port the daemon
 //! holds: the port is opened exclusively and the second opener gets a "busy" error.
 
 use crate::config::spec::modbus::Table;
