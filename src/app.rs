@@ -16,7 +16,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Schedule;
-use crate::commands::{Commands, Target};
+use crate::commands::Commands;
 use crate::config::Config;
 use crate::device::modbus::driver::ModbusDriver;
 use crate::device::modbus::lines;
@@ -164,16 +164,7 @@ pub async fn run(
         targets: cfg
             .devices
             .iter()
-            .filter_map(|d| {
-                let (bus, _) = lines.get(&d.name)?.clone();
-                Some((
-                    d.name.clone(),
-                    Target {
-                        device: d.clone(),
-                        bus,
-                    },
-                ))
-            })
+            .filter_map(|d| Some((d.name.clone(), lines.writer(d)?)))
             .collect(),
         topics: topics.clone(),
         results: routed_tx.clone(),

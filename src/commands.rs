@@ -1,10 +1,13 @@
 //! Commands coming down: `<prefix>/<gw>/<device>/<point>/set` → a validated write on the
 //! device's bus → the outcome on `…/set/result`.
 //!
-//! Validation and encoding are pure (`device::modbus::write`); a refused command is answered here and
-//! never reaches a bus. Commands run one at a time in arrival order, so two writes to one point
-//! land in the order they were sent; a write to a dead device costs its timeout. Results go
-//! through the outbox like readings (they must not be lost either) and to the local broker.
+//! A command reaches its device only through the device's write handle
+//! (`device::modbus::writer::Writer`): validation and encoding are pure, so a refused command is
+//! answered without bus traffic; the handle also checks the device's answer. Commands run one
+//! at a time in arrival order, so two writes to one point land in the order they were sent; a
+//! write to a dead device costs its timeout. Results go through the outbox like readings (they
+//! must not be lost either) and to the local broker. Nothing here sees the bus task or a
+//! tokio-modbus type.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,28 +16,28 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Device;
-use crate::device::modbus::bus::{Answer, BusHandle};
-use crate::device::modbus::write::{parse_payload, prepare, WriteError};
+use crate::device::modbus::write::{parse_payload, Input, WriteError};
+use crate::device::modbus::writer::{WriteFailure, Writer};
 use crate::flow::Message;
 use crate::flow::{now_ms, Command};
 use crate::flow::{Route, Routed};
 use crate::mqtt::topics::Topics;
 
-/// A device that can be written, with the bus it is on.
-pub struct Target {
-    pub device: Device,
-    pub bus: BusHandle,
-}
-
 pub struct Commands {
-    pub targets: HashMap<Arc<str>, Target>,
+    /// The write handle of every writable device, by device name.
+    pub targets: HashMap<Arc<str>, Writer>,
     pub topics: Topics,
     pub results: mpsc::Sender<Routed>,
 }
 
+/// Why a command was not done: refused by validation (payload, unknown device or point, the
+/// point's rules: the `WriteError`), an exception from the device, a write the device did not
+/// confirm (with the `DeviceError`), or an unexpected answer. It is the device write handle's
+/// own error, so it is formatted in one place; its `Display` is the result's `error` text.
+pub type CommandError = WriteFailure;
+
 /// The outcome of one command: `Ok(value written)` or the reason.
-pub type Outcome = Result<serde_json::Value, String>;
+pub type Outcome = Result<serde_json::Value, CommandError>;
 
 impl Commands {
     pub async fn run(self, mut rx: mpsc::Receiver<Command>, stop: CancellationToken) {
@@ -54,42 +57,18 @@ impl Commands {
     pub async fn execute(&self, cmd: &Command) -> (Outcome, Option<serde_json::Value>) {
         let (input, id) = match parse_payload(&cmd.payload) {
             Ok(x) => x,
-            Err(e) => return (Err(e.to_string()), None),
+            Err(e) => return (Err(e.into()), None),
         };
-        let Some(target) = self.targets.get(cmd.device.as_str()) else {
+        let Some(writer) = self.targets.get(cmd.device.as_str()) else {
             return (
-                Err(WriteError::UnknownDevice(cmd.device.clone()).to_string()),
+                Err(WriteError::UnknownDevice(cmd.device.clone()).into()),
                 id,
             );
         };
-        let Some(point) = target.device.points.iter().find(|p| *p.name == *cmd.point) else {
-            let e = WriteError::UnknownPoint {
-                device: cmd.device.clone(),
-                point: cmd.point.clone(),
-            };
-            return (Err(e.to_string()), id);
-        };
-        let exchange = match prepare(point, &input, target.device.force_multiple_write) {
-            Ok(x) => x,
-            Err(e) => return (Err(e.to_string()), id),
-        };
-        let d = &target.device;
-        let function = exchange.function();
-        let outcome = match target
-            .bus
-            .call(d.unit_id, exchange, d.timeout, d.retries)
+        let outcome = writer
+            .write(&cmd.point, &input)
             .await
-        {
-            Ok(Answer::Written) => Ok(input_json(&input)),
-            Ok(Answer::Exception(code)) => Err(format!(
-                "device answered with Modbus exception {:02} ({code:?}) to {function}",
-                u8::from(code)
-            )),
-            Ok(other) => Err(format!("unexpected answer to {function}: {other:?}")),
-            Err(e) => Err(format!(
-                "device did not confirm the write ({function}): {e}"
-            )),
-        };
+            .map(|_| input_json(&input));
         (outcome, id)
     }
 
@@ -127,8 +106,7 @@ impl Commands {
     }
 }
 
-fn input_json(i: &crate::device::modbus::write::Input) -> serde_json::Value {
-    use crate::device::modbus::write::Input;
+fn input_json(i: &Input) -> serde_json::Value {
     match i {
         Input::Bool(b) => json!(b),
         Input::Int(v) => i64::try_from(*v)
@@ -151,7 +129,7 @@ pub fn result_payload(outcome: &Outcome, id: Option<serde_json::Value>, ts: i64)
         }
         Err(e) => {
             m.insert("ok".into(), json!(false));
-            m.insert("error".into(), json!(e));
+            m.insert("error".into(), json!(e.to_string()));
         }
     }
     m.insert("ts".into(), json!(ts));
@@ -172,10 +150,10 @@ mod tests {
             serde_json::from_slice::<serde_json::Value>(&ok).unwrap(),
             json!({"ok": true, "value": 21.5, "ts": 7, "id": "r1"})
         );
-        let err = result_payload(&Err("point \"x\" is read-only".into()), None, 8);
+        let err = result_payload(&Err(WriteError::UnknownDevice("x".into()).into()), None, 8);
         assert_eq!(
-            serde_json::from_slice::<serde_json::Value>(&err).unwrap(),
-            json!({"ok": false, "error": "point \"x\" is read-only", "ts": 8})
+            std::str::from_utf8(&err).unwrap(),
+            r#"{"error":"no device \"x\" on this gateway","ok":false,"ts":8}"#
         );
     }
 }

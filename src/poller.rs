@@ -2,7 +2,10 @@
 //!
 //! A device that fails to answer is reported offline once (with the reason), then retried with
 //! capped exponential backoff; the first successful poll reports it online and returns it to its
-//! normal interval. The poller never sees the outbox or MQTT: it only sends `DeviceEvent`s.
+//! normal interval. Which outcomes are status changes (and how they are logged) is decided by
+//! `device::status::Status`, shared with the serial task; this loop owns only timing (sleep,
+//! backoff, the watchdog beat). The poller never sees the outbox or MQTT: it only sends
+//! `DeviceEvent`s.
 
 use std::sync::Arc;
 
@@ -11,6 +14,7 @@ use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::{backoff, Schedule};
+use crate::device::status::Status;
 use crate::device::Driver;
 use crate::flow::DeviceEvent;
 use crate::ops::health::Beat;
@@ -23,7 +27,7 @@ pub async fn run<D: Driver>(
     stop: CancellationToken,
     beat: Beat,
 ) {
-    let mut online: Option<bool> = None;
+    let mut status = Status::new(name.clone());
     let mut failures: u32 = 0;
     let mut next = Instant::now();
     loop {
@@ -43,15 +47,9 @@ pub async fn run<D: Driver>(
                 failures = 0;
                 next = started + schedule.interval;
                 let mut ev = Vec::new();
-                if online != Some(true) {
-                    tracing::info!(event = "device_online", device = %name, "device is answering");
-                    ev.push(DeviceEvent::Status {
-                        device: name.clone(),
-                        online: true,
-                        reason: None,
-                    });
+                if let Some(change) = status.answered() {
+                    ev.push(status.report(change, None));
                 }
-                online = Some(true);
                 ev.push(DeviceEvent::Readings(readings));
                 ev
             }
@@ -59,23 +57,12 @@ pub async fn run<D: Driver>(
                 failures += 1;
                 let delay = backoff(&schedule, failures);
                 next = Instant::now() + delay;
-                if online != Some(false) {
-                    tracing::warn!(
-                        event = "device_offline",
-                        device = %name,
-                        error = %e,
-                        retry_in = %humantime::format_duration(delay),
-                        "device is offline"
-                    );
-                    online = Some(false);
-                    vec![DeviceEvent::Status {
-                        device: name.clone(),
-                        online: false,
-                        reason: Some(e.to_string()),
-                    }]
-                } else {
-                    tracing::debug!(device = %name, error = %e, failures, "device still offline");
-                    Vec::new()
+                match status.failed(e.to_string()) {
+                    Some(change) => vec![status.report(change, Some(delay))],
+                    None => {
+                        tracing::debug!(device = %name, error = %e, failures, "device still offline");
+                        Vec::new()
+                    }
                 }
             }
         };

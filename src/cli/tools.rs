@@ -1,7 +1,7 @@
 //! One-shot field tools behind the CLI: `explain` (the planned requests), `scan` (which unit ids
 //! answer on a line), `read` (one poll of a configured device) and `write` (one validated
-//! write). They reuse the daemon's own pieces (planner, bus owner, driver, write validation),
-//! so what they show is what the gateway does. They must not run against a port the daemon
+//! write). They reuse the daemon's own pieces (planner, bus owner, driver, and the device's
+//! write handle through `Commands`), so what they show is what the gateway does. They must not run against a port the daemon
 //! holds: the port is opened exclusively and the second opener gets a "busy" error.
 
 use crate::config::spec::modbus::Table;
@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::commands::{Commands, Target};
+use crate::commands::Commands;
 use crate::config::{Config, Device, Transport};
 use crate::device::modbus::bus::{self, Answer, Connector, Exchange};
 
@@ -139,20 +139,12 @@ pub async fn write(
     let sub = only(cfg, d);
     let stop = CancellationToken::new();
     let mut l = lines::start(&sub, &stop);
-    let Some((bus, _)) = l.get(&d.name).cloned() else {
+    let Some(writer) = l.writer(d) else {
         return Err(ToolError::Failed("no line for the device".into()));
     };
     let (results, _) = tokio::sync::mpsc::channel(1);
     let commands = Commands {
-        targets: [(
-            d.name.clone(),
-            Target {
-                device: d.clone(),
-                bus,
-            },
-        )]
-        .into_iter()
-        .collect(),
+        targets: [(d.name.clone(), writer)].into_iter().collect(),
         topics: Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id),
         results,
     };
@@ -167,7 +159,7 @@ pub async fn write(
     while l.tasks.join_next().await.is_some() {}
     outcome
         .map(|v| format!("{device}/{point} = {v}: confirmed by the device\n"))
-        .map_err(ToolError::Failed)
+        .map_err(|e| ToolError::Failed(e.to_string()))
 }
 
 /// What `scan` probes with.
@@ -218,10 +210,8 @@ pub async fn scan(spec: &ScanSpec, mut progress: impl FnMut(&str)) -> Result<Vec
             }
             Ok(Answer::Exception(code)) => {
                 progress(&format!(
-                    "unit {unit:>3}: answers with exception {:02} ({code:?}) for {} {}",
-                    u8::from(code),
-                    spec.table,
-                    spec.address
+                    "unit {unit:>3}: answers with exception {code} for {} {}",
+                    spec.table, spec.address
                 ));
                 found.push(unit);
             }

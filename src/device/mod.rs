@@ -2,16 +2,22 @@
 //!
 //! A driver's `poll()` does one complete read of the device's points and returns readings or a
 //! typed error. It never sleeps or retries: timing, backoff and status belong to the poller.
+//! `status` is the pure online/offline bookkeeping the poller and the serial task share.
 
 pub mod modbus;
 pub mod serial;
+pub mod status;
 pub mod value;
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::flow::Reading;
 
+/// Why a device could not be read or written. The texts are what the offline reason, the
+/// command results and the CLI show; `line` (a bus name, or a Modbus TCP device's name) is
+/// carried for logs and callers, not printed, so the texts stay what they always were.
 #[derive(Debug, thiserror::Error)]
 pub enum DeviceError {
     #[error("cannot resolve {addr}: {reason}")]
@@ -20,8 +26,16 @@ pub enum DeviceError {
     Connect { addr: String, reason: String },
     #[error("no answer within {}", humantime::format_duration(*.0))]
     Timeout(Duration),
-    #[error("connection lost: {0}")]
-    Transport(String),
+    /// The task that owns the line has ended (shutdown): nothing can be asked on it any more.
+    #[error("connection lost: bus {line} is not running")]
+    BusGone { line: Arc<str> },
+    /// The connection itself failed (unplugged adapter, reset socket, never connected).
+    #[error("connection lost: {reason}")]
+    Link { line: Arc<str>, reason: String },
+    /// What arrived was not the answer to the request (another unit's reply, a wrong quantity
+    /// or echo, bytes the decoder gave up on), also on the extra attempt.
+    #[error("connection lost: bad answer: {reason}")]
+    BadAnswer { line: Arc<str>, reason: String },
     #[error("{0}")]
     Port(String),
 }
@@ -36,5 +50,42 @@ pub trait Driver: Send {
     /// longer is treated as a hung loop by the watchdog (see `ops::health`).
     fn max_poll_time(&self) -> std::time::Duration {
         std::time::Duration::from_secs(120)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_errors_name_what_broke_without_changing_the_texts_users_know() {
+        let line: Arc<str> = Arc::from("rs485");
+        let cases: Vec<(DeviceError, &str)> = vec![
+            (
+                DeviceError::BusGone { line: line.clone() },
+                "connection lost: bus rs485 is not running",
+            ),
+            (
+                DeviceError::Link {
+                    line: line.clone(),
+                    reason: "broken pipe".into(),
+                },
+                "connection lost: broken pipe",
+            ),
+            (
+                DeviceError::BadAnswer {
+                    line,
+                    reason: "3 registers for a request of 2".into(),
+                },
+                "connection lost: bad answer: 3 registers for a request of 2",
+            ),
+            (
+                DeviceError::Timeout(Duration::from_millis(300)),
+                "no answer within 300ms",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want, "{e:?}");
+        }
     }
 }

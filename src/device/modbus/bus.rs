@@ -18,11 +18,14 @@
 //!
 //! A Modbus TCP connection is dropped after a timeout instead. Every exchange has its own
 //! deadline; tokio-modbus has none.
+//!
+//! Which job goes next (taints, per-unit order) is decided by the pure `queue`; this task does
+//! the I/O around it. tokio-modbus types stay in this file: answers leave it as `Answer`, with
+//! exceptions as our `ModbusException`, and failures as `DeviceError`.
 
 use crate::config::spec::modbus::Table;
 use crate::config::spec::serial::PortSettings;
 use std::borrow::Cow;
-use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -38,6 +41,8 @@ use tokio_modbus::prelude::SlaveContext;
 use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
+use super::exception::ModbusException;
+use super::queue::{Next, Queue};
 use crate::device::serial::port::Port;
 use crate::device::DeviceError;
 use crate::ops::stats::{bump, LineCounters};
@@ -104,7 +109,7 @@ pub enum Answer {
     Words(Vec<u16>),
     Bits(Vec<bool>),
     Written,
-    Exception(ExceptionCode),
+    Exception(ModbusException),
 }
 
 /// How a bus reaches its line.
@@ -177,7 +182,9 @@ impl BusHandle {
             attempts: 0,
             garbage_retry_used: false,
         };
-        let gone = || DeviceError::Transport(format!("bus {} is not running", self.name));
+        let gone = || DeviceError::BusGone {
+            line: self.name.clone(),
+        };
         self.tx.send(job).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())?
     }
@@ -222,45 +229,35 @@ async fn run(
         ctx: None,
         quiet_from: Instant::now(),
         rs485_noted: false,
-        tainted: HashMap::new(),
+        queue: Queue::default(),
     };
-    // Jobs wait here until their unit may be sent to: a unit that just timed out waits one
-    // more timeout (see the module doc) while the other units' jobs go ahead. Within one unit,
-    // jobs run in arrival order.
-    let mut pending: VecDeque<Job> = VecDeque::new();
     let mut open = true;
     loop {
         while let Ok(j) = rx.try_recv() {
-            pending.push_back(j);
+            line.queue.push(j.unit, j);
         }
         // A caller that stopped waiting (shutdown) needs no answer, and the line no traffic.
-        pending.retain(|j| !j.reply.is_closed());
+        line.queue.retain(|j| !j.reply.is_closed());
         let now = Instant::now();
-        line.tainted.retain(|_, until| *until > now);
-        let next = pending
-            .iter()
-            .position(|j| !line.tainted.contains_key(&j.unit));
-        let Some(i) = next else {
-            if !open && pending.is_empty() {
-                break;
+        let mut job = match line.queue.next(now) {
+            Next::Run(job) => job,
+            Next::Idle if !open => break,
+            waiting => {
+                // Nothing to send yet: a new job, the end of a taint, or stop.
+                let wake = match waiting {
+                    Next::WaitUntil(t) => Some(t),
+                    _ => None,
+                };
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    j = rx.recv(), if open => match j {
+                        Some(j) => line.queue.push(j.unit, j),
+                        None => open = false,
+                    },
+                    _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+                }
+                continue;
             }
-            let wake = pending
-                .iter()
-                .filter_map(|j| line.tainted.get(&j.unit))
-                .min()
-                .copied();
-            tokio::select! {
-                _ = stop.cancelled() => break,
-                j = rx.recv(), if open => match j {
-                    Some(j) => pending.push_back(j),
-                    None => open = false,
-                },
-                _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
-            }
-            continue;
-        };
-        let Some(mut job) = pending.remove(i) else {
-            continue;
         };
         let step = tokio::select! {
             _ = stop.cancelled() => break,
@@ -272,7 +269,7 @@ async fn run(
                 let _ = job.reply.send(result);
             }
             // Back to the front: it is the oldest job of its unit.
-            Step::Again => pending.push_front(job),
+            Step::Again => line.queue.put_back(job.unit, job),
         }
     }
     if let Some(mut ctx) = line.ctx.take() {
@@ -289,8 +286,9 @@ struct Owner {
     /// When the line last fell silent; the next request waits for `gap` after it.
     quiet_from: Instant,
     rs485_noted: bool,
-    /// Units that timed out, and until when a late reply of theirs may still arrive.
-    tainted: HashMap<u8, Instant>,
+    /// The jobs waiting for the line, and the units that may not be asked yet (a late reply
+    /// of theirs may still arrive): which job goes next is decided there (`queue`, pure).
+    queue: Queue<Job>,
 }
 
 /// How one attempt went wrong.
@@ -326,10 +324,14 @@ impl Owner {
         let is_garbage = matches!(err, Failure::Garbage(_) | Failure::Corrupt(_));
         let device_error = match err {
             Failure::Timeout => DeviceError::Timeout(job.timeout),
-            Failure::Garbage(why) | Failure::Corrupt(why) => {
-                DeviceError::Transport(format!("bad answer: {why}"))
-            }
-            Failure::Link(why) => DeviceError::Transport(why),
+            Failure::Garbage(reason) | Failure::Corrupt(reason) => DeviceError::BadAnswer {
+                line: self.name.clone(),
+                reason,
+            },
+            Failure::Link(reason) => DeviceError::Link {
+                line: self.name.clone(),
+                reason,
+            },
         };
         tracing::debug!(
             bus = %self.name,
@@ -365,9 +367,10 @@ impl Owner {
             self.ctx = Some(ctx);
         }
         let Some(ctx) = self.ctx.as_mut() else {
-            return Err(AttemptError::Connect(DeviceError::Transport(
-                "not connected".into(),
-            )));
+            return Err(AttemptError::Connect(DeviceError::Link {
+                line: self.name.clone(),
+                reason: "not connected".into(),
+            }));
         };
         ctx.set_slave(Slave(job.unit));
         bump(&self.stats.requests);
@@ -395,7 +398,7 @@ impl Owner {
             Failure::Timeout | Failure::Garbage(_) | Failure::Corrupt(_)
         ) && !matches!(connector, Connector::Tcp { .. })
         {
-            self.tainted.insert(job.unit, self.quiet_from + job.timeout);
+            self.queue.taint(job.unit, self.quiet_from + job.timeout);
         }
         let drop_connection = match (&failure, &connector) {
             (Failure::Link(_), _) => true,
@@ -502,7 +505,7 @@ async fn transact(ctx: &mut Context, ex: &Exchange) -> Result<Answer, Failure> {
             };
             let want = usize::from(*count);
             match call(ctx, req).await? {
-                Err(code) => Ok(Answer::Exception(code)),
+                Err(code) => Ok(Answer::Exception(exception(code))),
                 Ok(Response::ReadCoils(mut bits) | Response::ReadDiscreteInputs(mut bits)) => {
                     // Bits come padded to whole bytes.
                     if bits.len() < want {
@@ -571,7 +574,7 @@ async fn transact(ctx: &mut Context, ex: &Exchange) -> Result<Answer, Failure> {
             multiple,
         } => {
             let current = match call(ctx, Request::ReadHoldingRegisters(*address, 1)).await? {
-                Err(code) => return Ok(Answer::Exception(code)),
+                Err(code) => return Ok(Answer::Exception(exception(code))),
                 Ok(Response::ReadHoldingRegisters(w)) if w.len() == 1 => w[0],
                 Ok(other) => return Err(Failure::Garbage(format!("unexpected answer {other:?}"))),
             };
@@ -601,12 +604,17 @@ async fn transact(ctx: &mut Context, ex: &Exchange) -> Result<Answer, Failure> {
 /// and quantity): a stale reply to another write of the same unit must not confirm this one.
 fn written(r: Result<Response, ExceptionCode>, echo: &Response) -> Result<Answer, Failure> {
     match r {
-        Err(code) => Ok(Answer::Exception(code)),
+        Err(code) => Ok(Answer::Exception(exception(code))),
         Ok(got) if got == *echo => Ok(Answer::Written),
         Ok(other) => Err(Failure::Garbage(format!(
             "the write was answered with {other:?}, not its echo {echo:?}"
         ))),
     }
+}
+
+/// The one place a tokio-modbus exception code becomes ours.
+fn exception(code: ExceptionCode) -> ModbusException {
+    ModbusException::new(u8::from(code))
 }
 
 async fn call(

@@ -135,10 +135,7 @@ pub fn point_value(
         Answer::Exception(code) => (
             Value::Null,
             Quality::Bad,
-            Some(format!(
-                "device answered with Modbus exception {:02} ({code:?})",
-                u8::from(*code)
-            )),
+            Some(format!("device answered with Modbus exception {code}")),
         ),
         Answer::Words(words) => {
             let s = usize::from(off);

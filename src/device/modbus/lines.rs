@@ -1,6 +1,7 @@
 //! Which bus task each Modbus device talks through: one task per `[[buses]]` entry (every RTU
 //! unit on that line shares it) and one private task per Modbus TCP device. Also the poll-time
-//! budget of a device on a shared line, which includes waiting for the other units.
+//! budget of a device on a shared line, which includes waiting for the other units, and each
+//! device's write handle (`Writer`) on that same line.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -11,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::bus::{self, BusHandle, Connector};
 use super::driver::own_poll_budget;
+use super::writer::Writer;
 use crate::config::{Bus, BusLink, Config, Device, Transport};
 use crate::ops::stats::LineCounters;
 
@@ -26,6 +28,12 @@ impl Lines {
     /// The bus handle of a device and the longest one of its polls may take.
     pub fn get(&self, device: &str) -> Option<&(BusHandle, Duration)> {
         self.by_device.get(device)
+    }
+
+    /// The write handle of `device`, on the line its polls use.
+    pub fn writer(&self, device: &Device) -> Option<Writer> {
+        let (bus, _) = self.by_device.get(&device.name)?;
+        Some(Writer::new(device.clone(), bus.clone()))
     }
 }
 

@@ -2,8 +2,9 @@
 //! exponential backoff after an unplug or an open error), feeds what it reads through the framer
 //! and the decoder, sends `DeviceEvent`s, and tracks the device's status like the poller does.
 //!
-//! Invariants: status events are sent only on a change (online → offline → online), each with a
-//! reason; online means "a valid frame arrived within `timeout`" (streaming) or "the last
+//! Invariants: status events are sent only on a change (online → offline → online), each
+//! offline one with a reason, as `device::status::Status` (shared with the Modbus poller)
+//! decides; online means "a valid frame arrived within `timeout`" (streaming) or "the last
 //! request was answered" (polled); an open port alone is not online. Rejected input (noise, bad
 //! checksums, over-long lines, unparsable frames) is counted in `SerialCounters` and logged at most
 //! once per `LOG_EVERY` per device, so a babbling sensor cannot flood the journal. Nothing a
@@ -23,6 +24,7 @@ use super::port::{Port, PortError};
 use super::sensors::DecodeError;
 use crate::backoff::{backoff, Schedule};
 use crate::config::serial::{Mode, Protocol, SerialDevice};
+use crate::device::status::{Change, Status};
 use crate::flow::{now_ms, DeviceEvent, Quality, Reading, Value};
 use crate::ops::health::Beat;
 use crate::ops::stats::SerialCounters;
@@ -70,36 +72,6 @@ impl LogLimiter {
     }
 }
 
-/// Reachability as reported to the pipeline; changes only produce events.
-struct Status {
-    name: Arc<str>,
-    online: Option<bool>,
-}
-
-impl Status {
-    fn set(&mut self, online: bool, reason: Option<String>) -> Option<DeviceEvent> {
-        if self.online == Some(online) {
-            return None;
-        }
-        self.online = Some(online);
-        if online {
-            tracing::info!(event = "device_online", device = %self.name, "device is answering");
-        } else {
-            tracing::warn!(
-                event = "device_offline",
-                device = %self.name,
-                error = reason.as_deref().unwrap_or(""),
-                "device is offline"
-            );
-        }
-        Some(DeviceEvent::Status {
-            device: self.name.clone(),
-            online,
-            reason,
-        })
-    }
-}
-
 /// Why a session on an open port ended.
 enum End {
     Stopped,
@@ -135,10 +107,7 @@ pub async fn run(
     let mut t = Task {
         beat,
         framer: Framer::new(dev.protocol.framing()),
-        status: Status {
-            name: dev.name.clone(),
-            online: None,
-        },
+        status: Status::new(dev.name.clone()),
         dev,
         tx,
         stop,
@@ -184,7 +153,7 @@ impl Task {
             failures = failures.saturating_add(1);
             let delay = backoff(&reopen, failures);
             let reason = error.to_string();
-            if self.status.online == Some(false) {
+            if self.status.is_offline() {
                 tracing::debug!(device = %self.dev.name, error = %reason, retry_in = ?delay, "serial port still unavailable");
             } else {
                 tracing::warn!(
@@ -195,7 +164,8 @@ impl Task {
                     "serial port unavailable; retrying"
                 );
             }
-            if !self.set_status(false, Some(reason)).await {
+            let change = self.status.failed(reason);
+            if !self.report(change).await {
                 return;
             }
             self.beat.progress(delay + BEAT_SLACK).await;
@@ -206,11 +176,14 @@ impl Task {
         }
     }
 
-    /// Records the status and sends an event if it changed; `false` when the pipeline is gone
+    /// Logs and sends a status change, if there is one; `false` when the pipeline is gone
     /// (shutting down).
-    async fn set_status(&mut self, online: bool, reason: Option<String>) -> bool {
-        match self.status.set(online, reason) {
-            Some(ev) => self.tx.send(ev).await.is_ok(),
+    async fn report(&mut self, change: Option<Change>) -> bool {
+        match change {
+            Some(c) => {
+                let ev = self.status.report(c, None);
+                self.tx.send(ev).await.is_ok()
+            }
             None => true,
         }
     }
@@ -229,7 +202,7 @@ impl Task {
         let mut deadline = Instant::now() + timeout;
         loop {
             // Once offline, only valid data matters; there is nothing more to time out.
-            let watch_silence = self.status.online != Some(false);
+            let watch_silence = !self.status.is_offline();
             // The loop comes round at least every BEAT_EVERY, even with a silent sensor.
             self.beat.progress(BEAT_EVERY + BEAT_SLACK).await;
             tokio::select! {
@@ -252,7 +225,8 @@ impl Task {
                         "no valid data for {}",
                         humantime::format_duration(timeout)
                     );
-                    if !self.set_status(false, Some(reason)).await {
+                    let change = self.status.failed(reason);
+                    if !self.report(change).await {
                         return End::Stopped;
                     }
                 }
@@ -317,10 +291,11 @@ impl Task {
                         "no valid answer within {}",
                         humantime::format_duration(self.dev.timeout)
                     );
-                    if self.status.online == Some(false) {
+                    if self.status.is_offline() {
                         tracing::debug!(device = %self.dev.name, failures, "serial device still not answering");
                     }
-                    if !self.set_status(false, Some(reason)).await {
+                    let change = self.status.failed(reason);
+                    if !self.report(change).await {
                         return End::Stopped;
                     }
                 }
@@ -330,7 +305,8 @@ impl Task {
 
     /// Marks the device online (if it was not) and sends the readings.
     async fn deliver(&mut self, readings: Vec<Reading>) -> bool {
-        if !self.set_status(true, None).await {
+        let change = self.status.answered();
+        if !self.report(change).await {
             return false;
         }
         readings.is_empty() || self.tx.send(DeviceEvent::Readings(readings)).await.is_ok()
