@@ -121,10 +121,13 @@ mod tests {
         })
     }
 
+    /// A name, what the device did poll after poll, and the change reported after each.
+    type Case = (&'static str, Vec<Outcome>, Vec<Option<Change>>);
+
     #[test]
     fn only_changes_of_reachability_are_reported_and_repeats_are_silent() {
         let on = Some(Change::Online);
-        let cases: Vec<(&str, Vec<Outcome>, Vec<Option<Change>>)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 "first success reports online",
                 vec![Ok(())],

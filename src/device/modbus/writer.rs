@@ -104,9 +104,12 @@ mod tests {
     use std::sync::Arc;
     use std::time::Duration;
 
+    /// What the bus answered, and what the write handle makes of it.
+    type Case = (Result<Answer, DeviceError>, Result<Written, &'static str>);
+
     #[test]
     fn only_the_confirming_echo_makes_a_write_done_and_every_failure_says_what_came_back() {
-        let cases: Vec<(Result<Answer, DeviceError>, Result<Written, &str>)> = vec![
+        let cases: Vec<Case> = vec![
             (Ok(Answer::Written), Ok(Written { function: "FC06" })),
             (
                 Ok(Answer::Exception(ModbusException::new(2))),
