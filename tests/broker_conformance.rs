@@ -264,3 +264,115 @@ fn mqtt_5_clients_are_refused_with_unacceptable_protocol_version() {
     );
     assert!(out.status.success(), "{}", text(&out));
 }
+
+/// Opens a raw MQTT connection (CONNECT, CONNACK 0 checked) for sending packets no client
+/// library would send.
+fn raw_session(port: u16, client_id: &str) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    s.write_all(&raw_connect(client_id)).unwrap();
+    let mut ack = [0u8; 4];
+    s.read_exact(&mut ack).unwrap();
+    assert_eq!(ack, [0x20, 2, 0, 0], "CONNACK for {client_id}");
+    s
+}
+
+/// A CONNECT (MQTT 3.1.1, clean session, keep-alive 30 s, no credentials).
+fn raw_connect(client_id: &str) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 30];
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    frame(0x10, &body)
+}
+
+fn frame(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut p = vec![first];
+    let mut n = body.len();
+    loop {
+        let b = (n % 128) as u8;
+        n /= 128;
+        p.push(if n > 0 { b | 0x80 } else { b });
+        if n == 0 {
+            break;
+        }
+    }
+    p.extend_from_slice(body);
+    p
+}
+
+/// What the broker sends back after `bytes` (up to `n` bytes), or fewer when it closes.
+fn answer_to(s: &mut std::net::TcpStream, bytes: &[u8], n: usize) -> Vec<u8> {
+    use std::io::{Read, Write};
+    let _ = s.write_all(bytes);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 64];
+    while got.len() < n {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => got.extend_from_slice(&buf[..k]),
+        }
+    }
+    got
+}
+
+#[test]
+fn packets_that_break_mqtt_3_1_1_close_the_connection_and_other_clients_go_on() {
+    let b = broker_gateway("127.0.0.1", "");
+    let port = b.broker_port;
+    // In place of the CONNECT: MQTT 3.1's protocol name with level 4, and a reserved
+    // fixed-header flag; neither gets a CONNACK.
+    let mqisdp = vec![
+        0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 4, 0x02, 0, 30, 0, 1, b'x',
+    ];
+    for (name, packet) in [
+        ("MQIsdp with level 4", frame(0x10, &mqisdp)),
+        ("CONNECT with a reserved flag", {
+            let mut p = raw_connect("flagged");
+            p[0] |= 0x01;
+            p
+        }),
+    ] {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(answer_to(&mut s, &packet, 4), Vec::<u8>::new(), "{name}");
+    }
+    // A 65535-byte client id is refused with "identifier rejected".
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    let long_id = "x".repeat(65_535);
+    assert_eq!(
+        answer_to(&mut s, &raw_connect(&long_id), 4),
+        vec![0x20, 2, 0, 2]
+    );
+    // After a good CONNECT: packets only a server sends, or a PINGREQ with a body.
+    for (name, packet) in [
+        ("CONNACK", frame(0x20, &[0, 0])),
+        ("SUBACK", frame(0x90, &[0, 1, 0])),
+        ("PINGREQ with a body", frame(0xc0, &[0])),
+    ] {
+        let mut s = raw_session(port, "violator");
+        assert_eq!(answer_to(&mut s, &packet, 2), Vec::<u8>::new(), "{name}");
+    }
+    b.wait_log(&["broker_protocol_violation", "only a server sends"]);
+    // A well-behaved client is served as before, and a plain PINGREQ is answered.
+    let mut s = raw_session(port, "polite");
+    assert_eq!(answer_to(&mut s, &frame(0xc0, &[]), 2), vec![0xd0, 0]);
+}
+
+#[test]
+fn invalid_subscribe_filters_get_0x80_and_valid_ones_are_granted() {
+    let b = broker_gateway("127.0.0.1", "");
+    let mut s = raw_session(b.broker_port, "subscriber");
+    let mut body = vec![0, 7]; // packet id 7
+    for f in ["a/#/b", "+a", "a/b#", "", "ok/+/x"] {
+        body.extend_from_slice(&(f.len() as u16).to_be_bytes());
+        body.extend_from_slice(f.as_bytes());
+        body.push(1);
+    }
+    let suback = answer_to(&mut s, &frame(0x82, &body), 9);
+    assert_eq!(suback, vec![0x90, 7, 0, 7, 0x80, 0x80, 0x80, 0x80, 1]);
+}

@@ -954,3 +954,41 @@ fn with_no_users_configured_a_login_storm_costs_no_password_hashing() {
         "RSS {idle} KiB → {after} KiB with no users to check"
     );
 }
+
+#[test]
+fn a_websocket_upgrade_without_the_mqtt_subprotocol_is_refused() {
+    let ws_port = free_port();
+    let _b = broker_gateway(
+        "127.0.0.1",
+        &format!(
+            "{}\n[broker.websocket]\nlisten = \"127.0.0.1:{ws_port}\"\n",
+            users()
+        ),
+    );
+    let upgrade = |protocol: &str| {
+        let mut s = TcpStream::connect(("127.0.0.1", ws_port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(
+            s,
+            "GET /mqtt HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut b = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+            head.push(b[0]);
+        }
+        String::from_utf8_lossy(&head).to_string()
+    };
+    let refused = upgrade("");
+    assert!(refused.starts_with("HTTP/1.1 400"), "{refused}");
+    let accepted = upgrade("Sec-WebSocket-Protocol: mqtt\r\n");
+    assert!(accepted.starts_with("HTTP/1.1 101"), "{accepted}");
+    assert!(
+        accepted
+            .to_ascii_lowercase()
+            .contains("sec-websocket-protocol: mqtt"),
+        "{accepted}"
+    );
+}

@@ -16,6 +16,16 @@ pub const PUBREL: u8 = 6;
 pub const PUBCOMP: u8 = 7;
 pub const SUBSCRIBE: u8 = 8;
 pub const SUBACK: u8 = 9;
+pub const UNSUBSCRIBE: u8 = 10;
+pub const UNSUBACK: u8 = 11;
+pub const PINGREQ: u8 = 12;
+pub const PINGRESP: u8 = 13;
+pub const DISCONNECT: u8 = 14;
+
+/// The longest client id the guard accepts. MQTT 3.1.1 obliges a server to take 1 to 23
+/// characters and lets it refuse longer ones (§3.1.3.1); 128 bytes leaves room for generated
+/// ids (a MAC and a hostname) without letting one client use up 64 KiB of every log line.
+pub const MAX_CLIENT_ID: usize = 128;
 
 /// CONNACK return codes (MQTT 3.1.1 §3.2.2.3).
 pub const RC_BAD_PROTOCOL: u8 = 1;
@@ -60,6 +70,25 @@ impl Frame {
     }
     pub fn encode(&self) -> Vec<u8> {
         encode_frame(self.first, &self.body)
+    }
+}
+
+/// Why a packet a client sent must not reach the broker, or `None`: a packet type only a server
+/// sends or a reserved one (§4.8: a protocol violation closes the connection), fixed-header
+/// flags other than the type requires (§2.2.2), or a body on a packet that has none
+/// (PINGREQ, DISCONNECT). PUBLISH flags are checked by `parse_publish`.
+pub fn client_frame_problem(f: &Frame) -> Option<&'static str> {
+    match (f.kind(), f.flags()) {
+        (CONNACK | SUBACK | UNSUBACK | PINGRESP, _) => Some("a packet type only a server sends"),
+        (0 | 15, _) => Some("a reserved packet type"),
+        (PUBLISH, _) => None,
+        (PUBREL | SUBSCRIBE | UNSUBSCRIBE, 0x02) => None,
+        (PUBREL | SUBSCRIBE | UNSUBSCRIBE, _) => Some("fixed header flags must be 0010"),
+        (_, flags) if flags != 0 => Some("fixed header flags must be 0000"),
+        (PINGREQ | DISCONNECT, _) if !f.body.is_empty() => {
+            Some("PINGREQ and DISCONNECT have no body")
+        }
+        _ => None,
     }
 }
 
@@ -209,8 +238,12 @@ pub fn parse_connect(body: &[u8]) -> Result<Connect, CodecError> {
     let mut r = Reader::new(body, W);
     let name = r.bytes()?;
     let level = r.u8()?;
-    if name != b"MQTT" && name != b"MQIsdp" {
-        return Err(malformed(W, "unknown protocol name"));
+    // "MQIsdp" names MQTT 3.1 (level 3), which is refused politely below; with level 4 it is
+    // neither protocol (§3.1.2.1).
+    match (name, level) {
+        (b"MQTT", _) | (b"MQIsdp", 3) => {}
+        (b"MQIsdp", _) => return Err(malformed(W, "protocol name MQIsdp with level 4")),
+        _ => return Err(malformed(W, "unknown protocol name")),
     }
     let empty = Connect {
         level,
@@ -515,6 +548,53 @@ mod tests {
         let f = take_frame(&mut enc, 1000).unwrap().unwrap();
         assert_eq!(f.body, body);
         assert!(!format!("{c:?}").contains("pw\""), "{c:?}");
+    }
+
+    #[test]
+    fn packets_a_client_may_not_send_are_named() {
+        let f = |first: u8, body: &[u8]| Frame {
+            first,
+            body: body.to_vec(),
+        };
+        let cases: Vec<(&str, Frame, bool)> = vec![
+            ("CONNECT", f(0x10, b"x"), true),
+            ("CONNECT with a reserved flag", f(0x11, b"x"), false),
+            ("PUBLISH QoS 1 retained", f(0x33, b"x"), true),
+            ("PUBACK", f(0x40, &[0, 1]), true),
+            ("PUBREL", f(0x62, &[0, 1]), true),
+            ("PUBREL without its flag", f(0x60, &[0, 1]), false),
+            ("SUBSCRIBE", f(0x82, b"x"), true),
+            ("SUBSCRIBE with flags 0", f(0x80, b"x"), false),
+            ("UNSUBSCRIBE", f(0xa2, b"x"), true),
+            ("PINGREQ", f(0xc0, &[]), true),
+            ("PINGREQ with a body", f(0xc0, &[0]), false),
+            ("DISCONNECT", f(0xe0, &[]), true),
+            ("DISCONNECT with a body", f(0xe0, &[1]), false),
+            ("CONNACK", f(0x20, &[0, 0]), false),
+            ("SUBACK", f(0x90, &[0, 1, 0]), false),
+            ("UNSUBACK", f(0xb0, &[0, 1]), false),
+            ("PINGRESP", f(0xd0, &[]), false),
+            ("type 0", f(0x00, &[]), false),
+            ("type 15", f(0xf0, &[]), false),
+        ];
+        for (name, frame, ok) in cases {
+            assert_eq!(client_frame_problem(&frame).is_none(), ok, "{name}");
+        }
+    }
+
+    #[test]
+    fn mqisdp_is_mqtt_3_1_and_never_level_4() {
+        let v31 = vec![0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 3, 2, 0, 60];
+        assert_eq!(
+            parse_connect(&v31).unwrap().level,
+            3,
+            "refused politely later"
+        );
+        let mut id = Vec::new();
+        put_bytes(&mut id, b"c");
+        let mut bad = vec![0, 6, b'M', b'Q', b'I', b's', b'd', b'p', 4, 2, 0, 60];
+        bad.extend_from_slice(&id);
+        assert!(parse_connect(&bad).is_err());
     }
 
     #[test]

@@ -239,7 +239,8 @@ async fn connection(
 }
 
 /// MQTT over WebSocket uses the subprotocol `mqtt` (MQTT 3.1.1 §6); clients such as paho
-/// refuse a handshake answer that does not name it.
+/// refuse a handshake answer that does not name it, and a client that does not offer it is not
+/// speaking MQTT: its upgrade is refused (400) instead of opening a socket nobody can use.
 #[allow(clippy::result_large_err)] // the signature is tungstenite's callback type
 fn choose_mqtt_subprotocol(req: &Request, mut resp: Response) -> Result<Response, ErrorResponse> {
     let offered = req
@@ -249,10 +250,15 @@ fn choose_mqtt_subprotocol(req: &Request, mut resp: Response) -> Result<Response
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == "mqtt");
-    if offered {
-        resp.headers_mut()
-            .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+    if !offered {
+        let mut refusal = ErrorResponse::new(Some(
+            "MQTT over WebSocket needs the subprotocol \"mqtt\" (Sec-WebSocket-Protocol)".into(),
+        ));
+        *refusal.status_mut() = tokio_tungstenite::tungstenite::http::StatusCode::BAD_REQUEST;
+        return Err(refusal);
     }
+    resp.headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
     Ok(resp)
 }
 

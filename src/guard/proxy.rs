@@ -9,6 +9,7 @@
 //! guard answers itself are never interleaved inside a broker packet.
 
 use crate::config::spec::access::Access;
+use crate::config::spec::topic;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -161,6 +162,10 @@ async fn admit(
         );
         codec::connack(code)
     };
+    if let Some(problem) = codec::client_frame_problem(first) {
+        tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, problem, "broker client broke the protocol in its first packet");
+        return Err(None);
+    }
     if first.kind() != codec::CONNECT {
         tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, packet_type = first.kind(), "broker client did not start with CONNECT");
         return Err(None);
@@ -177,6 +182,14 @@ async fn admit(
     if c.level != 4 {
         let reason = format!("protocol level {} (only MQTT 3.1.1 is served)", c.level);
         return answer(refuse(codec::RC_BAD_PROTOCOL, &reason, &user, ""));
+    }
+    if c.client_id.len() > codec::MAX_CLIENT_ID {
+        let reason = format!(
+            "client id of {} bytes (at most {} accepted)",
+            c.client_id.len(),
+            codec::MAX_CLIENT_ID
+        );
+        return answer(refuse(codec::RC_IDENTIFIER_REJECTED, &reason, &user, ""));
     }
     let (lo, hi) = shared.keep_alive;
     if c.keep_alive < lo || c.keep_alive > hi {
@@ -387,6 +400,10 @@ where
         }
     };
     while let Some(f) = read_frame(&mut rd, &mut buf, ctx.shared.max_body).await? {
+        if let Some(problem) = codec::client_frame_problem(&f) {
+            tracing::warn!(event = "broker_protocol_violation", packet_type = f.kind(), problem, client_id = %ctx.client_id, peer = %ctx.origin.peer, "broker client broke the protocol; disconnecting it");
+            return Err(SessionEnd::Refused(problem));
+        }
         match f.kind() {
             codec::CONNECT => return Err(SessionEnd::Refused("second CONNECT")),
             codec::PUBLISH => {
@@ -427,7 +444,12 @@ where
                 let mut mask = Vec::with_capacity(s.filters.len());
                 let mut allowed = Vec::new();
                 for (filter, qos) in &s.filters {
-                    if ctx.shared.policy.subscribe(ctx.access, filter) {
+                    // An invalid filter (`a/#/b`, `+a`, empty) is refused like a denied one
+                    // (§4.7.1): rumqttd would grant it.
+                    if topic::filter_problem(filter).is_some() {
+                        ctx.log_denied("subscribe", filter, "invalid_filter");
+                        mask.push(Some(codec::SUBACK_FAILURE));
+                    } else if ctx.shared.policy.subscribe(ctx.access, filter) {
                         mask.push(None);
                         allowed.push((filter.clone(), *qos));
                     } else {
