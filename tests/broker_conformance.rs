@@ -376,3 +376,30 @@ fn invalid_subscribe_filters_get_0x80_and_valid_ones_are_granted() {
     let suback = answer_to(&mut s, &frame(0x82, &body), 9);
     assert_eq!(suback, vec![0x90, 7, 0, 7, 0x80, 0x80, 0x80, 0x80, 1]);
 }
+
+#[test]
+fn a_client_cannot_make_the_broker_write_error_lines_at_will() {
+    let b = broker_gateway("127.0.0.1", "");
+    // 20 clients, each acking a packet the broker never sent: rumqttd logs each at ERROR (and
+    // drops the client).
+    for i in 0..20u16 {
+        let mut s = raw_session(b.broker_port, &format!("acker-{i}"));
+        let id = (1000 + i).to_be_bytes();
+        answer_to(&mut s, &frame(0x40, &id), 1);
+    }
+    let log = b.wait_log(&["broker_internal", "Unsolicited"]);
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains("Unsolicited")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "one rate-limited line:\n{}",
+        lines.join("\n")
+    );
+    assert!(lines[0].contains("WARN"), "{}", lines[0]);
+    // The level is the second word of a line.
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.split_whitespace().nth(1) == Some("ERROR"))
+        .collect();
+    assert!(errors.is_empty(), "{}", errors.join("\n"));
+}

@@ -10,6 +10,12 @@
 //! The level comes from `RUST_LOG` when set, else from the config (`set_default_level`), else
 //! `info`. rumqttd's per-connection noise (it logs every peer-closed socket at error level) is
 //! turned down in every case unless `RUST_LOG` names rumqttd itself.
+//!
+//! What rumqttd still reports at warn or error level is mostly about one client (an unsolicited
+//! ack, a duplicate client id): a client could write ERROR lines at will. Such events never reach
+//! the journal as they are: `BrokerNoise` passes each kind on as one WARN line
+//! (`event=broker_internal`) at most every 10 s, with how many were held back, so no client can
+//! flood the log or raise an alarm keyed on ERROR. `RUST_LOG` naming rumqttd shows them raw.
 
 use std::fmt::Write as _;
 use std::sync::OnceLock;
@@ -33,12 +39,130 @@ fn filter_for(level: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(format!("{level},{NOISE}")).map_err(|e| e.to_string())
 }
 
+/// How often one kind of rumqttd message may be passed on.
+const BROKER_NOISE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn is_rumqttd(meta: &tracing::Metadata<'_>) -> bool {
+    meta.target().starts_with("rumqttd")
+}
+
+/// Passes rumqttd's own warn/error events on as rate-limited WARN lines of ours (see above).
+#[derive(Default)]
+struct BrokerNoise {
+    /// Per call site: when it was last passed on, and how many were held back since.
+    seen: std::sync::Mutex<
+        std::collections::HashMap<tracing::callsite::Identifier, (std::time::Instant, u64)>,
+    >,
+}
+
+impl<S: Subscriber> Layer<S> for BrokerNoise {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let meta = event.metadata();
+        if !is_rumqttd(meta) || *meta.level() > Level::WARN {
+            return;
+        }
+        let now = std::time::Instant::now();
+        let suppressed = {
+            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+            match seen.get_mut(&meta.callsite()) {
+                Some((last, held)) if now.duration_since(*last) < BROKER_NOISE_EVERY => {
+                    *held += 1;
+                    return;
+                }
+                Some((last, held)) => {
+                    *last = now;
+                    std::mem::take(held)
+                }
+                None => {
+                    seen.insert(meta.callsite(), (now, 0));
+                    0
+                }
+            }
+        };
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let detail = fields
+            .pairs
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        tracing::warn!(
+            event = "broker_internal",
+            rumqttd_level = %meta.level(),
+            rumqttd_target = meta.target(),
+            message_text = %fields.message,
+            detail = %detail,
+            suppressed,
+            "embedded broker: {} (like messages held back for {} s)",
+            fields.message,
+            BROKER_NOISE_EVERY.as_secs()
+        );
+    }
+}
+
+/// An output layer that does not see rumqttd's events (`BrokerNoise` passes them on), unless
+/// `RUST_LOG` asked for them raw. Span callbacks are forwarded so the inner layer keeps its
+/// span state.
+struct Skip<L> {
+    inner: L,
+    raw_rumqttd: bool,
+}
+
+impl<S, L> Layer<S> for Skip<L>
+where
+    S: Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    L: Layer<S>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        self.inner.on_register_dispatch(subscriber)
+    }
+    fn on_layer(&mut self, subscriber: &mut S) {
+        self.inner.on_layer(subscriber)
+    }
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        self.inner.on_new_span(attrs, id, ctx)
+    }
+    fn on_record(
+        &self,
+        span: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: Context<'_, S>,
+    ) {
+        self.inner.on_record(span, values, ctx)
+    }
+    fn on_enter(&self, id: &tracing::span::Id, ctx: Context<'_, S>) {
+        self.inner.on_enter(id, ctx)
+    }
+    fn on_exit(&self, id: &tracing::span::Id, ctx: Context<'_, S>) {
+        self.inner.on_exit(id, ctx)
+    }
+    fn on_close(&self, id: tracing::span::Id, ctx: Context<'_, S>) {
+        self.inner.on_close(id, ctx)
+    }
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        if self.raw_rumqttd || !is_rumqttd(event.metadata()) {
+            self.inner.on_event(event, ctx)
+        }
+    }
+}
+
 /// Installs the global subscriber (once; later calls do nothing).
 pub fn init() {
+    let raw_rumqttd = std::env::var("RUST_LOG").is_ok_and(|s| s.contains("rumqttd"));
     let filter = match std::env::var("RUST_LOG") {
-        Ok(s) if !s.trim().is_empty() => {
+        // A RUST_LOG that names rumqttd is taken as it is; any other still gets the noise
+        // directives, or a `RUST_LOG=debug` would bring every peer-closed socket back.
+        Ok(s) if raw_rumqttd => {
             EnvFilter::try_new(&s).unwrap_or_else(|_| EnvFilter::new(format!("info,{NOISE}")))
         }
+        Ok(s) if !s.trim().is_empty() => EnvFilter::try_new(format!("{s},{NOISE}"))
+            .unwrap_or_else(|_| EnvFilter::new(format!("info,{NOISE}"))),
         _ => EnvFilter::new(format!("info,{NOISE}")),
     };
     let (filter, handle) = reload::Layer::new(filter);
@@ -52,11 +176,19 @@ pub fn init() {
     let installed = match journal {
         Some(journal) => tracing_subscriber::registry()
             .with(filter)
-            .with(JournalLayer { journal })
+            .with((!raw_rumqttd).then(BrokerNoise::default))
+            .with(Skip {
+                inner: JournalLayer { journal },
+                raw_rumqttd,
+            })
             .try_init(),
         None => tracing_subscriber::registry()
             .with(filter)
-            .with(fmt::layer().with_writer(std::io::stderr).with_target(false))
+            .with((!raw_rumqttd).then(BrokerNoise::default))
+            .with(Skip {
+                inner: fmt::layer().with_writer(std::io::stderr).with_target(false),
+                raw_rumqttd,
+            })
             .try_init(),
     };
     if installed.is_ok() {
