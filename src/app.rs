@@ -5,7 +5,7 @@
 //! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers.
 //! Stop: pollers first (no new readings) → pipeline drains and commits everything queued →
 //! uplink gets `shutdown_timeout` for in-flight publishes, publishes `offline`, disconnects →
-//! the outbox commits the last acks.
+//! the outbox commits the last acks and checkpoints its WAL (`Outbox::close`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -249,7 +249,8 @@ pub async fn run(
             .publish(&topics.gateway_status(), topics::OFFLINE.as_bytes(), true)
             .await;
     }
-    outbox.flush().await?;
+    // Commits the last acks and checkpoints the WAL into the main file.
+    outbox.close().await?;
     let s = outbox.stats();
     tracing::info!(
         queued = s.rows.load(Ordering::Relaxed),

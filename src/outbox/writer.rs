@@ -1,0 +1,511 @@
+//! The single writer task: it owns the write connection and group-commits (design.md §3, O1, O7).
+//!
+//! Appends that arrive within `commit_interval` share one transaction and one fsync; every
+//! caller is answered after the COMMIT. The group is written as a handful of multi-row INSERTs
+//! with fixed SQL text (`sql.rs`), so a group costs a few calls into the SQLite worker thread,
+//! not one per message.
+//!
+//! Acks are committed promptly, on their own deadline (`ACK_INTERVAL`, at most
+//! `commit_interval`): an acknowledged row left in the table is sent again after a kill -9, so
+//! the ack delay is what bounds duplicates. Acks are deleted as id ranges (`id BETWEEN ? AND ?`).
+//! An ack-only transaction is committed with `synchronous=NORMAL` (no fsync) while the last
+//! fsynced commit is less than `commit_interval` old, and with FULL otherwise: in WAL mode a
+//! NORMAL commit survives a process crash, and a power cut can only undo deletes (duplicates,
+//! never loss) of at most one commit interval. Appends are always FULL.
+//!
+//! After every commit the high-water mark (`mark.rs`) is recorded; `close` checkpoints the WAL
+//! into the main file (`wal_checkpoint(TRUNCATE)`) and marks the outbox clean.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::{Connection, SqliteConnection};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use super::db::{connect, init_schema};
+use super::mark::{Mark, MarkFile};
+use super::sql::{chunk_sizes, coalesce, insert_sql, MAX_CHUNK};
+use crate::config::{OutboxSettings, Overflow};
+use crate::flow::Message;
+
+/// Counters, readable from any task.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub appended: AtomicU64,
+    pub acked: AtomicU64,
+    /// Every message given up: overflow, age, failed writes, and committed rows found missing
+    /// (damaged WAL or main file) or unreadable (quarantine) at open.
+    pub dropped: AtomicU64,
+    pub rows: AtomicU64,
+    pub bytes: AtomicU64,
+    pub commits: AtomicU64,
+}
+
+/// Milliseconds of gateway running time, continued across restarts from the newest row.
+#[derive(Debug)]
+pub struct RunClock {
+    pub base_ms: i64,
+    pub started: Instant,
+}
+
+impl RunClock {
+    pub fn now_ms(&self) -> i64 {
+        self.base_ms + self.started.elapsed().as_millis() as i64
+    }
+}
+
+/// Messages waiting for the group commit, and who to tell when it is done.
+type PendingAppend = (Vec<Message>, oneshot::Sender<Result<(), Arc<sqlx::Error>>>);
+
+pub enum WriteCmd {
+    Append(Vec<Message>, oneshot::Sender<Result<(), Arc<sqlx::Error>>>),
+    Ack(Vec<i64>),
+    Flush(oneshot::Sender<()>),
+    Close(oneshot::Sender<Result<(), sqlx::Error>>),
+}
+
+/// Upper bound of messages in one transaction, so one commit never holds the writer for long.
+const MAX_GROUP: usize = 20_000;
+/// How often the age limit is applied when nothing else happens.
+const AGE_TICK: Duration = Duration::from_secs(1);
+/// The longest an ack waits for its DELETE to commit (or `commit_interval` if shorter).
+pub const ACK_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Why messages were given up, for the log line.
+#[derive(Debug, Clone, Copy)]
+enum DropReason {
+    Full,
+    Age,
+}
+
+/// What is waiting for the next commit.
+#[derive(Default)]
+struct Group {
+    appends: Vec<PendingAppend>,
+    acks: Vec<i64>,
+    flushes: Vec<oneshot::Sender<()>>,
+    count: usize,
+    append_due: Option<Instant>,
+    ack_due: Option<Instant>,
+}
+
+impl Group {
+    fn is_empty(&self) -> bool {
+        self.appends.is_empty() && self.acks.is_empty() && self.flushes.is_empty()
+    }
+}
+
+pub struct Writer {
+    /// `None` after a failed commit until a fresh connection is open.
+    pub conn: Option<SqliteConnection>,
+    pub settings: OutboxSettings,
+    pub stats: Arc<Stats>,
+    pub latest: watch::Sender<i64>,
+    pub clock: Arc<RunClock>,
+    pub path: PathBuf,
+    /// Bumped whenever rows are deleted for a reason other than an ack (limits, age), so the
+    /// reader's read-ahead pages are not served any more.
+    pub evictions: Arc<AtomicU64>,
+    /// `None` if the side file could not be opened (logged at open; loss detection is off).
+    pub mark_file: Option<MarkFile>,
+    pub mark: Mark,
+}
+
+impl Writer {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) {
+        let ack_interval = ACK_INTERVAL.min(self.settings.commit_interval);
+        // The last commit that was fsynced (synchronous=FULL); starts as "long ago".
+        let mut last_sync: Option<Instant> = None;
+        let mut g = Group::default();
+        loop {
+            let due = match (g.append_due, g.ack_due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let due = due.or_else(|| {
+                (self.settings.max_age.is_some() && g.is_empty()).then(|| Instant::now() + AGE_TICK)
+            });
+            let next = match due {
+                Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok(),
+                None => Some(rx.recv().await),
+            };
+            match next {
+                Some(Some(cmd)) => {
+                    let now = Instant::now();
+                    let mut close = None;
+                    let urgent = match cmd {
+                        WriteCmd::Append(m, tx) => {
+                            g.count += m.len();
+                            g.append_due
+                                .get_or_insert(now + self.settings.commit_interval);
+                            g.appends.push((m, tx));
+                            false
+                        }
+                        WriteCmd::Ack(ids) => {
+                            g.count += ids.len();
+                            g.ack_due.get_or_insert(now + ack_interval);
+                            g.acks.extend(ids);
+                            false
+                        }
+                        WriteCmd::Flush(tx) => {
+                            g.flushes.push(tx);
+                            true
+                        }
+                        WriteCmd::Close(tx) => {
+                            close = Some(tx);
+                            true
+                        }
+                    };
+                    if urgent || g.count >= MAX_GROUP {
+                        self.commit_group(std::mem::take(&mut g), &mut last_sync)
+                            .await;
+                    }
+                    if let Some(tx) = close {
+                        let _ = tx.send(self.close().await);
+                        break;
+                    }
+                }
+                Some(None) => {
+                    if !g.is_empty() {
+                        self.commit_group(std::mem::take(&mut g), &mut last_sync)
+                            .await;
+                    }
+                    break;
+                }
+                None => {
+                    let now = Instant::now();
+                    if g.appends.is_empty() || g.append_due.is_some_and(|d| d <= now) {
+                        self.commit_group(std::mem::take(&mut g), &mut last_sync)
+                            .await;
+                    } else {
+                        // The acks are due, the appends not yet: commit the acks alone.
+                        let acks = std::mem::take(&mut g.acks);
+                        g.ack_due = None;
+                        g.count = g.appends.iter().map(|(m, _)| m.len()).sum();
+                        if let Err(e) = self.commit(&[], acks, &mut last_sync).await {
+                            self.failed(&e, 0).await;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn commit_group(&mut self, g: Group, last_sync: &mut Option<Instant>) {
+        let offered: u64 = g.appends.iter().map(|(m, _)| m.len() as u64).sum();
+        let result = self.commit(&g.appends, g.acks, last_sync).await;
+        if let Err(e) = &result {
+            self.failed(e, offered).await;
+        }
+        let reply = result.map_err(Arc::new);
+        for (_, tx) in g.appends {
+            let _ = tx.send(reply.clone());
+        }
+        for tx in g.flushes {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Counts what a failed commit cost and drops the connection.
+    async fn failed(&mut self, e: &sqlx::Error, offered: u64) {
+        if offered == 0 {
+            tracing::warn!(
+                error = %e,
+                path = %self.path.display(),
+                "outbox: committing acknowledgements failed; those rows will be sent again"
+            );
+        }
+        self.count_drops(offered, None, Some(e));
+        // A failed COMMIT can leave SQLite's transaction open while the driver believes it
+        // closed; later "commits" would then only release savepoints inside it and never reach
+        // the disk (seen with a full disk). Closing the connection rolls back for certain; the
+        // next group opens a fresh one.
+        if let Some(conn) = self.conn.take() {
+            let _ = conn.close().await;
+        }
+    }
+
+    fn count_drops(&self, n: u64, reason: Option<DropReason>, error: Option<&sqlx::Error>) {
+        if n == 0 {
+            return;
+        }
+        let total = self.stats.dropped.fetch_add(n, Ordering::Relaxed) + n;
+        match (reason, error) {
+            (_, Some(e)) => tracing::error!(
+                event = "outbox_drop",
+                reason = "write_failed",
+                dropped = n,
+                dropped_total = total,
+                error = %e,
+                path = %self.path.display(),
+                "outbox write failed (disk full?): these messages were not stored and will not reach upstream"
+            ),
+            (Some(r), None) => tracing::error!(
+                event = "outbox_drop",
+                reason = ?r,
+                dropped = n,
+                dropped_total = total,
+                policy = ?self.settings.overflow,
+                max_rows = self.settings.max_rows,
+                max_bytes = self.settings.max_bytes,
+                max_age = ?self.settings.max_age,
+                "outbox limit reached: messages dropped"
+            ),
+            (None, None) => {}
+        }
+    }
+
+    async fn connection(&mut self) -> Result<&mut SqliteConnection, sqlx::Error> {
+        if self.conn.is_none() {
+            let mut fresh = connect(&self.path).await?;
+            init_schema(&mut fresh).await?;
+            self.conn = Some(fresh);
+            tracing::info!(path = %self.path.display(), "outbox write connection reopened");
+        }
+        self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
+    }
+
+    async fn commit(
+        &mut self,
+        appends: &[PendingAppend],
+        acks: Vec<i64>,
+        last_sync: &mut Option<Instant>,
+    ) -> Result<(), sqlx::Error> {
+        let now = crate::flow::now_ms();
+        let mono = self.clock.now_ms();
+        let s = self.settings.clone();
+        let started = Instant::now();
+        // An ack-only commit skips the fsync while a synced commit is recent (see the module doc).
+        let light = appends.is_empty()
+            && last_sync.is_some_and(|t| started.duration_since(t) < s.commit_interval);
+        let (mut rows, mut bytes) = (
+            self.stats.rows.load(Ordering::Relaxed),
+            self.stats.bytes.load(Ordering::Relaxed),
+        );
+        let mark_low = self.mark.low_id;
+        let conn = self.connection().await?;
+        sqlx::query(if light {
+            "PRAGMA synchronous = NORMAL"
+        } else {
+            "PRAGMA synchronous = FULL"
+        })
+        .execute(&mut *conn)
+        .await?;
+        let mut tx = conn.begin().await?;
+
+        // Acks first: they make room for this group's appends.
+        let mut acked = 0u64;
+        for (lo, hi) in coalesce(acks) {
+            let (n, len): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(topic) + LENGTH(payload)), 0)
+                 FROM outbox WHERE id BETWEEN ? AND ?",
+            )
+            .bind(lo)
+            .bind(hi)
+            .fetch_one(&mut *tx)
+            .await?;
+            if n == 0 {
+                continue;
+            }
+            sqlx::query("DELETE FROM outbox WHERE id BETWEEN ? AND ?")
+                .bind(lo)
+                .bind(hi)
+                .execute(&mut *tx)
+                .await?;
+            acked += n as u64;
+            rows = rows.saturating_sub(n as u64);
+            bytes = bytes.saturating_sub(len as u64);
+        }
+
+        let mut aged = 0u64;
+        if let Some(max_age) = s.max_age {
+            // mono_ms grows with the id (one running clock, continued across restarts), so the
+            // expired rows are a prefix of the table: find its end without a full scan.
+            let limit = mono - max_age.as_millis() as i64;
+            let (end,): (i64,) = sqlx::query_as(
+                "SELECT COALESCE((SELECT id FROM outbox WHERE mono_ms >= ?1 ORDER BY id LIMIT 1),
+                                 (SELECT MAX(id) + 1 FROM outbox), 0)",
+            )
+            .bind(limit)
+            .fetch_one(&mut *tx)
+            .await?;
+            let (n, len): (i64, i64) = sqlx::query_as(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(topic) + LENGTH(payload)), 0)
+                 FROM outbox WHERE id < ?",
+            )
+            .bind(end)
+            .fetch_one(&mut *tx)
+            .await?;
+            if n > 0 {
+                sqlx::query("DELETE FROM outbox WHERE id < ?")
+                    .bind(end)
+                    .execute(&mut *tx)
+                    .await?;
+                aged = n as u64;
+                rows = rows.saturating_sub(aged);
+                bytes = bytes.saturating_sub(len as u64);
+            }
+        }
+
+        let mut refused = 0u64;
+        let mut accepted: Vec<&Message> = Vec::new();
+        for (msgs, _) in appends {
+            for m in msgs {
+                let fits = rows < s.max_rows && bytes + m.size() <= s.max_bytes;
+                if !fits && s.overflow == Overflow::DropNewest {
+                    refused += 1;
+                    continue;
+                }
+                accepted.push(m);
+                rows += 1;
+                bytes += m.size();
+            }
+        }
+        let mut last_id = None;
+        let mut rest = accepted.as_slice();
+        for size in chunk_sizes(accepted.len(), MAX_CHUNK) {
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
+            // One of nine fixed texts (sql.rs), built here but prepared once per connection.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(insert_sql(size)))
+                .bind(now)
+                .bind(mono);
+            for m in chunk {
+                q = q
+                    .bind(m.topic.as_str())
+                    .bind(m.payload.as_slice())
+                    .bind(m.retain);
+            }
+            last_id = Some(q.execute(&mut *tx).await?.last_insert_rowid());
+        }
+        let added = accepted.len() as u64;
+        let (evicted, evicted_bytes) = enforce_bounds(&mut tx, &s, rows, bytes).await?;
+        let rows_after = rows - evicted;
+        let low_id = if rows_after == 0 {
+            0
+        } else if acked + aged + evicted > 0 || mark_low == 0 {
+            let (low,): (i64,) = sqlx::query_as("SELECT COALESCE(MIN(id), 0) FROM outbox")
+                .fetch_one(&mut *tx)
+                .await?;
+            low
+        } else {
+            mark_low
+        };
+        tx.commit().await?;
+        if !light {
+            *last_sync = Some(started);
+        }
+
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.appended.fetch_add(added, Ordering::Relaxed);
+        self.stats.acked.fetch_add(acked, Ordering::Relaxed);
+        self.stats.rows.store(rows_after, Ordering::Relaxed);
+        self.stats
+            .bytes
+            .store(bytes.saturating_sub(evicted_bytes), Ordering::Relaxed);
+        if evicted + aged > 0 {
+            self.evictions.fetch_add(1, Ordering::Release);
+        }
+        self.count_drops(refused + evicted, Some(DropReason::Full), None);
+        self.count_drops(aged, Some(DropReason::Age), None);
+        self.mark = Mark {
+            seq: self.mark.seq + 1,
+            last_id: last_id.unwrap_or(0).max(self.mark.last_id),
+            rows: rows_after as i64,
+            low_id,
+            clean: false,
+        };
+        self.record_mark();
+        if let Some(id) = last_id {
+            self.latest.send_replace(id);
+        }
+        Ok(())
+    }
+
+    fn record_mark(&self) {
+        if let Some(f) = &self.mark_file {
+            if let Err(e) = f.record(&self.mark) {
+                tracing::warn!(
+                    error = %e,
+                    path = %f.path().display(),
+                    "outbox: cannot record the high-water mark; a later loss of rows may go uncounted"
+                );
+            }
+        }
+    }
+
+    /// Checkpoints the WAL into the main file, marks the outbox clean and closes the connection.
+    async fn close(&mut self) -> Result<(), sqlx::Error> {
+        let conn = self.connection().await?;
+        let (busy, log, done): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(&mut *conn)
+            .await?;
+        if busy != 0 {
+            tracing::warn!(
+                wal_frames = log,
+                checkpointed = done,
+                "outbox: the WAL could not be checkpointed completely at shutdown (a reader was busy)"
+            );
+        }
+        self.mark.seq += 1;
+        self.mark.clean = busy == 0;
+        self.record_mark();
+        if let Some(f) = &self.mark_file {
+            if let Err(e) = f.sync() {
+                tracing::warn!(error = %e, path = %f.path().display(), "outbox: cannot sync the high-water mark");
+            }
+        }
+        if let Some(conn) = self.conn.take() {
+            conn.close().await?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the oldest rows until both limits hold; returns what it removed.
+async fn enforce_bounds(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    settings: &OutboxSettings,
+    rows: u64,
+    bytes: u64,
+) -> Result<(u64, u64), sqlx::Error> {
+    let (max_rows, max_bytes) = (settings.max_rows, settings.max_bytes);
+    if rows <= max_rows && bytes <= max_bytes {
+        return Ok((0, 0));
+    }
+    let (mut r, mut b) = (rows, bytes);
+    let (mut drop_rows, mut drop_bytes) = (0u64, 0u64);
+    let mut upto: Option<i64> = None;
+    while r > max_rows || b > max_bytes {
+        let page: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT id, LENGTH(topic) + LENGTH(payload) FROM outbox WHERE id > ?
+             ORDER BY id LIMIT 1000",
+        )
+        .bind(upto.unwrap_or(0))
+        .fetch_all(&mut **tx)
+        .await?;
+        if page.is_empty() {
+            break;
+        }
+        for (id, len) in page {
+            if r <= max_rows && b <= max_bytes {
+                break;
+            }
+            upto = Some(id);
+            r -= 1;
+            b = b.saturating_sub(len as u64);
+            drop_rows += 1;
+            drop_bytes += len as u64;
+        }
+    }
+    if let Some(id) = upto {
+        sqlx::query("DELETE FROM outbox WHERE id <= ?")
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok((drop_rows, drop_bytes))
+}
