@@ -107,6 +107,9 @@ fn verify_in(hash: &str, password: &[u8], memory: &mut [Block]) -> bool {
 /// same address range (a fresh allocation could land in another allocator arena and stay).
 fn release(memory: &mut [Block]) {
     const PAGE: usize = 4096;
+    if memory.is_empty() {
+        return;
+    }
     let start = memory.as_mut_ptr() as usize;
     let end = start + std::mem::size_of_val(memory);
     let first = start.next_multiple_of(PAGE);
@@ -164,7 +167,9 @@ impl Verifier {
             std::thread::Builder::new()
                 .name(format!("fb-argon2-{i}"))
                 .spawn(move || {
-                    let mut memory = vec![Block::default(); max_blocks];
+                    // Allocated at the first login, not at start: a gateway nobody logs in to
+                    // never touches it.
+                    let mut memory: Vec<Block> = Vec::new();
                     loop {
                         // A poisoned lock only means another worker panicked while waiting;
                         // the receiver is still sound.
@@ -180,6 +185,9 @@ impl Verifier {
                                 job
                             }
                         };
+                        if memory.len() < max_blocks {
+                            memory = vec![Block::default(); max_blocks];
+                        }
                         let ok = verify_in(&job.hash, &job.password, &mut memory);
                         let _ = job.reply.send(ok);
                     }
