@@ -715,3 +715,65 @@ fn a_server_certificate_for_another_host_name_is_refused_even_from_the_trusted_c
         "nothing may reach a broker with the wrong name"
     );
 }
+
+#[test]
+fn a_stored_message_upstream_cannot_take_is_set_aside_and_the_queue_goes_on() {
+    use fieldbridge::config::{OutboxSettings, Overflow};
+    use fieldbridge::flow::Message as Stored;
+    use fieldbridge::outbox::Outbox;
+    let dir = tempfile::tempdir().unwrap();
+    // Left in the outbox by an older gateway: 50 messages, one on a topic no broker takes (a
+    // forwarded Will on `lan/#`, as in the field report), then 50 more.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let settings = OutboxSettings {
+            max_rows: 1_000_000,
+            max_bytes: 1 << 30,
+            commit_interval: Duration::from_millis(0),
+            max_age: None,
+            overflow: Overflow::DropOldest,
+        };
+        let ob = Outbox::open(&dir.path().join("data"), &settings)
+            .await
+            .unwrap();
+        let m = |topic: &str, payload: String| Stored {
+            topic: topic.into(),
+            payload: payload.into_bytes(),
+            retain: false,
+        };
+        let mut batch: Vec<Stored> = (0..50).map(|i| m("site/old", i.to_string())).collect();
+        batch.push(m("lan/#", "poison".into()));
+        batch.extend((50..100).map(|i| m("site/old", i.to_string())));
+        ob.append(batch).await.unwrap();
+        ob.close().await.unwrap();
+    });
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "#");
+    let gw = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .start(dir.path());
+    wait_until(LONG, "all 100 sendable messages upstream", || {
+        up.count(|m| m.topic == "site/old") >= 100
+    });
+    let got: Vec<String> = up
+        .messages()
+        .iter()
+        .filter(|m| m.topic == "site/old")
+        .map(|m| m.text())
+        .collect();
+    let want: Vec<String> = (0..100).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "in order, none lost");
+    let log = gw.wait_log(&["outbox_dead_letter", "invalid_topic"]);
+    assert_eq!(
+        log.matches("event=\"outbox_dead_letter\"").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("upstream_disconnected"), "{log}");
+    // The stats topic counts it (`fieldbridge status` prints that count).
+    let stats = up.wait_for_sync(
+        |m| m.topic == "fieldbridge/gw/stats" && m.json()["outbox"]["dead_letters"] == 1,
+        LONG,
+    );
+    assert_eq!(stats.json()["outbox"]["dead_letters"], 1);
+}

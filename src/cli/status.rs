@@ -113,6 +113,13 @@ pub fn render(s: &Stats, now_ms: u64) -> String {
         "outbox: {} messages queued ({} bytes){oldest}, {} dropped\n",
         s.outbox.rows, s.outbox.bytes, s.outbox.dropped
     ));
+    if s.outbox.dead_letters > 0 {
+        out.push_str(&format!(
+            "dead letters: {} stored messages cannot be sent upstream (invalid topic or too \
+             large); see EVENT=outbox_dead_letter in the journal\n",
+            s.outbox.dead_letters
+        ));
+    }
     let up = if !s.upstream.configured {
         "not configured".to_string()
     } else {
@@ -204,6 +211,7 @@ mod tests {
                 dropped: 1,
                 oldest_age_s: Some(90),
                 commits: 0,
+                dead_letters: 2,
             },
             upstream: UpstreamStats {
                 configured: true,
@@ -224,6 +232,10 @@ mod tests {
         assert!(r.contains("not polled yet"), "{r}");
         assert!(
             r.contains("outbox: 12 messages queued (3400 bytes), oldest 1m 30s, 1 dropped"),
+            "{r}"
+        );
+        assert!(
+            r.contains("dead letters: 2 stored messages cannot be sent upstream"),
             "{r}"
         );
         assert!(

@@ -6,6 +6,8 @@
 //! rumqttd's own codec is not reused: its parsers are tied to its router types and would accept
 //! a packet before our size limit could refuse it; the few packets needed here are small.
 
+use crate::config::spec::topic::topic_name_problem;
+
 /// Packet types (the high nibble of the first byte).
 pub const CONNECT: u8 = 1;
 pub const CONNACK: u8 = 2;
@@ -374,17 +376,6 @@ pub struct PublishHeader {
     pub retain: bool,
     pub pkid: Option<u16>,
     pub payload_len: usize,
-}
-
-/// Why `topic` cannot name a message — the topic of a PUBLISH, or of a Last Will, which the
-/// broker publishes for the client later — or `None` when it can. Strings have already been
-/// checked for UTF-8 and U+0000 by the reader.
-pub fn topic_name_problem(topic: &str) -> Option<&'static str> {
-    if topic.is_empty() || topic.contains(['+', '#']) {
-        Some("empty topic or a wildcard in the topic")
-    } else {
-        None
-    }
 }
 
 pub fn parse_publish(flags: u8, body: &[u8]) -> Result<PublishHeader, CodecError> {

@@ -31,6 +31,7 @@ use std::sync::Mutex;
 use tokio::sync::mpsc;
 
 use crate::backoff::reconnect_delay;
+use crate::config::spec::topic::topic_name_problem;
 use crate::config::{BridgeRule, Tls, Upstream};
 use crate::flow::{Command, Message, Routed};
 use crate::mqtt::echo::Echoes;
@@ -285,7 +286,7 @@ impl Uplink {
         // Packet ids cycle through rumqttc's inflight range; making it larger than our window
         // keeps a slow PUBACK from colliding with a new publish.
         o.set_inflight(c.inflight.saturating_mul(4));
-        o.set_max_packet_size(1024 * 1024, 1024 * 1024);
+        o.set_max_packet_size(MAX_PACKET, MAX_PACKET);
         o.set_transport(self.transport.clone());
         o
     }
@@ -406,8 +407,9 @@ impl Uplink {
                 if plan.fetched(&fetch, rows.len(), rows.last().map(|r| r.id)) {
                     tracing::debug!("backlog replayed");
                 }
-                if let Err(e) = self.send_rows(&client, &mut inflight, rows) {
-                    return End::Failed(e);
+                match self.send_rows(&client, &mut inflight, rows) {
+                    Ok(dead) => self.dead_letter(dead).await,
+                    Err(e) => return End::Failed(e),
                 }
             }
             let wait = plan.wait(inflight.len(), *latest.borrow());
@@ -522,19 +524,48 @@ impl Uplink {
         );
     }
 
+    /// Publishes `rows`, except those no broker would take (`unsendable`): those come back
+    /// with the reason, for the dead-letter table.
     fn send_rows(
         &self,
         client: &AsyncClient,
         inflight: &mut InFlight,
         rows: Vec<Row>,
-    ) -> Result<(), LinkError> {
+    ) -> Result<Vec<(Row, &'static str)>, LinkError> {
+        let mut dead = Vec::new();
         for r in rows {
+            if let Some(reason) = unsendable(&r.message, MAX_PACKET) {
+                dead.push((r, reason));
+                continue;
+            }
             let m = r.message;
             self.publish(client, m.topic, m.payload, m.retain)?;
             inflight.requested(Tag::Row(r.id));
             self.stats.sent.fetch_add(1, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(dead)
+    }
+
+    /// Moves rows that can never be sent out of the queue (one bad row must not hold back every
+    /// row behind it), each logged at error level and counted on the stats topic.
+    async fn dead_letter(&self, dead: Vec<(Row, &'static str)>) {
+        if dead.is_empty() {
+            return;
+        }
+        for (r, reason) in &dead {
+            tracing::error!(
+                event = "outbox_dead_letter",
+                id = r.id,
+                topic = %r.message.topic,
+                reason = *reason,
+                bytes = r.message.size(),
+                "a stored message cannot be sent upstream; moved to the dead-letter table"
+            );
+        }
+        let rows = dead.iter().map(|(r, reason)| (r.id, *reason)).collect();
+        if let Err(e) = self.outbox.dead_letter(rows).await {
+            tracing::error!(error = %e, "cannot move rows to the dead-letter table; they are sent again after a restart");
+        }
     }
 
     async fn flush_acks(&self, acks: &mut Vec<i64>) {
@@ -547,6 +578,22 @@ impl Uplink {
         }
         self.stats.acked.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// The largest packet we send or take upstream.
+const MAX_PACKET: usize = 1024 * 1024;
+
+/// Why a stored message can never be published, or `None`: a topic no PUBLISH may carry (the
+/// same rule the guard applies to local clients), or a packet over `max_packet` bytes (topic,
+/// payload and the fixed and variable header of a QoS 1 PUBLISH).
+pub fn unsendable(m: &Message, max_packet: usize) -> Option<&'static str> {
+    if topic_name_problem(&m.topic).is_some() || m.topic.len() > usize::from(u16::MAX) {
+        return Some("invalid_topic");
+    }
+    if m.topic.len() + m.payload.len() + 2 + 2 + 5 > max_packet {
+        return Some("too_large");
+    }
+    None
 }
 
 /// How long one connection attempt (or one wait for the broker) may take before the uplink
@@ -570,5 +617,35 @@ fn describe(e: ConnectionError, broke: fn(Cause) -> LinkError) -> LinkError {
 fn request_refused(e: rumqttc::ClientError) -> LinkError {
     LinkError::Request {
         reason: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rows_no_broker_would_take_are_named_and_others_pass() {
+        let m = |topic: &str, payload: usize| Message {
+            topic: topic.into(),
+            payload: vec![b'x'; payload],
+            retain: false,
+        };
+        let cases: &[(&str, Message, Option<&str>)] = &[
+            ("a reading", m("fieldbridge/gw/dev/t", 60), None),
+            (
+                "a forwarded Will on a wildcard",
+                m("lan/#", 6),
+                Some("invalid_topic"),
+            ),
+            ("a plus level", m("a/+/b", 1), Some("invalid_topic")),
+            ("an empty topic", m("", 1), Some("invalid_topic")),
+            ("a NUL in the topic", m("a\0b", 1), Some("invalid_topic")),
+            ("exactly the largest packet", m("t", 1000 - 10), None),
+            ("one byte over", m("t", 1000 - 9), Some("too_large")),
+        ];
+        for (name, msg, want) in cases {
+            assert_eq!(unsendable(msg, 1000), *want, "{name}");
+        }
     }
 }

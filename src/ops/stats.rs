@@ -126,6 +126,10 @@ pub struct OutboxStats {
     /// Group commits so far; with `synchronous=FULL` each one fsyncs the WAL once.
     #[serde(default)]
     pub commits: u64,
+    /// Stored messages that can never be sent (invalid topic, too large), set aside in the
+    /// dead-letter table so the queue goes on (`EVENT=outbox_dead_letter` names each).
+    #[serde(default)]
+    pub dead_letters: u64,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
@@ -230,6 +234,7 @@ impl Sources {
                 bytes: o.bytes.load(Ordering::Relaxed),
                 dropped: o.dropped.load(Ordering::Relaxed),
                 commits: o.commits.load(Ordering::Relaxed),
+                dead_letters: o.dead_letters.load(Ordering::Relaxed),
                 oldest_age_s,
             },
             upstream,
@@ -376,6 +381,7 @@ mod tests {
                 dropped: 0,
                 oldest_age_s: None,
                 commits: 0,
+                dead_letters: 0,
             },
             upstream: UpstreamStats {
                 configured: true,

@@ -41,6 +41,20 @@ pub async fn init_schema(conn: &mut SqliteConnection) -> Result<(), sqlx::Error>
     let (version,): (i64,) = sqlx::query_as("PRAGMA user_version")
         .fetch_one(&mut *conn)
         .await?;
+    // Rows the uplink could not send (an invalid topic, too large), kept with the reason for a
+    // person to look at; the queue moves on without them (`WriteCmd::DeadLetter`).
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS dead_letter (
+            id INTEGER PRIMARY KEY,
+            topic TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            retain INTEGER NOT NULL,
+            reason TEXT NOT NULL,
+            dead_ms INTEGER NOT NULL
+        )",
+    )
+    .execute(&mut *conn)
+    .await?;
     if version < SCHEMA_VERSION {
         // AUTOINCREMENT: ids are never reused, so "rows after id N" stays meaningful after the
         // newest rows were acked and deleted.

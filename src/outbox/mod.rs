@@ -281,6 +281,13 @@ impl Outbox {
         stats.rows.store(opened.rows as u64, Ordering::Relaxed);
         stats.bytes.store(opened.bytes as u64, Ordering::Relaxed);
         stats.dropped.store(lost, Ordering::Relaxed);
+        let (dead,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM dead_letter")
+            .fetch_one(&mut opened.writer)
+            .await
+            .map_err(db_err(&path))?;
+        stats
+            .dead_letters
+            .store(u64::try_from(dead).unwrap_or(0), Ordering::Relaxed);
         if opened.rows > 0 {
             tracing::info!(
                 rows = opened.rows,
@@ -367,6 +374,18 @@ impl Outbox {
             Ok(Err(e)) => Err(OutboxError::WriteFailed(e)),
             Err(_) => Err(OutboxError::Closed),
         }
+    }
+
+    /// Moves rows the uplink cannot send to the dead-letter table with their reason (committed
+    /// within `ACK_INTERVAL`, like an ack), so one bad row never blocks the queue.
+    pub async fn dead_letter(&self, rows: Vec<(i64, &'static str)>) -> Result<(), OutboxError> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(WriteCmd::DeadLetter(rows))
+            .await
+            .map_err(|_| OutboxError::Closed)
     }
 
     /// Deletes acknowledged rows (committed within `ACK_INTERVAL`).

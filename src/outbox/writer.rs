@@ -42,7 +42,12 @@ pub struct Stats {
     pub rows: AtomicU64,
     pub bytes: AtomicU64,
     pub commits: AtomicU64,
+    /// Rows in the dead-letter table (kept across restarts, the newest `DEAD_LETTER_KEEP`).
+    pub dead_letters: AtomicU64,
 }
+
+/// How many dead letters are kept for inspection; older ones are deleted (each was logged).
+pub const DEAD_LETTER_KEEP: i64 = 1000;
 
 /// Milliseconds of gateway running time, continued across restarts from the newest row.
 #[derive(Debug)]
@@ -63,6 +68,8 @@ type PendingAppend = (Vec<Message>, oneshot::Sender<Result<(), Arc<sqlx::Error>>
 pub enum WriteCmd {
     Append(Vec<Message>, oneshot::Sender<Result<(), Arc<sqlx::Error>>>),
     Ack(Vec<i64>),
+    /// Rows the uplink cannot send, with the reason: moved to `dead_letter` like an ack.
+    DeadLetter(Vec<(i64, &'static str)>),
     Flush(oneshot::Sender<()>),
     Close(oneshot::Sender<Result<(), sqlx::Error>>),
 }
@@ -86,6 +93,7 @@ enum DropReason {
 struct Group {
     appends: Vec<PendingAppend>,
     acks: Vec<i64>,
+    dead: Vec<(i64, &'static str)>,
     flushes: Vec<oneshot::Sender<()>>,
     count: usize,
     append_due: Option<Instant>,
@@ -94,7 +102,10 @@ struct Group {
 
 impl Group {
     fn is_empty(&self) -> bool {
-        self.appends.is_empty() && self.acks.is_empty() && self.flushes.is_empty()
+        self.appends.is_empty()
+            && self.acks.is_empty()
+            && self.dead.is_empty()
+            && self.flushes.is_empty()
     }
 }
 
@@ -150,6 +161,12 @@ impl Writer {
                             g.acks.extend(ids);
                             false
                         }
+                        WriteCmd::DeadLetter(rows) => {
+                            g.count += rows.len();
+                            g.ack_due.get_or_insert(now + ack_interval);
+                            g.dead.extend(rows);
+                            false
+                        }
                         WriteCmd::Flush(tx) => {
                             g.flushes.push(tx);
                             true
@@ -183,9 +200,10 @@ impl Writer {
                     } else {
                         // The acks are due, the appends not yet: commit the acks alone.
                         let acks = std::mem::take(&mut g.acks);
+                        let dead = std::mem::take(&mut g.dead);
                         g.ack_due = None;
                         g.count = g.appends.iter().map(|(m, _)| m.len()).sum();
-                        if let Err(e) = self.commit(&[], acks, &mut last_sync).await {
+                        if let Err(e) = self.commit(&[], acks, dead, &mut last_sync).await {
                             self.failed(&e, 0).await;
                         }
                     }
@@ -196,7 +214,7 @@ impl Writer {
 
     async fn commit_group(&mut self, g: Group, last_sync: &mut Option<Instant>) {
         let offered: u64 = g.appends.iter().map(|(m, _)| m.len() as u64).sum();
-        let result = self.commit(&g.appends, g.acks, last_sync).await;
+        let result = self.commit(&g.appends, g.acks, g.dead, last_sync).await;
         if let Err(e) = &result {
             self.failed(e, offered).await;
         }
@@ -271,7 +289,8 @@ impl Writer {
     async fn commit(
         &mut self,
         appends: &[PendingAppend],
-        acks: Vec<i64>,
+        mut acks: Vec<i64>,
+        dead: Vec<(i64, &'static str)>,
         last_sync: &mut Option<Instant>,
     ) -> Result<(), sqlx::Error> {
         let now = crate::flow::now_ms();
@@ -295,6 +314,41 @@ impl Writer {
         .execute(&mut *conn)
         .await?;
         let mut tx = conn.begin().await?;
+
+        // Dead letters: copied aside with their reason, then deleted like acked rows.
+        let mut dead_added = 0u64;
+        for (id, reason) in &dead {
+            dead_added += sqlx::query(
+                "INSERT OR REPLACE INTO dead_letter (id, topic, payload, retain, reason, dead_ms)
+                 SELECT id, topic, payload, retain, ?, ? FROM outbox WHERE id = ?",
+            )
+            .bind(*reason)
+            .bind(now)
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            acks.push(*id);
+        }
+        if dead_added > 0 {
+            sqlx::query(
+                "DELETE FROM dead_letter WHERE id <=
+                 (SELECT id FROM dead_letter ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            )
+            .bind(DEAD_LETTER_KEEP)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let dead_rows: Option<i64> = if dead_added > 0 {
+            Some(
+                sqlx::query_as::<_, (i64,)>("SELECT COUNT(*) FROM dead_letter")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .0,
+            )
+        } else {
+            None
+        };
 
         // Acks first: they make room for this group's appends.
         let mut acked = 0u64;
@@ -400,6 +454,11 @@ impl Writer {
         }
 
         self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        if let Some(n) = dead_rows {
+            self.stats
+                .dead_letters
+                .store(u64::try_from(n).unwrap_or(0), Ordering::Relaxed);
+        }
         self.stats.appended.fetch_add(added, Ordering::Relaxed);
         self.stats.acked.fetch_add(acked, Ordering::Relaxed);
         self.stats.rows.store(rows_after, Ordering::Relaxed);

@@ -73,6 +73,17 @@ pub fn remap(topic: &str, from: &str, to: &str) -> String {
     }
 }
 
+/// Why `topic` cannot name a message — the topic of a PUBLISH, or of a Last Will, which the
+/// broker publishes for the client later — or `None` when it can. The guard checks client
+/// packets with it and the uplink checks outbox rows with it, so both edges agree.
+pub fn topic_name_problem(topic: &str) -> Option<&'static str> {
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        Some("empty topic or a wildcard in the topic")
+    } else {
+        None
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
