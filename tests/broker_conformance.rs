@@ -387,7 +387,8 @@ fn a_client_cannot_make_the_broker_write_error_lines_at_will() {
         let id = (1000 + i).to_be_bytes();
         answer_to(&mut s, &frame(0x40, &id), 1);
     }
-    let log = b.wait_log(&["broker_internal", "Unsolicited"]);
+    b.wait_log(&["broker_internal", "Unsolicited"]);
+    let log = b.log();
     let lines: Vec<&str> = log.lines().filter(|l| l.contains("Unsolicited")).collect();
     assert_eq!(
         lines.len(),
@@ -402,4 +403,37 @@ fn a_client_cannot_make_the_broker_write_error_lines_at_will() {
         .filter(|l| l.split_whitespace().nth(1) == Some("ERROR"))
         .collect();
     assert!(errors.is_empty(), "{}", errors.join("\n"));
+}
+
+#[test]
+fn a_client_looping_bad_connects_gets_one_refusal_line_per_ten_seconds() {
+    let b = broker_gateway("127.0.0.1", "");
+    let v5 = frame(
+        0x10,
+        &[0, 4, b'M', b'Q', b'T', b'T', 5, 0x02, 0, 30, 0, 0, 1, b'x'],
+    );
+    for _ in 0..100 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", b.broker_port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        assert_eq!(answer_to(&mut s, &v5, 4), vec![0x20, 2, 0, 1]);
+    }
+    // Another kind of refusal from the same address still gets its own line.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", b.broker_port)).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap();
+    assert_eq!(
+        answer_to(&mut s, &frame(0x20, &[0, 0]), 4),
+        Vec::<u8>::new()
+    );
+    b.wait_log(&[
+        "broker_connect_refused",
+        "a packet type only a server sends",
+    ]);
+    let log = b.log();
+    assert_eq!(
+        log.matches("protocol level 5").count(),
+        1,
+        "100 refusals, one line:\n{log}"
+    );
 }

@@ -60,11 +60,19 @@ where
         Ok(Ok(Some(f))) => f,
         Ok(Ok(None)) => return,
         Ok(Err(e)) => {
-            tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, error = %e, "broker client sent a bad first packet");
+            if let Some(suppressed) =
+                shared.may_log(origin.peer.ip(), &format!("bad first packet: {e}"))
+            {
+                tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, error = %e, suppressed, "broker client sent a bad first packet");
+            }
             return;
         }
         Err(_) => {
-            tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, timeout = ?shared.connect_timeout, "broker client sent no CONNECT in time");
+            if let Some(suppressed) =
+                shared.may_log(origin.peer.ip(), "broker client sent no CONNECT in time")
+            {
+                tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, timeout = ?shared.connect_timeout, suppressed, "broker client sent no CONNECT in time");
+            }
             return;
         }
     };
@@ -151,29 +159,42 @@ async fn admit(
     shared: &Shared,
 ) -> Result<(Connect, Access), Option<Vec<u8>>> {
     let refuse = |code: u8, reason: &str, user: &str, client_id: &str| {
-        tracing::warn!(
-            event = "broker_connect_refused",
-            listener = origin.listener,
-            peer = %origin.peer,
-            user = %user,
-            client_id = %client_id,
-            reason = %reason,
-            "broker client refused"
-        );
+        if let Some(suppressed) = shared.may_log(origin.peer.ip(), reason) {
+            tracing::warn!(
+                event = "broker_connect_refused",
+                listener = origin.listener,
+                peer = %origin.peer,
+                user = %user,
+                client_id = %client_id,
+                reason = %reason,
+                suppressed,
+                "broker client refused"
+            );
+        }
         codec::connack(code)
     };
     if let Some(problem) = codec::client_frame_problem(first) {
-        tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, problem, "broker client broke the protocol in its first packet");
+        if let Some(suppressed) = shared.may_log(origin.peer.ip(), problem) {
+            tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, problem, suppressed, "broker client broke the protocol in its first packet");
+        }
         return Err(None);
     }
     if first.kind() != codec::CONNECT {
-        tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, packet_type = first.kind(), "broker client did not start with CONNECT");
+        if let Some(suppressed) =
+            shared.may_log(origin.peer.ip(), "broker client did not start with CONNECT")
+        {
+            tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, packet_type = first.kind(), suppressed, "broker client did not start with CONNECT");
+        }
         return Err(None);
     }
     let c = match codec::parse_connect(&first.body) {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, error = %e, "broker client sent a malformed CONNECT");
+            if let Some(suppressed) =
+                shared.may_log(origin.peer.ip(), &format!("malformed CONNECT: {e}"))
+            {
+                tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, error = %e, suppressed, "broker client sent a malformed CONNECT");
+            }
             return Err(None);
         }
     };
@@ -401,7 +422,9 @@ where
     };
     while let Some(f) = read_frame(&mut rd, &mut buf, ctx.shared.max_body).await? {
         if let Some(problem) = codec::client_frame_problem(&f) {
-            tracing::warn!(event = "broker_protocol_violation", packet_type = f.kind(), problem, client_id = %ctx.client_id, peer = %ctx.origin.peer, "broker client broke the protocol; disconnecting it");
+            if let Some(suppressed) = ctx.shared.may_log(ctx.origin.peer.ip(), problem) {
+                tracing::warn!(event = "broker_protocol_violation", packet_type = f.kind(), problem, client_id = %ctx.client_id, peer = %ctx.origin.peer, suppressed, "broker client broke the protocol; disconnecting it");
+            }
             return Err(SessionEnd::Refused(problem));
         }
         match f.kind() {
@@ -409,7 +432,12 @@ where
             codec::PUBLISH => {
                 let h = codec::parse_publish(f.flags(), &f.body)?;
                 if h.payload_len > ctx.shared.max_payload {
-                    tracing::warn!(event = "broker_payload_too_large", topic = %h.topic, bytes = h.payload_len, max = ctx.shared.max_payload, client_id = %ctx.client_id, peer = %ctx.origin.peer, "broker client published over max_payload_bytes; disconnecting it");
+                    if let Some(suppressed) = ctx.shared.may_log(
+                        ctx.origin.peer.ip(),
+                        "broker client published over max_payload_bytes; disconnecting it",
+                    ) {
+                        tracing::warn!(event = "broker_payload_too_large", topic = %h.topic, bytes = h.payload_len, max = ctx.shared.max_payload, client_id = %ctx.client_id, peer = %ctx.origin.peer, suppressed, "broker client published over max_payload_bytes; disconnecting it");
+                    }
                     return Err(SessionEnd::Refused("payload over max_payload_bytes"));
                 }
                 if let Err(d) = ctx.shared.policy.publish(ctx.access, &h.topic, h.retain) {

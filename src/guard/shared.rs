@@ -13,6 +13,7 @@ use crate::config::spec::access::Access;
 use crate::config::Broker as BrokerConfig;
 use crate::guard::acl::Policy;
 use crate::guard::{auth, throttle};
+use crate::ops::telemetry::KeyedLimiter;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuardError {
@@ -50,6 +51,9 @@ impl BackendLogin {
 }
 
 /// Everything a connection needs, shared by all listeners.
+/// How often one client address may cause a refusal line in the log.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Password checks running at once: each holds Argon2's memory (19 MiB at the default cost).
 const VERIFY_WORKERS: usize = 2;
 /// Checks waiting for a worker before new ones are refused unhashed (about 0.1 s of work at
@@ -78,6 +82,9 @@ pub struct Shared {
     pub(super) max_payload: usize,
     pub(super) keep_alive: (u16, u16),
     pub(super) connect_timeout: Duration,
+    /// One refusal line per client address per `REFUSAL_LOG_EVERY` (a client looping bad
+    /// CONNECTs must not flood the journal).
+    pub(super) refusal_log: std::sync::Mutex<KeyedLimiter<(std::net::IpAddr, String)>>,
 }
 
 impl Shared {
@@ -116,6 +123,7 @@ impl Shared {
             anonymous: cfg.anonymous.clone(),
             dummy_hash,
             verifier,
+            refusal_log: std::sync::Mutex::new(KeyedLimiter::new(REFUSAL_LOG_EVERY, 4096)),
             throttle: Default::default(),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
             per_address: Arc::new(PerAddress::new(cfg.max_connections_per_address)),
@@ -124,6 +132,22 @@ impl Shared {
             keep_alive: (secs(cfg.keep_alive_min), secs(cfg.keep_alive_max)),
             connect_timeout: cfg.connect_timeout,
         })
+    }
+
+    /// Whether a refusal of a client from `ip` may be logged now: `Some(n)` with the number
+    /// of like refusals (same address, same kind of `why`) held back since the last line. The
+    /// kind is `why` up to its first number or quoted name, so "locked for another 800 ms" and
+    /// "locked for another 400 ms" are one kind, "unknown user" and "wrong password" two.
+    pub(super) fn may_log(&self, ip: std::net::IpAddr, why: &str) -> Option<u64> {
+        let kind: String = why
+            .chars()
+            .take_while(|c| !c.is_ascii_digit() && !matches!(c, '"' | '('))
+            .take(48)
+            .collect();
+        self.refusal_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow((ip, kind), tokio::time::Instant::now())
     }
 }
 

@@ -17,8 +17,12 @@
 //! (`event=broker_internal`) at most every 10 s, with how many were held back, so no client can
 //! flood the log or raise an alarm keyed on ERROR. `RUST_LOG` naming rumqttd shows them raw.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use systemd_journal_logger::JournalLog;
 use tracing::field::{Field, Visit};
@@ -39,20 +43,101 @@ fn filter_for(level: &str) -> Result<EnvFilter, String> {
     EnvFilter::try_new(format!("{level},{NOISE}")).map_err(|e| e.to_string())
 }
 
+/// Decides when a log line about something repeated may be written: the first at once, then
+/// at most one line per `every`, saying how many were held back. Pure (time is passed in), so it is tested without waiting.
+#[derive(Debug)]
+pub struct LogLimiter {
+    every: Duration,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    pub fn new(every: Duration) -> Self {
+        LogLimiter {
+            every,
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    /// `Some(n)`: log now, `n` earlier rejects were not logged individually.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.saturating_duration_since(t) < self.every => {
+                self.suppressed += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.suppressed))
+            }
+        }
+    }
+
+    /// Whether it let a line through within `every` before `now`.
+    fn recent(&self, now: Instant, every: Duration) -> bool {
+        self.last
+            .is_some_and(|t| now.saturating_duration_since(t) < every)
+    }
+}
+
+/// One `LogLimiter` per key (a client address, a call site), for at most `cap` keys: past that,
+/// keys not seen for `every` are forgotten, and if all are recent the rest share one limiter,
+/// so a flood from many addresses costs bounded memory and still bounded log lines.
+#[derive(Debug)]
+pub struct KeyedLimiter<K> {
+    every: Duration,
+    cap: usize,
+    keys: HashMap<K, LogLimiter>,
+    overflow: LogLimiter,
+}
+
+impl<K: std::hash::Hash + Eq> KeyedLimiter<K> {
+    pub fn new(every: Duration, cap: usize) -> Self {
+        KeyedLimiter {
+            every,
+            cap,
+            keys: HashMap::new(),
+            overflow: LogLimiter::new(every),
+        }
+    }
+
+    /// `Some(n)`: log now for `key`, `n` earlier ones were held back.
+    pub fn allow(&mut self, key: K, now: Instant) -> Option<u64> {
+        if !self.keys.contains_key(&key) && self.keys.len() >= self.cap {
+            let every = self.every;
+            self.keys.retain(|_, l| l.recent(now, every));
+            if self.keys.len() >= self.cap {
+                return self.overflow.allow(now);
+            }
+        }
+        self.keys
+            .entry(key)
+            .or_insert_with(|| LogLimiter::new(self.every))
+            .allow(now)
+    }
+}
+
 /// How often one kind of rumqttd message may be passed on.
-const BROKER_NOISE_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const BROKER_NOISE_EVERY: Duration = Duration::from_secs(10);
 
 fn is_rumqttd(meta: &tracing::Metadata<'_>) -> bool {
     meta.target().starts_with("rumqttd")
 }
 
 /// Passes rumqttd's own warn/error events on as rate-limited WARN lines of ours (see above).
-#[derive(Default)]
 struct BrokerNoise {
-    /// Per call site: when it was last passed on, and how many were held back since.
-    seen: std::sync::Mutex<
-        std::collections::HashMap<tracing::callsite::Identifier, (std::time::Instant, u64)>,
-    >,
+    /// One limiter per call site (rumqttd has a few dozen).
+    seen: Mutex<KeyedLimiter<tracing::callsite::Identifier>>,
+}
+
+impl Default for BrokerNoise {
+    fn default() -> Self {
+        BrokerNoise {
+            seen: Mutex::new(KeyedLimiter::new(BROKER_NOISE_EVERY, 256)),
+        }
+    }
 }
 
 impl<S: Subscriber> Layer<S> for BrokerNoise {
@@ -61,23 +146,13 @@ impl<S: Subscriber> Layer<S> for BrokerNoise {
         if !is_rumqttd(meta) || *meta.level() > Level::WARN {
             return;
         }
-        let now = std::time::Instant::now();
-        let suppressed = {
-            let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
-            match seen.get_mut(&meta.callsite()) {
-                Some((last, held)) if now.duration_since(*last) < BROKER_NOISE_EVERY => {
-                    *held += 1;
-                    return;
-                }
-                Some((last, held)) => {
-                    *last = now;
-                    std::mem::take(held)
-                }
-                None => {
-                    seen.insert(meta.callsite(), (now, 0));
-                    0
-                }
-            }
+        let allowed = self
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(meta.callsite(), Instant::now());
+        let Some(suppressed) = allowed else {
+            return;
         };
         let mut fields = Fields::default();
         event.record(&mut fields);
@@ -284,5 +359,33 @@ impl<S: Subscriber> Layer<S> for JournalLayer {
                 .key_values(&pairs)
                 .build(),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_key_gets_one_line_per_period_and_a_crowd_of_keys_shares_one() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut l = KeyedLimiter::new(Duration::from_secs(10), 2);
+        // (key, time, what the limiter says)
+        let cases: &[(&str, u64, Option<u64>)] = &[
+            ("a", 0, Some(0)),
+            ("a", 1, None),
+            ("a", 2, None),
+            ("b", 3, Some(0)),
+            ("a", 10_000, Some(2)),
+            // A third key while both are recent: it shares the overflow limiter.
+            ("c", 10_001, Some(0)),
+            ("d", 10_002, None),
+            // Once "b" is quiet for a period, its place is freed.
+            ("e", 20_001, Some(0)),
+        ];
+        for (key, ms, want) in cases {
+            assert_eq!(l.allow(*key, at(*ms)), *want, "{key} at {ms} ms");
+        }
     }
 }

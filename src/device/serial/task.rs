@@ -28,6 +28,7 @@ use crate::device::status::{Change, Status};
 use crate::flow::{now_ms, DeviceEvent, Quality, Reading, Value};
 use crate::ops::health::Beat;
 use crate::ops::stats::SerialCounters;
+use crate::ops::telemetry::LogLimiter;
 
 /// First delay before reopening a lost port; doubles up to the device's `backoff_max`.
 pub const REOPEN_MIN: Duration = Duration::from_millis(200);
@@ -38,39 +39,6 @@ pub const LOG_EVERY: Duration = Duration::from_secs(10);
 const BEAT_EVERY: Duration = Duration::from_secs(5);
 /// Room for a slow write or a busy machine before a loop counts as hung.
 const BEAT_SLACK: Duration = Duration::from_secs(10);
-
-/// Decides when a log line about rejected input may be written: the first reject at once, then
-/// at most one line per `every`. Pure (time is passed in), so it is tested without waiting.
-#[derive(Debug)]
-pub struct LogLimiter {
-    every: Duration,
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogLimiter {
-    pub fn new(every: Duration) -> Self {
-        LogLimiter {
-            every,
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    /// `Some(n)`: log now, `n` earlier rejects were not logged individually.
-    pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        match self.last {
-            Some(t) if now.saturating_duration_since(t) < self.every => {
-                self.suppressed += 1;
-                None
-            }
-            _ => {
-                self.last = Some(now);
-                Some(std::mem::take(&mut self.suppressed))
-            }
-        }
-    }
-}
 
 /// Why a session on an open port ended.
 enum End {
