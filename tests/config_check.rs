@@ -62,20 +62,6 @@ fn a_valid_config_loads_without_problems() {
 }
 
 #[test]
-fn the_shipped_example_configs_parse_and_validate() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    for entry in std::fs::read_dir(&root).unwrap() {
-        let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "toml") {
-            let src = std::fs::read_to_string(&path).unwrap();
-            if let Err(issues) = parse_str(&src) {
-                panic!("{}: {issues:?}", path.display());
-            }
-        }
-    }
-}
-
-#[test]
 fn each_bad_config_is_refused_naming_the_file_line_and_key() {
     // (what is wrong, replace this, with this, key that must be named, line it is on)
     let cases: &[(&str, &str, &str, &str, usize)] = &[
@@ -407,4 +393,35 @@ fn a_device_point_overrides_the_profile_point_of_the_same_name() {
     assert_eq!(voltage[0].scale, 1000.0);
     assert!(meter.points.iter().all(|p| &*p.name != "frequency"));
     assert!(meter.points.len() > 10, "the rest of the profile is kept");
+}
+
+#[test]
+fn every_example_config_validates_and_the_packaged_ones_load_as_shipped() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let src = std::fs::read_to_string(&path).unwrap();
+            if let Err(issues) = parse_str(&src) {
+                panic!("{}: {issues:?}", path.display());
+            }
+        }
+    }
+    // The two the package installs: with the files they name, as `fieldbridge check` runs.
+    for name in ["fieldbridge.example.toml", "minimal.toml"] {
+        if let Err(e) = load(&dir.join(name)) {
+            panic!("{name} as shipped: {e}");
+        }
+    }
+    // broker-lan.toml names a password file and a TLS certificate the operator makes first (its
+    // header says how); everything else in it must validate.
+    let lan = dir.join("broker-lan.toml");
+    let src = std::fs::read_to_string(&lan).unwrap();
+    if let Err(issues) = fieldbridge::config::parse_in(&src, Some(&dir)) {
+        panic!("broker-lan.toml: {issues:#?}");
+    }
+    let e = load(&lan).unwrap_err().to_string();
+    for file in ["broker.passwd", "broker.pem", "broker.key"] {
+        assert!(e.contains(file), "{e}");
+    }
 }
