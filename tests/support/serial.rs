@@ -2,7 +2,7 @@
 //! temporary directory, the test's own end of it, ways to unplug and replug it, and the frames
 //! sensors send.
 //!
-//! Facts this relies on (see /work/shared/testing.md): killing socat removes both links, so the
+//! Facts this relies on (the shared testing notes of the project): killing socat removes both links, so the
 //! gateway sees the port vanish as if a USB adapter were pulled; starting it again with the same
 //! link names is plugging it back in. socat is stopped with SIGTERM (SIGKILL would leave the
 //! links behind, pointing at pts numbers that get reused). Nothing sleeps to synchronise: the
