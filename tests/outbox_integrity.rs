@@ -102,18 +102,16 @@ fn crash_with_backlog(dir: &Path) -> (GatewayConfig, i64) {
 fn fill(spec: &GatewayConfig, dir: &Path, sim: ModbusSim) -> Gateway {
     let gw: Gateway = spec.start(dir);
     let data = dir.join("data");
-    let t0 = Instant::now();
-    while rows(&data) < BACKLOG {
-        assert!(
-            t0.elapsed() < Duration::from_secs(180),
-            "backlog: {} rows after 3 min",
-            rows(&data)
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_until(
+        Duration::from_secs(180),
+        "the backlog in the outbox",
+        || rows(&data) >= BACKLOG,
+    );
     drop(sim);
     let mut last = -1;
     loop {
+        // A settle period, not a synchronisation: the count must stay put across more than one
+        // group commit (100 ms) after the devices are gone.
         std::thread::sleep(Duration::from_millis(700));
         let n = rows(&data);
         if n == last {
