@@ -22,11 +22,12 @@ use crate::device::modbus::driver::ModbusDriver;
 use crate::device::modbus::lines;
 use crate::device::serial;
 use crate::device::Driver;
+use crate::guard::Forwarder;
 use crate::mqtt::broker::{BrokerError, LocalBroker};
 use crate::mqtt::topics::{self, Topics};
 use crate::mqtt::uplink::{self, Uplink, UplinkError};
 use crate::ops::health::Health;
-use crate::ops::stats::{Board, Reporter, SerialCounters, Sources};
+use crate::ops::stats::{Board, BrokerCounters, Reporter, SerialCounters, Sources};
 use crate::ops::watchdog;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{self, Pipeline};
@@ -64,13 +65,24 @@ pub async fn run(
         .iter()
         .any(|d| d.points.iter().any(|p| p.write.is_some()));
     let (command_tx, command_rx) = mpsc::channel(64);
+    let broker_counters = cfg
+        .broker
+        .as_ref()
+        .map(|_| Arc::new(BrokerCounters::default()));
     let mut local = match cfg.broker.clone() {
         Some(b) => {
-            let (forward, ftx) = (cfg.forward.clone(), routed_tx.clone());
+            let forward = match (&broker_counters, cfg.forward.is_empty()) {
+                (Some(c), false) => Some(Forwarder::new(
+                    cfg.forward.clone(),
+                    outbox.clone(),
+                    c.clone(),
+                )),
+                _ => None,
+            };
             let base = format!("{}/{}", cfg.gateway.topic_prefix, cfg.gateway.id);
             let local_commands = writable.then(|| (topics.clone(), command_tx.clone()));
             let broker = tokio::task::spawn_blocking(move || {
-                LocalBroker::start(&b, &base, forward, ftx, local_commands)
+                LocalBroker::start(&b, &base, forward, local_commands)
             })
             .await
             .map_err(|e| AppError::Internal(e.to_string()))??;
@@ -129,6 +141,7 @@ pub async fn run(
         board: board.clone(),
         lines: lines.stats.clone(),
         serial: serial_stats.clone(),
+        broker: broker_counters,
         started,
     };
 

@@ -136,6 +136,12 @@ pub fn render(s: &Stats, now_ms: u64) -> String {
         )
     };
     out.push_str(&format!("upstream: {up}\n"));
+    if let Some(b) = &s.broker {
+        out.push_str(&format!(
+            "local broker: {} forwarded upstream, {} refused, {} lost; {} messages skipped for lagging subscribers ({} cursor jumps)\n",
+            b.forwarded, b.forward_refused, b.forward_lost, b.subscriber_skipped, b.cursor_jumps
+        ));
+    }
     if !s.lines.is_empty() {
         out.push_str("modbus lines:\n");
         for (name, l) in &s.lines {
@@ -172,6 +178,13 @@ mod tests {
     #[test]
     fn report_lists_every_device_the_outbox_the_upstream_state_and_the_line_counters() {
         let s = Stats {
+            broker: Some(crate::ops::stats::BrokerTotals {
+                forwarded: 9,
+                forward_refused: 1,
+                forward_lost: 0,
+                cursor_jumps: 2,
+                subscriber_skipped: 3000,
+            }),
             serial: [(
                 "air".to_string(),
                 crate::ops::stats::SerialTotals {
@@ -248,6 +261,10 @@ mod tests {
         );
         assert!(
             r.contains("air                      40 frames, 7 noise bytes, 2 bad checksums, 1 unparsable, 0 overlong, 0 timeouts, 1 opens"),
+            "{r}"
+        );
+        assert!(
+            r.contains("local broker: 9 forwarded upstream, 1 refused, 0 lost; 3000 messages skipped for lagging subscribers (2 cursor jumps)"),
             "{r}"
         );
         assert!(!r.contains("WATCHDOG"), "{r}");

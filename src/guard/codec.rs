@@ -73,6 +73,10 @@ impl Frame {
     pub fn encode(&self) -> Vec<u8> {
         encode_frame(self.first, &self.body)
     }
+
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        encode_frame_into(self.first, &self.body, out)
+    }
 }
 
 /// Why a packet a client sent must not reach the broker, or `None`: a packet type only a server
@@ -129,6 +133,12 @@ pub fn take_frame(buf: &mut Vec<u8>, max_body: usize) -> Result<Option<Frame>, C
 
 pub fn encode_frame(first: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(body.len() + 5);
+    encode_frame_into(first, body, &mut out);
+    out
+}
+
+/// `encode_frame`, appended to `out` (several frames relayed in one write).
+pub fn encode_frame_into(first: u8, body: &[u8], out: &mut Vec<u8>) {
     out.push(first);
     let mut len = body.len();
     loop {
@@ -143,7 +153,6 @@ pub fn encode_frame(first: u8, body: &[u8]) -> Vec<u8> {
         }
     }
     out.extend_from_slice(body);
-    out
 }
 
 struct Reader<'a> {

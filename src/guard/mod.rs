@@ -18,10 +18,12 @@
 pub mod acl;
 pub mod auth;
 pub mod codec;
+mod forward;
 mod listen;
 mod proxy;
 mod shared;
 pub mod throttle;
 
+pub use forward::Forwarder;
 pub use listen::{bind, spawn, Bound};
 pub use shared::{BackendLogin, GuardError, Shared};

@@ -20,7 +20,11 @@ use tokio::sync::mpsc;
 
 use super::auth;
 use super::codec::{self, CodecError, Connect, Frame};
+use super::forward::Pending;
 use super::shared::Shared;
+use crate::flow::Message;
+use crate::outbox::Receipt;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// The broker's frames are not limited by the client's limit (the gateway's own messages pass
 /// there too) but by the largest packet MQTT can express.
@@ -100,7 +104,7 @@ where
         }
     };
     tracing::debug!(listener = origin.listener, peer = %origin.peer, user = %user, client_id = %client_id, "broker client connected");
-    let (mut brd, mut bwr) = backend.into_split();
+    let (mut brd, bwr) = backend.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     let pending: Arc<Mutex<HashMap<u16, Vec<Option<u8>>>>> = Arc::default();
 
@@ -136,12 +140,22 @@ where
         shared: &shared,
         denied: 0,
     };
-    let from_client = client_loop(ctx, rd, buf, &mut bwr, out_tx, pending);
+    // Everything the client sends goes to rumqttd through one queue, in order; forwarded
+    // publishes wait there for their commit (see `forward`).
+    let (btx, brx) = mpsc::channel::<ToBroker>(TO_BROKER_QUEUE);
+    let disconnected = AtomicBool::new(false);
+    let from_client = client_loop(ctx, rd, buf, btx, out_tx, pending, &disconnected);
+    let to_rumqttd = to_broker(brx, bwr, &shared, origin, &client_id);
+    // The client's side ends when it closed and the queue behind it is written out.
+    let upward = async { tokio::try_join!(from_client, to_rumqttd).map(|_| ()) };
     let result: Result<(), SessionEnd> = tokio::select! {
-        r = from_client => r,
+        r = upward => r,
         r = from_broker => r,
         r = writer => r.map_err(SessionEnd::from),
     };
+    if !disconnected.load(Ordering::Relaxed) {
+        forward_will(&connect, &shared, origin).await;
+    }
     match result {
         Ok(()) => {
             tracing::debug!(listener = origin.listener, peer = %origin.peer, client_id = %client_id, "broker client disconnected")
@@ -398,18 +412,143 @@ impl Ctx<'_> {
     }
 }
 
-async fn client_loop<R, W>(
+/// What the client loop hands to rumqttd, in the client's order.
+enum ToBroker {
+    Frame(Vec<u8>),
+    /// Forwarded publishes: relayed once their commit is done.
+    AfterCommit {
+        receipt: Receipt,
+        frames: Vec<u8>,
+        count: usize,
+        acked: usize,
+    },
+}
+
+/// Items (frames, or batches waiting for a commit) queued towards rumqttd per connection; when
+/// full the guard stops reading the client (TCP back-pressure).
+const TO_BROKER_QUEUE: usize = 64;
+
+/// Writes the client's packets to rumqttd in order, each forwarded batch after its commit.
+async fn to_broker<W: AsyncWrite + Unpin>(
+    mut rx: mpsc::Receiver<ToBroker>,
+    mut bwr: W,
+    shared: &Shared,
+    origin: Origin,
+    client_id: &str,
+) -> Result<(), SessionEnd> {
+    while let Some(item) = rx.recv().await {
+        match item {
+            ToBroker::Frame(bytes) => bwr.write_all(&bytes).await?,
+            ToBroker::AfterCommit {
+                receipt,
+                frames,
+                count,
+                acked,
+            } => {
+                let committed = receipt.committed().await;
+                if let Some(f) = &shared.forward {
+                    let c = f.counters();
+                    match &committed {
+                        Ok(()) => {
+                            c.forwarded.fetch_add(count as u64, Ordering::Relaxed);
+                        }
+                        Err(e) if acked > 0 => {
+                            let total =
+                                c.forward_refused.fetch_add(acked as u64, Ordering::Relaxed);
+                            c.forward_lost
+                                .fetch_add((count - acked) as u64, Ordering::Relaxed);
+                            // MQTT 3.1.1 has no negative PUBACK: without an ack, the client
+                            // sends these again after it reconnects.
+                            tracing::error!(event = "forward_refused", refused = acked, refused_total = total + acked as u64, client_id = %client_id, peer = %origin.peer, error = %e, "forwarded messages could not be stored; not acknowledged, closing the client's connection so it sends them again");
+                            return Err(SessionEnd::Refused(
+                                "outbox could not store forwarded messages",
+                            ));
+                        }
+                        Err(e) => {
+                            let total = c.forward_lost.fetch_add(count as u64, Ordering::Relaxed);
+                            tracing::error!(event = "forward_lost", lost = count, lost_total = total + count as u64, client_id = %client_id, peer = %origin.peer, error = %e, "forwarded QoS 0 messages could not be stored: delivered locally, not upstream");
+                        }
+                    }
+                }
+                bwr.write_all(&frames).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A client gone without DISCONNECT: rumqttd publishes its Will locally; one on a forwarded
+/// topic is stored for upstream too.
+async fn forward_will(connect: &Connect, shared: &Shared, origin: Origin) {
+    let (Some(w), Some(f)) = (&connect.will, &shared.forward) else {
+        return;
+    };
+    let Some(remote) = f.remote_topic(&w.topic) else {
+        return;
+    };
+    let message = Message {
+        topic: remote,
+        payload: w.message.clone(),
+        retain: w.retain,
+    };
+    if let Err(e) = f.store_will(message).await {
+        f.counters().forward_lost.fetch_add(1, Ordering::Relaxed);
+        tracing::error!(event = "forward_lost", lost = 1, client_id = %connect.client_id, peer = %origin.peer, topic = %w.topic, error = %e, "a client's Last Will could not be stored for upstream");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn client_loop<R>(
     mut ctx: Ctx<'_>,
     mut rd: R,
     mut buf: Vec<u8>,
-    bwr: &mut W,
+    to_rumqttd: mpsc::Sender<ToBroker>,
     out: mpsc::Sender<Vec<u8>>,
     pending: Arc<Mutex<HashMap<u16, Vec<Option<u8>>>>>,
+    disconnected: &AtomicBool,
 ) -> Result<(), SessionEnd>
 where
     R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
 {
+    let relay = |item: ToBroker| {
+        let to_rumqttd = to_rumqttd.clone();
+        async move {
+            to_rumqttd
+                .send(item)
+                .await
+                .map_err(|_| SessionEnd::Refused("embedded broker connection gone"))
+        }
+    };
+    let mut held = Pending::default();
+    // Submits the publishes held so far; they reach rumqttd after their commit.
+    macro_rules! release {
+        () => {
+            if !held.is_empty() {
+                let batch = std::mem::take(&mut held);
+                let count = batch.messages.len();
+                let receipt = match &ctx.shared.forward {
+                    Some(f) => f.submit(batch.messages).await.map_err(|_| {
+                        SessionEnd::Refused("outbox closed: forwarded messages not accepted")
+                    })?,
+                    None => return Err(SessionEnd::Refused("no forwarding configured")),
+                };
+                relay(ToBroker::AfterCommit {
+                    receipt,
+                    frames: batch.frames,
+                    count,
+                    acked: batch.acked,
+                })
+                .await?;
+            }
+        };
+    }
+    // Relays one frame to rumqttd, after the publishes held before it.
+    macro_rules! pass {
+        ($bytes:expr) => {{
+            release!();
+            relay(ToBroker::Frame($bytes)).await?;
+        }};
+    }
     // QoS 2 publishes we refused: their PUBREL is answered here, not forwarded.
     let mut refused_qos2: HashSet<u16> = HashSet::new();
     let reply = |bytes: Vec<u8>| {
@@ -420,7 +559,25 @@ where
                 .map_err(|_| SessionEnd::Refused("client writer gone"))
         }
     };
-    while let Some(f) = read_frame(&mut rd, &mut buf, ctx.shared.max_body).await? {
+    let mut chunk = vec![0u8; 8192];
+    loop {
+        let f = match codec::take_frame(&mut buf, ctx.shared.max_body)? {
+            Some(f) => f,
+            None => {
+                // Everything this read brought is handled: one submit for its publishes.
+                release!();
+                let n = rd.read(&mut chunk).await?;
+                if n == 0 {
+                    return if buf.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(SessionEnd::Refused("connection closed inside a packet"))
+                    };
+                }
+                buf.extend_from_slice(&chunk[..n]);
+                continue;
+            }
+        };
         if let Some(problem) = codec::client_frame_problem(&f) {
             if let Some(suppressed) = ctx.shared.may_log(ctx.origin.peer.ip(), problem) {
                 tracing::warn!(event = "broker_protocol_violation", packet_type = f.kind(), problem, client_id = %ctx.client_id, peer = %ctx.origin.peer, suppressed, "broker client broke the protocol; disconnecting it");
@@ -458,7 +615,30 @@ where
                         refused_qos2.remove(&id);
                     }
                 }
+                if let Some(remote) = ctx
+                    .shared
+                    .forward
+                    .as_ref()
+                    .and_then(|fw| fw.remote_topic(&h.topic))
+                {
+                    // The payload is the tail of the body (parse_publish measured it).
+                    let payload = f.body[f.body.len() - h.payload_len..].to_vec();
+                    held.messages.push(Message {
+                        topic: remote,
+                        payload,
+                        retain: h.retain,
+                    });
+                    f.encode_into(&mut held.frames);
+                    if h.qos > 0 {
+                        held.acked += 1;
+                    }
+                    if held.is_full() {
+                        release!();
+                    }
+                    continue;
+                }
             }
+            codec::DISCONNECT => disconnected.store(true, Ordering::Relaxed),
             codec::PUBREL => {
                 if let Some(id) = codec::pkid_of(&f.body) {
                     if refused_qos2.remove(&id) {
@@ -499,15 +679,14 @@ where
                         pkid: s.pkid,
                         filters: allowed,
                     };
-                    bwr.write_all(&codec::encode_subscribe(&narrowed)).await?;
+                    pass!(codec::encode_subscribe(&narrowed));
                     continue;
                 }
             }
             _ => {}
         }
-        bwr.write_all(&f.encode()).await?;
+        pass!(f.encode());
     }
-    Ok(())
 }
 
 /// Puts the refused filters' 0x80 back into a SUBACK for a narrowed SUBSCRIBE.

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use crate::config::spec::access::Access;
 use crate::config::Broker as BrokerConfig;
 use crate::guard::acl::Policy;
+use crate::guard::forward::Forwarder;
 use crate::guard::{auth, throttle};
 use crate::ops::telemetry::KeyedLimiter;
 
@@ -85,6 +86,8 @@ pub struct Shared {
     /// One refusal line per client address per `REFUSAL_LOG_EVERY` (a client looping bad
     /// CONNECTs must not flood the journal).
     pub(super) refusal_log: std::sync::Mutex<KeyedLimiter<(std::net::IpAddr, String)>>,
+    /// `[[forward]]`: matching publishes are committed to the outbox before rumqttd sees them.
+    pub(super) forward: Option<Forwarder>,
 }
 
 impl Shared {
@@ -94,6 +97,7 @@ impl Shared {
         base: &str,
         backend: SocketAddr,
         login: BackendLogin,
+        forward: Option<Forwarder>,
     ) -> Result<Shared, GuardError> {
         let dummy_hash = auth::hash_password(login.password.as_bytes())
             .map_err(|e| GuardError::Internal(e.to_string()))?;
@@ -124,6 +128,7 @@ impl Shared {
             dummy_hash,
             verifier,
             refusal_log: std::sync::Mutex::new(KeyedLimiter::new(REFUSAL_LOG_EVERY, 4096)),
+            forward,
             throttle: Default::default(),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
             per_address: Arc::new(PerAddress::new(cfg.max_connections_per_address)),

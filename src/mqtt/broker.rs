@@ -15,9 +15,12 @@
 //! local client allowed to send commands (see `guard`) reaches the same command runner as
 //! upstream.
 //!
-//! Forwarding: the link subscribes to the `[[forward]]` filters; what local clients publish there
-//! is sent to the outbox (upstream only). The link also receives what the gateway itself
-//! published, so those copies are recognised and dropped (see `echo`).
+//! Forwarding does not pass through rumqttd: the guard commits what local clients publish on
+//! `[[forward]]` topics to the outbox before rumqttd (and so the client's PUBACK) sees it
+//! (`guard::Forwarder`). An in-process subscriber would lag behind a burst, and rumqttd skips a
+//! lagging reader's unread messages.
+//! The link receives what the gateway itself published on the command topics too, so those
+//! copies are recognised and dropped (see `echo`).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -31,9 +34,9 @@ use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
-use crate::config::{BridgeRule, Broker as BrokerConfig};
-use crate::flow::{Command, Message, Routed};
-use crate::guard::{self, BackendLogin, GuardError};
+use crate::config::Broker as BrokerConfig;
+use crate::flow::Command;
+use crate::guard::{self, BackendLogin, Forwarder, GuardError};
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
 use crate::mqtt::topics::Topics;
@@ -69,15 +72,10 @@ pub struct LocalBroker {
     pub listen: SocketAddr,
     /// rumqttd's own loopback listener, behind the guard.
     pub backend: SocketAddr,
-    forward: Vec<BridgeRule>,
     /// `<prefix>/<gw>/+/+/set` when local commands are taken.
     command_filter: Option<String>,
     echoes: Arc<Mutex<Echoes>>,
 }
-
-/// Messages local clients publish that match a `[[forward]]` filter go to the outbox (remapped)
-/// through this channel.
-pub type ForwardTx = mpsc::Sender<Routed>;
 
 const ECHO_CAPACITY: usize = 10_000;
 
@@ -126,16 +124,15 @@ fn rumqttd_config(
 
 impl LocalBroker {
     /// Starts the broker behind the guard and returns once every listener accepts connections.
-    /// `base` is `<prefix>/<gateway id>` (read-only for clients). With `forward` rules,
-    /// messages of local clients matching them are sent to `forward_tx`. Must be called where
+    /// `base` is `<prefix>/<gateway id>` (read-only for clients). With `forward`, messages of
+    /// local clients matching its rules are committed to the outbox first. Must be called where
     /// a tokio runtime is current (e.g. from `spawn_blocking`): the guard runs on it.
     /// With `commands`, local clients' `<device>/<point>/set` publishes (which the guard lets
     /// through only for users with `commands = true`) go to the command runner too.
     pub fn start(
         cfg: &BrokerConfig,
         base: &str,
-        forward: Vec<BridgeRule>,
-        forward_tx: ForwardTx,
+        forward: Option<Forwarder>,
         commands: Option<(Topics, mpsc::Sender<Command>)>,
     ) -> Result<LocalBroker, BrokerError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|e| BrokerError::NoRuntime {
@@ -150,7 +147,7 @@ impl LocalBroker {
             .and_then(|l| l.local_addr())
             .map_err(BrokerError::NoLoopbackPort)?;
         let login = BackendLogin::random();
-        let shared = guard::Shared::new(cfg, base, backend, login.clone())?;
+        let shared = guard::Shared::new(cfg, base, backend, login.clone(), forward)?;
         let mut broker = rumqttd::Broker::new(rumqttd_config(cfg, backend, &login));
         let (mut tx, mut rx) = broker.link("fieldbridge").map_err(|e| BrokerError::Link {
             reason: e.to_string(),
@@ -159,10 +156,6 @@ impl LocalBroker {
             filter: filter.to_string(),
             reason: e.to_string(),
         };
-        for rule in &forward {
-            tx.subscribe(rule.filter.clone())
-                .map_err(|e| subscribe_err(&rule.filter, e))?;
-        }
         let command_filter = commands.as_ref().map(|(t, _)| t.command_filter());
         if let Some(f) = &command_filter {
             tx.subscribe(f.clone()).map_err(|e| subscribe_err(f, e))?;
@@ -173,7 +166,7 @@ impl LocalBroker {
             Some((t, tx)) => (Some(t), Some(tx)),
             None => (None, None),
         };
-        let inbound = Inbound::new(Side::Local, forward.clone(), command_topics);
+        let inbound = Inbound::new(Side::Local, Vec::new(), command_topics);
         std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {
@@ -225,22 +218,6 @@ impl LocalBroker {
                             }
                             _ => {}
                         }
-                        let Some(remote) = verdict.pass_on else {
-                            continue;
-                        };
-                        let routed = Routed {
-                            message: Message {
-                                topic: remote,
-                                payload: p.payload.to_vec(),
-                                retain: p.retain,
-                            },
-                            route: inbound.side().route(),
-                        };
-                        // Blocking is right here: this thread exists only to drain the link,
-                        // and back-pressure from the outbox must not drop forwarded messages.
-                        if forward_tx.blocking_send(routed).is_err() {
-                            break;
-                        }
                     }
                     Ok(_) => {}
                     Err(_) => break,
@@ -267,7 +244,6 @@ impl LocalBroker {
             tx,
             listen: cfg.listen,
             backend,
-            forward,
             command_filter,
             echoes,
         })
@@ -280,16 +256,12 @@ impl LocalBroker {
         retain: bool,
     ) -> Result<(), BrokerError> {
         if self
-            .forward
-            .iter()
-            .any(|r| crate::config::spec::topic::matches(&r.filter, topic))
-            || self
-                .command_filter
-                .as_deref()
-                .is_some_and(|f| crate::config::spec::topic::matches(f, topic))
+            .command_filter
+            .as_deref()
+            .is_some_and(|f| crate::config::spec::topic::matches(f, topic))
         {
-            // Our link subscribes to the forward (and command) filters and will receive this
-            // back; an upstream command delivered here by a [[subscribe]] rule must not run twice.
+            // Our link subscribes to the command filter and will receive this back; an upstream
+            // command delivered here by a [[subscribe]] rule must not run twice.
             self.echoes
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

@@ -85,6 +85,22 @@ counter_set! {
         timeouts,
     }
 }
+counter_set! {
+    /// Counters of the embedded broker's forwarding path and of what rumqttd skipped.
+    BrokerCounters => BrokerTotals {
+        /// Local publishes matching a `[[forward]]` rule, committed to the outbox.
+        forwarded,
+        /// QoS 1/2 forwards whose commit failed: not acknowledged, the client's session closed
+        /// (it sends them again after reconnecting).
+        forward_refused,
+        /// QoS 0 forwards whose commit failed: delivered locally, not upstream.
+        forward_lost,
+        /// Times rumqttd moved a lagging subscriber's read cursor past messages it had not read.
+        cursor_jumps,
+        /// Messages a lagging local subscriber never received because of those jumps.
+        subscriber_skipped,
+    }
+}
 
 /// Counters of the upstream link.
 #[derive(Debug, Default)]
@@ -112,6 +128,9 @@ pub struct Stats {
     /// serial_line devices and what their ports delivered or rejected.
     #[serde(default)]
     pub serial: BTreeMap<String, SerialTotals>,
+    /// The embedded broker's forwarding and lag counters (absent without `[broker]`).
+    #[serde(default)]
+    pub broker: Option<BrokerTotals>,
     /// Loops that broke their progress promise (empty when healthy).
     pub stalled: Vec<String>,
 }
@@ -187,6 +206,7 @@ pub struct Sources {
     pub board: Arc<Board>,
     pub lines: Vec<(Arc<str>, Arc<LineCounters>)>,
     pub serial: Vec<(Arc<str>, Arc<SerialCounters>)>,
+    pub broker: Option<Arc<BrokerCounters>>,
     pub started: Instant,
 }
 
@@ -238,6 +258,7 @@ impl Sources {
                 oldest_age_s,
             },
             upstream,
+            broker: self.broker.as_ref().map(|b| b.snapshot()),
             stalled: self
                 .health
                 .stalled(slack)
@@ -368,6 +389,7 @@ mod tests {
     #[test]
     fn status_line_names_devices_outbox_upstream_and_stalls() {
         let mut s = Stats {
+            broker: None,
             lines: BTreeMap::new(),
             serial: BTreeMap::new(),
             version: "0".into(),

@@ -105,6 +105,19 @@ struct Reader {
     pages: Vec<Page>,
 }
 
+/// Resolves when the messages of one `Outbox::submit` are committed (or their commit failed).
+pub struct Receipt(oneshot::Receiver<Result<(), Arc<sqlx::Error>>>);
+
+impl Receipt {
+    pub async fn committed(self) -> Result<(), OutboxError> {
+        match self.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(OutboxError::WriteFailed(e)),
+            Err(_) => Err(OutboxError::Closed),
+        }
+    }
+}
+
 /// Cheap to clone; every clone talks to the same writer task.
 #[derive(Clone)]
 pub struct Outbox {
@@ -366,7 +379,11 @@ impl Outbox {
         }
         let (tx, rx) = oneshot::channel();
         self.tx
-            .send(WriteCmd::Append(messages, tx))
+            .send(WriteCmd::Append {
+                messages,
+                done: tx,
+                urgent: false,
+            })
             .await
             .map_err(|_| OutboxError::Closed)?;
         match rx.await {
@@ -374,6 +391,29 @@ impl Outbox {
             Ok(Err(e)) => Err(OutboxError::WriteFailed(e)),
             Err(_) => Err(OutboxError::Closed),
         }
+    }
+
+    /// Hands `messages` to the writer for the next commit and returns at once (after waiting
+    /// for room in the writer's queue, which is the back-pressure). The receipt resolves when
+    /// the transaction holding them committed. A submit marks its group urgent: someone is
+    /// waiting for it (a local client's PUBACK), so the writer commits as soon as its queue is
+    /// momentarily empty instead of waiting out `commit_interval`. While that fsync runs, the
+    /// next group builds up, so a steady stream still shares commits.
+    pub async fn submit(&self, messages: Vec<Message>) -> Result<Receipt, OutboxError> {
+        let (tx, rx) = oneshot::channel();
+        if messages.is_empty() {
+            let _ = tx.send(Ok(()));
+            return Ok(Receipt(rx));
+        }
+        self.tx
+            .send(WriteCmd::Append {
+                messages,
+                done: tx,
+                urgent: true,
+            })
+            .await
+            .map_err(|_| OutboxError::Closed)?;
+        Ok(Receipt(rx))
     }
 
     /// Moves rows the uplink cannot send to the dead-letter table with their reason (committed

@@ -66,7 +66,13 @@ impl RunClock {
 type PendingAppend = (Vec<Message>, oneshot::Sender<Result<(), Arc<sqlx::Error>>>);
 
 pub enum WriteCmd {
-    Append(Vec<Message>, oneshot::Sender<Result<(), Arc<sqlx::Error>>>),
+    /// `urgent`: a client waits for this commit (a forwarded PUBLISH's ack): commit as soon as
+    /// the queue is momentarily empty rather than after `commit_interval`.
+    Append {
+        messages: Vec<Message>,
+        done: oneshot::Sender<Result<(), Arc<sqlx::Error>>>,
+        urgent: bool,
+    },
     Ack(Vec<i64>),
     /// Rows the uplink cannot send, with the reason: moved to `dead_letter` like an ack.
     DeadLetter(Vec<(i64, &'static str)>),
@@ -125,6 +131,53 @@ pub struct Writer {
     pub mark: Mark,
 }
 
+/// What one command asks of the loop.
+struct Step {
+    /// Commit without waiting for a deadline.
+    now: bool,
+    close: Option<oneshot::Sender<Result<(), sqlx::Error>>>,
+}
+
+/// Adds one command to the group being built.
+fn absorb(g: &mut Group, cmd: WriteCmd, commit_interval: Duration, ack_interval: Duration) -> Step {
+    let now = Instant::now();
+    let mut step = Step {
+        now: false,
+        close: None,
+    };
+    match cmd {
+        WriteCmd::Append {
+            messages,
+            done,
+            urgent,
+        } => {
+            g.count += messages.len();
+            g.append_due.get_or_insert(now + commit_interval);
+            g.appends.push((messages, done));
+            step.now = urgent;
+        }
+        WriteCmd::Ack(ids) => {
+            g.count += ids.len();
+            g.ack_due.get_or_insert(now + ack_interval);
+            g.acks.extend(ids);
+        }
+        WriteCmd::DeadLetter(rows) => {
+            g.count += rows.len();
+            g.ack_due.get_or_insert(now + ack_interval);
+            g.dead.extend(rows);
+        }
+        WriteCmd::Flush(tx) => {
+            g.flushes.push(tx);
+            step.now = true;
+        }
+        WriteCmd::Close(tx) => {
+            step.close = Some(tx);
+            step.now = true;
+        }
+    }
+    step
+}
+
 impl Writer {
     pub async fn run(mut self, mut rx: mpsc::Receiver<WriteCmd>) {
         let ack_interval = ACK_INTERVAL.min(self.settings.commit_interval);
@@ -145,42 +198,30 @@ impl Writer {
             };
             match next {
                 Some(Some(cmd)) => {
-                    let now = Instant::now();
-                    let mut close = None;
-                    let urgent = match cmd {
-                        WriteCmd::Append(m, tx) => {
-                            g.count += m.len();
-                            g.append_due
-                                .get_or_insert(now + self.settings.commit_interval);
-                            g.appends.push((m, tx));
-                            false
+                    let mut step = absorb(&mut g, cmd, self.settings.commit_interval, ack_interval);
+                    if step.now {
+                        // Take whatever else is already queued into the same commit: the
+                        // cheapest moment to share an fsync.
+                        while step.close.is_none() && g.count < MAX_GROUP {
+                            match rx.try_recv() {
+                                Ok(cmd) => {
+                                    let more = absorb(
+                                        &mut g,
+                                        cmd,
+                                        self.settings.commit_interval,
+                                        ack_interval,
+                                    );
+                                    step.close = more.close;
+                                }
+                                Err(_) => break,
+                            }
                         }
-                        WriteCmd::Ack(ids) => {
-                            g.count += ids.len();
-                            g.ack_due.get_or_insert(now + ack_interval);
-                            g.acks.extend(ids);
-                            false
-                        }
-                        WriteCmd::DeadLetter(rows) => {
-                            g.count += rows.len();
-                            g.ack_due.get_or_insert(now + ack_interval);
-                            g.dead.extend(rows);
-                            false
-                        }
-                        WriteCmd::Flush(tx) => {
-                            g.flushes.push(tx);
-                            true
-                        }
-                        WriteCmd::Close(tx) => {
-                            close = Some(tx);
-                            true
-                        }
-                    };
-                    if urgent || g.count >= MAX_GROUP {
+                    }
+                    if step.now || g.count >= MAX_GROUP {
                         self.commit_group(std::mem::take(&mut g), &mut last_sync)
                             .await;
                     }
-                    if let Some(tx) = close {
+                    if let Some(tx) = step.close {
                         let _ = tx.send(self.close().await);
                         break;
                     }

@@ -29,11 +29,15 @@ def main() -> int:
     ap.add_argument("--keepalive", type=int, default=30)
     ap.add_argument("--will", help="TOPIC=PAYLOAD, QoS 1")
     ap.add_argument("--count", type=int, default=0, help="exit after this many messages")
+    ap.add_argument("--client-id", default="")
+    ap.add_argument("--retain", action="store_true", help="publish with the retain flag")
+    ap.add_argument("--disconnect-after-publish", action="store_true",
+                    help="send DISCONNECT once every --publish is acknowledged, then exit")
     args = ap.parse_args()
 
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2,
-        client_id="",
+        client_id=args.client_id,
         transport=args.transport,
         protocol=mqtt.MQTTv311,
     )
@@ -44,7 +48,7 @@ def main() -> int:
         client.will_set(topic, payload, qos=1)
     if args.user is not None:
         client.username_pw_set(args.user, args.password)
-    state = {"received": 0, "rc": 0}
+    state = {"received": 0, "rc": 0, "published": 0}
 
     def say(line: str) -> None:
         print(line, flush=True)
@@ -63,7 +67,7 @@ def main() -> int:
     def publish(c):
         for item in args.publish:
             topic, _, payload = item.partition("=")
-            c.publish(topic, payload, qos=args.qos)
+            c.publish(topic, payload, qos=args.qos, retain=args.retain)
 
     def on_subscribe(c, _userdata, _mid, codes, _props):
         say("SUBACK " + ",".join(str(code.value) for code in codes))
@@ -76,8 +80,11 @@ def main() -> int:
         say("UNSUBACK")
         publish(c)
 
-    def on_publish(_c, _userdata, mid, _reason, _props):
+    def on_publish(c, _userdata, mid, _reason, _props):
         say(f"PUBLISHED {mid}")
+        state["published"] += 1
+        if args.disconnect_after_publish and state["published"] >= len(args.publish):
+            c.disconnect()
 
     def on_message(c, _userdata, msg):
         payload = msg.payload.decode("utf-8", "replace")

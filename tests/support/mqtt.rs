@@ -292,6 +292,22 @@ pub fn paho(args: &[&str]) -> MqttClient {
     }
 }
 
+/// tests/peers/qos_burst.py: `count` numbered messages (`{"seq": i, …}`) published on `topic`
+/// at `qos` as fast as they are acknowledged; prints `ACKED <n> <seconds>` when all were.
+pub fn burst(port: u16, topic: &str, count: usize, qos: u8) -> MqttClient {
+    let script = manifest_dir().join("tests/peers/qos_burst.py");
+    MqttClient {
+        proc: Proc::spawn(
+            "qos_burst.py",
+            Command::new(venv_python())
+                .arg("-u")
+                .arg(script)
+                .args(["--port", &port.to_string(), "--topic", topic])
+                .args(["--count", &count.to_string(), "--qos", &qos.to_string()]),
+        ),
+    }
+}
+
 impl MqttClient {
     pub fn lines(&self) -> Vec<String> {
         self.proc.lines()

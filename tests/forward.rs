@@ -1,0 +1,217 @@
+//! Forwarding (`[[forward]]`) at realistic volume, against mosquitto upstream and paho
+//! publishers: a PUBACK from the embedded broker means the message is on disk, so a burst
+//! during an outage and a kill -9 right after the last PUBACK lose nothing.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use support::gateway::{Gateway, GatewayConfig};
+use support::mosquitto::Mosquitto;
+use support::mqtt::{burst, paho, MqttWatcher};
+use support::relay::{Mode, Relay};
+use support::wait::poll;
+use support::wait_until;
+
+/// A burst takes a few seconds on a PC; a loaded CI machine gets far more.
+const BURST: Duration = Duration::from_secs(300);
+
+fn forwarding_gateway(upstream_port: u16) -> GatewayConfig {
+    GatewayConfig::minimal()
+        .upstream(upstream_port)
+        .stats_interval("1s")
+        .with("[[forward]]\nfilter = \"bench/#\"\n")
+}
+
+/// mosquitto drops QoS 1 messages for a subscriber with more than `max_queued_messages` (1000)
+/// queued; the test's collector may fall that far behind on a loaded machine, which would look
+/// like a loss of ours.
+fn upstream() -> Mosquitto {
+    Mosquitto::start_with_config("max_queued_messages 0\n")
+}
+
+/// How many times each seq of `topic` arrived.
+fn seqs(up: &MqttWatcher, topic: &str) -> BTreeMap<u64, usize> {
+    let mut seen = BTreeMap::new();
+    for m in up.messages().iter().filter(|m| m.topic == topic) {
+        if let Some(seq) = m.json()["seq"].as_u64() {
+            *seen.entry(seq).or_insert(0) += 1;
+        }
+    }
+    seen
+}
+
+/// Publishes `count` numbered messages into the gateway's broker and waits for every ack.
+fn publish_burst(gw: &Gateway, count: usize, qos: u8) {
+    let mut publisher = burst(gw.broker_port, "bench/data", count, qos);
+    let done = publisher.wait_for("every message acknowledged", BURST, |l| {
+        l.starts_with("ACKED") || l.starts_with("TIMEOUT") || l.starts_with("DISCONNECTED")
+    });
+    assert!(done.starts_with("ACKED"), "publisher: {done}");
+    assert!(publisher.wait_exit(BURST), "publisher failed");
+}
+
+/// Waits until every seq below `count` arrived upstream and returns the arrivals.
+fn wait_all(up: &MqttWatcher, count: usize) -> BTreeMap<u64, usize> {
+    let all = poll(BURST, || {
+        (seqs(up, "bench/data").len() >= count).then_some(())
+    });
+    let seen = seqs(up, "bench/data");
+    assert!(
+        all.is_some(),
+        "{} of {count} seqs arrived; the collector subscribed {} times",
+        seen.len(),
+        up.subscriptions()
+    );
+    let missing: Vec<u64> = (0..count as u64)
+        .filter(|s| !seen.contains_key(s))
+        .take(10)
+        .collect();
+    assert!(missing.is_empty(), "missing seqs (first 10): {missing:?}");
+    seen
+}
+
+fn stats_forwarded(up: &MqttWatcher) -> u64 {
+    up.messages()
+        .iter()
+        .filter(|m| m.topic == "fieldbridge/gw/stats")
+        .filter_map(|m| m.json()["broker"]["forwarded"].as_u64())
+        .max()
+        .unwrap_or(0)
+}
+
+fn start(spec: &GatewayConfig, dir: &Path) -> Gateway {
+    spec.start(dir)
+}
+
+#[test]
+fn a_burst_of_20000_forwarded_during_an_outage_arrives_complete_once_and_in_order() {
+    const N: usize = 20_000;
+    let mosq = upstream();
+    let relay = Relay::start(mosq.addr());
+    relay.set_mode(Mode::Refuse);
+    let up = MqttWatcher::connect(mosq.port, "#");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(&forwarding_gateway(relay.port()), dir.path());
+    publish_burst(&gw, N, 1);
+    relay.set_mode(Mode::Pass);
+    let seen = wait_all(&up, N);
+    assert!(
+        seen.values().all(|&n| n == 1),
+        "no message twice without a crash"
+    );
+    let order: Vec<u64> = up
+        .messages()
+        .iter()
+        .filter(|m| m.topic == "bench/data")
+        .filter_map(|m| m.json()["seq"].as_u64())
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "in publish order");
+    wait_until(BURST, "the stats topic to count every forward", || {
+        stats_forwarded(&up) >= N as u64
+    });
+    let log = gw.log();
+    assert!(!log.contains("jumping to head"), "rumqttd skipped: {log}");
+    assert!(!log.contains("forward_refused"), "{log}");
+}
+
+#[test]
+fn a_kill_9_right_after_the_last_puback_loses_no_forwarded_message() {
+    const N: usize = 10_000;
+    let mosq = upstream();
+    let relay = Relay::start(mosq.addr());
+    relay.set_mode(Mode::Refuse);
+    let up = MqttWatcher::connect(mosq.port, "#");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = forwarding_gateway(relay.port());
+    let mut gw = start(&spec, dir.path());
+    publish_burst(&gw, N, 1);
+    gw.kill9();
+    let _gw = start(&spec, dir.path());
+    relay.set_mode(Mode::Pass);
+    wait_all(&up, N);
+}
+
+#[test]
+fn a_kill_9_right_after_the_last_pubcomp_loses_no_qos2_forward() {
+    const N: usize = 3_000;
+    let mosq = upstream();
+    let relay = Relay::start(mosq.addr());
+    relay.set_mode(Mode::Refuse);
+    let up = MqttWatcher::connect(mosq.port, "#");
+    let dir = tempfile::tempdir().unwrap();
+    let spec = forwarding_gateway(relay.port());
+    let mut gw = start(&spec, dir.path());
+    publish_burst(&gw, N, 2);
+    gw.kill9();
+    let _gw = start(&spec, dir.path());
+    relay.set_mode(Mode::Pass);
+    wait_all(&up, N);
+}
+
+#[test]
+fn a_forwarded_retained_message_stays_retained_upstream() {
+    let mosq = upstream();
+    let up = MqttWatcher::connect(mosq.port, "#");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(&forwarding_gateway(mosq.port), dir.path());
+    let mut pub1 = paho(&[
+        "--transport",
+        "tcp",
+        "--port",
+        &gw.broker_port.to_string(),
+        "--publish",
+        "bench/config=v1",
+        "--retain",
+        "--disconnect-after-publish",
+    ]);
+    assert!(pub1.wait_exit(BURST), "the publisher exits cleanly");
+    up.wait_for_sync(|m| m.topic == "bench/config", BURST);
+    // A subscriber arriving later gets it from mosquitto's retained store, flagged retained.
+    let late = MqttWatcher::connect(mosq.port, "bench/config");
+    let m = late.wait_for_sync(|m| m.topic == "bench/config", BURST);
+    assert!(m.retain && m.text() == "v1", "{m:?}");
+}
+
+#[test]
+fn a_forwarded_last_will_reaches_upstream_after_a_crash_and_not_after_a_disconnect() {
+    let mosq = upstream();
+    let up = MqttWatcher::connect(mosq.port, "#");
+    let dir = tempfile::tempdir().unwrap();
+    let gw = start(&forwarding_gateway(mosq.port), dir.path());
+    let port = gw.broker_port.to_string();
+    let mut crashing = paho(&[
+        "--transport",
+        "tcp",
+        "--port",
+        &port,
+        "--client-id",
+        "crashes",
+        "--will",
+        "bench/crashes/state=gone",
+        "--subscribe",
+        "bench/none",
+    ]);
+    crashing.wait_for("the SUBACK", BURST, |l| l.starts_with("SUBACK"));
+    crashing.kill9();
+    up.wait_for_sync(|m| m.topic == "bench/crashes/state", BURST);
+    let mut polite = paho(&[
+        "--transport",
+        "tcp",
+        "--port",
+        &port,
+        "--client-id",
+        "polite",
+        "--will",
+        "bench/polite/state=gone",
+        "--publish",
+        "bench/polite/last=bye",
+        "--disconnect-after-publish",
+    ]);
+    assert!(polite.wait_exit(BURST), "the polite client exits cleanly");
+    up.wait_for_sync(|m| m.topic == "bench/polite/last", BURST);
+    // Anything published after the clean disconnect would be behind `last` on this path.
+    assert_eq!(up.count(|m| m.topic == "bench/polite/state"), 0);
+}
