@@ -47,8 +47,11 @@ pub enum AppError {
 
 /// Runs the gateway until `stop` is cancelled. Once the outbox is open, the broker listens and
 /// every loop runs, systemd is told `READY=1` (see `ops::watchdog`) and `on_ready` is called.
+/// `broker_counters` are also fed by the log layer (`ops::telemetry`), which sees what rumqttd
+/// skipped for lagging subscribers.
 pub async fn run(
     cfg: Config,
+    broker_counters: Arc<BrokerCounters>,
     stop: CancellationToken,
     on_ready: impl FnOnce(),
 ) -> Result<(), AppError> {
@@ -65,10 +68,7 @@ pub async fn run(
         .iter()
         .any(|d| d.points.iter().any(|p| p.write.is_some()));
     let (command_tx, command_rx) = mpsc::channel(64);
-    let broker_counters = cfg
-        .broker
-        .as_ref()
-        .map(|_| Arc::new(BrokerCounters::default()));
+    let broker_counters = cfg.broker.as_ref().map(|_| broker_counters);
     let mut local = match cfg.broker.clone() {
         Some(b) => {
             let forward = match (&broker_counters, cfg.forward.is_empty()) {

@@ -11,8 +11,10 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use fieldbridge::cli::{demo, passwd, status, tools};
+use fieldbridge::ops::stats::BrokerCounters;
 use fieldbridge::ops::telemetry;
 use fieldbridge::{app, config};
+use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(
@@ -204,7 +206,9 @@ fn scan_spec(a: &ScanArgs) -> Result<tools::ScanSpec, String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    telemetry::init();
+    // One set per process: rumqttd reports skipped messages only through the log.
+    let broker_counters = Arc::new(BrokerCounters::default());
+    telemetry::init(broker_counters.clone());
     match cli.cmd {
         Cmd::Check { config } => match config::load(&config) {
             Ok(cfg) => {
@@ -239,7 +243,9 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             runtime_run(|stop| async move {
-                app::run(cfg, stop, || {}).await.map_err(|e| e.to_string())
+                app::run(cfg, broker_counters, stop, || {})
+                    .await
+                    .map_err(|e| e.to_string())
             })
         }
         Cmd::Status {
@@ -290,9 +296,11 @@ fn main() -> ExitCode {
                 upstream,
                 duration,
             };
-            runtime_run(
-                |stop| async move { demo::run(opts, stop).await.map_err(|e| e.to_string()) },
-            )
+            runtime_run(|stop| async move {
+                demo::run(opts, broker_counters, stop)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
         }
         Cmd::Explain { config, device } => {
             let cfg = match load_or_exit(&config) {

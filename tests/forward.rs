@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use support::gateway::{Gateway, GatewayConfig};
 use support::mosquitto::Mosquitto;
-use support::mqtt::{burst, paho, MqttWatcher};
+use support::mqtt::{burst, mosquitto_sub, paho, MqttWatcher};
 use support::relay::{Mode, Relay};
 use support::wait::poll;
 use support::wait_until;
@@ -44,8 +44,8 @@ fn seqs(up: &MqttWatcher, topic: &str) -> BTreeMap<u64, usize> {
 }
 
 /// Publishes `count` numbered messages into the gateway's broker and waits for every ack.
-fn publish_burst(gw: &Gateway, count: usize, qos: u8) {
-    let mut publisher = burst(gw.broker_port, "bench/data", count, qos);
+fn publish_burst(gw: &Gateway, topic: &str, count: usize, qos: u8, pad: usize) {
+    let mut publisher = burst(gw.broker_port, topic, count, qos, pad);
     let done = publisher.wait_for("every message acknowledged", BURST, |l| {
         l.starts_with("ACKED") || l.starts_with("TIMEOUT") || l.starts_with("DISCONNECTED")
     });
@@ -95,7 +95,7 @@ fn a_burst_of_20000_forwarded_during_an_outage_arrives_complete_once_and_in_orde
     let up = MqttWatcher::connect(mosq.port, "#");
     let dir = tempfile::tempdir().unwrap();
     let gw = start(&forwarding_gateway(relay.port()), dir.path());
-    publish_burst(&gw, N, 1);
+    publish_burst(&gw, "bench/data", N, 1, 100);
     relay.set_mode(Mode::Pass);
     let seen = wait_all(&up, N);
     assert!(
@@ -127,7 +127,7 @@ fn a_kill_9_right_after_the_last_puback_loses_no_forwarded_message() {
     let dir = tempfile::tempdir().unwrap();
     let spec = forwarding_gateway(relay.port());
     let mut gw = start(&spec, dir.path());
-    publish_burst(&gw, N, 1);
+    publish_burst(&gw, "bench/data", N, 1, 100);
     gw.kill9();
     let _gw = start(&spec, dir.path());
     relay.set_mode(Mode::Pass);
@@ -144,7 +144,7 @@ fn a_kill_9_right_after_the_last_pubcomp_loses_no_qos2_forward() {
     let dir = tempfile::tempdir().unwrap();
     let spec = forwarding_gateway(relay.port());
     let mut gw = start(&spec, dir.path());
-    publish_burst(&gw, N, 2);
+    publish_burst(&gw, "bench/data", N, 2, 100);
     gw.kill9();
     let _gw = start(&spec, dir.path());
     relay.set_mode(Mode::Pass);
@@ -214,4 +214,51 @@ fn a_forwarded_last_will_reaches_upstream_after_a_crash_and_not_after_a_disconne
     up.wait_for_sync(|m| m.topic == "bench/polite/last", BURST);
     // Anything published after the clean disconnect would be behind `last` on this path.
     assert_eq!(up.count(|m| m.topic == "bench/polite/state"), 0);
+}
+
+#[test]
+fn what_rumqttd_skips_for_a_lagging_local_subscriber_is_counted_and_logged() {
+    const N: usize = 20_000;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayConfig::minimal()
+        .stats_interval("1s")
+        .start(dir.path());
+    let stats = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/stats");
+    let slow = mosquitto_sub(gw.broker_port, &["-q", "0", "-t", "lan/#"]);
+    assert_eq!(slow.subscribed(), vec![0]);
+    // A subscriber that stops reading: 20 MB pass while it sleeps, far more than rumqttd keeps
+    // for one filter (4 segments of 256 KiB).
+    let pid = nix::unistd::Pid::from_raw(slow.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    publish_burst(&gw, "lan/data", N, 1, 1000);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    let skipped = |s: &MqttWatcher| {
+        s.messages()
+            .iter()
+            .filter_map(|m| m.json()["broker"]["subscriber_skipped"].as_u64())
+            .max()
+            .unwrap_or(0)
+    };
+    // Every message either reached the slow subscriber or is counted as skipped for it.
+    let settled = poll(BURST, || {
+        let got = slow
+            .messages()
+            .iter()
+            .filter(|m| m.topic == "lan/data")
+            .count() as u64;
+        (got + skipped(&stats) == N as u64).then_some(got)
+    });
+    let got = slow
+        .messages()
+        .iter()
+        .filter(|m| m.topic == "lan/data")
+        .count();
+    assert!(
+        settled.is_some(),
+        "received {got} + skipped {} != {N}",
+        skipped(&stats)
+    );
+    assert!(skipped(&stats) > 0, "the subscriber did lag");
+    let log = gw.wait_log(&["broker_subscriber_skipped", "ERROR"]);
+    assert!(log.contains("skipped="), "{log}");
 }

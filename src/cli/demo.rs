@@ -9,6 +9,8 @@ use std::future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+
+use crate::ops::stats::BrokerCounters;
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
@@ -296,7 +298,11 @@ pub enum DemoError {
 }
 
 /// Runs simulated devices, the gateway and a local subscriber that prints every message.
-pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoError> {
+pub async fn run(
+    opts: DemoOptions,
+    broker_counters: Arc<BrokerCounters>,
+    stop: CancellationToken,
+) -> Result<(), DemoError> {
     let sims = CancellationToken::new();
     let boiler = serve_sim(SimKind::Boiler, sims.clone())
         .await
@@ -331,7 +337,7 @@ pub async fn run(opts: DemoOptions, stop: CancellationToken) -> Result<(), DemoE
     let broker = opts.broker;
     let printer_stop = CancellationToken::new();
     let printer = printer_stop.clone();
-    let app = crate::app::run(cfg, stop.clone(), move || {
+    let app = crate::app::run(cfg, broker_counters, stop.clone(), move || {
         tokio::spawn(print_local(broker, prefix, printer));
     })
     .await;

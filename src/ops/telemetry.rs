@@ -19,11 +19,13 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
 
+use crate::ops::stats::BrokerCounters;
 use systemd_journal_logger::JournalLog;
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
@@ -126,24 +128,86 @@ fn is_rumqttd(meta: &tracing::Metadata<'_>) -> bool {
     meta.target().starts_with("rumqttd")
 }
 
-/// Passes rumqttd's own warn/error events on as rate-limited WARN lines of ours (see above).
+/// Passes rumqttd's own warn/error events on as rate-limited WARN lines of ours (see above),
+/// and counts what rumqttd skipped for lagging subscribers.
 struct BrokerNoise {
     /// One limiter per call site (rumqttd has a few dozen).
     seen: Mutex<KeyedLimiter<tracing::callsite::Identifier>>,
+    counters: Arc<BrokerCounters>,
+    /// `RUST_LOG` asked for rumqttd's events as they are: count, but write nothing of ours.
+    raw: bool,
 }
 
-impl Default for BrokerNoise {
-    fn default() -> Self {
+impl BrokerNoise {
+    fn new(counters: Arc<BrokerCounters>, raw: bool) -> Self {
         BrokerNoise {
             seen: Mutex::new(KeyedLimiter::new(BROKER_NOISE_EVERY, 256)),
+            counters,
+            raw,
         }
     }
+}
+
+/// The second number of a rumqttd cursor, `(segment, offset)` in its Debug form: offsets are
+/// absolute, so the distance between two cursors is the number of messages between them.
+fn cursor_offset(debug: &str) -> Option<u64> {
+    let inner = debug.trim().strip_prefix('(')?.strip_suffix(')')?;
+    inner.split(',').nth(1)?.trim().parse().ok()
+}
+
+/// Messages a cursor jump skipped, from the fields of rumqttd's "Read cursor start jumped"
+/// warning (`request_cursor` → `start_cursor`).
+fn skipped_by_jump(pairs: &[(String, String)]) -> Option<u64> {
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    let from = cursor_offset(get("request_cursor")?)?;
+    let to = cursor_offset(get("start_cursor")?)?;
+    Some(to.saturating_sub(from))
 }
 
 impl<S: Subscriber> Layer<S> for BrokerNoise {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
         if !is_rumqttd(meta) || *meta.level() > Level::WARN {
+            return;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if let Some(skipped) = skipped_by_jump(&fields.pairs) {
+            // rumqttd's own alert for this always says "lost: 0": count it ourselves.
+            let jumps = self.counters.cursor_jumps.fetch_add(1, Ordering::Relaxed) + 1;
+            let total = self
+                .counters
+                .subscriber_skipped
+                .fetch_add(skipped, Ordering::Relaxed)
+                + skipped;
+            if self.raw {
+                return;
+            }
+            let allowed = self
+                .seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .allow(meta.callsite(), Instant::now());
+            if let Some(suppressed) = allowed {
+                let detail = fields
+                    .pairs
+                    .iter()
+                    .find(|(k, _)| k == "error")
+                    .map(|(_, v)| v.as_str())
+                    .unwrap_or("");
+                tracing::error!(
+                    event = "broker_subscriber_skipped",
+                    skipped,
+                    skipped_total = total,
+                    jumps_total = jumps,
+                    detail = %detail,
+                    suppressed,
+                    "embedded broker: a local subscriber fell too far behind; {skipped} messages it had not read were dropped for it (it reads more slowly than the others publish)"
+                );
+            }
+            return;
+        }
+        if self.raw {
             return;
         }
         let allowed = self
@@ -154,8 +218,6 @@ impl<S: Subscriber> Layer<S> for BrokerNoise {
         let Some(suppressed) = allowed else {
             return;
         };
-        let mut fields = Fields::default();
-        event.record(&mut fields);
         let detail = fields
             .pairs
             .iter()
@@ -227,8 +289,9 @@ where
     }
 }
 
-/// Installs the global subscriber (once; later calls do nothing).
-pub fn init() {
+/// Installs the global subscriber (once; later calls do nothing). rumqttd reports what it
+/// skipped for lagging subscribers only in its log, so that count goes to `broker`.
+pub fn init(broker: Arc<BrokerCounters>) {
     let raw_rumqttd = std::env::var("RUST_LOG").is_ok_and(|s| s.contains("rumqttd"));
     let filter = match std::env::var("RUST_LOG") {
         // A RUST_LOG that names rumqttd is taken as it is; any other still gets the noise
@@ -251,7 +314,7 @@ pub fn init() {
     let installed = match journal {
         Some(journal) => tracing_subscriber::registry()
             .with(filter)
-            .with((!raw_rumqttd).then(BrokerNoise::default))
+            .with(BrokerNoise::new(broker.clone(), raw_rumqttd))
             .with(Skip {
                 inner: JournalLayer { journal },
                 raw_rumqttd,
@@ -259,7 +322,7 @@ pub fn init() {
             .try_init(),
         None => tracing_subscriber::registry()
             .with(filter)
-            .with((!raw_rumqttd).then(BrokerNoise::default))
+            .with(BrokerNoise::new(broker, raw_rumqttd))
             .with(Skip {
                 inner: fmt::layer().with_writer(std::io::stderr).with_target(false),
                 raw_rumqttd,
@@ -364,6 +427,48 @@ impl<S: Subscriber> Layer<S> for JournalLayer {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_cursor_jump_counts_the_messages_between_the_two_cursors() {
+        let pair = |k: &str, v: &str| (k.to_string(), v.to_string());
+        type Case<'a> = (&'a [(String, String)], Option<u64>);
+        let cases: &[Case] = &[
+            (
+                &[
+                    pair("request_cursor", "(0, 1871)"),
+                    pair("start_cursor", "(1, 1957)"),
+                ],
+                Some(86),
+            ),
+            (
+                &[
+                    pair("request_cursor", "(3, 100)"),
+                    pair("start_cursor", "(7, 9000)"),
+                ],
+                Some(8900),
+            ),
+            // A cursor that did not move back counts nothing.
+            (
+                &[
+                    pair("request_cursor", "(1, 10)"),
+                    pair("start_cursor", "(1, 10)"),
+                ],
+                Some(0),
+            ),
+            (&[pair("request_cursor", "(1, 10)")], None),
+            (
+                &[
+                    pair("request_cursor", "garbage"),
+                    pair("start_cursor", "(1, 2)"),
+                ],
+                None,
+            ),
+            (&[pair("error", "other warning")], None),
+        ];
+        for (pairs, want) in cases {
+            assert_eq!(super::skipped_by_jump(pairs), *want, "{pairs:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

@@ -292,9 +292,10 @@ pub fn paho(args: &[&str]) -> MqttClient {
     }
 }
 
-/// tests/peers/qos_burst.py: `count` numbered messages (`{"seq": i, …}`) published on `topic`
-/// at `qos` as fast as they are acknowledged; prints `ACKED <n> <seconds>` when all were.
-pub fn burst(port: u16, topic: &str, count: usize, qos: u8) -> MqttClient {
+/// tests/peers/qos_burst.py: `count` numbered messages (`{"seq": i, "pad": …}`, `pad` bytes of
+/// padding) published on `topic` at `qos` as fast as they are acknowledged; prints
+/// `ACKED <n> <seconds>` when all were.
+pub fn burst(port: u16, topic: &str, count: usize, qos: u8, pad: usize) -> MqttClient {
     let script = manifest_dir().join("tests/peers/qos_burst.py");
     MqttClient {
         proc: Proc::spawn(
@@ -303,7 +304,8 @@ pub fn burst(port: u16, topic: &str, count: usize, qos: u8) -> MqttClient {
                 .arg("-u")
                 .arg(script)
                 .args(["--port", &port.to_string(), "--topic", topic])
-                .args(["--count", &count.to_string(), "--qos", &qos.to_string()]),
+                .args(["--count", &count.to_string(), "--qos", &qos.to_string()])
+                .args(["--pad", &pad.to_string()]),
         ),
     }
 }
