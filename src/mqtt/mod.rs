@@ -9,5 +9,6 @@ pub mod broker;
 pub mod echo;
 pub mod inbound;
 pub mod plan;
+pub mod strikes;
 pub mod topics;
 pub mod uplink;

@@ -37,6 +37,7 @@ use crate::flow::{Command, Message, Routed};
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
 use crate::mqtt::plan::SendPlan;
+use crate::mqtt::strikes::Strikes;
 use crate::mqtt::topics::{self, Topics};
 use crate::ops::health::Beat;
 use crate::ops::stats::UplinkCounters;
@@ -74,6 +75,8 @@ pub struct Uplink {
 enum End {
     Stopped,
     Failed(LinkError),
+    /// Lost after CONNACK, with the rows sent and not acknowledged.
+    Lost(LinkError, Vec<i64>),
 }
 
 /// Why a connection failed or ended without a stop: logged by `run` (as
@@ -295,16 +298,25 @@ impl Uplink {
     /// publishes `offline` and disconnects cleanly.
     pub async fn run(self, stop: CancellationToken, grace: Duration) {
         let mut attempt = 0u32;
+        let mut strikes = Strikes::default();
+        // A row the broker closed the connection on `STRIKES` times in a row: set aside.
+        let mut refused = None;
         loop {
-            match self.session(&stop, grace, &mut attempt).await {
+            let reason = match self
+                .session(&stop, grace, &mut attempt, &mut strikes, refused.take())
+                .await
+            {
                 End::Stopped => return,
-                End::Failed(reason) => {
-                    if self.stats.connected.swap(false, Ordering::Relaxed) {
-                        tracing::warn!(event = "upstream_disconnected", error = %reason, "upstream connection lost");
-                    } else {
-                        tracing::warn!(event = "upstream_connect_failed", host = %self.cfg.host, port = self.cfg.port, error = %reason, "cannot connect upstream");
-                    }
+                End::Lost(reason, unacked) => {
+                    refused = strikes.session_lost(&unacked);
+                    reason
                 }
+                End::Failed(reason) => reason,
+            };
+            if self.stats.connected.swap(false, Ordering::Relaxed) {
+                tracing::warn!(event = "upstream_disconnected", error = %reason, "upstream connection lost");
+            } else {
+                tracing::warn!(event = "upstream_connect_failed", host = %self.cfg.host, port = self.cfg.port, error = %reason, "cannot connect upstream");
             }
             attempt = attempt.saturating_add(1);
             let delay = reconnect_delay(
@@ -344,7 +356,14 @@ impl Uplink {
         Ok(())
     }
 
-    async fn session(&self, stop: &CancellationToken, grace: Duration, attempt: &mut u32) -> End {
+    async fn session(
+        &self,
+        stop: &CancellationToken,
+        grace: Duration,
+        attempt: &mut u32,
+        strikes: &mut Strikes,
+        refused: Option<i64>,
+    ) -> End {
         let window = usize::from(self.cfg.inflight);
         let (client, mut ev) = AsyncClient::new(self.options(), window + 16);
         let mut net = ev.network_options();
@@ -393,9 +412,20 @@ impl Uplink {
                 .progress(self.cfg.keep_alive * 2 + connect_budget(&self.cfg))
                 .await;
             let newest = *latest.borrow_and_update();
-            while let Some(fetch) =
-                plan.next_fetch(inflight.len(), newest, std::time::Instant::now())
-            {
+            loop {
+                // While probing for a refused row (see `strikes`), one row in flight at a time.
+                let probing = strikes.probing();
+                let busy = match probing && inflight.rows() > 0 {
+                    true => window,
+                    false => inflight.len(),
+                };
+                let Some(mut fetch) = plan.next_fetch(busy, newest, std::time::Instant::now())
+                else {
+                    break;
+                };
+                if probing {
+                    fetch.max = 1;
+                }
                 let rows = match self
                     .outbox
                     .fetch_range(fetch.after, fetch.upto, fetch.max)
@@ -407,7 +437,7 @@ impl Uplink {
                 if plan.fetched(&fetch, rows.len(), rows.last().map(|r| r.id)) {
                     tracing::debug!("backlog replayed");
                 }
-                match self.send_rows(&client, &mut inflight, rows) {
+                match self.send_rows(&client, &mut inflight, rows, refused) {
                     Ok(dead) => self.dead_letter(dead).await,
                     Err(e) => return End::Failed(e),
                 }
@@ -432,7 +462,10 @@ impl Uplink {
                         }
                     }
                     Ok(Event::Incoming(Incoming::PubAck(a))) => match inflight.on_puback(a.pkid) {
-                        Ok(Tag::Row(id)) => acks.push(id),
+                        Ok(Tag::Row(id)) => {
+                            strikes.acked(id);
+                            acks.push(id)
+                        }
                         Ok(Tag::Control) => {}
                         Err(m) => tracing::warn!(pkid = a.pkid, "unexpected PUBACK: {m:?}"),
                     },
@@ -440,7 +473,7 @@ impl Uplink {
                     Ok(_) => {}
                     Err(e) => {
                         self.flush_acks(&mut acks).await;
-                        return End::Failed(describe(e, LinkError::Lost));
+                        return End::Lost(describe(e, LinkError::Lost), inflight.sent_rows());
                     }
                 },
                 r = latest.changed(), if wait.newer_rows => {
@@ -524,16 +557,22 @@ impl Uplink {
         );
     }
 
-    /// Publishes `rows`, except those no broker would take (`unsendable`): those come back
-    /// with the reason, for the dead-letter table.
+    /// Publishes `rows`, except those no broker would take (`unsendable`) and the one this
+    /// broker refused (`refused`, see `strikes`): those come back with the reason, for the
+    /// dead-letter table.
     fn send_rows(
         &self,
         client: &AsyncClient,
         inflight: &mut InFlight,
         rows: Vec<Row>,
+        refused: Option<i64>,
     ) -> Result<Vec<(Row, &'static str)>, LinkError> {
         let mut dead = Vec::new();
         for r in rows {
+            if refused == Some(r.id) {
+                dead.push((r, "refused_by_upstream"));
+                continue;
+            }
             if let Some(reason) = unsendable(&r.message, MAX_PACKET) {
                 dead.push((r, reason));
                 continue;

@@ -76,6 +76,22 @@ impl InFlight {
         self.len() == 0
     }
 
+    /// Outbox rows that went out on the wire and are not acknowledged, oldest first: what a
+    /// broker that closed the connection may have refused.
+    pub fn sent_rows(&self) -> Vec<i64> {
+        let mut rows: Vec<i64> = self
+            .by_pkid
+            .values()
+            .chain(self.collided.iter().map(|(_, t)| t))
+            .filter_map(|t| match t {
+                Tag::Row(id) => Some(*id),
+                Tag::Control => None,
+            })
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+
     /// Outbox rows requested and not yet acknowledged.
     pub fn rows(&self) -> usize {
         let is_row = |t: &Tag| matches!(t, Tag::Row(_));
