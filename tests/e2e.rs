@@ -793,35 +793,17 @@ fn a_message_the_upstream_refuses_by_disconnecting_is_set_aside_after_three_stri
 
 #[test]
 fn a_stored_message_upstream_cannot_take_is_set_aside_and_the_queue_goes_on() {
-    use fieldbridge::config::{OutboxSettings, Overflow};
-    use fieldbridge::flow::Message as Stored;
-    use fieldbridge::outbox::Outbox;
     let dir = tempfile::tempdir().unwrap();
-    // Left in the outbox by an older gateway: 50 messages, one on a topic no broker takes (a
-    // forwarded Will on `lan/#`, as in the field report), then 50 more.
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    rt.block_on(async {
-        let settings = OutboxSettings {
-            max_rows: 1_000_000,
-            max_bytes: 1 << 30,
-            commit_interval: Duration::from_millis(0),
-            max_age: None,
-            overflow: Overflow::DropOldest,
-        };
-        let ob = Outbox::open(&dir.path().join("data"), &settings)
-            .await
-            .unwrap();
-        let m = |topic: &str, payload: String| Stored {
-            topic: topic.into(),
-            payload: payload.into_bytes(),
+    // Left in the outbox by an older gateway: a message on a topic no broker takes (a
+    // forwarded Will on `lan/#`, as in the field report) between 100 others.
+    seed_outbox_around(
+        dir.path(),
+        fieldbridge::flow::Message {
+            topic: "lan/#".into(),
+            payload: b"poison".to_vec(),
             retain: false,
-        };
-        let mut batch: Vec<Stored> = (0..50).map(|i| m("site/old", i.to_string())).collect();
-        batch.push(m("lan/#", "poison".into()));
-        batch.extend((50..100).map(|i| m("site/old", i.to_string())));
-        ob.append(batch).await.unwrap();
-        ob.close().await.unwrap();
-    });
+        },
+    );
     let mosq = Mosquitto::start();
     let up = MqttWatcher::connect(mosq.port, "#");
     let gw = GatewayConfig::standard()

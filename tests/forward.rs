@@ -117,9 +117,10 @@ fn a_burst_of_20000_forwarded_during_an_outage_arrives_complete_once_and_in_orde
     assert!(!log.contains("forward_refused"), "{log}");
 }
 
-#[test]
-fn a_kill_9_right_after_the_last_puback_loses_no_forwarded_message() {
-    const N: usize = 10_000;
+/// Publishes `count` messages at `qos` while the upstream is down, kills the gateway with
+/// SIGKILL right after the last acknowledgement, restarts it and brings the upstream back:
+/// every message must arrive.
+fn kill_9_after_the_last_ack_loses_nothing(count: usize, qos: u8) {
     let mosq = upstream();
     let relay = Relay::start(mosq.addr());
     relay.set_mode(Mode::Refuse);
@@ -127,28 +128,21 @@ fn a_kill_9_right_after_the_last_puback_loses_no_forwarded_message() {
     let dir = tempfile::tempdir().unwrap();
     let spec = forwarding_gateway(relay.port());
     let mut gw = start(&spec, dir.path());
-    publish_burst(&gw, "bench/data", N, 1, 100);
+    publish_burst(&gw, "bench/data", count, qos, 100);
     gw.kill9();
     let _gw = start(&spec, dir.path());
     relay.set_mode(Mode::Pass);
-    wait_all(&up, N);
+    wait_all(&up, count);
+}
+
+#[test]
+fn a_kill_9_right_after_the_last_puback_loses_no_forwarded_message() {
+    kill_9_after_the_last_ack_loses_nothing(10_000, 1);
 }
 
 #[test]
 fn a_kill_9_right_after_the_last_pubcomp_loses_no_qos2_forward() {
-    const N: usize = 3_000;
-    let mosq = upstream();
-    let relay = Relay::start(mosq.addr());
-    relay.set_mode(Mode::Refuse);
-    let up = MqttWatcher::connect(mosq.port, "#");
-    let dir = tempfile::tempdir().unwrap();
-    let spec = forwarding_gateway(relay.port());
-    let mut gw = start(&spec, dir.path());
-    publish_burst(&gw, "bench/data", N, 2, 100);
-    gw.kill9();
-    let _gw = start(&spec, dir.path());
-    relay.set_mode(Mode::Pass);
-    wait_all(&up, N);
+    kill_9_after_the_last_ack_loses_nothing(3_000, 2);
 }
 
 #[test]

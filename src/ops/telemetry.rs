@@ -148,6 +148,20 @@ impl BrokerNoise {
     }
 }
 
+impl BrokerNoise {
+    /// Whether a line of ours may be written for this rumqttd call site now (with how many
+    /// were held back), or `None`: raw mode, or rate-limited.
+    fn may_write(&self, meta: &tracing::Metadata<'_>) -> Option<u64> {
+        if self.raw {
+            return None;
+        }
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .allow(meta.callsite(), Instant::now())
+    }
+}
+
 /// The second number of a rumqttd cursor, `(segment, offset)` in its Debug form: offsets are
 /// absolute, so the distance between two cursors is the number of messages between them.
 fn cursor_offset(debug: &str) -> Option<u64> {
@@ -180,15 +194,7 @@ impl<S: Subscriber> Layer<S> for BrokerNoise {
                 .subscriber_skipped
                 .fetch_add(skipped, Ordering::Relaxed)
                 + skipped;
-            if self.raw {
-                return;
-            }
-            let allowed = self
-                .seen
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .allow(meta.callsite(), Instant::now());
-            if let Some(suppressed) = allowed {
+            if let Some(suppressed) = self.may_write(meta) {
                 let detail = fields
                     .pairs
                     .iter()
@@ -207,15 +213,7 @@ impl<S: Subscriber> Layer<S> for BrokerNoise {
             }
             return;
         }
-        if self.raw {
-            return;
-        }
-        let allowed = self
-            .seen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow(meta.callsite(), Instant::now());
-        let Some(suppressed) = allowed else {
+        let Some(suppressed) = self.may_write(meta) else {
             return;
         };
         let detail = fields
