@@ -74,7 +74,7 @@ pub async fn run(
 ) {
     let mut t = Task {
         beat,
-        framer: Framer::new(dev.protocol.framing()),
+        framer: Framer::new(dev.protocol.framing()).resync_on(dev.protocol.line_starts()),
         status: Status::new(dev.name.clone()),
         dev,
         tx,
