@@ -15,7 +15,7 @@ use support::modbus::{ModbusSim, RtuSim};
 use support::mosquitto::Mosquitto;
 use support::mqtt::{mosquitto_pub, publish, Message, MqttWatcher};
 use support::process::{text, Proc};
-use support::wait_until;
+use support::{wait_for, wait_until};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -1110,4 +1110,70 @@ fn a_retained_command_is_not_replayed_when_the_gateway_subscribes() {
     assert_eq!(r.json()["ok"], true, "{}", r.text());
     assert_eq!(sim.get(2, "holding", 2), 80);
     assert_eq!(sim.writes(2), 1);
+}
+
+#[test]
+fn a_unit_that_answers_again_is_back_within_ten_seconds_while_a_dead_unit_costs_one_timeout_per_five_seconds(
+) {
+    let mut sim = RtuSim::start_units(2);
+    let dir = tempfile::tempdir().unwrap();
+    // backoff_max left at its default (60 s): the schedule a field engineer gets.
+    let device = |name: &str, unit: u8| {
+        format!(
+            "[[devices]]\nname = \"{name}\"\nkind = \"modbus_rtu\"\nbus = \"rs485\"\nunit_id = {unit}\ninterval = \"1s\"\ntimeout = \"300ms\"\n{UNIT_POINTS}\n"
+        )
+    };
+    let body = format!(
+        "{}{}{}",
+        bus(&sim.bus_path()),
+        device("u1", 1),
+        device("u2", 2)
+    );
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
+    wait_until(LONG, "both units online", || {
+        status_count(&watch, "u1", "online") == 1 && status_count(&watch, "u2", "online") == 1
+    });
+
+    sim.mute(2);
+    let muted_at = std::time::Instant::now();
+    let before = sim.requests(2);
+    wait_until(LONG, "unit 2 offline", || {
+        status_count(&watch, "u2", "offline") == 1
+    });
+    // Six requests to the dead unit: the failed poll (with its retry) and four probes. A
+    // doubling backoff would be at 16 s by then.
+    let probes = wait_for(
+        Duration::from_secs(60),
+        "six requests to the dead unit",
+        || {
+            let n = sim.requests(2) - before;
+            (n >= 6).then_some(n)
+        },
+    );
+    sim.unmute(2);
+    let unmuted_at = std::time::Instant::now();
+    let dead_for = unmuted_at - muted_at;
+    eprintln!(
+        "dead unit: {probes} requests in {:.1} s ({:.1} s per request after the first two)",
+        dead_for.as_secs_f64(),
+        dead_for.as_secs_f64() / (probes - 2) as f64
+    );
+    // At most one timeout per 5 s once offline (the first failed poll may retry once).
+    assert!(
+        (probes - 2) as f64 <= dead_for.as_secs_f64() / 5.0 + 1.0,
+        "{probes} requests in {dead_for:?}\n{}",
+        gw.log()
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "unit 2 back online within 10 s of answering again",
+        || status_count(&watch, "u2", "online") == 2,
+    );
+    eprintln!(
+        "unit 2 back online {:.1} s after it answered again",
+        unmuted_at.elapsed().as_secs_f64()
+    );
+    // The other unit was polled throughout.
+    assert!(assert_all_values(&watch, "u1", &expected_unit_values(1)) > 10);
 }
