@@ -3,8 +3,9 @@
 //! link), the device board (last reported reachability of every device, Modbus or serial, the
 //! one source of truth for "online"), and the `Stats` snapshot built from them.
 //!
-//! The snapshot is logged every `gateway.stats_interval` and published retained on the stats
-//! topic through the normal path (outbox → upstream, and the local broker) by `Reporter`;
+//! The snapshot is logged every `gateway.stats_interval`, and at once when a device goes online
+//! or offline or upstream connects or disconnects, and published retained on the stats topic
+//! through the normal path (outbox → upstream, and the local broker) by `Reporter`;
 //! `fieldbridge status` reads it back, and the watchdog's `STATUS=` line is made from it.
 //! Each counter set is declared once (`counter_set!`): its snapshot type has the same fields, so
 //! the JSON schema cannot drift from what the loops count.
@@ -274,7 +275,36 @@ pub fn status_line(s: &Stats) -> String {
 /// the systemd watchdog interval; the stats use the same default).
 const STALL_SLACK: Duration = Duration::from_secs(30);
 
-/// Logs and publishes the snapshot every `interval`.
+/// The state a person reads first in `fieldbridge status`: which devices answer, and whether
+/// upstream is connected. A change of it is published at once, not at the next interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    devices: BTreeMap<String, Option<bool>>,
+    upstream_connected: bool,
+}
+
+impl Sources {
+    /// The shown state now (cheap: one lock of the board, one atomic).
+    pub fn shown(&self) -> Shown {
+        Shown {
+            devices: self.board.devices(),
+            upstream_connected: self
+                .uplink
+                .as_ref()
+                .is_some_and(|u| u.connected.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// How often the reporter looks for a change of the shown state. The state lives in the
+/// loops that own it (the board, the uplink's flag); comparing it this often catches every
+/// change within a blink, without those loops knowing about the reporter, and it bounds how
+/// many snapshots a flapping device can cause.
+const CHANGE_CHECK: Duration = Duration::from_millis(250);
+
+/// Logs and publishes the snapshot every `interval`, and at once after a change of the
+/// shown state (a device online or offline, upstream connected or not), so `fieldbridge
+/// status` is never older than the state it shows.
 pub struct Reporter {
     pub interval: Duration,
     pub sources: Sources,
@@ -285,50 +315,60 @@ pub struct Reporter {
 
 impl Reporter {
     pub async fn run(self, stop: CancellationToken) {
-        let mut first = true;
+        // The first snapshot goes out at once, so `fieldbridge status` works right after start.
+        let mut due = Instant::now();
+        let mut published: Option<Shown> = None;
         loop {
-            // The first snapshot goes out at once, so `fieldbridge status` works right after start.
-            if !std::mem::take(&mut first) {
+            let shown = self.sources.shown();
+            let changed = published.as_ref().is_some_and(|p| *p != shown);
+            if !changed && Instant::now() < due {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(self.interval) => {}
+                    _ = tokio::time::sleep_until(due.min(Instant::now() + CHANGE_CHECK)) => {}
                 }
-            }
-            let s = self.sources.collect(STALL_SLACK).await;
-            let (online, total) = self.sources.board.counts();
-            tracing::info!(
-                event = "stats",
-                outbox_rows = s.outbox.rows,
-                oldest_age_s = s.outbox.oldest_age_s,
-                dropped = s.outbox.dropped,
-                sent = s.upstream.sent,
-                acked = s.upstream.acked,
-                reconnects = s.upstream.reconnects,
-                upstream_connected = s.upstream.connected,
-                devices_online = online,
-                devices_total = total,
-                "stats"
-            );
-            let Ok(payload) = serde_json::to_vec(&s) else {
                 continue;
-            };
-            let m = Message {
-                topic: self.topic.clone(),
-                payload,
-                retain: true,
-            };
-            if self
-                .tx
-                .send(Routed {
-                    message: m,
-                    route: Route::Everywhere,
-                })
-                .await
-                .is_err()
-            {
+            }
+            due = Instant::now() + self.interval;
+            published = Some(shown);
+            if !self.publish(changed).await {
                 return;
             }
         }
+    }
+
+    /// Logs and sends one snapshot; false once the pipeline is gone.
+    async fn publish(&self, on_change: bool) -> bool {
+        let s = self.sources.collect(STALL_SLACK).await;
+        let (online, total) = self.sources.board.counts();
+        tracing::info!(
+            event = "stats",
+            on_change,
+            outbox_rows = s.outbox.rows,
+            oldest_age_s = s.outbox.oldest_age_s,
+            dropped = s.outbox.dropped,
+            sent = s.upstream.sent,
+            acked = s.upstream.acked,
+            reconnects = s.upstream.reconnects,
+            upstream_connected = s.upstream.connected,
+            devices_online = online,
+            devices_total = total,
+            "stats"
+        );
+        let Ok(payload) = serde_json::to_vec(&s) else {
+            return true;
+        };
+        let m = Message {
+            topic: self.topic.clone(),
+            payload,
+            retain: true,
+        };
+        self.tx
+            .send(Routed {
+                message: m,
+                route: Route::Everywhere,
+            })
+            .await
+            .is_ok()
     }
 }
 
