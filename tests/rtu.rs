@@ -1177,3 +1177,177 @@ fn a_unit_that_answers_again_is_back_within_ten_seconds_while_a_dead_unit_costs_
     // The other unit was polled throughout.
     assert!(assert_all_values(&watch, "u1", &expected_unit_values(1)) > 10);
 }
+
+/// Four units on one line: 1 healthy, 2 answering with bad CRCs, 3 with garbage, 4 as unit 104.
+fn faulty_bus() -> RtuSim {
+    let mut sim = RtuSim::start_units(4);
+    sim.fault(2, "crc");
+    sim.fault(3, "garbage");
+    sim.fault(4, "wrong-unit");
+    sim
+}
+
+#[test]
+fn bad_crc_wrong_unit_garbage_and_timeouts_are_named_apart_in_counters_log_and_status() {
+    let sim = faulty_bus();
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = bus(&sim.bus_path());
+    for u in 1..=4u8 {
+        body.push_str(&rtu_device(
+            &format!("u{u}"),
+            u,
+            "300ms",
+            "200ms",
+            UNIT_POINTS,
+        ));
+    }
+    // A unit nobody has: the one that really times out.
+    body.push_str(&rtu_device("ghost", 9, "300ms", "200ms", UNIT_POINTS));
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
+    let unit = |m: &Message, u: &str, field: &str| {
+        m.json()["lines"]["rs485"]["units"][u][field]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let stats = watch.wait_for_sync(
+        |m| {
+            m.topic == "fieldbridge/gw/stats"
+                && unit(m, "2", "bad_crc") >= 3
+                && unit(m, "3", "garbage") >= 3
+                && unit(m, "4", "wrong_unit") >= 3
+                && unit(m, "9", "timeouts") >= 3
+        },
+        LONG,
+    );
+    let line = &stats.json()["lines"]["rs485"];
+    eprintln!("{line:#}");
+    // Each fault under its own name, per unit and per line; none of them is a timeout.
+    for (u, field) in [("2", "bad_crc"), ("3", "garbage"), ("4", "wrong_unit")] {
+        let kinds = ["timeouts", "bad_crc", "garbage", "wrong_unit"];
+        for other in kinds.iter().filter(|k| **k != field) {
+            assert_eq!(unit(&stats, u, other), 0, "unit {u} {other}: {line:#}");
+        }
+        assert_eq!(
+            line["units"][u]["devices"],
+            json!([format!("u{}", u)]),
+            "{line:#}"
+        );
+    }
+    for kind in ["bad_crc", "garbage", "wrong_unit"] {
+        assert!(line[kind].as_u64() >= Some(3), "{kind}: {line:#}");
+    }
+    assert_eq!(
+        line["bad_answers"].as_u64(),
+        Some(
+            line["bad_crc"].as_u64().unwrap()
+                + line["garbage"].as_u64().unwrap()
+                + line["wrong_unit"].as_u64().unwrap()
+        ),
+        "{line:#}"
+    );
+    for kind in ["bad_crc", "garbage", "wrong_unit", "timeouts"] {
+        assert_eq!(unit(&stats, "1", kind), 0, "the healthy unit: {line:#}");
+    }
+    assert!(assert_all_values(&watch, "u1", &expected_unit_values(1)) > 0);
+
+    // The log names each fault with the device and unit id, once per unit and kind per 30 s,
+    // and tokio-modbus's own lines about the same bytes are gone.
+    gw.wait_log(&["modbus_wrong_unit"]);
+    let log = gw.log();
+    for (event, device, unit_id) in [
+        ("modbus_bad_crc", "u2", 2),
+        ("modbus_garbage", "u3", 3),
+        ("modbus_wrong_unit", "u4", 4),
+    ] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("event=\"{event}\"")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{event} rate-limited:\n{log}");
+        assert!(
+            lines[0].contains(&format!("device={device}"))
+                && lines[0].contains(&format!("unit_id={unit_id}"))
+                && lines[0].contains("WARN"),
+            "{}",
+            lines[0]
+        );
+    }
+    assert!(log.contains("answers, but with bad CRCs (check baud, parity, termination)"));
+    assert!(log.contains("a reply came from unit 104 instead"));
+    assert!(
+        !log.contains("Failed to decode") && !log.contains("tokio_modbus"),
+        "{log}"
+    );
+
+    // fieldbridge status shows the units with their faults.
+    let out = fieldbridge([
+        "status",
+        "--timeout",
+        "5s",
+        "--config",
+        gw.config.to_str().unwrap(),
+    ]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let row = |u: &str| {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("unit {u} (")))
+            .unwrap_or_else(|| panic!("no row for unit {u}:\n{report}"))
+            .to_string()
+    };
+    assert!(
+        row("2").contains("bad CRC") && row("2").ends_with("check baud, parity, termination"),
+        "{report}"
+    );
+    assert!(row("3").contains("0 timeouts"), "{report}");
+    assert!(row("4").contains("check unit ids"), "{report}");
+    assert!(row("1").contains("ms per answer"), "{report}");
+    drop(sim);
+}
+
+#[test]
+fn scan_names_units_that_answer_with_bad_crcs_garbage_or_another_unit_id() {
+    let sim = faulty_bus();
+    let path = sim.bus_path();
+    let out = fieldbridge([
+        "scan",
+        "--port",
+        path.to_str().unwrap(),
+        "--from",
+        "1",
+        "--to",
+        "6",
+        "--timeout",
+        "150ms",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("unit   1: answers (holding 0 = 100)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unit   2: answers, but with bad CRCs — check baud, parity, termination"),
+        "{text}"
+    );
+    assert!(text.contains("unit   3: answers with garbage"), "{text}");
+    assert!(
+        text.contains("unit   4: a reply came from unit 104 instead"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("unit   5:") && !text.contains("unit   6:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("3 units answer with faults (not counted as found): 2, 3, 4"),
+        "{text}"
+    );
+    assert!(text.contains("found 1 unit: 1"), "{text}");
+}
