@@ -38,6 +38,7 @@ pub async fn run<D: Driver>(
             _ = stop.cancelled() => break,
             _ = sleep_until(next) => {}
         }
+        let due = next;
         let started = Instant::now();
         let result = tokio::select! {
             _ = stop.cancelled() => break,
@@ -45,6 +46,10 @@ pub async fn run<D: Driver>(
         };
         let events = match result {
             Ok(readings) => {
+                // Ended after the next poll was due: the line (or the device) cannot keep up.
+                if Instant::now() > due + schedule.interval {
+                    driver.missed_interval();
+                }
                 failures = 0;
                 next = started + schedule.interval;
                 let mut ev = Vec::new();

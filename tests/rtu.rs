@@ -1351,3 +1351,91 @@ fn scan_names_units_that_answer_with_bad_crcs_garbage_or_another_unit_id() {
     );
     assert!(text.contains("found 1 unit: 1"), "{text}");
 }
+
+#[test]
+fn a_slow_unit_that_makes_its_line_miss_the_intervals_is_named_in_a_line_overrun_warning() {
+    let mut sim = RtuSim::start_units(4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = bus(&sim.bus_path());
+    for u in 1..=4u8 {
+        body.push_str(&rtu_device(
+            &format!("u{u}"),
+            u,
+            "500ms",
+            "300ms",
+            UNIT_POINTS,
+        ));
+    }
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
+    wait_until(LONG, "all four units online", || {
+        (1..=4).all(|u| status_count(&watch, &format!("u{u}"), "online") == 1)
+    });
+    // Unit 4 answers every request, 250 ms late (timeout 300 ms): three requests per poll make
+    // it take more than its 500 ms interval by itself.
+    sim.delay(4, Duration::from_millis(250));
+    let line = |m: &Message| m.json()["lines"]["rs485"].clone();
+    let stats = watch.wait_for_sync(
+        |m| {
+            m.topic == "fieldbridge/gw/stats"
+                && line(m)["overruns"].as_u64() >= Some(1)
+                && line(m)["units"]["4"]["response"]["mean_ms"].as_f64() >= Some(200.0)
+        },
+        LONG,
+    );
+    let l = line(&stats);
+    eprintln!(
+        "busy {}%, unit 4 {} ms per answer, unit 1 {} ms",
+        l["busy_pct"],
+        l["units"]["4"]["response"]["mean_ms"],
+        l["units"]["1"]["response"]["mean_ms"]
+    );
+    // The slow unit's polls end after the next is due; the line is busy most of the time.
+    assert!(l["units"]["4"]["late_polls"].as_u64() >= Some(2), "{l:#}");
+    assert!(l["busy_pct"].as_f64() >= Some(50.0), "{l:#}");
+    assert!(l["busy_ms"].as_u64() > Some(0), "{l:#}");
+    assert!(
+        l["units"]["1"]["response"]["mean_ms"].as_f64() < Some(100.0),
+        "{l:#}"
+    );
+    // The warning names the slow unit first, with its response time, and comes once per minute.
+    let warning = gw.wait_log(&["event=\"line_overrun\""]);
+    assert!(
+        warning.contains("WARN") && warning.contains("bus=rs485"),
+        "{warning}"
+    );
+    let busiest = warning
+        .split("busiest: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{warning}"));
+    assert!(busiest.starts_with("unit 4 (u4): "), "{warning}");
+    assert!(busiest.contains("ms per answer"), "{warning}");
+    wait_until(LONG, "a second overrun window", || {
+        watch
+            .messages()
+            .iter()
+            .any(|m| m.topic == "fieldbridge/gw/stats" && line(m)["overruns"].as_u64() >= Some(2))
+    });
+    assert_eq!(
+        gw.log().matches("event=\"line_overrun\"").count(),
+        1,
+        "rate-limited\n{}",
+        gw.log()
+    );
+    // fieldbridge status shows the busy line and each unit's response time.
+    let out = fieldbridge([
+        "status",
+        "--timeout",
+        "5s",
+        "--config",
+        gw.config.to_str().unwrap(),
+    ]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("% of the time, overrun in"), "{report}");
+    let slow = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("unit 4 (u4)"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(slow.contains("ms per answer"), "{report}");
+}

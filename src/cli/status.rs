@@ -188,6 +188,11 @@ fn line_report(name: &str, l: &LineReport) -> String {
             .response
             .map(|r| format!("; {:.0} ms per answer (max {:.0} ms)", r.mean_ms, r.max_ms))
             .unwrap_or_default();
+        let late = if u_t.late_polls > 0 {
+            format!(", {} polls late", u_t.late_polls)
+        } else {
+            String::new()
+        };
         let hint = if u_t.bad_crc > 0 || u_t.garbage > 0 {
             " - check baud, parity, termination"
         } else if u_t.wrong_unit > 0 {
@@ -196,7 +201,7 @@ fn line_report(name: &str, l: &LineReport) -> String {
             ""
         };
         out.push_str(&format!(
-            "    {who:<26} {} requests, {} answers, {} timeouts, {} bad CRC, {} wrong unit, {} garbage, {} exceptions{response}{hint}\n",
+            "    {who:<26} {} requests, {} answers, {} timeouts, {} bad CRC, {} wrong unit, {} garbage, {} exceptions{late}{response}{hint}\n",
             u_t.requests, u_t.answers, u_t.timeouts, u_t.bad_crc, u_t.wrong_unit, u_t.garbage, u_t.exceptions
         ));
     }
@@ -248,6 +253,7 @@ mod tests {
                                 requests: 40,
                                 answers: 28,
                                 bad_crc: 12,
+                                late_polls: 7,
                                 ..Default::default()
                             },
                             response: Some(crate::ops::stats::ResponseTimes {
@@ -311,7 +317,7 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.contains("    unit 3 (meter)             40 requests, 28 answers, 0 timeouts, 12 bad CRC, 0 wrong unit, 0 garbage, 0 exceptions; 251 ms per answer (max 262 ms) - check baud, parity, termination"),
+            r.contains("    unit 3 (meter)             40 requests, 28 answers, 0 timeouts, 12 bad CRC, 0 wrong unit, 0 garbage, 0 exceptions, 7 polls late; 251 ms per answer (max 262 ms) - check baud, parity, termination"),
             "{r}"
         );
         assert!(

@@ -57,6 +57,10 @@ pub trait Driver: Send {
     fn max_poll_time(&self) -> std::time::Duration {
         std::time::Duration::from_secs(120)
     }
+
+    /// A poll ended after the next one was due: the device is not kept at its interval. Only
+    /// a driver on a shared line does something with it (its line's overrun check).
+    fn missed_interval(&self) {}
 }
 
 #[cfg(test)]

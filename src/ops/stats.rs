@@ -80,6 +80,8 @@ counter_set! {
         link_errors,
         /// Milliseconds the line was busy with exchanges (silence and retries included).
         busy_ms,
+        /// Polls of the line's devices that ended after the next poll was due.
+        late_polls,
         /// Load windows in which the line could not keep its devices' intervals.
         overruns,
     }
@@ -102,6 +104,8 @@ counter_set! {
         wrong_unit,
         garbage,
         exceptions,
+        /// Polls that ended after the next poll was due.
+        late_polls,
     }
 }
 
@@ -547,7 +551,7 @@ mod tests {
             json,
             serde_json::json!({"requests": 2, "timeouts": 0, "bad_answers": 0, "bad_crc": 0,
                 "wrong_unit": 0, "garbage": 0, "exceptions": 0, "link_errors": 1, "busy_ms": 0,
-                "overruns": 0})
+                "late_polls": 0, "overruns": 0})
         );
     }
 

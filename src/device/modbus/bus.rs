@@ -250,12 +250,21 @@ async fn run(
         rs485_noted: false,
         queue: Queue::default(),
         load: Load::new(WINDOW, Instant::now()),
+        late_seen: 0,
         fault_log: KeyedLimiter::new(FAULT_LOG_EVERY, 256),
         overrun_log: LogLimiter::new(OVERRUN_LOG_EVERY),
     };
     let mut open = true;
     loop {
-        if let Some(w) = line.load.close(Instant::now()) {
+        let late = line
+            .stats
+            .late_polls
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(w) = line
+            .load
+            .close(Instant::now(), late.saturating_sub(line.late_seen))
+        {
+            line.late_seen = late;
             line.window_closed(w);
         }
         while let Ok(j) = rx.try_recv() {
@@ -321,6 +330,8 @@ struct Owner {
     /// of theirs may still arrive): which job goes next is decided there (`queue`, pure).
     queue: Queue<Job>,
     load: Load,
+    /// `late_polls` of the line when the last load window closed.
+    late_seen: u64,
     /// Fault log lines, per unit and kind.
     fault_log: KeyedLimiter<(u8, &'static str)>,
     overrun_log: LogLimiter,
@@ -631,12 +642,14 @@ impl Owner {
                     event = "line_overrun",
                     bus = %self.name,
                     busy_pct = w.load.busy_pct,
+                    late_polls = w.late,
                     busiest = %busiest,
                     suppressed,
-                    "line {} was busy {:.0}% of the last {} s and cannot keep its devices' intervals; busiest: {busiest} (raise intervals, move slow units to their own line, or shorten their timeouts)",
+                    "line {} cannot keep its devices' intervals: busy {:.0}% of the last {} s, {} polls ended after the next was due; busiest: {busiest} (raise intervals, move slow units to a line of their own, or shorten their timeouts)",
                     self.name,
                     w.load.busy_pct,
-                    WINDOW.as_secs()
+                    WINDOW.as_secs(),
+                    w.late
                 );
             }
         }

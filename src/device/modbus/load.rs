@@ -2,10 +2,10 @@
 //! part of that and its response times, over windows of a few seconds; and whether the line is
 //! overrun. Time is passed in; the bus owner (`bus`) feeds it and logs what it decides.
 //!
-//! Overrun: the pollers ask for their next poll at their interval, so a line that keeps up is
-//! idle between cycles. A line busy for nearly the whole window never waits for a poll to come
-//! due: some device is polled later than its interval, and the units that take most of the
-//! line are the ones to look at (a slow unit, a short timeout, too many requests).
+//! Overrun: a line cannot keep its devices' intervals when polls end after the next one was
+//! due (the pollers report those, `late`), or when it is busy nearly the whole window (it never
+//! waits for a poll to come due). The units that take most of the line are the ones to look at
+//! (a slow unit, a short timeout, too many requests).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -19,6 +19,9 @@ pub const WINDOW: Duration = Duration::from_secs(5);
 
 /// Busy share from which a line counts as overrun.
 pub const OVERRUN_BUSY: f64 = 0.9;
+
+/// Late polls in one window from which a line counts as overrun (one can be a retry).
+pub const OVERRUN_LATE: u64 = 2;
 
 /// How many of the busiest units an overrun names.
 const NAMED: usize = 3;
@@ -56,6 +59,8 @@ pub struct Window {
     pub load: LineLoad,
     /// Millisecond the line was busy in it.
     pub busy_ms: u64,
+    /// Polls that ended after their next one was due.
+    pub late: u64,
     pub overrun: bool,
     /// The units that took most of the line, busiest first (at most three).
     pub busiest: Vec<Share>,
@@ -98,8 +103,9 @@ impl Load {
         a.max = a.max.max(d);
     }
 
-    /// Closes the window if it is over at `now` and starts the next one.
-    pub fn close(&mut self, now: Instant) -> Option<Window> {
+    /// Closes the window if it is over at `now` and starts the next one; `late` polls of the
+    /// line's devices ended in it after their next poll was due.
+    pub fn close(&mut self, now: Instant, late: u64) -> Option<Window> {
         if now < self.ends() {
             return None;
         }
@@ -138,7 +144,8 @@ impl Load {
                 response,
             },
             busy_ms: u64::try_from(self.busy.as_millis()).unwrap_or(u64::MAX),
-            overrun: busy >= OVERRUN_BUSY,
+            late,
+            overrun: busy >= OVERRUN_BUSY || late >= OVERRUN_LATE,
             busiest,
         };
         *self = Load::new(self.window, now);
@@ -154,13 +161,21 @@ mod tests {
         Duration::from_millis(n)
     }
 
-    /// (what, per unit: (busy ms, response times in ms), busy %, overrun, busiest units)
-    type Case = (&'static str, Vec<(u8, u64, Vec<u64>)>, f64, bool, Vec<u8>);
+    /// (what, per unit: (busy ms, response times in ms), late polls, busy %, overrun, busiest
+    /// units)
+    type Case = (
+        &'static str,
+        Vec<(u8, u64, Vec<u64>)>,
+        u64,
+        f64,
+        bool,
+        Vec<u8>,
+    );
 
     #[test]
     fn a_window_reports_busy_share_response_times_and_overrun_naming_the_busiest_units() {
         let cases: Vec<Case> = vec![
-            ("an idle line", vec![], 0.0, false, vec![]),
+            ("an idle line", vec![], 0, 0.0, false, vec![]),
             (
                 "four fast units keep up",
                 vec![
@@ -169,6 +184,7 @@ mod tests {
                     (3, 300, vec![15; 20]),
                     (4, 300, vec![15; 20]),
                 ],
+                0,
                 24.0,
                 false,
                 vec![1, 2, 3],
@@ -181,6 +197,7 @@ mod tests {
                     (3, 3800, vec![250; 15]),
                     (4, 400, vec![15; 25]),
                 ],
+                0,
                 100.0,
                 true,
                 vec![3, 1, 2],
@@ -188,6 +205,7 @@ mod tests {
             (
                 "a dead unit's timeouts count as busy time, without a response time",
                 vec![(1, 200, vec![10; 20]), (9, 4400, vec![])],
+                0,
                 92.0,
                 true,
                 vec![9, 1],
@@ -195,12 +213,29 @@ mod tests {
             (
                 "just below the mark",
                 vec![(1, 4450, vec![100; 44])],
+                0,
                 89.0,
                 false,
                 vec![1],
             ),
+            (
+                "polls ending after their next one was due",
+                vec![(1, 2000, vec![100; 20]), (2, 2200, vec![550; 4])],
+                3,
+                84.0,
+                true,
+                vec![2, 1],
+            ),
+            (
+                "one late poll is not yet an overrun",
+                vec![(1, 2000, vec![100; 20])],
+                1,
+                40.0,
+                false,
+                vec![1],
+            ),
         ];
-        for (what, units, busy_pct, overrun, busiest) in cases {
+        for (what, units, late, busy_pct, overrun, busiest) in cases {
             let t0 = Instant::now();
             let mut l = Load::new(WINDOW, t0);
             for (unit, busy, responses) in &units {
@@ -209,8 +244,8 @@ mod tests {
                     l.answered(*unit, ms(*r));
                 }
             }
-            assert_eq!(l.close(t0 + ms(4999)), None, "{what}: not over yet");
-            let w = l.close(t0 + WINDOW).expect("window over");
+            assert_eq!(l.close(t0 + ms(4999), late), None, "{what}: not over yet");
+            let w = l.close(t0 + WINDOW, late).expect("window over");
             assert_eq!(w.load.busy_pct, busy_pct, "{what}");
             assert_eq!(w.overrun, overrun, "{what}");
             assert_eq!(
@@ -230,7 +265,7 @@ mod tests {
                 }
             }
             // The next window starts empty.
-            let next = l.close(t0 + WINDOW * 2).expect("second window");
+            let next = l.close(t0 + WINDOW * 2, 0).expect("second window");
             assert_eq!(next.load.busy_pct, 0.0, "{what}");
         }
     }
@@ -240,7 +275,7 @@ mod tests {
         let t0 = Instant::now();
         let mut l = Load::new(WINDOW, t0);
         l.busy(1, Duration::from_secs(5));
-        let w = l.close(t0 + Duration::from_secs(10)).expect("over");
+        let w = l.close(t0 + Duration::from_secs(10), 0).expect("over");
         assert_eq!(w.load.busy_pct, 50.0);
         assert_eq!(w.busy_ms, 5000);
         assert!(!w.overrun);
