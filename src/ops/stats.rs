@@ -42,8 +42,10 @@ macro_rules! counter_set {
             $($($(#[$xm])* $xfield: $xty,)*)?
         }
 
-        /// Totals since start (the snapshot of the live counters of the same name).
+        /// Totals since start (the snapshot of the live counters of the same name). A counter
+        /// missing from a snapshot (one from an older version) reads as 0.
         #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+        #[serde(default)]
         pub struct $snap {
             $(pub $field: u64,)*
         }
@@ -579,6 +581,13 @@ mod tests {
         assert_eq!(json["units"]["3"]["response"]["mean_ms"], 12.5);
         let back: LineReport = serde_json::from_value(json).unwrap();
         assert_eq!(back, c.report());
+        // A snapshot of an older version, without the new counters, still reads.
+        let old: LineReport = serde_json::from_value(serde_json::json!({"requests": 5,
+            "timeouts": 1, "bad_answers": 0, "exceptions": 0, "link_errors": 0}))
+        .unwrap();
+        assert_eq!(old.totals.requests, 5);
+        assert_eq!(old.totals.bad_crc, 0);
+        assert!(old.units.is_empty());
     }
 
     #[test]
