@@ -234,9 +234,9 @@ pub async fn scan(spec: &ScanSpec, mut progress: impl FnMut(&str)) -> Result<Vec
                 ));
                 faulty.push(unit);
             }
-            Err(e @ DeviceError::BadAnswer { .. }) => {
+            Err(DeviceError::BadAnswer { reason, .. }) => {
                 progress(&format!(
-                    "unit {unit:>3}: answers with garbage ({e}) — check baud, parity, wiring"
+                    "unit {unit:>3}: answers with garbage ({reason}) — check baud, parity, wiring"
                 ));
                 faulty.push(unit);
             }

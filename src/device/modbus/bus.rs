@@ -556,9 +556,9 @@ impl Owner {
         Line::new(stream, tap)
     }
 
-    /// Logs a failed attempt: a debug line always, and a line of its own kind (bad CRC, wrong
-    /// unit, garbage, timeout) with the device and unit id, at most every `FAULT_LOG_EVERY`
-    /// per unit and kind.
+    /// Logs a failed attempt: a debug line always, and for a unit the config names, a line of
+    /// its own kind (bad CRC, wrong unit, garbage, timeout) with the device and unit id, at most
+    /// every `FAULT_LOG_EVERY` per unit and kind.
     fn log_fault(&mut self, job: &Job, e: &DeviceError) {
         tracing::debug!(
             bus = %self.name,
@@ -575,19 +575,30 @@ impl Owner {
             DeviceError::BadAnswer { .. } => Fault::Garbage,
             _ => return,
         };
+        // Only units the config names: `scan` asks every id and reports what it found itself.
+        let device = self.stats.devices_of(job.unit);
+        if device.is_empty() {
+            return;
+        }
         let Some(suppressed) = self
             .fault_log
             .allow((job.unit, kind.event()), Instant::now())
         else {
             return;
         };
-        let device = self.stats.devices_of(job.unit);
         let reply = self
             .tap
             .as_ref()
             .map(|t| hex(&t.lock().unwrap_or_else(|p| p.into_inner()).reply))
             .unwrap_or_default();
-        let every = FAULT_LOG_EVERY.as_secs();
+        let held_back = if suppressed > 0 {
+            format!(
+                " ({suppressed} more like it in the last {} s)",
+                FAULT_LOG_EVERY.as_secs()
+            )
+        } else {
+            String::new()
+        };
         match kind {
             // A dead unit is reported by its poller (device_offline); this says how often.
             Fault::NoAnswer => tracing::info!(
@@ -597,7 +608,7 @@ impl Owner {
                 unit_id = job.unit,
                 function = job.exchange.function(),
                 suppressed,
-                "unit {}: {e} ({suppressed} more like it in the last {every} s)",
+                "unit {}: {e}{held_back}",
                 job.unit
             ),
             _ => tracing::warn!(
@@ -608,7 +619,7 @@ impl Owner {
                 function = job.exchange.function(),
                 reply = %reply,
                 suppressed,
-                "unit {}: {e} ({suppressed} more like it in the last {every} s)",
+                "unit {}: {e}{held_back}",
                 job.unit
             ),
         }
@@ -674,10 +685,9 @@ fn name_failure(failure: Failure, seen: Fault, reply: &[u8]) -> Failure {
         (f, Fault::NoAnswer) => f,
         (_, Fault::BadCrc) => Failure::BadCrc,
         (_, Fault::WrongUnit(u)) => Failure::WrongUnit(u),
-        (Failure::Timeout, Fault::Garbage) => Failure::Garbage(format!(
-            "{} bytes that are no Modbus answer (check baud, parity, wiring)",
-            reply.len()
-        )),
+        (Failure::Timeout, Fault::Garbage) => {
+            Failure::Garbage(format!("{} bytes that are no Modbus answer", reply.len()))
+        }
         (f, Fault::Garbage) => f,
     }
 }
