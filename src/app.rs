@@ -15,9 +15,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::Schedule;
+use crate::backoff::{Retry, Schedule};
 use crate::commands::Commands;
-use crate::config::Config;
+use crate::config::{Config, Transport};
 use crate::device::modbus::driver::ModbusDriver;
 use crate::device::modbus::lines;
 use crate::device::serial;
@@ -201,6 +201,11 @@ pub async fn run(
         let schedule = Schedule {
             interval: d.interval,
             backoff_max: d.backoff_max,
+            // Units on a shared line share its time: see `backoff::Retry`.
+            retry: match d.transport {
+                Transport::Bus(_) => Retry::Probe,
+                Transport::Tcp { .. } => Retry::Backoff,
+            },
         };
         pollers.spawn(poller::run(
             d.name.clone(),

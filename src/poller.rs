@@ -1,7 +1,8 @@
 //! Polling: one task per device that owns its schedule, backoff and reachability status.
 //!
-//! A device that fails to answer is reported offline once (with the reason), then retried with
-//! capped exponential backoff; the first successful poll reports it online and returns it to its
+//! A device that fails to answer is reported offline once (with the reason), then retried by
+//! its schedule's rule (`backoff::Retry`: capped exponential backoff on a line of its own, a
+//! flat probe every few seconds on a shared RTU line); the first successful poll reports it online and returns it to its
 //! normal interval. Which outcomes are status changes (and how they are logged) is decided by
 //! `device::status::Status`, shared with the serial task; this loop owns only timing (sleep,
 //! backoff, the watchdog beat). The poller never sees the outbox or MQTT: it only sends
@@ -13,7 +14,7 @@ use tokio::sync::mpsc;
 use tokio::time::{sleep_until, Instant};
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{backoff, Schedule};
+use crate::backoff::{retry_delay, Schedule};
 use crate::device::status::Status;
 use crate::device::Driver;
 use crate::flow::DeviceEvent;
@@ -37,6 +38,7 @@ pub async fn run<D: Driver>(
             _ = stop.cancelled() => break,
             _ = sleep_until(next) => {}
         }
+        let due = next;
         let started = Instant::now();
         let result = tokio::select! {
             _ = stop.cancelled() => break,
@@ -44,6 +46,10 @@ pub async fn run<D: Driver>(
         };
         let events = match result {
             Ok(readings) => {
+                // Ended after the next poll was due: the line (or the device) cannot keep up.
+                if Instant::now() > due + schedule.interval {
+                    driver.missed_interval();
+                }
                 failures = 0;
                 next = started + schedule.interval;
                 let mut ev = Vec::new();
@@ -55,7 +61,7 @@ pub async fn run<D: Driver>(
             }
             Err(e) => {
                 failures += 1;
-                let delay = backoff(&schedule, failures);
+                let delay = retry_delay(&schedule, failures);
                 next = Instant::now() + delay;
                 match status.failed(e.to_string()) {
                     Some(change) => vec![status.report(change, Some(delay))],

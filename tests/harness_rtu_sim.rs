@@ -577,3 +577,30 @@ fn a_bad_spec_is_refused_before_ready() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn a_unit_with_a_fault_keeps_it_on_every_reply_until_told_otherwise() {
+    let mut sim = RtuSim::start(&json!({"units": {
+        "1": {"holding": {"0": 1234}},
+        "2": {"holding": {"0": 20}}
+    }}));
+    // (fault, what mbpoll (libmodbus) says)
+    for (kind, says) in [
+        ("crc", "Invalid CRC"),
+        ("wrong-unit", "Response not from requested slave"),
+    ] {
+        sim.fault(1, kind);
+        for _ in 0..2 {
+            let bad = read_quick(&sim, 1);
+            assert!(!bad.success && bad.stderr.contains(says), "{kind}: {bad:?}");
+        }
+        // The other unit is not affected.
+        assert_eq!(values(&sim, 2, "4", 0, 1), ["20"], "{kind}");
+    }
+    sim.fault(1, "none");
+    assert_eq!(values(&sim, 1, "4", 0, 1), ["1234"]);
+    // Garbage: 0xA5 bytes, no frame. (libmodbus stops reading after what it takes for a
+    // header, so the rest stays on the line for the next master: no read of unit 2 here.)
+    sim.fault(1, "garbage");
+    assert!(!read_quick(&sim, 1).success);
+}

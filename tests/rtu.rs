@@ -15,7 +15,7 @@ use support::modbus::{ModbusSim, RtuSim};
 use support::mosquitto::Mosquitto;
 use support::mqtt::{mosquitto_pub, publish, Message, MqttWatcher};
 use support::process::{text, Proc};
-use support::wait_until;
+use support::{wait_for, wait_until};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -1110,4 +1110,338 @@ fn a_retained_command_is_not_replayed_when_the_gateway_subscribes() {
     assert_eq!(r.json()["ok"], true, "{}", r.text());
     assert_eq!(sim.get(2, "holding", 2), 80);
     assert_eq!(sim.writes(2), 1);
+}
+
+#[test]
+fn a_unit_that_answers_again_is_back_within_ten_seconds_while_a_dead_unit_costs_one_timeout_per_five_seconds(
+) {
+    let mut sim = RtuSim::start_units(2);
+    let dir = tempfile::tempdir().unwrap();
+    // backoff_max left at its default (60 s): the schedule a field engineer gets.
+    let device = |name: &str, unit: u8| {
+        format!(
+            "[[devices]]\nname = \"{name}\"\nkind = \"modbus_rtu\"\nbus = \"rs485\"\nunit_id = {unit}\ninterval = \"1s\"\ntimeout = \"300ms\"\n{UNIT_POINTS}\n"
+        )
+    };
+    let body = format!(
+        "{}{}{}",
+        bus(&sim.bus_path()),
+        device("u1", 1),
+        device("u2", 2)
+    );
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
+    wait_until(LONG, "both units online", || {
+        status_count(&watch, "u1", "online") == 1 && status_count(&watch, "u2", "online") == 1
+    });
+
+    sim.mute(2);
+    let muted_at = std::time::Instant::now();
+    let before = sim.requests(2);
+    wait_until(LONG, "unit 2 offline", || {
+        status_count(&watch, "u2", "offline") == 1
+    });
+    // Six requests to the dead unit: the failed poll (with its retry) and four probes. A
+    // doubling backoff would be at 16 s by then.
+    let probes = wait_for(
+        Duration::from_secs(60),
+        "six requests to the dead unit",
+        || {
+            let n = sim.requests(2) - before;
+            (n >= 6).then_some(n)
+        },
+    );
+    sim.unmute(2);
+    let unmuted_at = std::time::Instant::now();
+    let dead_for = unmuted_at - muted_at;
+    eprintln!(
+        "dead unit: {probes} requests in {:.1} s ({:.1} s per request after the first two)",
+        dead_for.as_secs_f64(),
+        dead_for.as_secs_f64() / (probes - 2) as f64
+    );
+    // At most one timeout per 5 s once offline (the first failed poll may retry once).
+    assert!(
+        (probes - 2) as f64 <= dead_for.as_secs_f64() / 5.0 + 1.0,
+        "{probes} requests in {dead_for:?}\n{}",
+        gw.log()
+    );
+    wait_until(
+        Duration::from_secs(10),
+        "unit 2 back online within 10 s of answering again",
+        || status_count(&watch, "u2", "online") == 2,
+    );
+    eprintln!(
+        "unit 2 back online {:.1} s after it answered again",
+        unmuted_at.elapsed().as_secs_f64()
+    );
+    // The other unit was polled throughout.
+    assert!(assert_all_values(&watch, "u1", &expected_unit_values(1)) > 10);
+}
+
+/// Four units on one line: 1 healthy, 2 answering with bad CRCs, 3 with garbage, 4 as unit 104.
+fn faulty_bus() -> RtuSim {
+    let mut sim = RtuSim::start_units(4);
+    sim.fault(2, "crc");
+    sim.fault(3, "garbage");
+    sim.fault(4, "wrong-unit");
+    sim
+}
+
+#[test]
+fn bad_crc_wrong_unit_garbage_and_timeouts_are_named_apart_in_counters_log_and_status() {
+    let sim = faulty_bus();
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = bus(&sim.bus_path());
+    for u in 1..=4u8 {
+        body.push_str(&rtu_device(
+            &format!("u{u}"),
+            u,
+            "300ms",
+            "200ms",
+            UNIT_POINTS,
+        ));
+    }
+    // A unit nobody has: the one that really times out.
+    body.push_str(&rtu_device("ghost", 9, "300ms", "200ms", UNIT_POINTS));
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
+    let unit = |m: &Message, u: &str, field: &str| {
+        m.json()["lines"]["rs485"]["units"][u][field]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let stats = watch.wait_for_sync(
+        |m| {
+            m.topic == "fieldbridge/gw/stats"
+                && unit(m, "2", "bad_crc") >= 3
+                && unit(m, "3", "garbage") >= 3
+                && unit(m, "4", "wrong_unit") >= 3
+                && unit(m, "9", "timeouts") >= 3
+        },
+        LONG,
+    );
+    let line = &stats.json()["lines"]["rs485"];
+    eprintln!("{line:#}");
+    // Each fault under its own name, per unit and per line; none of them is a timeout.
+    for (u, field) in [("2", "bad_crc"), ("3", "garbage"), ("4", "wrong_unit")] {
+        let kinds = ["timeouts", "bad_crc", "garbage", "wrong_unit"];
+        for other in kinds.iter().filter(|k| **k != field) {
+            assert_eq!(unit(&stats, u, other), 0, "unit {u} {other}: {line:#}");
+        }
+        assert_eq!(
+            line["units"][u]["devices"],
+            json!([format!("u{}", u)]),
+            "{line:#}"
+        );
+    }
+    for kind in ["bad_crc", "garbage", "wrong_unit"] {
+        assert!(line[kind].as_u64() >= Some(3), "{kind}: {line:#}");
+    }
+    assert_eq!(
+        line["bad_answers"].as_u64(),
+        Some(
+            line["bad_crc"].as_u64().unwrap()
+                + line["garbage"].as_u64().unwrap()
+                + line["wrong_unit"].as_u64().unwrap()
+        ),
+        "{line:#}"
+    );
+    for kind in ["bad_crc", "garbage", "wrong_unit", "timeouts"] {
+        assert_eq!(unit(&stats, "1", kind), 0, "the healthy unit: {line:#}");
+    }
+    assert!(assert_all_values(&watch, "u1", &expected_unit_values(1)) > 0);
+
+    // The log names each fault with the device and unit id, once per unit and kind per 30 s,
+    // and tokio-modbus's own lines about the same bytes are gone.
+    gw.wait_log(&["modbus_wrong_unit"]);
+    let log = gw.log();
+    for (event, device, unit_id) in [
+        ("modbus_bad_crc", "u2", 2),
+        ("modbus_garbage", "u3", 3),
+        ("modbus_wrong_unit", "u4", 4),
+    ] {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains(&format!("event=\"{event}\"")))
+            .collect();
+        assert_eq!(lines.len(), 1, "{event} rate-limited:\n{log}");
+        assert!(
+            lines[0].contains(&format!("device={device}"))
+                && lines[0].contains(&format!("unit_id={unit_id}"))
+                && lines[0].contains("WARN"),
+            "{}",
+            lines[0]
+        );
+    }
+    assert!(log.contains("answers, but with bad CRCs (check baud, parity, termination)"));
+    assert!(log.contains("a reply came from unit 104 instead"));
+    assert!(
+        !log.contains("Failed to decode") && !log.contains("tokio_modbus"),
+        "{log}"
+    );
+
+    // fieldbridge status shows the units with their faults.
+    let out = fieldbridge([
+        "status",
+        "--timeout",
+        "5s",
+        "--config",
+        gw.config.to_str().unwrap(),
+    ]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    let row = |u: &str| {
+        report
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("unit {u} (")))
+            .unwrap_or_else(|| panic!("no row for unit {u}:\n{report}"))
+            .to_string()
+    };
+    assert!(
+        row("2").contains("bad CRC") && row("2").ends_with("check baud, parity, termination"),
+        "{report}"
+    );
+    assert!(row("3").contains("0 timeouts"), "{report}");
+    assert!(row("4").contains("check unit ids"), "{report}");
+    assert!(row("1").contains("ms per answer"), "{report}");
+    drop(sim);
+}
+
+#[test]
+fn scan_names_units_that_answer_with_bad_crcs_garbage_or_another_unit_id() {
+    let sim = faulty_bus();
+    let path = sim.bus_path();
+    let out = fieldbridge([
+        "scan",
+        "--port",
+        path.to_str().unwrap(),
+        "--from",
+        "1",
+        "--to",
+        "6",
+        "--timeout",
+        "150ms",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("unit   1: answers (holding 0 = 100)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unit   2: answers, but with bad CRCs — check baud, parity, termination"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unit   3: answers with garbage (7 bytes that are no Modbus answer) — check baud, parity, wiring"),
+        "{text}"
+    );
+    assert!(
+        text.contains("unit   4: a reply came from unit 104 instead"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("unit   5:") && !text.contains("unit   6:"),
+        "{text}"
+    );
+    assert!(
+        text.contains("3 units answer with faults (not counted as found): 2, 3, 4"),
+        "{text}"
+    );
+    assert!(text.contains("found 1 unit: 1"), "{text}");
+    // scan says it once, in its own words: the bus's log lines are for configured devices.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("modbus_"), "{err}");
+}
+
+#[test]
+fn a_slow_unit_that_makes_its_line_miss_the_intervals_is_named_in_a_line_overrun_warning() {
+    let mut sim = RtuSim::start_units(4);
+    let dir = tempfile::tempdir().unwrap();
+    let mut body = bus(&sim.bus_path());
+    for u in 1..=4u8 {
+        body.push_str(&rtu_device(
+            &format!("u{u}"),
+            u,
+            "500ms",
+            "300ms",
+            UNIT_POINTS,
+        ));
+    }
+    let gw = gateway(None, &body).start(dir.path());
+    let watch = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/#");
+    wait_until(LONG, "all four units online", || {
+        (1..=4).all(|u| status_count(&watch, &format!("u{u}"), "online") == 1)
+    });
+    // Unit 4 answers every request, 250 ms late (timeout 300 ms): three requests per poll make
+    // it take more than its 500 ms interval by itself.
+    sim.delay(4, Duration::from_millis(250));
+    let line = |m: &Message| m.json()["lines"]["rs485"].clone();
+    let stats = watch.wait_for_sync(
+        |m| {
+            m.topic == "fieldbridge/gw/stats"
+                && line(m)["overruns"].as_u64() >= Some(1)
+                && line(m)["units"]["4"]["response"]["mean_ms"].as_f64() >= Some(200.0)
+        },
+        LONG,
+    );
+    let l = line(&stats);
+    eprintln!(
+        "busy {}%, unit 4 {} ms per answer, unit 1 {} ms",
+        l["busy_pct"],
+        l["units"]["4"]["response"]["mean_ms"],
+        l["units"]["1"]["response"]["mean_ms"]
+    );
+    // The slow unit's polls end after the next is due; the line is busy most of the time.
+    assert!(l["units"]["4"]["late_polls"].as_u64() >= Some(2), "{l:#}");
+    assert!(l["busy_pct"].as_f64() >= Some(50.0), "{l:#}");
+    assert!(l["busy_ms"].as_u64() > Some(0), "{l:#}");
+    assert!(
+        l["units"]["1"]["response"]["mean_ms"].as_f64() < Some(100.0),
+        "{l:#}"
+    );
+    // The warning names the slow unit first, with its response time, and comes once per minute.
+    let warning = gw.wait_log(&["event=\"line_overrun\""]);
+    assert!(
+        warning.contains("WARN") && warning.contains("bus=rs485"),
+        "{warning}"
+    );
+    let busiest = warning
+        .split("busiest: ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{warning}"));
+    assert!(busiest.starts_with("unit 4 (u4): "), "{warning}");
+    assert!(busiest.contains("ms per answer"), "{warning}");
+    wait_until(LONG, "a second overrun window", || {
+        watch
+            .messages()
+            .iter()
+            .any(|m| m.topic == "fieldbridge/gw/stats" && line(m)["overruns"].as_u64() >= Some(2))
+    });
+    assert_eq!(
+        gw.log().matches("event=\"line_overrun\"").count(),
+        1,
+        "rate-limited\n{}",
+        gw.log()
+    );
+    // fieldbridge status shows the busy line and each unit's response time.
+    let out = fieldbridge([
+        "status",
+        "--timeout",
+        "5s",
+        "--config",
+        gw.config.to_str().unwrap(),
+    ]);
+    let report = text(&out);
+    assert!(out.status.success(), "{report}");
+    assert!(report.contains("% of the time, overrun in"), "{report}");
+    let slow = report
+        .lines()
+        .find(|l| l.trim_start().starts_with("unit 4 (u4)"))
+        .unwrap_or_else(|| panic!("{report}"));
+    assert!(slow.contains("ms per answer"), "{report}");
 }

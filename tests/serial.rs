@@ -240,9 +240,38 @@ async fn nmea_gps_position_altitude_fix_and_satellites_are_exact() {
     assert_eq!(h.values("course"), floats(&[84.4]));
     assert_eq!(count(&h.stats.bad_checksums), 1);
     assert_eq!(count(&h.stats.overlong), 1);
-    assert_eq!(count(&h.stats.unparsable), 1);
+    // The junk line has no sentence start: it is noise, not a sentence that failed to parse.
+    assert_eq!(count(&h.stats.unparsable), 0);
+    assert_eq!(count(&h.stats.noise_bytes), 7);
     // GGA, GSV (valid, nothing we read) and RMC
     assert_eq!(count(&h.stats.frames), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_nmea_sentence_after_noise_or_a_cut_off_sentence_on_the_same_line_is_not_lost() {
+    let pty = PtyPair::start();
+    let h = Harness::start(device(&format!(
+        "[[devices]]\nname = \"gps\"\nkind = \"serial_line\"\npath = \"{}\"\ndriver = \"nmea\"\n",
+        pty.device().display()
+    )));
+    h.wait_opened(1).await;
+    let mut peer = pty.open_peer();
+    let gga = nmea_line("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,");
+    // Line noise before the sentence, on the same line.
+    peer.send(b"\x7f\x7fXYZ").unwrap();
+    peer.send(gga.as_bytes()).unwrap();
+    // A sentence cut off by a glitch (no line ending), then a whole one.
+    let gga2 = nmea_line("GPGGA,123520,4807.040,N,01131.000,E,1,09,0.9,545.4,M,46.9,M,,");
+    peer.send(&gga2.as_bytes()[..25]).unwrap();
+    peer.send(gga2.as_bytes()).unwrap();
+
+    wait_until_async(LONG, "both sentences", || h.values("fix").len() == 2).await;
+    assert_eq!(h.values("satellites"), vec![Value::UInt(8), Value::UInt(9)]);
+    assert_eq!(count(&h.stats.frames), 2);
+    // What was skipped is counted: 5 bytes of noise and the 25 bytes of the cut-off sentence.
+    assert_eq!(count(&h.stats.noise_bytes), 5 + 25);
+    assert_eq!(count(&h.stats.unparsable), 0);
+    assert_eq!(count(&h.stats.bad_checksums), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

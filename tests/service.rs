@@ -193,6 +193,42 @@ fn status_command_reports_devices_outbox_and_upstream_of_the_running_daemon() {
 }
 
 #[test]
+fn status_right_after_start_and_after_every_state_change_shows_the_state_not_the_start_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sim = ModbusSim::start(1);
+    let mut mosq = Mosquitto::start();
+    // A periodic snapshot far away: only a snapshot on each change can show the changes.
+    let spec = GatewayConfig::standard()
+        .stats_interval("1h")
+        .upstream(mosq.addr().port())
+        .with(SimDevice::new(sim.addr().port()).interval("200ms"));
+    let gw = spec.spawn(dir.path());
+    let cfg = gw.config.clone();
+    let mut last = String::new();
+    let mut shows = |what: &str, parts: &[&str]| {
+        let ok = support::eventually(Duration::from_secs(20), || {
+            let out = status(&cfg);
+            last = text(&out);
+            out.status.success() && parts.iter().all(|p| last.contains(p))
+        });
+        assert!(ok, "status never showed {what}:\n{last}\n{}", gw.log());
+    };
+    shows(
+        "the device online and upstream connected",
+        &["devices: 1/1 online", "upstream: connected"],
+    );
+    sim.mute();
+    shows(
+        "the device offline",
+        &["devices: 0/1 online", "dev", "offline"],
+    );
+    mosq.kill();
+    shows("upstream disconnected", &["upstream: disconnected"]);
+    sim.unmute();
+    shows("the device online again", &["devices: 1/1 online"]);
+}
+
+#[test]
 fn status_command_fails_clearly_when_no_daemon_runs() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = GatewayConfig::standard()

@@ -8,7 +8,7 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
 
 use crate::config::Config;
 use crate::mqtt::topics::Topics;
-use crate::ops::stats::Stats;
+use crate::ops::stats::{LineReport, Stats};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StatusError {
@@ -145,10 +145,7 @@ pub fn render(s: &Stats, now_ms: u64) -> String {
     if !s.lines.is_empty() {
         out.push_str("modbus lines:\n");
         for (name, l) in &s.lines {
-            out.push_str(&format!(
-                "  {name:<24} {} requests, {} timeouts, {} bad answers, {} exceptions, {} link errors\n",
-                l.requests, l.timeouts, l.bad_answers, l.exceptions, l.link_errors
-            ));
+            out.push_str(&line_report(name, l));
         }
     }
     if !s.serial.is_empty() {
@@ -164,6 +161,54 @@ pub fn render(s: &Stats, now_ms: u64) -> String {
         out.push_str(&format!(
             "WATCHDOG: no progress in {}\n",
             s.stalled.join(", ")
+        ));
+    }
+    out
+}
+
+/// One Modbus line and its units: what a field engineer reads to tell a wiring fault from a
+/// dead device, and a slow unit from a busy line.
+fn line_report(name: &str, l: &LineReport) -> String {
+    let t = &l.totals;
+    let busy = l
+        .busy_pct
+        .map(|p| format!("; busy {p:.0}% of the time"))
+        .unwrap_or_default();
+    let overruns = if t.overruns > 0 {
+        format!(", overrun in {} windows (EVENT=line_overrun)", t.overruns)
+    } else {
+        String::new()
+    };
+    let mut out = format!(
+        "  {name:<24} {} requests, {} timeouts, {} bad answers ({} bad CRC, {} wrong unit, {} garbage), {} exceptions, {} link errors{busy}{overruns}\n",
+        t.requests, t.timeouts, t.bad_answers, t.bad_crc, t.wrong_unit, t.garbage, t.exceptions, t.link_errors
+    );
+    for (id, u) in &l.units {
+        let u_t = &u.totals;
+        let who = if u.devices.is_empty() {
+            format!("unit {id}")
+        } else {
+            format!("unit {id} ({})", u.devices.join(", "))
+        };
+        let response = u
+            .response
+            .map(|r| format!("; {:.0} ms per answer (max {:.0} ms)", r.mean_ms, r.max_ms))
+            .unwrap_or_default();
+        let late = if u_t.late_polls > 0 {
+            format!(", {} polls late", u_t.late_polls)
+        } else {
+            String::new()
+        };
+        let hint = if u_t.bad_crc > 0 || u_t.garbage > 0 {
+            " - check baud, parity, termination"
+        } else if u_t.wrong_unit > 0 {
+            " - another device answers: check unit ids"
+        } else {
+            ""
+        };
+        out.push_str(&format!(
+            "    {who:<26} {} requests, {} answers, {} timeouts, {} bad CRC, {} wrong unit, {} garbage, {} exceptions{late}{response}{hint}\n",
+            u_t.requests, u_t.answers, u_t.timeouts, u_t.bad_crc, u_t.wrong_unit, u_t.garbage, u_t.exceptions
         ));
     }
     out
@@ -200,12 +245,37 @@ mod tests {
             .into(),
             lines: [(
                 "rs485".to_string(),
-                crate::ops::stats::LineTotals {
-                    requests: 120,
-                    timeouts: 3,
-                    bad_answers: 1,
-                    exceptions: 0,
-                    link_errors: 0,
+                LineReport {
+                    totals: crate::ops::stats::LineTotals {
+                        requests: 120,
+                        timeouts: 3,
+                        bad_answers: 12,
+                        bad_crc: 12,
+                        exceptions: 0,
+                        link_errors: 0,
+                        busy_ms: 9000,
+                        overruns: 2,
+                        ..Default::default()
+                    },
+                    busy_pct: Some(97.4),
+                    units: [(
+                        "3".to_string(),
+                        crate::ops::stats::UnitReport {
+                            devices: vec!["meter".into()],
+                            totals: crate::ops::stats::UnitTotals {
+                                requests: 40,
+                                answers: 28,
+                                bad_crc: 12,
+                                late_polls: 7,
+                                ..Default::default()
+                            },
+                            response: Some(crate::ops::stats::ResponseTimes {
+                                mean_ms: 251.4,
+                                max_ms: 262.0,
+                            }),
+                        },
+                    )]
+                    .into(),
                 },
             )]
             .into(),
@@ -256,7 +326,11 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.contains("rs485                    120 requests, 3 timeouts, 1 bad answers, 0 exceptions, 0 link errors"),
+            r.contains("rs485                    120 requests, 3 timeouts, 12 bad answers (12 bad CRC, 0 wrong unit, 0 garbage), 0 exceptions, 0 link errors; busy 97% of the time, overrun in 2 windows (EVENT=line_overrun)"),
+            "{r}"
+        );
+        assert!(
+            r.contains("    unit 3 (meter)             40 requests, 28 answers, 0 timeouts, 12 bad CRC, 0 wrong unit, 0 garbage, 0 exceptions, 7 polls late; 251 ms per answer (max 262 ms) - check baud, parity, termination"),
             "{r}"
         );
         assert!(

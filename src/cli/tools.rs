@@ -17,7 +17,7 @@ use crate::device::modbus::bus::{self, Answer, Connector, Exchange};
 
 use crate::device::modbus::driver::ModbusDriver;
 use crate::device::modbus::{lines, plan};
-use crate::device::Driver;
+use crate::device::{DeviceError, Driver};
 use crate::flow::Value;
 use crate::flow::{Command, Origin};
 use crate::mqtt::topics::Topics;
@@ -173,7 +173,9 @@ pub struct ScanSpec {
 }
 
 /// `fieldbridge scan`: asks every unit id in the range for one register (or bit). Any answer,
-/// an exception included, means a device with that id is on the line.
+/// an exception included, means a device with that id is on the line. A reply with a bad CRC,
+/// from another unit id, or of garbage is named with what to check, and listed at the end, so a
+/// wiring fault is not taken for an empty address.
 pub async fn scan(spec: &ScanSpec, mut progress: impl FnMut(&str)) -> Result<Vec<u8>, ToolError> {
     let stop = CancellationToken::new();
     let (handle, task) = bus::spawn(
@@ -183,6 +185,7 @@ pub async fn scan(spec: &ScanSpec, mut progress: impl FnMut(&str)) -> Result<Vec
         stop.clone(),
     );
     let mut found = Vec::new();
+    let mut faulty: Vec<u8> = Vec::new();
     for unit in spec.units.clone() {
         let ex = Exchange::Read {
             table: spec.table,
@@ -216,11 +219,31 @@ pub async fn scan(spec: &ScanSpec, mut progress: impl FnMut(&str)) -> Result<Vec
                 found.push(unit);
             }
             Ok(Answer::Written) => {}
-            Err(crate::device::DeviceError::Timeout(_)) => {}
+            Err(DeviceError::Timeout(_)) => {}
+            // Something answers, but not cleanly: named, so a wiring fault is not taken for
+            // an empty address.
+            Err(DeviceError::BadCrc { .. }) => {
+                progress(&format!(
+                    "unit {unit:>3}: answers, but with bad CRCs — check baud, parity, termination"
+                ));
+                faulty.push(unit);
+            }
+            Err(DeviceError::WrongUnit { got, .. }) => {
+                progress(&format!(
+                    "unit {unit:>3}: a reply came from unit {got} instead — two devices with one id, or a device that ignores its id"
+                ));
+                faulty.push(unit);
+            }
+            Err(DeviceError::BadAnswer { reason, .. }) => {
+                progress(&format!(
+                    "unit {unit:>3}: answers with garbage ({reason}) — check baud, parity, wiring"
+                ));
+                faulty.push(unit);
+            }
             Err(
-                e @ (crate::device::DeviceError::Port(_)
-                | crate::device::DeviceError::Connect { .. }
-                | crate::device::DeviceError::Resolve { .. }),
+                e @ (DeviceError::Port(_)
+                | DeviceError::Connect { .. }
+                | DeviceError::Resolve { .. }),
             ) => {
                 stop.cancel();
                 let _ = task.await;
@@ -234,5 +257,15 @@ pub async fn scan(spec: &ScanSpec, mut progress: impl FnMut(&str)) -> Result<Vec
     }
     stop.cancel();
     let _ = task.await;
+    if !faulty.is_empty() {
+        let list: Vec<String> = faulty.iter().map(|u| u.to_string()).collect();
+        progress(&format!(
+            "{} unit{} answer{} with faults (not counted as found): {}",
+            faulty.len(),
+            if faulty.len() == 1 { "" } else { "s" },
+            if faulty.len() == 1 { "s" } else { "" },
+            list.join(", ")
+        ));
+    }
     Ok(found)
 }

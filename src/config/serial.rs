@@ -37,6 +37,15 @@ impl Protocol {
             Protocol::Custom { framing, .. } => framing.clone(),
         }
     }
+
+    /// Bytes a line can only start with (the framer resynchronises on them); none for custom
+    /// framing, whose lines may contain anything.
+    pub fn line_starts(&self) -> &'static [u8] {
+        match self {
+            Protocol::Sensor(s) => s.line_starts(),
+            Protocol::Custom { .. } => &[],
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -36,6 +36,12 @@ pub enum DeviceError {
     /// or echo, bytes the decoder gave up on), also on the extra attempt.
     #[error("connection lost: bad answer: {reason}")]
     BadAnswer { line: Arc<str>, reason: String },
+    /// The unit answers, but its replies fail the CRC: a wiring or line-settings fault.
+    #[error("answers, but with bad CRCs (check baud, parity, termination)")]
+    BadCrc { line: Arc<str> },
+    /// A valid reply came from another unit id than the one asked.
+    #[error("a reply came from unit {got} instead (two devices with one id, or a wrong unit_id)")]
+    WrongUnit { line: Arc<str>, got: u8 },
     #[error("{0}")]
     Port(String),
 }
@@ -51,6 +57,10 @@ pub trait Driver: Send {
     fn max_poll_time(&self) -> std::time::Duration {
         std::time::Duration::from_secs(120)
     }
+
+    /// A poll ended after the next one was due: the device is not kept at its interval. Only
+    /// a driver on a shared line does something with it (its line's overrun check).
+    fn missed_interval(&self) {}
 }
 
 #[cfg(test)]
@@ -82,6 +92,19 @@ mod tests {
             (
                 DeviceError::Timeout(Duration::from_millis(300)),
                 "no answer within 300ms",
+            ),
+            (
+                DeviceError::BadCrc {
+                    line: Arc::from("rs485"),
+                },
+                "answers, but with bad CRCs (check baud, parity, termination)",
+            ),
+            (
+                DeviceError::WrongUnit {
+                    line: Arc::from("rs485"),
+                    got: 7,
+                },
+                "a reply came from unit 7 instead (two devices with one id, or a wrong unit_id)",
             ),
         ];
         for (e, want) in cases {

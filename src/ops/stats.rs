@@ -3,8 +3,9 @@
 //! link), the device board (last reported reachability of every device, Modbus or serial, the
 //! one source of truth for "online"), and the `Stats` snapshot built from them.
 //!
-//! The snapshot is logged every `gateway.stats_interval` and published retained on the stats
-//! topic through the normal path (outbox → upstream, and the local broker) by `Reporter`;
+//! The snapshot is logged every `gateway.stats_interval`, and at once when a device goes online
+//! or offline or upstream connects or disconnects, and published retained on the stats topic
+//! through the normal path (outbox → upstream, and the local broker) by `Reporter`;
 //! `fieldbridge status` reads it back, and the watchdog's `STATUS=` line is made from it.
 //! Each counter set is declared once (`counter_set!`): its snapshot type has the same fields, so
 //! the JSON schema cannot drift from what the loops count.
@@ -30,16 +31,21 @@ pub fn bump(c: &AtomicU64) {
 
 /// Declares a set of live counters (atomics, bumped by a loop) and its snapshot (plain numbers,
 /// serialised on the stats topic) from one list of fields.
+/// `extra { … }` adds live fields that are not counters (they have their own snapshot).
 macro_rules! counter_set {
-    ($(#[$m:meta])* $live:ident => $snap:ident { $($(#[$fm:meta])* $field:ident),* $(,)? }) => {
+    ($(#[$m:meta])* $live:ident => $snap:ident { $($(#[$fm:meta])* $field:ident),* $(,)? }
+     $(extra { $($(#[$xm:meta])* $xfield:ident: $xty:ty),* $(,)? })?) => {
         $(#[$m])*
         #[derive(Debug, Default)]
         pub struct $live {
             $($(#[$fm])* pub $field: AtomicU64,)*
+            $($($(#[$xm])* $xfield: $xty,)*)?
         }
 
-        /// Totals since start (the snapshot of the live counters of the same name).
+        /// Totals since start (the snapshot of the live counters of the same name). A counter
+        /// missing from a snapshot (one from an older version) reads as 0.
         #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+        #[serde(default)]
         pub struct $snap {
             $(pub $field: u64,)*
         }
@@ -58,15 +64,160 @@ counter_set! {
     LineCounters => LineTotals {
         /// Exchanges put on the wire (attempts, retries included).
         requests,
+        /// Nothing came back in time.
         timeouts,
-        /// Answers that were not the answer (bad CRC surfaces as a timeout; wrong unit,
-        /// function or quantity counts here).
+        /// Answers that were not the answer: the sum of the three kinds below, and on Modbus
+        /// TCP, whatever the decoder refused.
         bad_answers,
+        /// A reply shaped like the answer whose CRC does not match (baud, parity, termination).
+        bad_crc,
+        /// A valid frame from another unit id than the one asked.
+        wrong_unit,
+        /// Bytes that are no frame at all, or a frame of the right unit that is not the answer
+        /// (wrong function, size or echo).
+        garbage,
         /// Modbus exception answers.
         exceptions,
         /// The port or connection failed to open, or broke.
         link_errors,
+        /// Milliseconds the line was busy with exchanges (silence and retries included).
+        busy_ms,
+        /// Polls of the line's devices that ended after the next poll was due.
+        late_polls,
+        /// Load windows in which the line could not keep its devices' intervals.
+        overruns,
     }
+    extra {
+        /// Each unit id on the line: the devices that use it and its own counters.
+        units: Mutex<BTreeMap<u8, UnitCell>>,
+        /// The last completed load window.
+        load: Mutex<Option<LineLoad>>,
+    }
+}
+
+counter_set! {
+    /// Counters of one unit id on a Modbus line (one device, usually).
+    UnitCounters => UnitTotals {
+        requests,
+        /// Answers, exceptions included.
+        answers,
+        timeouts,
+        bad_crc,
+        wrong_unit,
+        garbage,
+        exceptions,
+        /// Polls that ended after the next poll was due.
+        late_polls,
+    }
+}
+
+/// One unit id on a line: who uses it and what it did.
+#[derive(Debug, Default)]
+pub struct UnitCell {
+    devices: Vec<Arc<str>>,
+    pub counters: UnitCounters,
+    /// Response times in the last completed load window.
+    response: Option<ResponseTimes>,
+}
+
+/// Response times of one unit over a load window (answers only).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct ResponseTimes {
+    /// Mean time from request to the end of the answer, in ms.
+    pub mean_ms: f64,
+    pub max_ms: f64,
+}
+
+/// How busy a line was over its last load window (`device::modbus::load` measures it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LineLoad {
+    /// Share of wall time the line was busy, in percent.
+    pub busy_pct: f64,
+    /// Response times per unit id.
+    pub response: BTreeMap<u8, ResponseTimes>,
+}
+
+impl LineCounters {
+    /// `device` uses `unit` on this line (for the snapshot and the logs).
+    pub fn add_device(&self, unit: u8, device: Arc<str>) {
+        let mut u = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        u.entry(unit).or_default().devices.push(device);
+    }
+
+    /// Runs `f` on the counters of `unit` (created on first use: `scan` asks any id).
+    pub fn unit<R>(&self, unit: u8, f: impl FnOnce(&UnitCounters) -> R) -> R {
+        let mut u = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        f(&u.entry(unit).or_default().counters)
+    }
+
+    /// The devices configured with `unit` on this line, comma-separated ("" if none).
+    pub fn devices_of(&self, unit: u8) -> String {
+        let u = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        u.get(&unit)
+            .map(|c| c.devices.iter().map(|d| &**d).collect::<Vec<_>>().join(","))
+            .unwrap_or_default()
+    }
+
+    /// Stores the load of the window just completed.
+    pub fn set_load(&self, load: LineLoad) {
+        let mut u = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        for (unit, cell) in u.iter_mut() {
+            cell.response = load.response.get(unit).copied();
+        }
+        drop(u);
+        *self.load.lock().unwrap_or_else(|p| p.into_inner()) = Some(load);
+    }
+
+    /// Counters, load and units, for the stats topic.
+    pub fn report(&self) -> LineReport {
+        let units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        LineReport {
+            totals: self.snapshot(),
+            busy_pct: self
+                .load
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|l| (l.busy_pct * 10.0).round() / 10.0),
+            units: units
+                .iter()
+                .map(|(id, c)| {
+                    (
+                        id.to_string(),
+                        UnitReport {
+                            devices: c.devices.iter().map(|d| d.to_string()).collect(),
+                            totals: c.counters.snapshot(),
+                            response: c.response,
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One line on the stats topic: its counters (at the top level, as before), how busy it was,
+/// and each unit id.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct LineReport {
+    #[serde(flatten)]
+    pub totals: LineTotals,
+    /// Busy share of the last load window, in percent (`None` before the first window ends).
+    #[serde(default)]
+    pub busy_pct: Option<f64>,
+    /// Unit ids (as strings: JSON keys) and what each did.
+    #[serde(default)]
+    pub units: BTreeMap<String, UnitReport>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct UnitReport {
+    pub devices: Vec<String>,
+    #[serde(flatten)]
+    pub totals: UnitTotals,
+    /// Response times in the last load window (`None`: no answer in it).
+    #[serde(default)]
+    pub response: Option<ResponseTimes>,
 }
 
 counter_set! {
@@ -122,9 +273,9 @@ pub struct Stats {
     pub devices: BTreeMap<String, Option<bool>>,
     pub outbox: OutboxStats,
     pub upstream: UpstreamStats,
-    /// Modbus lines (a bus name, or a Modbus TCP device's name) and their counters.
+    /// Modbus lines (a bus name, or a Modbus TCP device's name): counters, load, units.
     #[serde(default)]
-    pub lines: BTreeMap<String, LineTotals>,
+    pub lines: BTreeMap<String, LineReport>,
     /// serial_line devices and what their ports delivered or rejected.
     #[serde(default)]
     pub serial: BTreeMap<String, SerialTotals>,
@@ -242,7 +393,7 @@ impl Sources {
             lines: self
                 .lines
                 .iter()
-                .map(|(name, l)| (name.to_string(), l.snapshot()))
+                .map(|(name, l)| (name.to_string(), l.report()))
                 .collect(),
             serial: self
                 .serial
@@ -295,7 +446,36 @@ pub fn status_line(s: &Stats) -> String {
 /// the systemd watchdog interval; the stats use the same default).
 const STALL_SLACK: Duration = Duration::from_secs(30);
 
-/// Logs and publishes the snapshot every `interval`.
+/// The state a person reads first in `fieldbridge status`: which devices answer, and whether
+/// upstream is connected. A change of it is published at once, not at the next interval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Shown {
+    devices: BTreeMap<String, Option<bool>>,
+    upstream_connected: bool,
+}
+
+impl Sources {
+    /// The shown state now (cheap: one lock of the board, one atomic).
+    pub fn shown(&self) -> Shown {
+        Shown {
+            devices: self.board.devices(),
+            upstream_connected: self
+                .uplink
+                .as_ref()
+                .is_some_and(|u| u.connected.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// How often the reporter looks for a change of the shown state. The state lives in the
+/// loops that own it (the board, the uplink's flag); comparing it this often catches every
+/// change within a blink, without those loops knowing about the reporter, and it bounds how
+/// many snapshots a flapping device can cause.
+const CHANGE_CHECK: Duration = Duration::from_millis(250);
+
+/// Logs and publishes the snapshot every `interval`, and at once after a change of the
+/// shown state (a device online or offline, upstream connected or not), so `fieldbridge
+/// status` is never older than the state it shows.
 pub struct Reporter {
     pub interval: Duration,
     pub sources: Sources,
@@ -306,50 +486,60 @@ pub struct Reporter {
 
 impl Reporter {
     pub async fn run(self, stop: CancellationToken) {
-        let mut first = true;
+        // The first snapshot goes out at once, so `fieldbridge status` works right after start.
+        let mut due = Instant::now();
+        let mut published: Option<Shown> = None;
         loop {
-            // The first snapshot goes out at once, so `fieldbridge status` works right after start.
-            if !std::mem::take(&mut first) {
+            let shown = self.sources.shown();
+            let changed = published.as_ref().is_some_and(|p| *p != shown);
+            if !changed && Instant::now() < due {
                 tokio::select! {
                     _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(self.interval) => {}
+                    _ = tokio::time::sleep_until(due.min(Instant::now() + CHANGE_CHECK)) => {}
                 }
-            }
-            let s = self.sources.collect(STALL_SLACK).await;
-            let (online, total) = self.sources.board.counts();
-            tracing::info!(
-                event = "stats",
-                outbox_rows = s.outbox.rows,
-                oldest_age_s = s.outbox.oldest_age_s,
-                dropped = s.outbox.dropped,
-                sent = s.upstream.sent,
-                acked = s.upstream.acked,
-                reconnects = s.upstream.reconnects,
-                upstream_connected = s.upstream.connected,
-                devices_online = online,
-                devices_total = total,
-                "stats"
-            );
-            let Ok(payload) = serde_json::to_vec(&s) else {
                 continue;
-            };
-            let m = Message {
-                topic: self.topic.clone(),
-                payload,
-                retain: true,
-            };
-            if self
-                .tx
-                .send(Routed {
-                    message: m,
-                    route: Route::Everywhere,
-                })
-                .await
-                .is_err()
-            {
+            }
+            due = Instant::now() + self.interval;
+            published = Some(shown);
+            if !self.publish(changed).await {
                 return;
             }
         }
+    }
+
+    /// Logs and sends one snapshot; false once the pipeline is gone.
+    async fn publish(&self, on_change: bool) -> bool {
+        let s = self.sources.collect(STALL_SLACK).await;
+        let (online, total) = self.sources.board.counts();
+        tracing::info!(
+            event = "stats",
+            on_change,
+            outbox_rows = s.outbox.rows,
+            oldest_age_s = s.outbox.oldest_age_s,
+            dropped = s.outbox.dropped,
+            sent = s.upstream.sent,
+            acked = s.upstream.acked,
+            reconnects = s.upstream.reconnects,
+            upstream_connected = s.upstream.connected,
+            devices_online = online,
+            devices_total = total,
+            "stats"
+        );
+        let Ok(payload) = serde_json::to_vec(&s) else {
+            return true;
+        };
+        let m = Message {
+            topic: self.topic.clone(),
+            payload,
+            retain: true,
+        };
+        self.tx
+            .send(Routed {
+                message: m,
+                route: Route::Everywhere,
+            })
+            .await
+            .is_ok()
     }
 }
 
@@ -382,8 +572,43 @@ mod tests {
         let json = serde_json::to_value(c.snapshot()).unwrap();
         assert_eq!(
             json,
-            serde_json::json!({"requests": 2, "timeouts": 0, "bad_answers": 0, "exceptions": 0, "link_errors": 1})
+            serde_json::json!({"requests": 2, "timeouts": 0, "bad_answers": 0, "bad_crc": 0,
+                "wrong_unit": 0, "garbage": 0, "exceptions": 0, "link_errors": 1, "busy_ms": 0,
+                "late_polls": 0, "overruns": 0})
         );
+    }
+
+    #[test]
+    fn a_line_report_keeps_the_counters_at_the_top_and_adds_load_and_units() {
+        let c = LineCounters::default();
+        c.add_device(3, Arc::from("meter"));
+        c.unit(3, |u| bump(&u.bad_crc));
+        bump(&c.bad_crc);
+        c.set_load(LineLoad {
+            busy_pct: 42.04,
+            response: BTreeMap::from([(
+                3,
+                ResponseTimes {
+                    mean_ms: 12.5,
+                    max_ms: 20.0,
+                },
+            )]),
+        });
+        let json = serde_json::to_value(c.report()).unwrap();
+        assert_eq!(json["bad_crc"], 1);
+        assert_eq!(json["busy_pct"], 42.0);
+        assert_eq!(json["units"]["3"]["devices"], serde_json::json!(["meter"]));
+        assert_eq!(json["units"]["3"]["bad_crc"], 1);
+        assert_eq!(json["units"]["3"]["response"]["mean_ms"], 12.5);
+        let back: LineReport = serde_json::from_value(json).unwrap();
+        assert_eq!(back, c.report());
+        // A snapshot of an older version, without the new counters, still reads.
+        let old: LineReport = serde_json::from_value(serde_json::json!({"requests": 5,
+            "timeouts": 1, "bad_answers": 0, "exceptions": 0, "link_errors": 0}))
+        .unwrap();
+        assert_eq!(old.totals.requests, 5);
+        assert_eq!(old.totals.bad_crc, 0);
+        assert!(old.units.is_empty());
     }
 
     #[test]

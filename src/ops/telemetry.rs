@@ -34,8 +34,11 @@ use tracing_subscriber::registry::Registry;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{fmt, reload, EnvFilter, Layer};
 
-/// Dependencies' levels, appended to whatever base level is chosen.
-const NOISE: &str = "rumqttd=warn,rumqttd::server::broker=off,rumqttc=warn";
+/// Dependencies' levels, appended to whatever base level is chosen. tokio-modbus logs every
+/// byte its RTU decoder skips (several lines per bad reply, without the device): the bus names
+/// those faults itself (`device::modbus::fault`, `EVENT=modbus_bad_crc` …), once per unit and
+/// kind per period, so tokio-modbus's own lines are off.
+const NOISE: &str = "rumqttd=warn,rumqttd::server::broker=off,rumqttc=warn,tokio_modbus=off";
 
 type FilterHandle = reload::Handle<EnvFilter, Registry>;
 

@@ -48,6 +48,13 @@ Control lines on stdin, each acknowledged with `OK <line>` on stdout (`ERR <line
     mute UNIT | unmute UNIT        a muted unit neither answers nor executes requests
     delay UNIT SECONDS             the unit's replies are sent SECONDS late (0 = on time)
     garbage UNIT                   the unit's next reply goes out with a corrupted CRC (once)
+    fault UNIT KIND                every reply of the unit from now on, by KIND:
+                                     crc        sent with a corrupted CRC (bad wiring, baud)
+                                     garbage    replaced by as many 0xA5 bytes (no frame)
+                                     wrong-unit sent as unit UNIT+100 (UNIT-100 above 147),
+                                                with a valid CRC
+                                     none       sent as it is again
+                                   (`delay UNIT SECONDS` makes a slow unit)
     exception UNIT CODE            answer every request of the unit with exception CODE
                                    (nothing is executed); `exception UNIT 0` ends that
     set UNIT TABLE ADDR VALUE      TABLE: holding | input | coils | discrete
@@ -125,6 +132,32 @@ ORDERS_BY_WIDTH = {
 
 class SpecError(ValueError):
     pass
+
+
+FAULTS = ("none", "crc", "garbage", "wrong-unit")
+
+
+def crc16(data: bytes) -> int:
+    """Modbus CRC-16 (sent low byte first)."""
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return crc
+
+
+def with_fault(packet: bytes, unit: int, kind: str) -> bytes:
+    """The reply frame `packet` as a unit with fault `kind` sends it."""
+    if kind == "crc":
+        return packet[:-2] + bytes(b ^ 0xFF for b in packet[-2:])
+    if kind == "garbage":
+        return b"\xa5" * len(packet)
+    if kind == "wrong-unit":
+        other = unit + 100 if unit <= 147 else unit - 100
+        body = bytes([other]) + packet[1:-2]
+        return body + crc16(body).to_bytes(2, "little")
+    return packet
 
 
 def to_words(raw: bytes, order: str) -> list[int]:
@@ -270,6 +303,7 @@ class Unit:
         self.muted = False
         self.delay = 0.0
         self.garbage = False
+        self.fault = "none"
         self.exception = 0
         tables = spec["tables"]
 
@@ -349,6 +383,7 @@ class BusConnection(ServerRequestHandler):
         if unit.garbage:
             unit.garbage = False
             packet = packet[:-2] + bytes(b ^ 0xFF for b in packet[-2:])
+        packet = with_fault(packet, unit.id, unit.fault)
         if unit.delay > 0:
             self.loop.call_later(unit.delay, self._send_late, packet)
             return b""
@@ -429,6 +464,8 @@ class Runner:
                 bus.unit(u).delay = max(float(seconds), 0.0)
             case ["garbage", u]:
                 bus.unit(u).garbage = True
+            case ["fault", u, kind] if kind in FAULTS:
+                bus.unit(u).fault = kind
             case ["exception", u, code]:
                 code = int(code, 0)
                 if not 0 <= code <= 255:

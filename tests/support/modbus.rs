@@ -294,6 +294,12 @@ impl RtuSim {
         self.command(&format!("garbage {unit}"));
     }
 
+    /// Every reply of `unit` from now on with a fault: "crc", "garbage", "wrong-unit" (sent as
+    /// unit+100) or "none".
+    pub fn fault(&mut self, unit: u8, kind: &str) {
+        self.command(&format!("fault {unit} {kind}"));
+    }
+
     /// Every request of the unit is answered with exception `code` (nothing is executed);
     /// code 0 ends that.
     pub fn exception(&mut self, unit: u8, code: u8) {

@@ -19,6 +19,15 @@
 //! A Modbus TCP connection is dropped after a timeout instead. Every exchange has its own
 //! deadline; tokio-modbus has none.
 //!
+//! Wiring faults are named, not lumped into timeouts: `Line` keeps the bytes of each request and
+//! of what came back, and `fault` (pure) tells a bad CRC from a reply of another unit from
+//! garbage. A reply shaped like the answer with a wrong CRC ends the exchange at once (the
+//! decoder would wait for more bytes until the deadline). Each kind is counted per line and
+//! per unit, and logged with the device and unit id at most every `FAULT_LOG_EVERY` per unit
+//! and kind; tokio-modbus's own log lines about the same bytes are turned off (`telemetry`).
+//! The line's load (busy share, response times, overrun) is measured by `load` (pure) and
+//! published with the counters; an overrun is logged (`event=line_overrun`), rate-limited.
+//!
 //! Which job goes next (taints, per-unit order) is decided by the pure `queue`; this task does
 //! the I/O around it. tokio-modbus types stay in this file: answers leave it as `Answer`, with
 //! exceptions as our `ModbusException`, and failures as `DeviceError`.
@@ -28,7 +37,7 @@ use crate::config::spec::serial::PortSettings;
 use std::borrow::Cow;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
@@ -42,10 +51,19 @@ use tokio_modbus::{ExceptionCode, Request, Response, Slave};
 use tokio_util::sync::CancellationToken;
 
 use super::exception::ModbusException;
+use super::fault::{self, Fault};
+use super::load::{Load, Window, WINDOW};
 use super::queue::{Next, Queue};
 use crate::device::serial::port::Port;
 use crate::device::DeviceError;
-use crate::ops::stats::{bump, LineCounters};
+use crate::ops::stats::{bump, LineCounters, UnitCounters};
+use crate::ops::telemetry::{KeyedLimiter, LogLimiter};
+
+/// How often one kind of fault of one unit is logged (the count of the others goes with it).
+const FAULT_LOG_EVERY: Duration = Duration::from_secs(30);
+
+/// How often a line's overrun is logged.
+const OVERRUN_LOG_EVERY: Duration = Duration::from_secs(60);
 
 /// One Modbus request as the bus runs it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -227,12 +245,28 @@ async fn run(
         gap: request_gap.max(connector.min_gap()),
         connector,
         ctx: None,
+        tap: None,
         quiet_from: Instant::now(),
         rs485_noted: false,
         queue: Queue::default(),
+        load: Load::new(WINDOW, Instant::now()),
+        late_seen: 0,
+        fault_log: KeyedLimiter::new(FAULT_LOG_EVERY, 256),
+        overrun_log: LogLimiter::new(OVERRUN_LOG_EVERY),
     };
     let mut open = true;
     loop {
+        let late = line
+            .stats
+            .late_polls
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if let Some(w) = line
+            .load
+            .close(Instant::now(), late.saturating_sub(line.late_seen))
+        {
+            line.late_seen = late;
+            line.window_closed(w);
+        }
         while let Ok(j) = rx.try_recv() {
             line.queue.push(j.unit, j);
         }
@@ -255,14 +289,18 @@ async fn run(
                         None => open = false,
                     },
                     _ = sleep_until(wake.unwrap_or(now)), if wake.is_some() => {}
+                    // An idle line still closes its load windows.
+                    _ = sleep_until(line.load.ends()) => {}
                 }
                 continue;
             }
         };
+        let began = Instant::now();
         let step = tokio::select! {
             _ = stop.cancelled() => break,
             r = line.step(&mut job) => r,
         };
+        line.load.busy(job.unit, began.elapsed());
         match step {
             Step::Done(result) => {
                 // The poller may have given up waiting (shutdown); nothing to do then.
@@ -283,18 +321,30 @@ struct Owner {
     connector: Connector,
     gap: Duration,
     ctx: Option<Context>,
+    /// The bytes of the last request and of what came back (RTU connections only).
+    tap: Option<Arc<Mutex<Tap>>>,
     /// When the line last fell silent; the next request waits for `gap` after it.
     quiet_from: Instant,
     rs485_noted: bool,
     /// The jobs waiting for the line, and the units that may not be asked yet (a late reply
     /// of theirs may still arrive): which job goes next is decided there (`queue`, pure).
     queue: Queue<Job>,
+    load: Load,
+    /// `late_polls` of the line when the last load window closed.
+    late_seen: u64,
+    /// Fault log lines, per unit and kind.
+    fault_log: KeyedLimiter<(u8, &'static str)>,
+    overrun_log: LogLimiter,
 }
 
 /// How one attempt went wrong.
 enum Failure {
     /// Nothing (complete) arrived in time.
     Timeout,
+    /// A reply shaped like the answer, with a CRC that does not match.
+    BadCrc,
+    /// A valid reply of another unit id.
+    WrongUnit(u8),
     /// Something arrived that is not the answer (another unit, wrong function, size or echo):
     /// worth one more try on a cleared line.
     Garbage(String),
@@ -321,9 +371,19 @@ impl Owner {
             Err(AttemptError::Connect(e)) => return Step::Done(Err(e)),
             Err(AttemptError::Failed(f)) => f,
         };
-        let is_garbage = matches!(err, Failure::Garbage(_) | Failure::Corrupt(_));
+        let is_garbage = matches!(
+            err,
+            Failure::Garbage(_) | Failure::Corrupt(_) | Failure::BadCrc | Failure::WrongUnit(_)
+        );
         let device_error = match err {
             Failure::Timeout => DeviceError::Timeout(job.timeout),
+            Failure::BadCrc => DeviceError::BadCrc {
+                line: self.name.clone(),
+            },
+            Failure::WrongUnit(got) => DeviceError::WrongUnit {
+                line: self.name.clone(),
+                got,
+            },
             Failure::Garbage(reason) | Failure::Corrupt(reason) => DeviceError::BadAnswer {
                 line: self.name.clone(),
                 reason,
@@ -333,14 +393,7 @@ impl Owner {
                 reason,
             },
         };
-        tracing::debug!(
-            bus = %self.name,
-            unit_id = job.unit,
-            function = job.exchange.function(),
-            attempt = job.attempts,
-            error = %device_error,
-            "modbus exchange failed"
-        );
+        self.log_fault(job, &device_error);
         if is_garbage && !job.garbage_retry_used {
             job.garbage_retry_used = true;
             return Step::Again;
@@ -374,38 +427,80 @@ impl Owner {
         };
         ctx.set_slave(Slave(job.unit));
         bump(&self.stats.requests);
+        self.stats.unit(job.unit, |u| bump(&u.requests));
+        let sent = Instant::now();
         let result = timeout(job.timeout, transact(ctx, &job.exchange)).await;
         self.quiet_from = Instant::now();
         let failure = match result {
             Ok(Ok(answer)) => {
-                if matches!(answer, Answer::Exception(_)) {
+                let exception = matches!(answer, Answer::Exception(_));
+                if exception {
                     bump(&self.stats.exceptions);
                 }
+                self.stats.unit(job.unit, |u| {
+                    bump(&u.answers);
+                    if exception {
+                        bump(&u.exceptions);
+                    }
+                });
+                self.load.answered(job.unit, sent.elapsed());
                 return Ok(answer);
             }
             Err(_) => Failure::Timeout,
             Ok(Err(f)) => f,
         };
-        bump(match failure {
-            Failure::Timeout => &self.stats.timeouts,
-            Failure::Garbage(_) | Failure::Corrupt(_) => &self.stats.bad_answers,
-            Failure::Link(_) => &self.stats.link_errors,
-        });
+        // What came back decides what the failure was (RTU; a TCP stream has no tap).
+        let (failure, bytes_came) = match self.tap.as_ref() {
+            Some(tap) => {
+                let t = tap.lock().unwrap_or_else(|p| p.into_inner());
+                let named = name_failure(failure, fault::classify(&t.request, &t.reply), &t.reply);
+                (named, !t.reply.is_empty())
+            }
+            None => (failure, false),
+        };
+        let line = &self.stats;
+        let counted = |u: &UnitCounters| match &failure {
+            Failure::Timeout => bump(&u.timeouts),
+            Failure::BadCrc => bump(&u.bad_crc),
+            Failure::WrongUnit(_) => bump(&u.wrong_unit),
+            Failure::Garbage(_) | Failure::Corrupt(_) => bump(&u.garbage),
+            Failure::Link(_) => {}
+        };
+        line.unit(job.unit, counted);
+        match &failure {
+            Failure::Timeout => bump(&line.timeouts),
+            Failure::BadCrc => {
+                bump(&line.bad_answers);
+                bump(&line.bad_crc);
+            }
+            Failure::WrongUnit(_) => {
+                bump(&line.bad_answers);
+                bump(&line.wrong_unit);
+            }
+            Failure::Garbage(_) | Failure::Corrupt(_) => {
+                bump(&line.bad_answers);
+                bump(&line.garbage);
+            }
+            Failure::Link(_) => bump(&line.link_errors),
+        }
         // After a timeout or a wrong answer, the unit's own reply to this attempt may still be
         // on its way; it could pass for the answer to its next request.
-        if matches!(
-            failure,
-            Failure::Timeout | Failure::Garbage(_) | Failure::Corrupt(_)
-        ) && !matches!(connector, Connector::Tcp { .. })
-        {
+        if !matches!(failure, Failure::Link(_)) && !matches!(connector, Connector::Tcp { .. }) {
             self.queue.taint(job.unit, self.quiet_from + job.timeout);
         }
         let drop_connection = match (&failure, &connector) {
             (Failure::Link(_), _) => true,
             // The codec's Framed stays errored: its next read would be a broken pipe.
-            (Failure::Corrupt(_), _) => true,
+            (Failure::Corrupt(_) | Failure::BadCrc, _) => true,
+            // Bytes the decoder is still holding would be read in front of the next answer.
+            (Failure::Timeout | Failure::Garbage(_) | Failure::WrongUnit(_), _) if bytes_came => {
+                true
+            }
             // Modbus TCP: a new connection is the only way to be sure a late reply is gone.
-            (Failure::Timeout | Failure::Garbage(_), Connector::Tcp { .. }) => true,
+            (
+                Failure::Timeout | Failure::Garbage(_) | Failure::WrongUnit(_),
+                Connector::Tcp { .. },
+            ) => true,
             // RTU: `Line` discards whatever arrives before the next request.
             _ => false,
         };
@@ -437,11 +532,11 @@ impl Owner {
                     }
                     self.rs485_noted = true;
                 }
-                Ok(rtu::attach(Line::new(stream)))
+                Ok(rtu::attach(self.line(stream)))
             }
             Connector::RtuOverTcp { host, port } => {
                 let stream = connect_tcp(host, *port, t).await?;
-                Ok(rtu::attach(Line::new(stream)))
+                Ok(rtu::attach(self.line(stream)))
             }
             Connector::Tcp { host, port } => {
                 let stream = connect_tcp(host, *port, t).await?;
@@ -450,6 +545,150 @@ impl Owner {
                 Ok(tcp::attach_slave(stream, Slave(1)))
             }
         }
+    }
+}
+
+impl Owner {
+    /// An RTU transport over `stream`, with a fresh tap for this task to read.
+    fn line<S>(&mut self, stream: S) -> Line<S> {
+        let tap = Arc::new(Mutex::new(Tap::default()));
+        self.tap = Some(tap.clone());
+        Line::new(stream, tap)
+    }
+
+    /// Logs a failed attempt: a debug line always, and for a unit the config names, a line of
+    /// its own kind (bad CRC, wrong unit, garbage, timeout) with the device and unit id, at most
+    /// every `FAULT_LOG_EVERY` per unit and kind.
+    fn log_fault(&mut self, job: &Job, e: &DeviceError) {
+        tracing::debug!(
+            bus = %self.name,
+            unit_id = job.unit,
+            function = job.exchange.function(),
+            attempt = job.attempts,
+            error = %e,
+            "modbus exchange failed"
+        );
+        let kind = match e {
+            DeviceError::Timeout(_) => Fault::NoAnswer,
+            DeviceError::BadCrc { .. } => Fault::BadCrc,
+            DeviceError::WrongUnit { got, .. } => Fault::WrongUnit(*got),
+            DeviceError::BadAnswer { .. } => Fault::Garbage,
+            _ => return,
+        };
+        // Only units the config names: `scan` asks every id and reports what it found itself.
+        let device = self.stats.devices_of(job.unit);
+        if device.is_empty() {
+            return;
+        }
+        let Some(suppressed) = self
+            .fault_log
+            .allow((job.unit, kind.event()), Instant::now())
+        else {
+            return;
+        };
+        let reply = self
+            .tap
+            .as_ref()
+            .map(|t| hex(&t.lock().unwrap_or_else(|p| p.into_inner()).reply))
+            .unwrap_or_default();
+        let held_back = if suppressed > 0 {
+            format!(
+                " ({suppressed} more like it in the last {} s)",
+                FAULT_LOG_EVERY.as_secs()
+            )
+        } else {
+            String::new()
+        };
+        match kind {
+            // A dead unit is reported by its poller (device_offline); this says how often.
+            Fault::NoAnswer => tracing::info!(
+                event = kind.event(),
+                bus = %self.name,
+                device = %device,
+                unit_id = job.unit,
+                function = job.exchange.function(),
+                suppressed,
+                "unit {}: {e}{held_back}",
+                job.unit
+            ),
+            _ => tracing::warn!(
+                event = kind.event(),
+                bus = %self.name,
+                device = %device,
+                unit_id = job.unit,
+                function = job.exchange.function(),
+                reply = %reply,
+                suppressed,
+                "unit {}: {e}{held_back}",
+                job.unit
+            ),
+        }
+    }
+
+    /// Publishes a completed load window, and logs an overrun (rate-limited).
+    fn window_closed(&mut self, w: Window) {
+        self.stats
+            .busy_ms
+            .fetch_add(w.busy_ms, std::sync::atomic::Ordering::Relaxed);
+        if w.overrun {
+            bump(&self.stats.overruns);
+            if let Some(suppressed) = self.overrun_log.allow(Instant::now()) {
+                let busiest = w
+                    .busiest
+                    .iter()
+                    .map(|s| {
+                        let device = self.stats.devices_of(s.unit);
+                        let response = s
+                            .mean_ms
+                            .map(|m| format!(", {m:.0} ms per answer"))
+                            .unwrap_or_else(|| ", no answer".into());
+                        format!(
+                            "unit {} ({device}): {:.0}% of the line{response}",
+                            s.unit, s.busy_pct
+                        )
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                tracing::warn!(
+                    event = "line_overrun",
+                    bus = %self.name,
+                    busy_pct = w.load.busy_pct,
+                    late_polls = w.late,
+                    busiest = %busiest,
+                    suppressed,
+                    "line {} cannot keep its devices' intervals: busy {:.0}% of the last {} s, {} polls ended after the next was due; busiest: {busiest} (raise intervals, move slow units to a line of their own, or shorten their timeouts)",
+                    self.name,
+                    w.load.busy_pct,
+                    WINDOW.as_secs(),
+                    w.late
+                );
+            }
+        }
+        self.stats.set_load(w.load);
+    }
+}
+
+/// Up to 16 bytes in hex, for a log line.
+fn hex(bytes: &[u8]) -> String {
+    let mut out: Vec<String> = bytes.iter().take(16).map(|b| format!("{b:02X}")).collect();
+    if bytes.len() > 16 {
+        out.push(format!("… ({} bytes)", bytes.len()));
+    }
+    out.join(" ")
+}
+
+/// The failure as the bytes on the line show it: a timeout with bytes is not silence, and a
+/// "header mismatch" from the decoder is a reply of another unit.
+fn name_failure(failure: Failure, seen: Fault, reply: &[u8]) -> Failure {
+    match (failure, seen) {
+        (Failure::Link(r), _) => Failure::Link(r),
+        (f, Fault::NoAnswer) => f,
+        (_, Fault::BadCrc) => Failure::BadCrc,
+        (_, Fault::WrongUnit(u)) => Failure::WrongUnit(u),
+        (Failure::Timeout, Fault::Garbage) => {
+            Failure::Garbage(format!("{} bytes that are no Modbus answer", reply.len()))
+        }
+        (f, Fault::Garbage) => f,
     }
 }
 
@@ -664,19 +903,37 @@ impl DiscardPending for TcpStream {
     }
 }
 
+/// The bytes of the last request and of what came back since, for `fault` to read.
+#[derive(Debug, Default)]
+struct Tap {
+    request: Vec<u8>,
+    reply: Vec<u8>,
+}
+
+/// Enough for the longest RTU frame; beyond that, bytes are not kept.
+const TAP_MAX: usize = 256;
+
+fn keep(into: &mut Vec<u8>, bytes: &[u8]) {
+    let room = TAP_MAX.saturating_sub(into.len());
+    into.extend_from_slice(&bytes[..bytes.len().min(room)]);
+}
+
 /// An RTU transport that throws away whatever arrived since the last answer before it sends
 /// the next request: a late reply to a request that timed out must never be read as the
-/// answer to the next one.
+/// answer to the next one. It keeps the request and the reply in its tap, and ends a read
+/// with an error as soon as the reply is a whole frame with a bad CRC.
 struct Line<S> {
     inner: S,
     read_since_write: bool,
+    tap: Arc<Mutex<Tap>>,
 }
 
 impl<S> Line<S> {
-    fn new(inner: S) -> Self {
+    fn new(inner: S, tap: Arc<Mutex<Tap>>) -> Self {
         Line {
             inner,
             read_since_write: true,
+            tap,
         }
     }
 }
@@ -688,7 +945,19 @@ impl<S: AsyncRead + Unpin> AsyncRead for Line<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         self.read_since_write = true;
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = polled {
+            let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+            keep(
+                &mut tap.reply,
+                buf.filled().get(before..).unwrap_or_default(),
+            );
+            if fault::is_bad_crc(&tap.request, &tap.reply) {
+                return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, "bad CRC")));
+            }
+        }
+        polled
     }
 }
 
@@ -701,8 +970,16 @@ impl<S: AsyncWrite + DiscardPending + Unpin> AsyncWrite for Line<S> {
         if self.read_since_write {
             self.inner.discard_pending();
             self.read_since_write = false;
+            let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+            tap.request.clear();
+            tap.reply.clear();
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = polled {
+            let mut tap = self.tap.lock().unwrap_or_else(|p| p.into_inner());
+            keep(&mut tap.request, buf.get(..n).unwrap_or_default());
+        }
+        polled
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)

@@ -12,6 +12,7 @@ use crate::config::{Device, Point};
 use crate::device::value::{scale, Raw};
 use crate::device::{DeviceError, Driver};
 use crate::flow::{now_ms, Quality, Reading, Value};
+use crate::ops::stats::bump;
 
 pub struct ModbusDriver {
     device: Device,
@@ -73,6 +74,12 @@ pub fn own_poll_budget(device: &Device) -> std::time::Duration {
 impl Driver for ModbusDriver {
     fn max_poll_time(&self) -> std::time::Duration {
         self.max_poll_time
+    }
+
+    fn missed_interval(&self) {
+        let stats = self.bus.stats();
+        bump(&stats.late_polls);
+        stats.unit(self.device.unit_id, |u| bump(&u.late_polls));
     }
 
     async fn poll(&mut self) -> Result<Vec<Reading>, DeviceError> {

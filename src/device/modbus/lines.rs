@@ -92,6 +92,8 @@ pub fn start(cfg: &Config, stop: &CancellationToken) -> Lines {
             }
         };
         if let Some(e) = entry {
+            // The line's stats and log lines name the devices behind each unit id.
+            e.0.stats().add_device(d.unit_id, d.name.clone());
             by_device.insert(d.name.clone(), e);
         }
     }

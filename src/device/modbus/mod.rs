@@ -6,13 +6,17 @@
 //! registers into values; `write` (pure) validates and encodes a command into a write
 //! exchange; `writer` is the write handle commands hold (validate, run on the line, check the
 //! answer); `exception` (pure) is the device's Modbus exception as our own type, so no
-//! tokio-modbus type leaves this folder.
+//! tokio-modbus type leaves this folder. `fault` (pure) names what went wrong on an RTU line from
+//! the raw bytes (no answer, bad CRC, wrong unit, garbage); `load` (pure) measures how busy a
+//! line is and decides when it is overrun.
 
 pub mod bus;
 pub mod decode;
 pub mod driver;
 pub mod exception;
+pub mod fault;
 pub mod lines;
+pub mod load;
 pub mod plan;
 pub mod queue;
 pub mod write;

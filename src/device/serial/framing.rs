@@ -30,6 +30,10 @@ pub struct Framer {
     buf: Vec<u8>,
     /// Inside an over-long line: drop bytes up to the next delimiter.
     discarding: bool,
+    /// Line framing only: bytes that can only start a line (NMEA's `$` and `!`). A line is
+    /// taken from the last of them; what comes before is noise (a sentence cut short by a
+    /// glitch, line noise), so a valid sentence behind it is not lost.
+    line_starts: &'static [u8],
 }
 
 impl Framer {
@@ -38,7 +42,14 @@ impl Framer {
             spec,
             buf: Vec::new(),
             discarding: false,
+            line_starts: &[],
         }
+    }
+
+    /// Resynchronises each line on the last of `starts` in it (line framing; see `line_starts`).
+    pub fn resync_on(mut self, starts: &'static [u8]) -> Self {
+        self.line_starts = starts;
+        self
     }
 
     /// Forgets a partial frame, e.g. after the port was reopened or before a polled request.
@@ -77,11 +88,27 @@ impl Framer {
             if line.is_empty() {
                 continue;
             }
+            // Over-long is judged on the whole line, as while it was still arriving.
             if line.len() > max_length {
                 out.push(FrameEvent::Overlong);
-            } else {
-                out.push(FrameEvent::Frame(line.to_vec()));
+                continue;
             }
+            let line = if self.line_starts.is_empty() {
+                line
+            } else {
+                match line.iter().rposition(|b| self.line_starts.contains(b)) {
+                    Some(0) => line,
+                    Some(at) => {
+                        out.push(FrameEvent::Noise(at));
+                        &line[at..]
+                    }
+                    None => {
+                        out.push(FrameEvent::Noise(line.len()));
+                        continue;
+                    }
+                }
+            };
+            out.push(FrameEvent::Frame(line.to_vec()));
         }
         self.buf.drain(..consumed);
         // No delimiter yet: once the partial line is too long, report it and stop buffering,
@@ -293,6 +320,44 @@ mod tests {
         for (name, chunks, want) in cases {
             assert_eq!(run(line(8), &chunks), want, "{name}");
         }
+    }
+
+    #[test]
+    fn lines_with_start_bytes_resynchronise_on_the_last_start() {
+        let gga = b"$GPGGA,1,2*6E";
+        let cases: Vec<Case> = vec![
+            ("a clean sentence", vec![b"$GPGGA,1,2*6E\r\n"], vec![f(gga)]),
+            (
+                "noise before the start on the same line",
+                vec![b"\x7f\x7fXYZ$GPGGA,1,2*6E\r\n"],
+                vec![Noise(5), f(gga)],
+            ),
+            (
+                "a truncated sentence without its newline",
+                vec![b"$GPRMC,12", b"$GPGGA,1,2*6E\r\n"],
+                vec![Noise(9), f(gga)],
+            ),
+            (
+                "'!' starts a sentence too",
+                vec![b"xx!AIVDM,1*00\n"],
+                vec![Noise(2), f(b"!AIVDM,1*00")],
+            ),
+            (
+                "a line without any start is noise",
+                vec![b"garbage\n$GPGGA,1,2*6E\n"],
+                vec![Noise(7), f(gga)],
+            ),
+        ];
+        for (name, chunks, want) in cases {
+            let mut fr = Framer::new(line(120)).resync_on(b"$!");
+            let mut out = Vec::new();
+            for c in &chunks {
+                fr.push(c, &mut out);
+            }
+            assert_eq!(out, want, "{name}");
+        }
+        // Without start bytes, a line is a line.
+        assert_eq!(run(line(120), &[b"xx$a\n"]), vec![f(b"xx$a")]);
     }
 
     #[test]

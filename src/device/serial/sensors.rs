@@ -62,6 +62,16 @@ impl Sensor {
         }
     }
 
+    /// Bytes that can only start a line of this sensor: the framer resynchronises on them, so
+    /// noise or a cut-off sentence on the same line does not cost the sentence behind it.
+    pub fn line_starts(self) -> &'static [u8] {
+        match self {
+            // NMEA 0183 reserves `$` and `!` as sentence starts; neither occurs inside one.
+            Sensor::Nmea => b"$!",
+            Sensor::Sds011 | Sensor::Mhz19b => &[],
+        }
+    }
+
     /// The request a polled sensor needs; `None` for sensors that stream by themselves.
     pub fn request(self) -> Option<Vec<u8>> {
         match self {

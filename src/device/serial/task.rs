@@ -22,7 +22,7 @@ use super::framing::{FrameEvent, Framer};
 use super::parse::parse_frame;
 use super::port::{Port, PortError};
 use super::sensors::DecodeError;
-use crate::backoff::{backoff, Schedule};
+use crate::backoff::{backoff, Retry, Schedule};
 use crate::config::serial::{Mode, Protocol, SerialDevice};
 use crate::device::status::{Change, Status};
 use crate::flow::{now_ms, DeviceEvent, Quality, Reading, Value};
@@ -74,7 +74,7 @@ pub async fn run(
 ) {
     let mut t = Task {
         beat,
-        framer: Framer::new(dev.protocol.framing()),
+        framer: Framer::new(dev.protocol.framing()).resync_on(dev.protocol.line_starts()),
         status: Status::new(dev.name.clone()),
         dev,
         tx,
@@ -91,6 +91,7 @@ impl Task {
         let reopen = Schedule {
             interval: REOPEN_MIN,
             backoff_max: self.dev.backoff_max,
+            retry: Retry::Backoff,
         };
         let mut failures: u32 = 0;
         while !self.stop.is_cancelled() {
@@ -206,6 +207,7 @@ impl Task {
         let schedule = Schedule {
             interval,
             backoff_max: self.dev.backoff_max,
+            retry: Retry::Backoff,
         };
         let mut failures: u32 = 0;
         let mut buf = [0u8; 512];
