@@ -16,10 +16,10 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::device::modbus::write::{parse_payload, Input, WriteError};
+use crate::device::modbus::write::{parse_payload, Input, Payload, WriteError};
 use crate::device::modbus::writer::{WriteFailure, Writer};
 use crate::flow::Message;
-use crate::flow::{now_ms, Command};
+use crate::flow::{excerpt, now_ms, Command, Origin, MAX_ECHO};
 use crate::flow::{Route, Routed};
 use crate::mqtt::topics::Topics;
 
@@ -59,9 +59,23 @@ impl Commands {
             Ok(x) => x,
             Err(e) => return (Err(e.into()), None),
         };
+        // The id is echoed whole (it is the sender's correlation key), so a long one is refused
+        // rather than cut or sent back at any length.
+        let id_len = id.as_ref().map_or(0, |v| v.to_string().len());
+        if id_len > MAX_ECHO {
+            let e = WriteError::BadPayload(format!(
+                "an id of {id_len} bytes; at most {MAX_ECHO} are echoed"
+            ));
+            return (Err(e.into()), None);
+        }
+        if let (Origin::Upstream, Some(max_age), Some(sent)) = (cmd.origin, self.max_age, sent_ms) {
+            if let Some(e) = stale(sent, now_ms(), max_age) {
+                return (Err(e.into()), id);
+            }
+        }
         let Some(writer) = self.targets.get(cmd.device.as_str()) else {
             return (
-                Err(WriteError::UnknownDevice(cmd.device.clone()).into()),
+                Err(WriteError::UnknownDevice(excerpt(&cmd.device).into_owned()).into()),
                 id,
             );
         };
@@ -77,16 +91,16 @@ impl Commands {
             Ok(v) => tracing::info!(
                 event = "write",
                 origin = cmd.origin.as_str(),
-                device = %cmd.device,
-                point = %cmd.point,
+                device = %excerpt(&cmd.device),
+                point = %excerpt(&cmd.point),
                 value = %v,
                 "write confirmed by the device"
             ),
             Err(e) => tracing::warn!(
                 event = "write_failed",
                 origin = cmd.origin.as_str(),
-                device = %cmd.device,
-                point = %cmd.point,
+                device = %excerpt(&cmd.device),
+                point = %excerpt(&cmd.point),
                 error = %e,
                 "write not done"
             ),

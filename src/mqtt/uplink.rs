@@ -33,7 +33,7 @@ use tokio::sync::mpsc;
 use crate::backoff::reconnect_delay;
 use crate::config::spec::topic::topic_name_problem;
 use crate::config::{BridgeRule, Tls, Upstream};
-use crate::flow::{Command, Message, Routed};
+use crate::flow::{excerpt, Command, Message, Routed};
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
 use crate::mqtt::plan::SendPlan;
@@ -234,7 +234,7 @@ impl Uplink {
             (Some(CommandTopic::Retained), _) => {
                 // A retained command would run again at every reconnect, hours later, over newer
                 // values. Not executed; the sender should clear it.
-                tracing::warn!(event = "write_failed", topic = %p.topic, "retained command ignored (publish commands without the retain flag, and clear this one with an empty retained message)");
+                tracing::warn!(event = "write_failed", topic = %excerpt(&p.topic), "retained command ignored (publish commands without the retain flag, and clear this one with an empty retained message)");
             }
             (Some(CommandTopic::Run { device, point }), Some(tx)) => {
                 let cmd = Command {
@@ -244,7 +244,7 @@ impl Uplink {
                     origin: self.inbound.side().origin(),
                 };
                 if tx.try_send(cmd).is_err() {
-                    tracing::warn!(event = "write_failed", topic = %p.topic, "command queue full or stopped; command dropped");
+                    tracing::warn!(event = "write_failed", topic = %excerpt(&p.topic), "command queue full or stopped; command dropped");
                 }
             }
             _ => {}

@@ -10,6 +10,7 @@
 
 use crate::config::spec::modbus::{DataType, Table};
 use crate::device::value::Raw;
+use crate::flow::excerpt;
 use serde_json::Value as Json;
 
 use super::bus::Exchange;
@@ -150,7 +151,7 @@ pub fn prepare(p: &Point, input: &Input, multiple: bool) -> Result<Exchange, Wri
                 if t.len() > cap {
                     return Err(WriteError::OutOfRange {
                         point: p.name.to_string(),
-                        value: format!("{t:?}"),
+                        value: format!("{:?}", excerpt(t)),
                         range: format!("at most {cap} characters"),
                     });
                 }
@@ -209,7 +210,7 @@ fn show(i: &Input) -> String {
         Input::Bool(b) => b.to_string(),
         Input::Int(v) => v.to_string(),
         Input::Float(f) => f.to_string(),
-        Input::Text(t) => format!("{t:?}"),
+        Input::Text(t) => format!("{:?}", excerpt(t)),
     }
 }
 
@@ -481,6 +482,23 @@ mod tests {
         for (p, input, want) in cases {
             let e = prepare(&p, &input, false).expect_err(&format!("{p:?} {input:?}"));
             assert!(e.to_string().contains(want), "{input:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_refused_value_is_quoted_at_most_two_hundred_bytes() {
+        use DataType::*;
+        use Table::*;
+        let huge = "x".repeat(300_000);
+        let points = [
+            writable(pt(Holding, 1, U16), None, None),
+            writable(pt(Coil, 1, Bool), None, None),
+        ];
+        for p in &points {
+            let e = prepare(p, &super::Input::Text(huge.clone()), false).unwrap_err();
+            let text = e.to_string();
+            assert!(text.len() < 400, "{:?}: {} bytes", p.data_type, text.len());
+            assert!(text.contains("(300000 bytes in all)"), "{text}");
         }
     }
 }

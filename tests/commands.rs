@@ -1,0 +1,111 @@
+//! Commands (`…/set`) as an operator sends them, through mosquitto upstream or the embedded
+//! broker, to a pymodbus RTU unit on a socat pty: what a bad payload echoes, what the retain flag
+//! and empty payloads do, a command the gateway itself passes on, and commands sent while the
+//! gateway is stopped (persistent session, `command_max_age`).
+
+mod support;
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::json;
+use support::gateway::{hash_of, Gateway, GatewayConfig};
+use support::modbus::RtuSim;
+use support::mosquitto::Mosquitto;
+use support::mqtt::{publish, MqttWatcher};
+use support::{wait_until, LONG};
+
+const SET: &str = "fieldbridge/gw/dev/setpoint/set";
+const RESULT: &str = "fieldbridge/gw/dev/setpoint/set/result";
+/// Holding register 2 of unit 2 in the simulator's `--units-count` map.
+const INITIAL: u16 = 202;
+
+/// Unit 2 of `sim` as device `dev` with one writable u16 point `setpoint` (holding 2), plus
+/// `extra` tables; upstream at `upstream` (keep-alive 2 s) when given.
+fn config(sim: &RtuSim, upstream: Option<u16>, extra: &str) -> GatewayConfig {
+    let mut c = GatewayConfig::standard();
+    if let Some(port) = upstream {
+        c = c.upstream(port);
+        if let Some(up) = c.upstream.as_mut() {
+            up.keep_alive = "2s";
+        }
+    }
+    c.with(format!(
+        "[[buses]]\nname = \"rs485\"\nkind = \"serial\"\npath = \"{}\"\nbaud = 9600\nrequest_gap = \"2ms\"\n\n\
+         [[devices]]\nname = \"dev\"\nkind = \"modbus_rtu\"\nbus = \"rs485\"\nunit_id = 2\ninterval = \"200ms\"\ntimeout = \"300ms\"\nbackoff_max = \"2s\"\n\n\
+         [[devices.points]]\nname = \"setpoint\"\ntable = \"holding\"\naddress = 2\ntype = \"u16\"\nwritable = true\n\n{extra}",
+        sim.bus_path().display()
+    ))
+}
+
+/// Waits until the gateway takes commands from upstream (its SUBSCRIBE may still be in flight
+/// after it is online): a command to a point that does not exist gets a result.
+fn wait_for_the_command_subscription(mosq: &Mosquitto, up: &MqttWatcher) {
+    let probe = "fieldbridge/gw/dev/nothing/set";
+    wait_until(LONG, "the command subscription", || {
+        publish(mosq.port, &["-q", "1", "-t", probe, "-m", "1"]);
+        up.count(|m| m.topic == format!("{probe}/result")) > 0
+    });
+}
+
+fn results(w: &MqttWatcher) -> Vec<serde_json::Value> {
+    w.messages()
+        .iter()
+        .filter(|m| m.topic == RESULT)
+        .map(|m| m.json())
+        .collect()
+}
+
+fn result_with_id(w: &MqttWatcher, id: &str) -> serde_json::Value {
+    w.wait_for_sync(|m| m.topic == RESULT && m.json()["id"] == id, LONG)
+        .json()
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn start_upstream_gateway(
+    sim: &RtuSim,
+    mosq: &Mosquitto,
+    dir: &std::path::Path,
+) -> (GatewayConfig, Gateway, MqttWatcher) {
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/#");
+    let spec = config(sim, Some(mosq.port), "");
+    let gw = spec.start(dir);
+    wait_for_the_command_subscription(mosq, &up);
+    (spec, gw, up)
+}
+
+#[test]
+fn a_bad_commands_payload_is_quoted_at_most_two_hundred_bytes_in_its_result_and_the_log() {
+    let mut sim = RtuSim::start_units(2);
+    let mosq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_spec, gw, up) = start_upstream_gateway(&sim, &mosq, dir.path());
+    let payload = dir.path().join("huge");
+    std::fs::write(&payload, "x".repeat(300_000)).unwrap();
+    publish(
+        mosq.port,
+        &["-q", "1", "-t", SET, "-f", payload.to_str().unwrap()],
+    );
+    let r = up.wait_for_sync(|m| m.topic == RESULT, LONG);
+    assert!(
+        r.payload.len() < 600,
+        "{} bytes: {}",
+        r.payload.len(),
+        r.text()
+    );
+    let v = r.json();
+    assert_eq!(v["ok"], false, "{v}");
+    let error = v["error"].as_str().unwrap_or_default();
+    assert!(error.contains("(300000 bytes in all)"), "{error}");
+    assert!(error.contains("is not a number"), "{error}");
+    gw.wait_log(&["write_failed", "(300000 bytes in all)"]);
+    let longest = gw.log().lines().map(str::len).max().unwrap_or(0);
+    assert!(longest < 2_000, "a log line of {longest} bytes");
+    assert_eq!(sim.writes(2), 0);
+}
+
