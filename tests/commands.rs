@@ -109,3 +109,80 @@ fn a_bad_commands_payload_is_quoted_at_most_two_hundred_bytes_in_its_result_and_
     assert_eq!(sim.writes(2), 0);
 }
 
+#[test]
+fn a_retained_command_sent_live_runs_once_and_clearing_it_with_an_empty_payload_is_silent() {
+    let mut sim = RtuSim::start_units(2);
+    let mosq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (_spec, gw, up) = start_upstream_gateway(&sim, &mosq, dir.path());
+    // Delivered live (MQTT clears the retain flag towards an existing subscription): a command.
+    publish(
+        mosq.port,
+        &[
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            SET,
+            "-m",
+            r#"{"value": 7, "id": "r1"}"#,
+        ],
+    );
+    assert_eq!(result_with_id(&up, "r1")["ok"], true);
+    assert_eq!(sim.get(2, "holding", 2), 7);
+    // Cleared as the log advises: an empty retained message, delivered live without the flag.
+    publish(mosq.port, &["-q", "1", "-r", "-t", SET, "-n"]);
+    // A command after it: once its result is there, the empty one has been dealt with.
+    publish(
+        mosq.port,
+        &["-q", "1", "-t", SET, "-m", r#"{"value": 9, "id": "r2"}"#],
+    );
+    assert_eq!(result_with_id(&up, "r2")["ok"], true);
+    let all = results(&up);
+    assert_eq!(
+        all.len(),
+        2,
+        "one result per command, none for the empty payload: {all:?}"
+    );
+    assert_eq!(sim.get(2, "holding", 2), 9);
+    assert_eq!(sim.writes(2), 2, "{}", gw.log());
+}
+
+#[test]
+fn a_local_command_that_a_forward_rule_sends_upstream_runs_once() {
+    let mut sim = RtuSim::start_units(2);
+    let mosq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let extra = format!(
+        "[[broker.users]]\nname = \"op\"\npassword_hash = \"{}\"\ncommands = true\n\n\
+         [[forward]]\nfilter = \"fieldbridge/gw/+/+/set\"\n",
+        hash_of("op-pw")
+    );
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/#");
+    let gw = config(&sim, Some(mosq.port), &extra).start(dir.path());
+    wait_for_the_command_subscription(&mosq, &up);
+    let local = r#"{"value": 11, "id": "local-1"}"#;
+    publish(
+        gw.broker_port,
+        &["-u", "op", "-P", "op-pw", "-q", "1", "-t", SET, "-m", local],
+    );
+    // The forward rule passes the command upstream, where the gateway's own command subscription
+    // receives it again.
+    up.wait_for_sync(|m| m.topic == SET && m.text() == local, LONG);
+    assert_eq!(result_with_id(&up, "local-1")["ok"], true);
+    // An upstream command published after the copy reached mosquitto is delivered to the gateway
+    // after that copy: once its result is there, the copy has been dealt with.
+    publish(
+        mosq.port,
+        &["-q", "1", "-t", SET, "-m", r#"{"value": 12, "id": "up-1"}"#],
+    );
+    assert_eq!(result_with_id(&up, "up-1")["ok"], true);
+    let local_results = results(&up)
+        .into_iter()
+        .filter(|r| r["id"] == "local-1")
+        .count();
+    assert_eq!(local_results, 1, "{}", gw.log());
+    assert_eq!(sim.writes(2), 2, "11 once, then 12\n{}", gw.log());
+    assert_eq!(sim.get(2, "holding", 2), 12);
+}
+

@@ -205,10 +205,15 @@ impl Uplink {
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<(), LinkError> {
-        if self
-            .subscribe
-            .iter()
-            .any(|r| crate::config::spec::topic::matches(&r.filter, &topic))
+        // Our command subscription brings back what we publish on a command topic (a local
+        // command a `[[forward]]` rule passes on) just as a `[[subscribe]]` filter would.
+        let on_command_topic =
+            self.commands.is_some() && self.topics.parse_command(&topic).is_some();
+        if on_command_topic
+            || self
+                .subscribe
+                .iter()
+                .any(|r| crate::config::spec::topic::matches(&r.filter, &topic))
         {
             self.echoes
                 .lock()
