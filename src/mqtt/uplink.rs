@@ -83,6 +83,10 @@ enum End {
 pub enum LinkError {
     #[error("no CONNACK within {}", humantime::format_duration(*wait))]
     NoConnAck { wait: Duration },
+    /// Something answered the CONNECT, but not in MQTT (an HTTP server, a TLS port spoken to
+    /// in plain TCP, another protocol): `addr` is `host:port`.
+    #[error("{addr} does not answer as an MQTT broker ({reply})")]
+    NotMqtt { addr: String, reply: &'static str },
     /// The broker answered the CONNECT with a refusal (`code`: the MQTT return code's name).
     #[error("broker refused the connection: {code}")]
     Refused { code: String },
@@ -335,7 +339,12 @@ impl Uplink {
                 match ev.poll().await {
                     Ok(Event::Incoming(Incoming::ConnAck(a))) => return Ok(a),
                     Ok(_) => {}
-                    Err(e) => return Err(describe(e, LinkError::Connect)),
+                    Err(e) => {
+                        let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
+                        return Err(
+                            not_mqtt(&e, addr).unwrap_or_else(|| describe(e, LinkError::Connect))
+                        );
+                    }
                 }
             }
         })
@@ -619,6 +628,23 @@ fn describe(e: ConnectionError, broke: fn(Cause) -> LinkError) -> LinkError {
     }
 }
 
+/// `Some` when the error says the peer's answer to our CONNECT was not MQTT: rumqttc's own
+/// words for that ("Promised boundary crossed: 39268", "Invalid Connect return code: 170") name
+/// its parser's internals, not the problem, which is the address.
+fn not_mqtt(e: &ConnectionError, addr: String) -> Option<LinkError> {
+    let reply = match e {
+        ConnectionError::NotConnAck(_) => "its first packet is not a CONNACK",
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(_)) => {
+            "its reply is not a valid MQTT packet"
+        }
+        ConnectionError::MqttState(rumqttc::StateError::WrongPacket) => {
+            "its reply is not a CONNACK"
+        }
+        _ => return None,
+    };
+    Some(LinkError::NotMqtt { addr, reply })
+}
+
 fn request_refused(e: rumqttc::ClientError) -> LinkError {
     LinkError::Request {
         reason: e.to_string(),
@@ -628,6 +654,43 @@ fn request_refused(e: rumqttc::ClientError) -> LinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_that_does_not_speak_mqtt_is_named_by_its_address_not_by_parser_internals() {
+        use rumqttc::mqttbytes::Error as Parse;
+        let addr = || "plc.local:1883".to_string();
+        let cases: Vec<(ConnectionError, Option<&str>)> = vec![
+            (
+                ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    Parse::BoundaryCrossed(39268),
+                )),
+                Some("plc.local:1883 does not answer as an MQTT broker (its reply is not a valid MQTT packet)"),
+            ),
+            (
+                ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    Parse::InvalidConnectReturnCode(170),
+                )),
+                Some("plc.local:1883 does not answer as an MQTT broker (its reply is not a valid MQTT packet)"),
+            ),
+            (
+                ConnectionError::NotConnAck(rumqttc::Packet::PingResp),
+                Some("plc.local:1883 does not answer as an MQTT broker (its first packet is not a CONNACK)"),
+            ),
+            (ConnectionError::NetworkTimeout, None),
+            (
+                ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into()),
+                None,
+            ),
+        ];
+        for (e, want) in cases {
+            let what = e.to_string();
+            assert_eq!(
+                not_mqtt(&e, addr()).map(|l| l.to_string()).as_deref(),
+                want,
+                "{what}"
+            );
+        }
+    }
 
     #[test]
     fn rows_no_broker_would_take_are_named_and_others_pass() {
