@@ -186,3 +186,39 @@ fn a_local_command_that_a_forward_rule_sends_upstream_runs_once() {
     assert_eq!(sim.get(2, "holding", 2), 12);
 }
 
+#[test]
+fn commands_sent_while_the_gateway_is_stopped_run_once_after_it_starts_and_stale_ones_are_refused()
+{
+    let mut sim = RtuSim::start_units(2);
+    let mosq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (spec, mut gw, up) = start_upstream_gateway(&sim, &mosq, dir.path());
+    assert!(gw.terminate().success(), "{}", gw.log());
+    drop(gw);
+    assert_eq!(sim.get(2, "holding", 2), INITIAL);
+
+    let fresh = json!({"value": 33, "id": "fresh", "ts": now_ms()}).to_string();
+    let stale = json!({"value": 44, "id": "stale", "ts": now_ms() - 3_600_000}).to_string();
+    publish(mosq.port, &["-q", "1", "-t", SET, "-m", &fresh]);
+    publish(mosq.port, &["-q", "1", "-t", SET, "-m", &stale]);
+
+    let gw = spec.start(dir.path());
+    let s = result_with_id(&up, "stale");
+    assert_eq!(s["ok"], false, "{s}");
+    let error = s["error"].as_str().unwrap_or_default();
+    assert!(error.starts_with("sent 1h"), "{error}");
+    assert!(
+        error.ends_with("ago, older than command_max_age 5m; not executed"),
+        "{error}"
+    );
+    let f = result_with_id(&up, "fresh");
+    assert_eq!(f["ok"], true, "{f}");
+    assert_eq!(sim.get(2, "holding", 2), 33, "{}", gw.log());
+    // The stale command came after the fresh one: by its result, every duplicate would be done.
+    let fresh_results = results(&up)
+        .into_iter()
+        .filter(|r| r["id"] == "fresh")
+        .count();
+    assert_eq!(fresh_results, 1);
+    assert_eq!(sim.writes(2), 1, "exactly one write\n{}", gw.log());
+}

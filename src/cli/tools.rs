@@ -147,6 +147,7 @@ pub async fn write(
         targets: [(d.name.clone(), writer)].into_iter().collect(),
         topics: Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id),
         results,
+        max_age: None,
     };
     let cmd = Command {
         device: device.to_string(),

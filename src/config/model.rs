@@ -158,6 +158,9 @@ pub struct Upstream {
     pub reconnect_max: Duration,
     /// Messages per second for the backlog replay after a reconnect; `None` = unlimited.
     pub replay_rate: Option<f64>,
+    /// A command from upstream whose payload `ts` is older than this is refused (it waited in
+    /// the broker's session while the gateway was away).
+    pub command_max_age: Duration,
     pub tls: Option<Tls>,
 }
 

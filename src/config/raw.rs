@@ -183,6 +183,8 @@ pub struct RawUpstream {
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max: String,
     pub replay_rate: Option<f64>,
+    #[serde(default = "default_command_max_age")]
+    pub command_max_age: String,
     pub tls: Option<RawTls>,
 }
 
@@ -364,6 +366,9 @@ fn default_reconnect_min() -> String {
 }
 fn default_reconnect_max() -> String {
     "60s".into()
+}
+fn default_command_max_age() -> String {
+    "5m".into()
 }
 fn default_max_rows() -> i64 {
     1_000_000

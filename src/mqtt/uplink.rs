@@ -1,10 +1,12 @@
 //! The uplink: the only owner of the rumqttc client and event loop. It sends outbox rows upstream
 //! in order at QoS 1 and deletes a row only on the broker's PUBACK for the PUBLISH that carried it.
 //!
-//! Every connection is a fresh clean session with a fresh in-flight table: rumqttc drops
-//! unacknowledged QoS 1 publishes on a clean reconnect anyway, and the outbox is the one source
-//! of truth, so after any disconnect sending restarts from the oldest row still stored (a row
-//! acked just before the link died may be sent twice; none is lost). The Last Will marks the
+//! Every connection starts a fresh in-flight table: the outbox is the one source of truth, so
+//! after any disconnect sending restarts from the oldest row still stored (a row acked just
+//! before the link died may be sent twice; none is lost). The broker keeps our session
+//! (`clean_session = false` under the configured, stable `client_id`) so that what our
+//! subscriptions match while the gateway is away, commands above all, is queued there and
+//! delivered when it returns; nothing of our own sending depends on that session. The Last Will marks the
 //! gateway `offline` (retained); `online` is published retained on every connect. Reconnects use
 //! capped, jittered exponential backoff; a black-holed link is detected by the keep-alive ping.
 //!
@@ -282,7 +284,9 @@ impl Uplink {
         let c = &self.cfg;
         let mut o = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
         o.set_keep_alive(c.keep_alive);
-        o.set_clean_session(true);
+        // A persistent session: commands published while the gateway is stopped or cut off wait
+        // in the broker and run when it returns (too old ones are refused, see `commands`).
+        o.set_clean_session(false);
         o.set_last_will(LastWill::new(
             self.topics.gateway_status(),
             topics::OFFLINE,
