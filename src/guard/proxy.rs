@@ -26,6 +26,12 @@ use super::shared::Shared;
 /// there too) but by the largest packet MQTT can express.
 const BACKEND_MAX_BODY: usize = 268_435_455;
 
+/// The keep-alive rumqttd is told for a client that asked for none (keep-alive 0, which MQTT
+/// 3.1.1 allows and rumqttd refuses). rumqttd drops a link silent for 1.5 × this, so the guard
+/// sends it a PINGREQ of its own after `BACKEND_KEEP_ALIVE / 2` of client silence and swallows
+/// the PINGRESP: the client's link lives as long as its TCP connection, as MQTT says.
+const BACKEND_KEEP_ALIVE: u16 = 600;
+
 /// Where a connection came from, for log fields and the anonymous policy.
 #[derive(Clone, Copy)]
 pub struct Origin {
@@ -103,6 +109,8 @@ where
     let (mut brd, mut bwr) = backend.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     let pending: Arc<Mutex<HashMap<u16, Vec<Option<u8>>>>> = Arc::default();
+    // PINGREQs the guard sent for a keep-alive 0 client: their PINGRESPs are not the client's.
+    let own_pings = Arc::new(std::sync::atomic::AtomicU32::new(0));
 
     let writer = async move {
         while let Some(bytes) = out_rx.recv().await {
@@ -113,12 +121,20 @@ where
         Ok::<(), std::io::Error>(())
     };
     let from_broker = {
-        let (out_tx, pending) = (out_tx.clone(), pending.clone());
+        let (out_tx, pending, own_pings) = (out_tx.clone(), pending.clone(), own_pings.clone());
         async move {
+            use std::sync::atomic::Ordering::SeqCst;
             let mut bbuf = Vec::new();
             while let Some(f) = read_frame(&mut brd, &mut bbuf, BACKEND_MAX_BODY).await? {
                 let bytes = match f.kind() {
                     codec::SUBACK => rewrite_suback(&f, &pending),
+                    codec::PINGRESP
+                        if own_pings
+                            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                            .is_ok() =>
+                    {
+                        continue
+                    }
                     _ => f.encode(),
                 };
                 if out_tx.send(bytes).await.is_err() {
@@ -135,6 +151,9 @@ where
         access: &access,
         shared: &shared,
         denied: 0,
+        ping_backend: (connect.keep_alive == 0)
+            .then(|| std::time::Duration::from_secs(u64::from(BACKEND_KEEP_ALIVE / 2))),
+        own_pings,
     };
     let from_client = client_loop(ctx, rd, buf, &mut bwr, out_tx, pending);
     let result: Result<(), SessionEnd> = tokio::select! {
@@ -213,11 +232,14 @@ async fn admit(
         return answer(refuse(codec::RC_IDENTIFIER_REJECTED, &reason, &user, ""));
     }
     let (lo, hi) = shared.keep_alive;
-    if c.keep_alive < lo || c.keep_alive > hi {
-        let reason = format!(
-            "keep-alive {} s outside the allowed {lo}..{hi} s",
-            c.keep_alive
-        );
+    let zero_ok = c.keep_alive == 0 && shared.keep_alive_zero;
+    if !zero_ok && (c.keep_alive < lo || c.keep_alive > hi) {
+        let reason = match c.keep_alive {
+            0 => format!(
+                "keep-alive 0 (no keep-alive) refused by broker.allow_keep_alive_zero = false; allowed: {lo}..{hi} s"
+            ),
+            n => format!("keep-alive {n} s outside the allowed {lo}..{hi} s"),
+        };
         return answer(refuse(
             codec::RC_IDENTIFIER_REJECTED,
             &reason,
@@ -349,6 +371,11 @@ async fn connect_backend(shared: &Shared, c: &Connect) -> std::io::Result<TcpStr
         client_id: backend_client_id(c),
         username: Some(shared.login.user.clone()),
         password: Some(shared.login.password.clone().into_bytes()),
+        // rumqttd refuses keep-alive 0; the guard keeps such a link alive for it (`client_loop`).
+        keep_alive: match c.keep_alive {
+            0 => BACKEND_KEEP_ALIVE,
+            n => n,
+        },
         ..c.clone()
     };
     s.write_all(&codec::encode_connect(&rewritten)).await?;
@@ -375,6 +402,9 @@ struct Ctx<'a> {
     access: &'a Access,
     shared: &'a Shared,
     denied: u64,
+    /// Keep-alive 0: ping rumqttd after this long without a packet from the client.
+    ping_backend: Option<std::time::Duration>,
+    own_pings: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Ctx<'_> {
@@ -420,7 +450,26 @@ where
                 .map_err(|_| SessionEnd::Refused("client writer gone"))
         }
     };
-    while let Some(f) = read_frame(&mut rd, &mut buf, ctx.shared.max_body).await? {
+    loop {
+        // `read_frame` keeps what it read in `buf`, so a timeout loses nothing.
+        let next = match ctx.ping_backend {
+            None => read_frame(&mut rd, &mut buf, ctx.shared.max_body).await?,
+            Some(idle) => {
+                match tokio::time::timeout(idle, read_frame(&mut rd, &mut buf, ctx.shared.max_body))
+                    .await
+                {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        ctx.own_pings
+                            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        bwr.write_all(&codec::encode_frame(codec::PINGREQ << 4, &[]))
+                            .await?;
+                        continue;
+                    }
+                }
+            }
+        };
+        let Some(f) = next else { break };
         if let Some(problem) = codec::client_frame_problem(&f) {
             if let Some(suppressed) = ctx.shared.may_log(ctx.origin.peer.ip(), problem) {
                 tracing::warn!(event = "broker_protocol_violation", packet_type = f.kind(), problem, client_id = %ctx.client_id, peer = %ctx.origin.peer, suppressed, "broker client broke the protocol; disconnecting it");
