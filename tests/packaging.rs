@@ -121,6 +121,16 @@ fn the_default_conffile_and_every_device_profile_validate() {
     assert!(profiles >= 3);
 }
 
+#[test]
+fn the_installed_default_config_does_not_contradict_the_readme_on_broker_authentication() {
+    let conf = std::fs::read_to_string(root().join("debian/fieldbridge.toml")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    // The README's Security section describes users, ACLs and TLS for the embedded broker.
+    assert!(readme.contains("[[broker.users]]"));
+    assert!(!conf.contains("no authentication"), "{conf}");
+    assert!(conf.contains("\"Security\""), "{conf}");
+}
+
 fn amd64_deb() -> PathBuf {
     let dir = root().join("target/debian");
     let mut debs: Vec<PathBuf> = std::fs::read_dir(&dir)

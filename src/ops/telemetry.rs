@@ -126,6 +126,13 @@ fn is_rumqttd(meta: &tracing::Metadata<'_>) -> bool {
     meta.target().starts_with("rumqttd")
 }
 
+/// rumqttd errors that describe normal operation: a client that sends DISCONNECT and then closes
+/// its socket is disconnected twice in rumqttd's router, and the second time is logged at error
+/// level ("no-connection id 1 is already gone"), at every shutdown with a local client.
+fn is_benign(message: &str) -> bool {
+    message.starts_with("no-connection id ") && message.ends_with(" is already gone")
+}
+
 /// Passes rumqttd's own warn/error events on as rate-limited WARN lines of ours (see above).
 struct BrokerNoise {
     /// One limiter per call site (rumqttd has a few dozen).
@@ -146,6 +153,11 @@ impl<S: Subscriber> Layer<S> for BrokerNoise {
         if !is_rumqttd(meta) || *meta.level() > Level::WARN {
             return;
         }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        if is_benign(&fields.message) {
+            return;
+        }
         let allowed = self
             .seen
             .lock()
@@ -154,8 +166,6 @@ impl<S: Subscriber> Layer<S> for BrokerNoise {
         let Some(suppressed) = allowed else {
             return;
         };
-        let mut fields = Fields::default();
-        event.record(&mut fields);
         let detail = fields
             .pairs
             .iter()
@@ -261,7 +271,14 @@ pub fn init() {
             .with(filter)
             .with((!raw_rumqttd).then(BrokerNoise::default))
             .with(Skip {
-                inner: fmt::layer().with_writer(std::io::stderr).with_target(false),
+                inner: fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    // Colour codes are for a person at a terminal, not for a redirected file.
+                    .with_ansi(
+                        std::io::IsTerminal::is_terminal(&std::io::stderr())
+                            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                    ),
                 raw_rumqttd,
             })
             .try_init(),
