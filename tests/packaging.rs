@@ -182,6 +182,12 @@ cp "$deb" "$R/tmp/fieldbridge.deb"
 inroot() { chroot "$R" "$@"; }
 inroot dpkg -i /tmp/fieldbridge.deb >/dev/null
 
+# dpkg --verify checks the installed files against the package's md5sums, and sees a change.
+echo "md5sums: $(inroot sh -c 'f=$(dpkg-query --control-path fieldbridge md5sums) && grep -c . "$f"' || echo none)"
+echo "verify: $(inroot dpkg --verify fieldbridge && echo clean)"
+echo >> "$R/usr/share/fieldbridge/profiles/eastron-sdm120.toml"
+echo "verify after a change: $(inroot dpkg --verify fieldbridge | tr '\n' ' ')"
+
 echo "user: $(inroot getent passwd fieldbridge | cut -d: -f1,6,7)"
 echo "groups: $(inroot id -nG fieldbridge)"
 echo "conffiles: $(inroot dpkg-query -W -f='${Conffiles}' fieldbridge | awk '{print $1}' | tr '\n' ' ')"
@@ -246,6 +252,14 @@ fn the_amd64_package_installs_upgrades_and_purges_cleanly_in_a_chroot() {
     assert!(groups.split(' ').any(|g| g == "fieldbridge"), "{groups}");
     assert!(groups.split(' ').any(|g| g == "dialout"), "{groups}");
     assert!(line("conffiles").contains("/etc/fieldbridge/fieldbridge.toml"));
+    let sums: usize = line("md5sums").parse().unwrap_or(0);
+    assert!(sums >= 5, "md5sums lines: {}", line("md5sums"));
+    assert_eq!(line("verify"), "clean");
+    assert!(
+        line("verify after a change")
+            .contains("/usr/share/fieldbridge/profiles/eastron-sdm120.toml"),
+        "{text}"
+    );
     assert_eq!(line("unit"), "/usr/lib/systemd/system/fieldbridge.service");
     assert!(line("enabled").contains("fieldbridge.service"), "{text}");
     assert_eq!(
