@@ -8,6 +8,9 @@
 //! write to a dead device costs its timeout. Results go through the outbox like readings (they
 //! must not be lost either) and to the local broker. Nothing here sees the bus task or a
 //! tokio-modbus type.
+//!
+//! Commands from upstream may have waited in the broker's session while the gateway was away
+//! (`mqtt::uplink`); one whose payload `ts` is older than `command_max_age` is refused (`stale`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
