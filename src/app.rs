@@ -181,6 +181,7 @@ pub async fn run(
             .collect(),
         topics: topics.clone(),
         results: routed_tx.clone(),
+        max_age: cfg.upstream.as_ref().map(|u| u.command_max_age),
     };
     let commands_task = tokio::spawn(commands.run(command_rx, commands_stop.clone()));
     let mut pollers = JoinSet::new();

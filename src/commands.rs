@@ -8,18 +8,22 @@
 //! write to a dead device costs its timeout. Results go through the outbox like readings (they
 //! must not be lost either) and to the local broker. Nothing here sees the bus task or a
 //! tokio-modbus type.
+//!
+//! Commands from upstream may have waited in the broker's session while the gateway was away
+//! (`mqtt::uplink`); one whose payload `ts` is older than `command_max_age` is refused (`stale`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::device::modbus::write::{parse_payload, Input, WriteError};
+use crate::device::modbus::write::{parse_payload, Input, Payload, WriteError};
 use crate::device::modbus::writer::{WriteFailure, Writer};
 use crate::flow::Message;
-use crate::flow::{now_ms, Command};
+use crate::flow::{excerpt, now_ms, Command, Origin, MAX_ECHO};
 use crate::flow::{Route, Routed};
 use crate::mqtt::topics::Topics;
 
@@ -28,6 +32,9 @@ pub struct Commands {
     pub targets: HashMap<Arc<str>, Writer>,
     pub topics: Topics,
     pub results: mpsc::Sender<Routed>,
+    /// `[upstream] command_max_age`: an upstream command sent longer ago than this (by its
+    /// payload's `ts`) is refused. `None`: no upstream.
+    pub max_age: Option<Duration>,
 }
 
 /// Why a command was not done: refused by validation (payload, unknown device or point, the
@@ -55,13 +62,27 @@ impl Commands {
 
     /// Validates and runs one command.
     pub async fn execute(&self, cmd: &Command) -> (Outcome, Option<serde_json::Value>) {
-        let (input, id) = match parse_payload(&cmd.payload) {
+        let Payload { input, id, sent_ms } = match parse_payload(&cmd.payload) {
             Ok(x) => x,
             Err(e) => return (Err(e.into()), None),
         };
+        // The id is echoed whole (it is the sender's correlation key), so a long one is refused
+        // rather than cut or sent back at any length.
+        let id_len = id.as_ref().map_or(0, |v| v.to_string().len());
+        if id_len > MAX_ECHO {
+            let e = WriteError::BadPayload(format!(
+                "an id of {id_len} bytes; at most {MAX_ECHO} are echoed"
+            ));
+            return (Err(e.into()), None);
+        }
+        if let (Origin::Upstream, Some(max_age), Some(sent)) = (cmd.origin, self.max_age, sent_ms) {
+            if let Some(e) = stale(sent, now_ms(), max_age) {
+                return (Err(e.into()), id);
+            }
+        }
         let Some(writer) = self.targets.get(cmd.device.as_str()) else {
             return (
-                Err(WriteError::UnknownDevice(cmd.device.clone()).into()),
+                Err(WriteError::UnknownDevice(excerpt(&cmd.device).into_owned()).into()),
                 id,
             );
         };
@@ -77,16 +98,16 @@ impl Commands {
             Ok(v) => tracing::info!(
                 event = "write",
                 origin = cmd.origin.as_str(),
-                device = %cmd.device,
-                point = %cmd.point,
+                device = %excerpt(&cmd.device),
+                point = %excerpt(&cmd.point),
                 value = %v,
                 "write confirmed by the device"
             ),
             Err(e) => tracing::warn!(
                 event = "write_failed",
                 origin = cmd.origin.as_str(),
-                device = %cmd.device,
-                point = %cmd.point,
+                device = %excerpt(&cmd.device),
+                point = %excerpt(&cmd.point),
                 error = %e,
                 "write not done"
             ),
@@ -104,6 +125,21 @@ impl Commands {
             tracing::debug!("pipeline stopped; write result not published");
         }
     }
+}
+
+/// Why a command sent at `sent_ms` is too old to run at `now_ms`, or `None`. Commands wait in
+/// the upstream broker's session while the gateway is away; run hours later, a set-point would
+/// overwrite what the operator has done since. A send time ahead of our clock (a sender whose
+/// clock runs fast, a board without RTC before its clock is set) is not refused.
+pub fn stale(sent_ms: i64, now_ms: i64, max_age: Duration) -> Option<WriteError> {
+    let age = Duration::from_millis(u64::try_from(now_ms.saturating_sub(sent_ms)).ok()?);
+    (age > max_age).then(|| {
+        WriteError::Stale(format!(
+            "sent {} ago, older than command_max_age {}; not executed",
+            humantime::format_duration(Duration::from_secs(age.as_secs())),
+            humantime::format_duration(max_age)
+        ))
+    })
 }
 
 fn input_json(i: &Input) -> serde_json::Value {
@@ -142,6 +178,32 @@ pub fn result_payload(outcome: &Outcome, id: Option<serde_json::Value>, ts: i64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_command_older_than_max_age_is_stale_and_a_younger_or_future_one_is_not() {
+        let max = Duration::from_secs(300);
+        let now = 1_764_500_000_000;
+        let cases: &[(i64, Option<&str>)] = &[
+            (now, None),
+            (now - 300_000, None),
+            (
+                now - 300_001,
+                Some("sent 5m ago, older than command_max_age 5m; not executed"),
+            ),
+            (
+                now - 3_600_000,
+                Some("sent 1h ago, older than command_max_age 5m; not executed"),
+            ),
+            (now + 3_600_000, None),
+        ];
+        for (sent, want) in cases {
+            assert_eq!(
+                stale(*sent, now, max).map(|e| e.to_string()).as_deref(),
+                *want,
+                "sent {sent}"
+            );
+        }
+    }
 
     #[test]
     fn result_payloads_carry_the_outcome_and_echo_the_id() {

@@ -119,10 +119,52 @@ pub struct Command {
     pub origin: Origin,
 }
 
+/// The most of a client's or a broker's input (payload text, topic levels) a result message or
+/// a log line quotes: enough to recognise it, never a 300 kB echo of a bad command.
+pub const MAX_ECHO: usize = 200;
+
+/// `text` as a result or a log line may quote it: at most `MAX_ECHO` bytes (cut at a character
+/// boundary), followed by how much was left out.
+pub fn excerpt(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.len() <= MAX_ECHO {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = MAX_ECHO;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}… ({} bytes in all)", &text[..end], text.len()))
+}
+
 /// Milliseconds since the Unix epoch (0 if the clock is before it).
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_excerpt_quotes_at_most_two_hundred_bytes_and_says_how_much_there_was() {
+        let cases: &[(String, &str)] = &[
+            ("21.5".into(), "21.5"),
+            ("x".repeat(MAX_ECHO), &"x".repeat(MAX_ECHO)),
+            (
+                "x".repeat(300_000),
+                &format!("{}… (300000 bytes in all)", "x".repeat(MAX_ECHO)),
+            ),
+            // 'é' is two bytes: the cut never splits a character.
+            (
+                format!("a{}", "é".repeat(150)),
+                &format!("a{}… (301 bytes in all)", "é".repeat(99)),
+            ),
+        ];
+        for (input, want) in cases {
+            assert_eq!(excerpt(input), *want, "{} bytes", input.len());
+        }
+    }
 }

@@ -95,7 +95,8 @@ enum Cmd {
         device: String,
         #[arg(long)]
         point: String,
-        /// The value, as in a command payload: 21.5, true, on, "text" or {"value": 21.5}.
+        /// The value, as in a command payload: 21.5, -3, true, on, "text" or {"value": 21.5}.
+        #[arg(allow_negative_numbers = true)]
         value: String,
     },
     /// Find which Modbus unit ids answer on a line (serial port, RTU over TCP, or Modbus TCP).
@@ -242,7 +243,7 @@ fn main() -> ExitCode {
                 eprintln!("log_level: {e}");
                 return ExitCode::from(2);
             }
-            runtime_run(|stop| async move {
+            runtime_run_logged(|stop| async move {
                 app::run(cfg, broker_counters, stop, || {})
                     .await
                     .map_err(|e| e.to_string())
@@ -296,7 +297,7 @@ fn main() -> ExitCode {
                 upstream,
                 duration,
             };
-            runtime_run(|stop| async move {
+            runtime_run_logged(|stop| async move {
                 demo::run(opts, broker_counters, stop)
                     .await
                     .map_err(|e| e.to_string())
@@ -393,8 +394,28 @@ fn parse_host_port(s: &str) -> Result<(String, u16), String> {
     Ok((h.to_string(), port))
 }
 
-/// Runs `f` on a runtime, cancelling its token on SIGINT or SIGTERM.
+/// Runs a one-shot tool (`status`, `read`, `write`, `scan`) with [`runtime_on`]: its failure is
+/// printed once, on stderr, for the person who ran it.
 fn runtime_run<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    runtime_on(f, false)
+}
+
+/// Runs a long-running command (`run`, `demo`): its failure also goes to the log (the journal
+/// under systemd, where no one reads stderr).
+fn runtime_run_logged<F, Fut>(f: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    runtime_on(f, true)
+}
+
+/// Runs `f` on a runtime, cancelling its token on SIGINT or SIGTERM.
+fn runtime_on<F, Fut>(f: F, log_failure: bool) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
@@ -421,7 +442,9 @@ where
         match f(stop).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                tracing::error!(error = %e, "fieldbridge failed");
+                if log_failure {
+                    tracing::error!(error = %e, "fieldbridge failed");
+                }
                 eprintln!("fieldbridge: {e}");
                 ExitCode::FAILURE
             }

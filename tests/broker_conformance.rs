@@ -437,3 +437,41 @@ fn a_client_looping_bad_connects_gets_one_refusal_line_per_ten_seconds() {
         "100 refusals, one line:\n{log}"
     );
 }
+
+/// A CONNECT like [`raw_connect`] asking for keep-alive `secs`.
+fn raw_connect_keep_alive(client_id: &str, secs: u16) -> Vec<u8> {
+    let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02];
+    body.extend_from_slice(&secs.to_be_bytes());
+    body.extend_from_slice(&(client_id.len() as u16).to_be_bytes());
+    body.extend_from_slice(client_id.as_bytes());
+    frame(0x10, &body)
+}
+
+#[test]
+fn a_client_with_keep_alive_0_is_served_by_default_and_refused_where_the_config_says_so() {
+    // MQTT 3.1.1 allows keep-alive 0 ("never ping"); the Eclipse Paho interoperability suite
+    // connects that way.
+    let b = broker_gateway("127.0.0.1", "");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", b.broker_port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let ack = answer_to(&mut s, &raw_connect_keep_alive("ka0", 0), 4);
+    assert_eq!(ack, [0x20, 2, 0, 0], "CONNACK to keep-alive 0\n{}", b.log());
+    // SUBSCRIBE ka0/t at QoS 0, packet id 1: a SUBACK proves the session reached rumqttd.
+    let mut sub = vec![0, 1, 0, 5];
+    sub.extend_from_slice(b"ka0/t");
+    sub.push(0);
+    assert_eq!(answer_to(&mut s, &frame(0x82, &sub), 5), [0x90, 3, 0, 1, 0]);
+    publish(b.broker_port, &["-t", "ka0/t", "-m", "hello"]);
+    let got = answer_to(&mut s, &[], 2 + 2 + 5 + 5);
+    assert!(
+        got.first() == Some(&0x30) && got.ends_with(b"hello"),
+        "the keep-alive 0 subscriber got {got:?}"
+    );
+
+    let strict = broker_gateway("127.0.0.1", "allow_keep_alive_zero = false\n");
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", strict.broker_port)).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    let ack = answer_to(&mut s, &raw_connect_keep_alive("ka0", 0), 4);
+    assert_eq!(ack, [0x20, 2, 0, 2], "identifier rejected");
+    strict.wait_log(&["allow_keep_alive_zero = false"]);
+}

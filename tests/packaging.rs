@@ -121,6 +121,16 @@ fn the_default_conffile_and_every_device_profile_validate() {
     assert!(profiles >= 3);
 }
 
+#[test]
+fn the_installed_default_config_does_not_contradict_the_readme_on_broker_authentication() {
+    let conf = std::fs::read_to_string(root().join("debian/fieldbridge.toml")).unwrap();
+    let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    // The README's Security section describes users, ACLs and TLS for the embedded broker.
+    assert!(readme.contains("[[broker.users]]"));
+    assert!(!conf.contains("no authentication"), "{conf}");
+    assert!(conf.contains("\"Security\""), "{conf}");
+}
+
 fn amd64_deb() -> PathBuf {
     let dir = root().join("target/debian");
     let mut debs: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -171,6 +181,12 @@ trap 'umount "$R/proc"' EXIT
 cp "$deb" "$R/tmp/fieldbridge.deb"
 inroot() { chroot "$R" "$@"; }
 inroot dpkg -i /tmp/fieldbridge.deb >/dev/null
+
+# dpkg --verify checks the installed files against the package's md5sums, and sees a change.
+echo "md5sums: $(inroot sh -c 'f=$(dpkg-query --control-path fieldbridge md5sums) && grep -c . "$f"' || echo none)"
+echo "verify: $(inroot dpkg --verify fieldbridge && echo clean)"
+echo >> "$R/usr/share/fieldbridge/profiles/eastron-sdm120.toml"
+echo "verify after a change: $(inroot dpkg --verify fieldbridge | tr '\n' ' ')"
 
 echo "user: $(inroot getent passwd fieldbridge | cut -d: -f1,6,7)"
 echo "groups: $(inroot id -nG fieldbridge)"
@@ -236,6 +252,14 @@ fn the_amd64_package_installs_upgrades_and_purges_cleanly_in_a_chroot() {
     assert!(groups.split(' ').any(|g| g == "fieldbridge"), "{groups}");
     assert!(groups.split(' ').any(|g| g == "dialout"), "{groups}");
     assert!(line("conffiles").contains("/etc/fieldbridge/fieldbridge.toml"));
+    let sums: usize = line("md5sums").parse().unwrap_or(0);
+    assert!(sums >= 5, "md5sums lines: {}", line("md5sums"));
+    assert_eq!(line("verify"), "clean");
+    assert!(
+        line("verify after a change")
+            .contains("/usr/share/fieldbridge/profiles/eastron-sdm120.toml"),
+        "{text}"
+    );
     assert_eq!(line("unit"), "/usr/lib/systemd/system/fieldbridge.service");
     assert!(line("enabled").contains("fieldbridge.service"), "{text}");
     assert_eq!(

@@ -242,7 +242,8 @@ fn status_command_fails_clearly_when_no_daemon_runs() {
 
 /// Reads journal entries the way journald does (native protocol: `KEY=value` lines, or a
 /// length-prefixed binary value; large entries arrive as a memfd) and appends each as one JSON
-/// object per line.
+/// object per line. Like journald it discards an empty datagram: systemd-journal-logger sends
+/// one at startup to probe the socket, and it is no entry.
 const JOURNAL_LISTENER: &str = r#"
 import array, json, os, socket, struct, sys
 path, out = sys.argv[1], sys.argv[2]
@@ -266,6 +267,8 @@ with open(out, "a") as f:
                         chunks.append(c)
                     data = b"".join(chunks)
                     os.close(fd)
+        if not data:
+            continue
         fields, i = {}, 0
         while i < len(data):
             nl = data.index(b"\n", i)
@@ -364,6 +367,13 @@ exec "$@"
     let d = find("device_offline").unwrap();
     assert_eq!(d["DEVICE"], "dev");
     assert!(!d["ERROR"].as_str().unwrap_or("").is_empty(), "{d}");
+    // Every entry is one a journal reader can show: a message and a priority.
+    for e in read() {
+        assert!(
+            e["MESSAGE"].as_str().is_some_and(|m| !m.is_empty()) && e["PRIORITY"].is_string(),
+            "an entry without MESSAGE or PRIORITY: {e}"
+        );
+    }
     // Nothing reached stderr: under journald the journal is the only destination.
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert!(!err.contains("device_offline"), "{err}");

@@ -24,31 +24,51 @@ use crate::mqtt::topics::Topics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    #[error("no Modbus device named {name:?} in the config; configured: {known}")]
-    NoDevice { name: String, known: String },
+    #[error(
+        "no Modbus device named {name:?} in the config; {}",
+        known_devices(known)
+    )]
+    NoDevice { name: String, known: Vec<String> },
+    /// `read`, `write` and `explain` work on Modbus devices; a `serial_line` device streams.
+    #[error("{name:?} is a serial_line device; {tool} works on Modbus devices only ({}); watch its readings with `mosquitto_sub -t '<prefix>/<gateway id>/{name}/#'` instead", known_devices(known))]
+    SerialDevice {
+        name: String,
+        tool: &'static str,
+        known: Vec<String>,
+    },
     #[error("{0}")]
     Failed(String),
 }
 
-fn find<'c>(cfg: &'c Config, name: &str) -> Result<&'c Device, ToolError> {
-    cfg.devices
-        .iter()
-        .find(|d| &*d.name == name)
-        .ok_or_else(|| ToolError::NoDevice {
+fn known_devices(known: &[String]) -> String {
+    match known {
+        [] => "the config has no Modbus devices".into(),
+        names => format!("configured Modbus devices: {}", names.join(", ")),
+    }
+}
+
+fn find<'c>(cfg: &'c Config, name: &str, tool: &'static str) -> Result<&'c Device, ToolError> {
+    let known = || cfg.devices.iter().map(|d| d.name.to_string()).collect();
+    if let Some(d) = cfg.devices.iter().find(|d| &*d.name == name) {
+        return Ok(d);
+    }
+    if cfg.serial_devices.iter().any(|d| &*d.name == name) {
+        return Err(ToolError::SerialDevice {
             name: name.to_string(),
-            known: cfg
-                .devices
-                .iter()
-                .map(|d| d.name.to_string())
-                .collect::<Vec<_>>()
-                .join(", "),
-        })
+            tool,
+            known: known(),
+        });
+    }
+    Err(ToolError::NoDevice {
+        name: name.to_string(),
+        known: known(),
+    })
 }
 
 /// `fieldbridge explain`: the requests each device's poll sends, per cycle.
 pub fn explain(cfg: &Config, device: Option<&str>) -> Result<String, ToolError> {
     let devices: Vec<&Device> = match device {
-        Some(n) => vec![find(cfg, n)?],
+        Some(n) => vec![find(cfg, n, "explain")?],
         None => cfg.devices.iter().collect(),
     };
     let mut out = String::new();
@@ -95,7 +115,7 @@ fn only(cfg: &Config, device: &Device) -> Config {
 
 /// `fieldbridge read`: one poll, decoded values as lines of text.
 pub async fn read(cfg: &Config, device: &str) -> Result<String, ToolError> {
-    let d = find(cfg, device)?;
+    let d = find(cfg, device, "read")?;
     let sub = only(cfg, d);
     let stop = CancellationToken::new();
     let mut l = lines::start(&sub, &stop);
@@ -135,7 +155,7 @@ pub async fn write(
     point: &str,
     value: &str,
 ) -> Result<String, ToolError> {
-    let d = find(cfg, device)?;
+    let d = find(cfg, device, "write")?;
     let sub = only(cfg, d);
     let stop = CancellationToken::new();
     let mut l = lines::start(&sub, &stop);
@@ -147,6 +167,7 @@ pub async fn write(
         targets: [(d.name.clone(), writer)].into_iter().collect(),
         topics: Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id),
         results,
+        max_age: None,
     };
     let cmd = Command {
         device: device.to_string(),
@@ -247,10 +268,8 @@ pub async fn scan(spec: &ScanSpec, mut progress: impl FnMut(&str)) -> Result<Vec
             ) => {
                 stop.cancel();
                 let _ = task.await;
-                return Err(ToolError::Failed(format!(
-                    "{}: {e}",
-                    spec.connector.describe()
-                )));
+                // Each of these names the port or address itself.
+                return Err(ToolError::Failed(e.to_string()));
             }
             Err(e) => progress(&format!("unit {unit:>3}: garbled answer ({e})")),
         }

@@ -82,6 +82,8 @@ pub struct Broker {
     pub max_payload_bytes: usize,
     pub keep_alive_min: Duration,
     pub keep_alive_max: Duration,
+    /// Keep-alive 0 (MQTT 3.1.1: the client never pings) accepted outside the min..max bounds.
+    pub allow_keep_alive_zero: bool,
     /// From TCP accept to a complete CONNECT (after the TLS/WebSocket handshake).
     pub connect_timeout: Duration,
     /// `None`: anonymous clients only on loopback listeners.
@@ -158,6 +160,9 @@ pub struct Upstream {
     pub reconnect_max: Duration,
     /// Messages per second for the backlog replay after a reconnect; `None` = unlimited.
     pub replay_rate: Option<f64>,
+    /// A command from upstream whose payload `ts` is older than this is refused (it waited in
+    /// the broker's session while the gateway was away).
+    pub command_max_age: Duration,
     pub tls: Option<Tls>,
 }
 

@@ -69,6 +69,8 @@ pub struct RawBroker {
     pub keep_alive_min: String,
     #[serde(default = "default_broker_keep_alive_max")]
     pub keep_alive_max: String,
+    #[serde(default = "yes")]
+    pub allow_keep_alive_zero: bool,
     #[serde(default = "default_broker_connect_timeout")]
     pub connect_timeout: String,
     pub allow_anonymous: Option<bool>,
@@ -93,6 +95,7 @@ impl Default for RawBroker {
             max_payload_bytes: default_max_payload(),
             keep_alive_min: default_broker_keep_alive_min(),
             keep_alive_max: default_broker_keep_alive_max(),
+            allow_keep_alive_zero: true,
             connect_timeout: default_broker_connect_timeout(),
             allow_anonymous: None,
             anonymous_publish: everything(),
@@ -183,6 +186,8 @@ pub struct RawUpstream {
     #[serde(default = "default_reconnect_max")]
     pub reconnect_max: String,
     pub replay_rate: Option<f64>,
+    #[serde(default = "default_command_max_age")]
+    pub command_max_age: String,
     pub tls: Option<RawTls>,
 }
 
@@ -364,6 +369,9 @@ fn default_reconnect_min() -> String {
 }
 fn default_reconnect_max() -> String {
     "60s".into()
+}
+fn default_command_max_age() -> String {
+    "5m".into()
 }
 fn default_max_rows() -> i64 {
     1_000_000

@@ -30,6 +30,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 /// there too) but by the largest packet MQTT can express.
 const BACKEND_MAX_BODY: usize = 268_435_455;
 
+/// The keep-alive rumqttd is told for a client that asked for none (keep-alive 0, which MQTT
+/// 3.1.1 allows and rumqttd refuses). rumqttd drops a link silent for 1.5 × this, so the guard
+/// sends it a PINGREQ of its own after `BACKEND_KEEP_ALIVE / 2` of client silence and swallows
+/// the PINGRESP: the client's link lives as long as its TCP connection, as MQTT says.
+const BACKEND_KEEP_ALIVE: u16 = 600;
+
 /// Where a connection came from, for log fields and the anonymous policy.
 #[derive(Clone, Copy)]
 pub struct Origin {
@@ -107,6 +113,8 @@ where
     let (mut brd, bwr) = backend.into_split();
     let (out_tx, mut out_rx) = mpsc::channel::<Vec<u8>>(64);
     let pending: Arc<Mutex<HashMap<u16, Vec<Option<u8>>>>> = Arc::default();
+    // PINGREQs the guard sent for a keep-alive 0 client: their PINGRESPs are not the client's.
+    let own_pings = Arc::new(std::sync::atomic::AtomicU32::new(0));
 
     let writer = async move {
         while let Some(bytes) = out_rx.recv().await {
@@ -117,12 +125,20 @@ where
         Ok::<(), std::io::Error>(())
     };
     let from_broker = {
-        let (out_tx, pending) = (out_tx.clone(), pending.clone());
+        let (out_tx, pending, own_pings) = (out_tx.clone(), pending.clone(), own_pings.clone());
         async move {
+            use std::sync::atomic::Ordering::SeqCst;
             let mut bbuf = Vec::new();
             while let Some(f) = read_frame(&mut brd, &mut bbuf, BACKEND_MAX_BODY).await? {
                 let bytes = match f.kind() {
                     codec::SUBACK => rewrite_suback(&f, &pending),
+                    codec::PINGRESP
+                        if own_pings
+                            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                            .is_ok() =>
+                    {
+                        continue
+                    }
                     _ => f.encode(),
                 };
                 if out_tx.send(bytes).await.is_err() {
@@ -139,6 +155,9 @@ where
         access: &access,
         shared: &shared,
         denied: 0,
+        ping_backend: (connect.keep_alive == 0)
+            .then(|| std::time::Duration::from_secs(u64::from(BACKEND_KEEP_ALIVE / 2))),
+        own_pings,
     };
     // Everything the client sends goes to rumqttd through one queue, in order; forwarded
     // publishes wait there for their commit (see `forward`).
@@ -227,11 +246,14 @@ async fn admit(
         return answer(refuse(codec::RC_IDENTIFIER_REJECTED, &reason, &user, ""));
     }
     let (lo, hi) = shared.keep_alive;
-    if c.keep_alive < lo || c.keep_alive > hi {
-        let reason = format!(
-            "keep-alive {} s outside the allowed {lo}..{hi} s",
-            c.keep_alive
-        );
+    let zero_ok = c.keep_alive == 0 && shared.keep_alive_zero;
+    if !zero_ok && (c.keep_alive < lo || c.keep_alive > hi) {
+        let reason = match c.keep_alive {
+            0 => format!(
+                "keep-alive 0 (no keep-alive) refused by broker.allow_keep_alive_zero = false; allowed: {lo}..{hi} s"
+            ),
+            n => format!("keep-alive {n} s outside the allowed {lo}..{hi} s"),
+        };
         return answer(refuse(
             codec::RC_IDENTIFIER_REJECTED,
             &reason,
@@ -363,6 +385,11 @@ async fn connect_backend(shared: &Shared, c: &Connect) -> std::io::Result<TcpStr
         client_id: backend_client_id(c),
         username: Some(shared.login.user.clone()),
         password: Some(shared.login.password.clone().into_bytes()),
+        // rumqttd refuses keep-alive 0; the guard keeps such a link alive for it (`client_loop`).
+        keep_alive: match c.keep_alive {
+            0 => BACKEND_KEEP_ALIVE,
+            n => n,
+        },
         ..c.clone()
     };
     s.write_all(&codec::encode_connect(&rewritten)).await?;
@@ -389,6 +416,9 @@ struct Ctx<'a> {
     access: &'a Access,
     shared: &'a Shared,
     denied: u64,
+    /// Keep-alive 0: ping rumqttd after this long without a packet from the client.
+    ping_backend: Option<std::time::Duration>,
+    own_pings: Arc<std::sync::atomic::AtomicU32>,
 }
 
 impl Ctx<'_> {
@@ -566,7 +596,23 @@ where
             None => {
                 // Everything this read brought is handled: one submit for its publishes.
                 release!();
-                let n = rd.read(&mut chunk).await?;
+                let n = match ctx.ping_backend {
+                    None => rd.read(&mut chunk).await?,
+                    Some(idle) => match tokio::time::timeout(idle, rd.read(&mut chunk)).await {
+                        Ok(r) => r?,
+                        Err(_) => {
+                            // A keep-alive 0 client is silent: keep its rumqttd session alive.
+                            ctx.own_pings
+                                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            relay(ToBroker::Frame(codec::encode_frame(
+                                codec::PINGREQ << 4,
+                                &[],
+                            )))
+                            .await?;
+                            continue;
+                        }
+                    },
+                };
                 if n == 0 {
                     return if buf.is_empty() {
                         Ok(())

@@ -82,6 +82,7 @@ pub struct Shared {
     pub(super) max_body: usize,
     pub(super) max_payload: usize,
     pub(super) keep_alive: (u16, u16),
+    pub(super) keep_alive_zero: bool,
     pub(super) connect_timeout: Duration,
     /// One refusal line per client address per `REFUSAL_LOG_EVERY` (a client looping bad
     /// CONNECTs must not flood the journal).
@@ -135,6 +136,7 @@ impl Shared {
             max_body: cfg.max_payload_bytes + 2 + 65_535 + 2,
             max_payload: cfg.max_payload_bytes,
             keep_alive: (secs(cfg.keep_alive_min), secs(cfg.keep_alive_max)),
+            keep_alive_zero: cfg.allow_keep_alive_zero,
             connect_timeout: cfg.connect_timeout,
         })
     }

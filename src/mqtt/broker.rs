@@ -203,7 +203,7 @@ impl LocalBroker {
                             // A retained command would be a standing order replayed later over
                             // newer values: not executed.
                             (Some(CommandTopic::Retained), _) => {
-                                tracing::warn!(event = "write_failed", topic = %topic, "retained command ignored (publish commands without the retain flag)");
+                                tracing::warn!(event = "write_failed", topic = %crate::flow::excerpt(&topic), "retained command ignored (publish commands without the retain flag)");
                             }
                             (Some(CommandTopic::Run { device, point }), Some(ctx)) => {
                                 let cmd = Command {
@@ -213,7 +213,7 @@ impl LocalBroker {
                                     origin: inbound.side().origin(),
                                 };
                                 if ctx.try_send(cmd).is_err() {
-                                    tracing::warn!(event = "write_failed", topic = %topic, "command queue full or stopped; local command dropped");
+                                    tracing::warn!(event = "write_failed", topic = %crate::flow::excerpt(&topic), "command queue full or stopped; local command dropped");
                                 }
                             }
                             _ => {}

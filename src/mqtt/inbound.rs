@@ -8,9 +8,16 @@
 //! values), or a message a rule passes on, and under which topic? Answering them in one function
 //! keeps the two links from drifting apart; the links only do the I/O (channels, logging).
 //!
-//! One difference between the links is kept as it was, on purpose and visibly here: on the local
-//! link an echo is dropped whole, while upstream an echo is only kept from being delivered
-//! locally again — a command topic is still classified as a command.
+//! An echo is never run as a command on either link: the gateway publishes on a command topic
+//! only when it passes on a command that it already ran (a local client's command a `[[forward]]`
+//! rule sends upstream, or an upstream one a `[[subscribe]]` rule delivers locally), so the copy
+//! coming back is the same command a second time.
+//!
+//! Retained commands: the gateway runs a command the broker delivers live, and never one the
+//! broker replays from its retained store when the gateway subscribes (MQTT marks exactly those
+//! with the retain flag; a retained publish to an existing subscription arrives without it, and
+//! is a live command). An empty payload on a command topic is what clears a retained message: it
+//! is no command and gets no result.
 
 use crate::config::spec::topic;
 use crate::config::BridgeRule;
@@ -50,8 +57,10 @@ impl Side {
 pub enum CommandTopic<'t> {
     /// To the command runner.
     Run { device: &'t str, point: &'t str },
-    /// Sent with the retain flag: not run, the sender is warned in the log.
+    /// Replayed from the broker's retained store: not run, the sender is warned in the log.
     Retained,
+    /// An empty payload (clearing a retained command): nothing to run, nothing to answer.
+    Empty,
 }
 
 /// What a publish is; several parts can apply at once (a command topic a rule also matches).
@@ -99,7 +108,7 @@ impl Inbound {
         echoes: &mut Echoes,
     ) -> Verdict<'t> {
         let echo = echoes.take(topic.as_bytes(), payload);
-        if echo && self.side == Side::Local {
+        if echo {
             return Verdict {
                 echo,
                 ..Verdict::default()
@@ -109,21 +118,19 @@ impl Inbound {
             .commands
             .as_ref()
             .and_then(|t| t.parse_command(topic))
-            .map(|(device, point)| match retain {
-                true => CommandTopic::Retained,
-                false => CommandTopic::Run { device, point },
+            .map(|(device, point)| match (payload.is_empty(), retain) {
+                (true, _) => CommandTopic::Empty,
+                (false, true) => CommandTopic::Retained,
+                (false, false) => CommandTopic::Run { device, point },
             });
-        let pass_on = match echo {
-            true => None,
-            false => self
-                .rules
-                .iter()
-                .find(|r| topic::matches(&r.filter, topic))
-                .map(|r| match self.side {
-                    Side::Upstream => r.to_local(topic),
-                    Side::Local => r.to_remote(topic),
-                }),
-        };
+        let pass_on = self
+            .rules
+            .iter()
+            .find(|r| topic::matches(&r.filter, topic))
+            .map(|r| match self.side {
+                Side::Upstream => r.to_local(topic),
+                Side::Local => r.to_remote(topic),
+            });
         Verdict {
             echo,
             command,
@@ -343,19 +350,45 @@ mod tests {
                 recorded: Some((CMD, "7")),
                 want: Verdict {
                     echo: true,
-                    command: Some(Run {
-                        device: "pump",
-                        point: "speed",
-                    }),
-                    pass_on: None,
+                    ..Verdict::default()
                 },
                 ..case(
-                    "upstream echo of a command: still a command",
+                    "upstream echo of a command we forwarded: not run twice",
+                    Upstream,
+                    true,
+                    CMD,
+                )
+            },
+            Case {
+                recorded: Some((CMD, "7")),
+                want: Verdict {
+                    echo: true,
+                    ..Verdict::default()
+                },
+                ..case(
+                    "an echo on the command subscription alone: not run twice",
                     Upstream,
                     true,
                     CMD,
                 )
             },
         ]);
+    }
+
+    #[test]
+    fn an_empty_command_payload_clears_a_retained_command_and_is_no_command() {
+        for side in [Upstream, Local] {
+            for retain in [false, true] {
+                check(&[Case {
+                    retain,
+                    payload: "",
+                    want: Verdict {
+                        command: Some(Empty),
+                        ..Verdict::default()
+                    },
+                    ..case("empty", side, true, CMD)
+                }]);
+            }
+        }
     }
 }

@@ -1,10 +1,12 @@
 //! The uplink: the only owner of the rumqttc client and event loop. It sends outbox rows upstream
 //! in order at QoS 1 and deletes a row only on the broker's PUBACK for the PUBLISH that carried it.
 //!
-//! Every connection is a fresh clean session with a fresh in-flight table: rumqttc drops
-//! unacknowledged QoS 1 publishes on a clean reconnect anyway, and the outbox is the one source
-//! of truth, so after any disconnect sending restarts from the oldest row still stored (a row
-//! acked just before the link died may be sent twice; none is lost). The Last Will marks the
+//! Every connection starts a fresh in-flight table: the outbox is the one source of truth, so
+//! after any disconnect sending restarts from the oldest row still stored (a row acked just
+//! before the link died may be sent twice; none is lost). The broker keeps our session
+//! (`clean_session = false` under the configured, stable `client_id`) so that what our
+//! subscriptions match while the gateway is away, commands above all, is queued there and
+//! delivered when it returns; nothing of our own sending depends on that session. The Last Will marks the
 //! gateway `offline` (retained); `online` is published retained on every connect. Reconnects use
 //! capped, jittered exponential backoff; a black-holed link is detected by the keep-alive ping.
 //!
@@ -33,7 +35,7 @@ use tokio::sync::mpsc;
 use crate::backoff::reconnect_delay;
 use crate::config::spec::topic::topic_name_problem;
 use crate::config::{BridgeRule, Tls, Upstream};
-use crate::flow::{Command, Message, Routed};
+use crate::flow::{excerpt, Command, Message, Routed};
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
 use crate::mqtt::plan::SendPlan;
@@ -86,6 +88,10 @@ enum End {
 pub enum LinkError {
     #[error("no CONNACK within {}", humantime::format_duration(*wait))]
     NoConnAck { wait: Duration },
+    /// Something answered the CONNECT, but not in MQTT (an HTTP server, a TLS port spoken to
+    /// in plain TCP, another protocol): `addr` is `host:port`.
+    #[error("{addr} does not answer as an MQTT broker ({reply})")]
+    NotMqtt { addr: String, reply: &'static str },
     /// The broker answered the CONNECT with a refusal (`code`: the MQTT return code's name).
     #[error("broker refused the connection: {code}")]
     Refused { code: String },
@@ -208,10 +214,15 @@ impl Uplink {
         payload: Vec<u8>,
         retain: bool,
     ) -> Result<(), LinkError> {
-        if self
-            .subscribe
-            .iter()
-            .any(|r| crate::config::spec::topic::matches(&r.filter, &topic))
+        // Our command subscription brings back what we publish on a command topic (a local
+        // command a `[[forward]]` rule passes on) just as a `[[subscribe]]` filter would.
+        let on_command_topic =
+            self.commands.is_some() && self.topics.parse_command(&topic).is_some();
+        if on_command_topic
+            || self
+                .subscribe
+                .iter()
+                .any(|r| crate::config::spec::topic::matches(&r.filter, &topic))
         {
             self.echoes
                 .lock()
@@ -237,7 +248,7 @@ impl Uplink {
             (Some(CommandTopic::Retained), _) => {
                 // A retained command would run again at every reconnect, hours later, over newer
                 // values. Not executed; the sender should clear it.
-                tracing::warn!(event = "write_failed", topic = %p.topic, "retained command ignored (publish commands without the retain flag, and clear this one with an empty retained message)");
+                tracing::warn!(event = "write_failed", topic = %excerpt(&p.topic), "retained command ignored (publish commands without the retain flag, and clear this one with an empty retained message)");
             }
             (Some(CommandTopic::Run { device, point }), Some(tx)) => {
                 let cmd = Command {
@@ -247,7 +258,7 @@ impl Uplink {
                     origin: self.inbound.side().origin(),
                 };
                 if tx.try_send(cmd).is_err() {
-                    tracing::warn!(event = "write_failed", topic = %p.topic, "command queue full or stopped; command dropped");
+                    tracing::warn!(event = "write_failed", topic = %excerpt(&p.topic), "command queue full or stopped; command dropped");
                 }
             }
             _ => {}
@@ -276,7 +287,9 @@ impl Uplink {
         let c = &self.cfg;
         let mut o = MqttOptions::new(c.client_id.clone(), c.host.clone(), c.port);
         o.set_keep_alive(c.keep_alive);
-        o.set_clean_session(true);
+        // A persistent session: commands published while the gateway is stopped or cut off wait
+        // in the broker and run when it returns (too old ones are refused, see `commands`).
+        o.set_clean_session(false);
         o.set_last_will(LastWill::new(
             self.topics.gateway_status(),
             topics::OFFLINE,
@@ -342,7 +355,12 @@ impl Uplink {
                 match ev.poll().await {
                     Ok(Event::Incoming(Incoming::ConnAck(a))) => return Ok(a),
                     Ok(_) => {}
-                    Err(e) => return Err(describe(e, LinkError::Connect)),
+                    Err(e) => {
+                        let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
+                        return Err(
+                            not_mqtt(&e, addr).unwrap_or_else(|| describe(e, LinkError::Connect))
+                        );
+                    }
                 }
             }
         })
@@ -653,6 +671,23 @@ fn describe(e: ConnectionError, broke: fn(Cause) -> LinkError) -> LinkError {
     }
 }
 
+/// `Some` when the error says the peer's answer to our CONNECT was not MQTT: rumqttc's own
+/// words for that ("Promised boundary crossed: 39268", "Invalid Connect return code: 170") name
+/// its parser's internals, not the problem, which is the address.
+fn not_mqtt(e: &ConnectionError, addr: String) -> Option<LinkError> {
+    let reply = match e {
+        ConnectionError::NotConnAck(_) => "its first packet is not a CONNACK",
+        ConnectionError::MqttState(rumqttc::StateError::Deserialization(_)) => {
+            "its reply is not a valid MQTT packet"
+        }
+        ConnectionError::MqttState(rumqttc::StateError::WrongPacket) => {
+            "its reply is not a CONNACK"
+        }
+        _ => return None,
+    };
+    Some(LinkError::NotMqtt { addr, reply })
+}
+
 fn request_refused(e: rumqttc::ClientError) -> LinkError {
     LinkError::Request {
         reason: e.to_string(),
@@ -662,6 +697,43 @@ fn request_refused(e: rumqttc::ClientError) -> LinkError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_peer_that_does_not_speak_mqtt_is_named_by_its_address_not_by_parser_internals() {
+        use rumqttc::mqttbytes::Error as Parse;
+        let addr = || "plc.local:1883".to_string();
+        let cases: Vec<(ConnectionError, Option<&str>)> = vec![
+            (
+                ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    Parse::BoundaryCrossed(39268),
+                )),
+                Some("plc.local:1883 does not answer as an MQTT broker (its reply is not a valid MQTT packet)"),
+            ),
+            (
+                ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                    Parse::InvalidConnectReturnCode(170),
+                )),
+                Some("plc.local:1883 does not answer as an MQTT broker (its reply is not a valid MQTT packet)"),
+            ),
+            (
+                ConnectionError::NotConnAck(rumqttc::Packet::PingResp),
+                Some("plc.local:1883 does not answer as an MQTT broker (its first packet is not a CONNACK)"),
+            ),
+            (ConnectionError::NetworkTimeout, None),
+            (
+                ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into()),
+                None,
+            ),
+        ];
+        for (e, want) in cases {
+            let what = e.to_string();
+            assert_eq!(
+                not_mqtt(&e, addr()).map(|l| l.to_string()).as_deref(),
+                want,
+                "{what}"
+            );
+        }
+    }
 
     #[test]
     fn rows_no_broker_would_take_are_named_and_others_pass() {

@@ -131,6 +131,13 @@ fn is_rumqttd(meta: &tracing::Metadata<'_>) -> bool {
     meta.target().starts_with("rumqttd")
 }
 
+/// rumqttd errors that describe normal operation: a client that sends DISCONNECT and then closes
+/// its socket is disconnected twice in rumqttd's router, and the second time is logged at error
+/// level ("no-connection id 1 is already gone"), at every shutdown with a local client.
+fn is_benign(message: &str) -> bool {
+    message.starts_with("no-connection id ") && message.ends_with(" is already gone")
+}
+
 /// Passes rumqttd's own warn/error events on as rate-limited WARN lines of ours (see above),
 /// and counts what rumqttd skipped for lagging subscribers.
 struct BrokerNoise {
@@ -214,6 +221,9 @@ impl<S: Subscriber> Layer<S> for BrokerNoise {
                     "embedded broker: a local subscriber fell too far behind; {skipped} messages it had not read were dropped for it (it reads more slowly than the others publish)"
                 );
             }
+            return;
+        }
+        if is_benign(&fields.message) {
             return;
         }
         let Some(suppressed) = self.may_write(meta) else {
@@ -325,7 +335,14 @@ pub fn init(broker: Arc<BrokerCounters>) {
             .with(filter)
             .with(BrokerNoise::new(broker, raw_rumqttd))
             .with(Skip {
-                inner: fmt::layer().with_writer(std::io::stderr).with_target(false),
+                inner: fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_target(false)
+                    // Colour codes are for a person at a terminal, not for a redirected file.
+                    .with_ansi(
+                        std::io::IsTerminal::is_terminal(&std::io::stderr())
+                            && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                    ),
                 raw_rumqttd,
             })
             .try_init(),

@@ -30,6 +30,9 @@ pub enum Mode {
     Reset,
     /// Forward both ways, holding every chunk this long first (a slow, high-latency link).
     Delay(Duration),
+    /// Do not reach the target: answer each new connection's first bytes with these, then
+    /// close (a host that speaks another protocol on that port).
+    Answer(&'static [u8]),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -111,7 +114,7 @@ impl Relay {
                 s.generation += 1;
                 s.mode = Mode::Refuse;
             }
-            Mode::Pass | Mode::BlackHole | Mode::Delay(_) => s.mode = mode,
+            Mode::Pass | Mode::BlackHole | Mode::Delay(_) | Mode::Answer(_) => s.mode = mode,
         });
     }
 
@@ -163,6 +166,10 @@ async fn accept_loop(
             abort(&client);
             continue;
         }
+        if let Mode::Answer(bytes) = current.mode {
+            tokio::spawn(answer(client, bytes));
+            continue;
+        }
         let guard = OpenConnection::new(&open);
         let state = state.clone();
         tokio::spawn(async move {
@@ -170,6 +177,16 @@ async fn accept_loop(
             drop(guard);
         });
     }
+}
+
+/// Reads what the client sends first, answers `bytes` and closes.
+async fn answer(mut client: TcpStream, bytes: &'static [u8]) {
+    let mut first = [0u8; 1024];
+    if matches!(client.read(&mut first).await, Ok(n) if n > 0) {
+        let _ = client.write_all(bytes).await;
+        let _ = client.flush().await;
+    }
+    let _ = client.shutdown().await;
 }
 
 /// Closes with RST rather than FIN, as a reset link or a refusing host would.

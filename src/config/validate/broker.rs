@@ -149,6 +149,7 @@ pub(super) fn broker(c: &mut Check, b: KeyPath, raw: &RawBroker) -> Option<Broke
         ),
         keep_alive_min,
         keep_alive_max,
+        allow_keep_alive_zero: raw.allow_keep_alive_zero,
         connect_timeout: c.duration(
             b.key("connect_timeout"),
             &raw.connect_timeout,

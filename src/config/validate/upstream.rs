@@ -135,6 +135,12 @@ pub(super) fn upstream(c: &mut Check, p: KeyPath, u: &RawUpstream, gateway_id: &
         reconnect_min,
         reconnect_max,
         replay_rate: u.replay_rate,
+        command_max_age: c.duration(
+            p.key("command_max_age"),
+            &u.command_max_age,
+            Duration::from_secs(1),
+            Duration::from_secs(365 * 24 * 3600),
+        ),
         tls: u.tls.as_ref().map(|t| Tls {
             ca_file: PathBuf::from(&t.ca_file),
             client: match (&t.cert_file, &t.key_file) {

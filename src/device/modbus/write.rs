@@ -10,6 +10,7 @@
 
 use crate::config::spec::modbus::{DataType, Table};
 use crate::device::value::Raw;
+use crate::flow::excerpt;
 use serde_json::Value as Json;
 
 use super::bus::Exchange;
@@ -43,10 +44,23 @@ pub enum WriteError {
     },
     #[error("{0}")]
     NotRepresentable(String),
+    /// Sent too long ago to be run now (see `commands::stale`).
+    #[error("{0}")]
+    Stale(String),
 }
 
-/// Reads a command payload: the value, and the correlation id to echo if there was one.
-pub fn parse_payload(bytes: &[u8]) -> Result<(Input, Option<Json>), WriteError> {
+/// A command payload, read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Payload {
+    pub input: Input,
+    /// The correlation id to echo, if there was one.
+    pub id: Option<Json>,
+    /// When the sender sent it (`"ts"`, milliseconds since 1970), if it said.
+    pub sent_ms: Option<i64>,
+}
+
+/// Reads a command payload: the value, the correlation id and the send time.
+pub fn parse_payload(bytes: &[u8]) -> Result<Payload, WriteError> {
     let text = std::str::from_utf8(bytes)
         .map_err(|_| WriteError::BadPayload("not UTF-8 text".into()))?
         .trim();
@@ -58,6 +72,14 @@ pub fn parse_payload(bytes: &[u8]) -> Result<(Input, Option<Json>), WriteError> 
     match serde_json::from_str::<Json>(text) {
         Ok(Json::Object(mut m)) => {
             let id = m.remove("id");
+            let sent_ms = match m.remove("ts") {
+                None => None,
+                Some(t) => Some(t.as_i64().ok_or_else(|| {
+                    WriteError::BadPayload(
+                        "\"ts\" is the send time in milliseconds since 1970, a whole number".into(),
+                    )
+                })?),
+            };
             let Some(v) = m.remove("value") else {
                 return Err(WriteError::BadPayload(
                     "a JSON object needs a \"value\" key".into(),
@@ -65,14 +87,27 @@ pub fn parse_payload(bytes: &[u8]) -> Result<(Input, Option<Json>), WriteError> 
             };
             if let Some(k) = m.keys().next() {
                 return Err(WriteError::BadPayload(format!(
-                    "unknown key {k:?}; valid: value, id"
+                    "unknown key {:?}; valid: value, id, ts",
+                    excerpt(k)
                 )));
             }
-            Ok((json_input(&v)?, id))
+            Ok(Payload {
+                input: json_input(&v)?,
+                id,
+                sent_ms,
+            })
         }
-        Ok(v) => Ok((json_input(&v)?, None)),
+        Ok(v) => Ok(Payload {
+            input: json_input(&v)?,
+            id: None,
+            sent_ms: None,
+        }),
         // Not JSON: plain text, as mosquitto_pub users type it.
-        Err(_) => Ok((plain_input(text), None)),
+        Err(_) => Ok(Payload {
+            input: plain_input(text),
+            id: None,
+            sent_ms: None,
+        }),
     }
 }
 
@@ -150,7 +185,7 @@ pub fn prepare(p: &Point, input: &Input, multiple: bool) -> Result<Exchange, Wri
                 if t.len() > cap {
                     return Err(WriteError::OutOfRange {
                         point: p.name.to_string(),
-                        value: format!("{t:?}"),
+                        value: format!("{:?}", excerpt(t)),
                         range: format!("at most {cap} characters"),
                     });
                 }
@@ -209,7 +244,7 @@ fn show(i: &Input) -> String {
         Input::Bool(b) => b.to_string(),
         Input::Int(v) => v.to_string(),
         Input::Float(f) => f.to_string(),
-        Input::Text(t) => format!("{t:?}"),
+        Input::Text(t) => format!("{:?}", excerpt(t)),
     }
 }
 
@@ -321,11 +356,12 @@ mod tests {
             ("18446744073709551615", Input::Int(u64::MAX as i128)),
         ];
         for (text, want) in cases {
-            let (got, _) = parse_payload(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!(&got, want, "{text}");
+            let got = parse_payload(text.as_bytes()).unwrap_or_else(|e| panic!("{text}: {e}"));
+            assert_eq!(&got.input, want, "{text}");
         }
-        let (_, id) = parse_payload(br#"{"value": 1, "id": "req-7"}"#).unwrap();
-        assert_eq!(id, Some(Json::String("req-7".into())));
+        let p = parse_payload(br#"{"value": 1, "id": "req-7", "ts": 1764500000000}"#).unwrap();
+        assert_eq!(p.id, Some(Json::String("req-7".into())));
+        assert_eq!(p.sent_ms, Some(1_764_500_000_000));
         for bad in [
             "",
             "  ",
@@ -333,6 +369,7 @@ mod tests {
             "[1]",
             "{\"v\": 1}",
             "{\"value\": 1, \"x\": 2}",
+            "{\"value\": 1, \"ts\": \"yesterday\"}",
         ] {
             assert!(
                 matches!(
@@ -481,6 +518,23 @@ mod tests {
         for (p, input, want) in cases {
             let e = prepare(&p, &input, false).expect_err(&format!("{p:?} {input:?}"));
             assert!(e.to_string().contains(want), "{input:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_refused_value_is_quoted_at_most_two_hundred_bytes() {
+        use DataType::*;
+        use Table::*;
+        let huge = "x".repeat(300_000);
+        let points = [
+            writable(pt(Holding, 1, U16), None, None),
+            writable(pt(Coil, 1, Bool), None, None),
+        ];
+        for p in &points {
+            let e = prepare(p, &super::Input::Text(huge.clone()), false).unwrap_err();
+            let text = e.to_string();
+            assert!(text.len() < 400, "{:?}: {} bytes", p.data_type, text.len());
+            assert!(text.contains("(300000 bytes in all)"), "{text}");
         }
     }
 }

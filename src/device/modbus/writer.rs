@@ -68,7 +68,7 @@ impl Writer {
         let Some(p) = d.points.iter().find(|p| *p.name == *point) else {
             return Err(WriteError::UnknownPoint {
                 device: d.name.to_string(),
-                point: point.to_string(),
+                point: crate::flow::excerpt(point).into_owned(),
             }
             .into());
         };

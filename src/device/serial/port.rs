@@ -15,7 +15,7 @@ use tokio_serial::{ClearBuffer, SerialPort, SerialPortBuilderExt, SerialStream};
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PortError {
-    #[error("{path}: no such device; is the sensor (or its USB adapter) plugged in? Stable names: /dev/serial/by-id/ or a udev rule (hardware/udev/)")]
+    #[error("{path}: no such device; is the device or its USB adapter plugged in? Stable names: /dev/serial/by-id/ or a udev rule (hardware/udev/)")]
     NotFound { path: String },
     #[error("{path}: permission denied; add the user fieldbridge runs as to the `dialout` group (`sudo usermod -aG dialout <user>`, then restart the service or log in again)")]
     PermissionDenied { path: String },
