@@ -303,6 +303,8 @@ pub struct Point {
     pub unit: Option<Arc<str>>,
     pub scale: f64,
     pub offset: f64,
+    /// At most this many decimal places in the published value (after scale and offset).
+    pub decimals: Option<u8>,
     pub word_order: WordOrder,
     /// A bool taken from one bit (0 = least significant) of a register.
     pub bit: Option<u8>,

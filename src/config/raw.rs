@@ -302,6 +302,8 @@ pub struct RawPoint {
     pub scale: f64,
     #[serde(default)]
     pub offset: f64,
+    /// At most this many decimal places after scale and offset (numeric points).
+    pub decimals: Option<i64>,
     pub word_order: Option<String>,
     /// A bool point from one bit (0 = least significant) of a holding or input register.
     pub bit: Option<i64>,

@@ -554,6 +554,7 @@ fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> P
         unit: pt.unit.as_deref().map(Arc::from),
         scale: pt.scale,
         offset: pt.offset,
+        decimals: c.decimals(&p, pt.decimals, numeric),
         word_order,
         bit,
         length: width,

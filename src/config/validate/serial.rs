@@ -737,5 +737,6 @@ fn point(
         unit: pt.unit.as_deref().map(Arc::from),
         scale: pt.scale,
         offset: pt.offset,
+        decimals: c.decimals(&p, pt.decimals, field_type != FieldType::Bool),
     }
 }

@@ -364,6 +364,7 @@ mod tests {
             unit: None,
             scale: 1.0,
             offset: 0.0,
+            decimals: None,
         };
         let points = [
             text_point("t", FieldType::F64),
