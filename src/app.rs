@@ -31,6 +31,7 @@ use crate::ops::watchdog;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{self, Pipeline};
 use crate::poller;
+use crate::report::ReportState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -141,6 +142,7 @@ pub async fn run(
             topics: topics.clone(),
             board: board.clone(),
             beat: health.register("pipeline", Duration::ZERO),
+            report: ReportState::from_config(&cfg),
         },
         rx,
         routed_rx,

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::config::serial;
 use crate::config::spec::access::Access;
 use crate::config::spec::modbus::{DataType, Table, WordOrder};
+use crate::config::spec::report::{PayloadShape, ReportPolicy};
 use crate::config::spec::topic::remap;
 
 #[derive(Debug, Clone)]
@@ -229,6 +230,10 @@ pub struct Device {
     /// The profile the points came from, for `explain` and logs.
     pub profile: Option<String>,
     pub points: Vec<Point>,
+    /// One message per point or one per poll.
+    pub payload: PayloadShape,
+    /// The default of its points (each point's own is in `Point::report`).
+    pub report: ReportPolicy,
 }
 
 /// How the planner may group a device's points into requests.
@@ -312,6 +317,8 @@ pub struct Point {
     pub length: u16,
     /// `Some` when upstream may write the point.
     pub write: Option<WriteLimits>,
+    /// Which readings are published.
+    pub report: ReportPolicy,
 }
 
 impl Point {

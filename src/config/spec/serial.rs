@@ -207,6 +207,8 @@ pub struct FieldPoint {
     pub offset: f64,
     /// At most this many decimal places in the published value (after scale and offset).
     pub decimals: Option<u8>,
+    /// Which readings are published.
+    pub report: super::report::ReportPolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

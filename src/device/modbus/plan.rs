@@ -122,6 +122,7 @@ pub(crate) mod tests {
             bit: None,
             length: ty.width(),
             write: None,
+            report: Default::default(),
         }
     }
 

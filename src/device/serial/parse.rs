@@ -261,6 +261,7 @@ mod tests {
             scale: 1.0,
             offset: 0.0,
             decimals: None,
+            report: Default::default(),
         }
     }
 

@@ -365,6 +365,7 @@ mod tests {
             scale: 1.0,
             offset: 0.0,
             decimals: None,
+            report: Default::default(),
         };
         let points = [
             text_point("t", FieldType::F64),
