@@ -11,8 +11,6 @@
 //! Commands: `<prefix>/<gateway>/<device>/<point>/set` carrying the value; the outcome is
 //! published on `<prefix>/<gateway>/<device>/<point>/set/result` (JSON, not retained).
 
-use serde_json::{json, Map, Number};
-
 use crate::flow::{Quality, Reading, Value};
 
 #[derive(Debug, Clone)]
@@ -65,20 +63,31 @@ impl Topics {
 pub const ONLINE: &str = "online";
 pub const OFFLINE: &str = "offline";
 
-/// The JSON payload of a reading; `id` is the stable message id that survives resends.
+/// The JSON payload of a reading; `id` is the stable message id that survives resends. Keys in
+/// alphabetical order (`error`, `id`, `quality`, `ts`, `unit`, `value`), as subscribers have
+/// always seen them; written directly (see `device_payload`).
 pub fn reading_payload(r: &Reading, id: &str) -> Vec<u8> {
-    let mut m = Map::new();
-    m.insert("id".into(), json!(id));
-    m.insert("value".into(), value_json(&r.value));
-    if let Some(u) = &r.unit {
-        m.insert("unit".into(), json!(u.as_ref()));
-    }
-    m.insert("ts".into(), json!(r.ts_ms));
-    m.insert("quality".into(), json!(r.quality.as_str()));
+    use std::io::Write;
+    let mut out = Vec::with_capacity(96);
+    out.push(b'{');
     if let Some(e) = &r.error {
-        m.insert("error".into(), json!(e));
+        out.extend_from_slice(b"\"error\":");
+        json_str(&mut out, e);
+        out.push(b',');
     }
-    serde_json::Value::Object(m).to_string().into_bytes()
+    out.extend_from_slice(b"\"id\":");
+    json_str(&mut out, id);
+    out.extend_from_slice(b",\"quality\":");
+    json_str(&mut out, r.quality.as_str());
+    let _ = write!(out, ",\"ts\":{}", r.ts_ms);
+    if let Some(u) = &r.unit {
+        out.extend_from_slice(b",\"unit\":");
+        json_str(&mut out, u);
+    }
+    out.extend_from_slice(b",\"value\":");
+    json_value(&mut out, &r.value);
+    out.push(b'}');
+    out
 }
 
 /// The JSON payload of one poll of a device (`payload = "device"`): the poll's time (when the
@@ -138,22 +147,67 @@ fn json_value(out: &mut Vec<u8>, v: &Value) {
     };
 }
 
-fn value_json(v: &Value) -> serde_json::Value {
-    match v {
-        Value::Bool(b) => serde_json::Value::Bool(*b),
-        Value::Int(i) => json!(i),
-        Value::UInt(u) => json!(u),
-        Value::Float(f) => Number::from_f64(*f)
-            .map(serde_json::Value::Number)
-            .unwrap_or(serde_json::Value::Null),
-        Value::Text(t) => serde_json::Value::String(t.clone()),
-        Value::Null => serde_json::Value::Null,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Map, Number};
+
+    /// The payload as a serde_json tree, the way it was built before it was written directly.
+    fn reference_payload(r: &Reading, id: &str) -> Vec<u8> {
+        let mut m = Map::new();
+        m.insert("id".into(), json!(id));
+        m.insert("value".into(), value_json(&r.value));
+        if let Some(u) = &r.unit {
+            m.insert("unit".into(), json!(u.as_ref()));
+        }
+        m.insert("ts".into(), json!(r.ts_ms));
+        m.insert("quality".into(), json!(r.quality.as_str()));
+        if let Some(e) = &r.error {
+            m.insert("error".into(), json!(e));
+        }
+        serde_json::Value::Object(m).to_string().into_bytes()
+    }
+
+    fn value_json(v: &Value) -> serde_json::Value {
+        match v {
+            Value::Bool(b) => serde_json::Value::Bool(*b),
+            Value::Int(i) => json!(i),
+            Value::UInt(u) => json!(u),
+            Value::Float(f) => Number::from_f64(*f)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            Value::Text(t) => serde_json::Value::String(t.clone()),
+            Value::Null => serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_reading_payload_is_byte_for_byte_what_a_json_tree_would_write() {
+        let mut cases = Vec::new();
+        for v in [
+            Value::Float(21.5),
+            Value::Float(100.3),
+            Value::Float(f64::NAN),
+            Value::Int(-3),
+            Value::UInt(u64::MAX),
+            Value::Bool(false),
+            Value::Text("a \"quoted\" \\ name\n".into()),
+            Value::Null,
+        ] {
+            cases.push(reading(v));
+        }
+        let mut bad = reading(Value::Null);
+        bad.quality = Quality::Bad;
+        bad.error = Some("device answered with \"exception\" 2".into());
+        bad.unit = None;
+        cases.push(bad);
+        for r in &cases {
+            assert_eq!(
+                String::from_utf8(reading_payload(r, "ab-1")).unwrap(),
+                String::from_utf8(reference_payload(r, "ab-1")).unwrap()
+            );
+        }
+    }
 
     #[test]
     fn command_topics_name_device_and_point_and_nothing_else_parses() {
