@@ -32,6 +32,7 @@ use crate::ops::watchdog;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{self, Pipeline};
 use crate::poller;
+use crate::report::ReportState;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -154,6 +155,7 @@ pub async fn run(
             topics: topics.clone(),
             board: board.clone(),
             beat: health.register("pipeline", Duration::ZERO),
+            report: ReportState::from_config(&cfg),
         },
         rx,
         routed_rx,

@@ -16,3 +16,4 @@ pub mod ops;
 pub mod outbox;
 pub mod pipeline;
 pub mod poller;
+pub mod report;

@@ -1,4 +1,6 @@
 //! The pipeline: device events → messages → outbox (durable, step 1) → embedded broker (step 2).
+//! Which readings become messages, and in which shape, is `report`'s decision on state the
+//! pipeline owns (one `ReportState` for every device).
 //!
 //! The order is the point: a local subscriber never sees a message that could still be lost
 //! upstream. Events are taken in batches (whatever is queued), so one group commit carries many
@@ -12,12 +14,14 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::spec::report::PayloadShape;
 use crate::flow::{DeviceEvent, Message, Route, Routed};
 use crate::mqtt::broker::LocalBroker;
 use crate::mqtt::topics::{self, Topics};
 use crate::ops::health::Beat;
 use crate::ops::stats::Board;
 use crate::outbox::Outbox;
+use crate::report::ReportState;
 
 /// Makes message ids that are unique across restarts and stable across resends: a random boot
 /// id chosen at start, and a sequence number.
@@ -48,31 +52,64 @@ impl Default for MessageIds {
     }
 }
 
-/// Turns device events into messages, in order.
-pub fn to_messages(events: &[DeviceEvent], topics: &Topics, ids: &MessageIds) -> Vec<Message> {
+/// Turns device events into messages, in order: the readings each device's report strategies
+/// select, one message per point or one per poll as its payload shape says.
+pub fn to_messages(
+    events: &[DeviceEvent],
+    topics: &Topics,
+    ids: &MessageIds,
+    report: &mut ReportState,
+) -> Vec<Message> {
     let mut out = Vec::new();
     for ev in events {
         match ev {
-            DeviceEvent::Readings(readings) => {
-                for r in readings {
-                    out.push(Message {
-                        topic: topics.reading(&r.device, &r.point),
-                        payload: topics::reading_payload(r, &ids.next()),
-                        retain: false,
-                    });
+            DeviceEvent::Readings(all) => {
+                // One event is one poll of one device; a run per device keeps it right anyway.
+                for readings in all.chunk_by(|a, b| a.device == b.device) {
+                    let picked = report.select(readings);
+                    let selected = readings
+                        .iter()
+                        .zip(&picked)
+                        .filter_map(|(r, keep)| keep.then_some(r));
+                    let Some(first) = readings.first() else {
+                        continue;
+                    };
+                    match report.shape(&first.device) {
+                        PayloadShape::Point => out.extend(selected.map(|r| Message {
+                            topic: topics.reading(&r.device, &r.point),
+                            payload: topics::reading_payload(r, &ids.next()),
+                            retain: false,
+                        })),
+                        PayloadShape::Device => {
+                            if picked.iter().any(|&k| k) {
+                                out.push(Message {
+                                    topic: topics.device(&first.device),
+                                    payload: topics::device_payload(
+                                        &ids.next(),
+                                        first.ts_ms,
+                                        selected,
+                                    ),
+                                    retain: false,
+                                });
+                            }
+                        }
+                    }
                 }
             }
-            DeviceEvent::Status { device, online, .. } => out.push(Message {
-                topic: topics.device_status(device),
-                payload: if *online {
-                    topics::ONLINE
-                } else {
-                    topics::OFFLINE
-                }
-                .as_bytes()
-                .to_vec(),
-                retain: true,
-            }),
+            DeviceEvent::Status { device, online, .. } => {
+                report.restart(device);
+                out.push(Message {
+                    topic: topics.device_status(device),
+                    payload: if *online {
+                        topics::ONLINE
+                    } else {
+                        topics::OFFLINE
+                    }
+                    .as_bytes()
+                    .to_vec(),
+                    retain: true,
+                })
+            }
         }
     }
     out
@@ -109,6 +146,8 @@ pub struct Pipeline {
     /// Device reachability, updated from the status events that pass through.
     pub board: Arc<Board>,
     pub beat: Beat,
+    /// Which readings are published, and in which shape; the pipeline is its only owner.
+    pub report: ReportState,
 }
 
 /// Runs until `stop`, then takes what is still queued on both channels, commits it and returns
@@ -126,6 +165,7 @@ pub async fn run(
         topics,
         board,
         beat,
+        mut report,
     } = p;
     let ids = MessageIds::new();
     let mut evs = Vec::new();
@@ -157,7 +197,7 @@ pub async fn run(
         }
         board.observe(&evs);
         let (up, down) = split_routes(
-            to_messages(&evs, &topics, &ids),
+            to_messages(&evs, &topics, &ids, &mut report),
             std::mem::take(&mut routed),
         );
         deliver(&outbox, local.as_mut(), up, down).await;
@@ -211,7 +251,7 @@ mod tests {
             },
             DeviceEvent::Readings(vec![r.clone(), r]),
         ];
-        let m = to_messages(&events, &topics, &ids);
+        let m = to_messages(&events, &topics, &ids, &mut ReportState::default());
         let t: Vec<(&str, bool)> = m.iter().map(|m| (m.topic.as_str(), m.retain)).collect();
         assert_eq!(
             t,

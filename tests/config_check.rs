@@ -176,6 +176,41 @@ fn each_bad_config_is_refused_naming_the_file_line_and_key() {
 }
 
 #[test]
+fn each_bad_report_or_payload_key_is_refused_naming_the_file_line_and_key() {
+    // GOOD with a bool point added (lines 17-21)
+    let fixture = format!(
+        "{GOOD}\n[[devices.points]]\nname = \"run\"\ntable = \"coil\"\naddress = 0\ntype = \"bool\"\n"
+    );
+    let pt = "type = \"f32\"";
+    let cases: &[(&str, &str, &str, &str, usize)] = &[
+        ("unknown payload shape", "unit_id = 1", "unit_id = 1\npayload = \"rows\"", "devices[0].payload", 10),
+        ("unknown strategy", "unit_id = 1", "unit_id = 1\nreport = \"sometimes\"", "devices[0].report", 10),
+        ("deadband on a bool point", "type = \"bool\"", "type = \"bool\"\nreport = \"on_change\"\ndeadband = 1.0", "devices[0].points[1].deadband", 23),
+        ("decimals on a bool point", "type = \"bool\"", "type = \"bool\"\ndecimals = 1", "devices[0].points[1].decimals", 22),
+        ("negative deadband", pt, "type = \"f32\"\nreport = \"on_change\"\ndeadband = -0.5", "devices[0].points[0].deadband", 17),
+        ("both deadband kinds", pt, "type = \"f32\"\nreport = \"on_change\"\ndeadband = 0.5\ndeadband_percent = 2.0", "devices[0].points[0].deadband_percent", 18),
+        ("deadband without on_change", pt, "type = \"f32\"\ndeadband = 0.5", "devices[0].points[0].deadband", 16),
+        ("max_interval with every_poll", pt, "type = \"f32\"\nmax_interval = \"1m\"", "devices[0].points[0].max_interval", 16),
+        ("min_interval over max_interval", pt, "type = \"f32\"\nreport = \"on_change\"\nmax_interval = \"1m\"\nmin_interval = \"2m\"", "devices[0].points[0].min_interval", 18),
+        ("min_interval over the device's max_interval", "unit_id = 1", "unit_id = 1\nreport = \"on_change\"\nmax_interval = \"1m\"\n[[devices.points]]\nname = \"x\"\ntable = \"holding\"\naddress = 9\ntype = \"u16\"\nmin_interval = \"5m\"", "devices[0].points[0].min_interval", 17),
+        ("decimals out of range", pt, "type = \"f32\"\ndecimals = 16", "devices[0].points[0].decimals", 16),
+    ];
+    assert_each_refused(&fixture, cases);
+    let ok = fixture.replacen(
+        pt,
+        "type = \"f32\"\nreport = \"on_change\"\ndeadband_percent = 2.0\nmax_interval = \"1m\"\nmin_interval = \"5s\"\ndecimals = 2",
+        1,
+    );
+    let cfg = check(&ok.replacen("unit_id = 1", "unit_id = 1\npayload = \"device\"", 1))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.devices[0].points[0].report.to_string(),
+        "on_change (deadband 2%, min_interval 5s, max_interval 1m)"
+    );
+    assert_eq!(cfg.devices[0].payload.as_str(), "device");
+}
+
+#[test]
 fn a_duplicate_device_is_named_at_its_second_definition() {
     let dup = format!("{GOOD}\n{}", &GOOD[GOOD.find("[[devices]]").unwrap()..]);
     let Err(text) = check(&dup) else {

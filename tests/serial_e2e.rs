@@ -226,3 +226,71 @@ fn a_port_the_service_user_may_not_open_is_reported_with_the_dialout_hint() {
     );
     assert!(log.contains("`dialout` group"), "{log}");
 }
+
+#[test]
+fn a_serial_device_publishes_one_message_per_frame_with_only_the_points_that_changed() {
+    let mosq = Mosquitto::start();
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/#");
+    let air = PtyPair::start();
+    let env = PtyPair::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(mosq.port, &air.device(), &env.device());
+    // Both devices in the device shape; env reports on change, temperature with a deadband.
+    cfg.body = cfg
+        .body
+        .replacen(
+            "driver = \"sds011\"\n",
+            "driver = \"sds011\"\npayload = \"device\"\n",
+            1,
+        )
+        .replacen(
+            "baud = 115200\n",
+            "baud = 115200\npayload = \"device\"\nreport = \"on_change\"\n",
+            1,
+        )
+        .replacen("unit = \"°C\"\n", "unit = \"°C\"\ndeadband = 0.5\n", 1);
+    let _gw = cfg.start(dir.path());
+    let mut air_peer = air.open_peer();
+    let mut env_peer = env.open_peer();
+
+    let pm = up.wait_for_sync(
+        |m| {
+            let _ = air_peer.send(&sds011_frame(123, 456));
+            m.topic == "fieldbridge/gw/air"
+        },
+        LONG,
+    );
+    assert_eq!(
+        pm.json()["points"],
+        json!({"pm2_5": {"value": 12.3, "unit": "µg/m³"}, "pm10": {"value": 45.6, "unit": "µg/m³"}})
+    );
+    assert_eq!(
+        up.count(|m| m.topic.starts_with("fieldbridge/gw/air/pm")),
+        0
+    );
+
+    let first = up.wait_for_sync(
+        |m| {
+            let _ = env_peer.send(b"{\"env\":{\"t\":21.5},\"door\":true,\"raw\":123}\n");
+            m.topic == "fieldbridge/gw/env"
+        },
+        LONG,
+    );
+    assert_eq!(
+        first.json()["points"],
+        json!({
+            "temperature": {"value": 21.5, "unit": "°C"},
+            "door": {"value": true},
+            "level": {"value": 12.3, "unit": "%"}
+        })
+    );
+    // 21.5 → 21.7 stays inside the deadband; only the door changed.
+    let next = up.wait_for_sync(
+        |m| {
+            let _ = env_peer.send(b"{\"env\":{\"t\":21.7},\"door\":false,\"raw\":123}\n");
+            m.topic == "fieldbridge/gw/env" && m.json()["id"] != first.json()["id"]
+        },
+        LONG,
+    );
+    assert_eq!(next.json()["points"], json!({"door": {"value": false}}));
+}

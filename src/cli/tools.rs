@@ -99,6 +99,11 @@ pub fn explain(cfg: &Config, device: Option<&str>) -> Result<String, ToolError> 
                 ""
             }
         );
+        let _ = writeln!(out, "  payload: {}; report:", d.payload.as_str());
+        let width = d.points.iter().map(|p| p.name.len()).max().unwrap_or(0);
+        for p in &d.points {
+            let _ = writeln!(out, "    {:width$}  {}", p.name, p.report);
+        }
     }
     Ok(out)
 }
@@ -129,6 +134,12 @@ pub async fn read(cfg: &Config, device: &str) -> Result<String, ToolError> {
     let width = readings.iter().map(|r| r.point.len()).max().unwrap_or(0);
     let mut out = String::new();
     for r in readings {
+        let report = d
+            .points
+            .iter()
+            .find(|p| p.name == r.point)
+            .map(|p| p.report)
+            .unwrap_or_default();
         let value = match &r.value {
             Value::Bool(b) => b.to_string(),
             Value::Int(i) => i.to_string(),
@@ -139,7 +150,7 @@ pub async fn read(cfg: &Config, device: &str) -> Result<String, ToolError> {
         };
         let _ = writeln!(
             out,
-            "{:width$}  {value}{}{}",
+            "{:width$}  {value}{}{}  [report {report}]",
             r.point,
             r.unit.map(|u| format!(" {u}")).unwrap_or_default(),
             r.error.map(|e| format!("  ({e})")).unwrap_or_default(),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::config::serial;
 use crate::config::spec::access::Access;
 use crate::config::spec::modbus::{DataType, Table, WordOrder};
+use crate::config::spec::report::{PayloadShape, ReportPolicy};
 use crate::config::spec::topic::remap;
 
 #[derive(Debug, Clone)]
@@ -234,6 +235,10 @@ pub struct Device {
     /// The profile the points came from, for `explain` and logs.
     pub profile: Option<String>,
     pub points: Vec<Point>,
+    /// One message per point or one per poll.
+    pub payload: PayloadShape,
+    /// The default of its points (each point's own is in `Point::report`).
+    pub report: ReportPolicy,
 }
 
 /// How the planner may group a device's points into requests.
@@ -308,6 +313,8 @@ pub struct Point {
     pub unit: Option<Arc<str>>,
     pub scale: f64,
     pub offset: f64,
+    /// At most this many decimal places in the published value (after scale and offset).
+    pub decimals: Option<u8>,
     pub word_order: WordOrder,
     /// A bool taken from one bit (0 = least significant) of a register.
     pub bit: Option<u8>,
@@ -315,6 +322,8 @@ pub struct Point {
     pub length: u16,
     /// `Some` when upstream may write the point.
     pub write: Option<WriteLimits>,
+    /// Which readings are published.
+    pub report: ReportPolicy,
 }
 
 impl Point {

@@ -291,6 +291,16 @@ pub struct RawDevice {
     pub request_hex: Option<String>,
     pub framing: Option<RawFraming>,
     pub parse: Option<RawParse>,
+    /// `point` (one message per point, the default) or `device` (one message per poll).
+    pub payload: Option<String>,
+    /// The default of the device's points.
+    /// Report strategy (issue 12): `every_poll` or `on_change`, with `deadband` or
+    /// `deadband_percent`, `min_interval`, `max_interval`; validated in validate/report.rs.
+    pub report: Option<String>,
+    pub deadband: Option<f64>,
+    pub deadband_percent: Option<f64>,
+    pub min_interval: Option<String>,
+    pub max_interval: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -307,6 +317,8 @@ pub struct RawPoint {
     pub scale: f64,
     #[serde(default)]
     pub offset: f64,
+    /// At most this many decimal places after scale and offset (numeric points).
+    pub decimals: Option<i64>,
     pub word_order: Option<String>,
     /// A bool point from one bit (0 = least significant) of a holding or input register.
     pub bit: Option<i64>,
@@ -322,6 +334,13 @@ pub struct RawPoint {
     pub column: Option<i64>,
     pub byte_offset: Option<i64>,
     pub byte_order: Option<String>,
+    /// Report strategy (issue 12): `every_poll` or `on_change`, with `deadband` or
+    /// `deadband_percent`, `min_interval`, `max_interval`; validated in validate/report.rs.
+    pub report: Option<String>,
+    pub deadband: Option<f64>,
+    pub deadband_percent: Option<f64>,
+    pub min_interval: Option<String>,
+    pub max_interval: Option<String>,
 }
 
 fn yes() -> bool {

@@ -3,6 +3,7 @@
 //! sensor streams, or it is polled with a request). Built by `validate` only; every value here
 //! has been range-checked, so the serial task can rely on it.
 
+use crate::config::spec::report::{PayloadShape, ReportPolicy};
 use crate::config::spec::serial::{FieldPoint, FramingSpec, ParseSpec, PortSettings, Sensor};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +19,10 @@ pub struct SerialDevice {
     pub timeout: Duration,
     /// Cap of the exponential backoff, for failed polls and for reopening a lost port.
     pub backoff_max: Duration,
+    /// One message per point or one per frame (a poll of the sensor).
+    pub payload: PayloadShape,
+    /// The default of its points (a driver's built-in points use it as is).
+    pub report: ReportPolicy,
 }
 
 #[derive(Debug, Clone)]

@@ -9,8 +9,10 @@ Register map: every table (holding, input, coils, discrete) has addresses 0..99;
 beyond 100 is answered with exception 02. Without --spec the map below is served, including a
 holding counter at 20 that counts the read requests covering it. A spec file replaces the map:
     {"holding": {"0": 16812}, "input": {}, "coils": {"0": true}, "discrete": {},
-     "counter": 20}
-(raw 16-bit values or bools; "counter" is optional and absent means no counter).
+     "counter": 20, "clock": 21}
+(raw 16-bit values or bools; "counter" is optional and absent means no counter; "clock" is an
+optional holding address that reads as the Unix time in whole seconds modulo 65536 at the
+moment of the read, so a published value shows when it was read).
 
 Control lines on stdin, each acknowledged with `OK <line>` on stdout (`ERR <reason>` if invalid):
     mute | unmute | delay SECONDS | set holding|input|coils|discrete ADDR VALUE | stats
@@ -29,6 +31,7 @@ import signal
 import struct
 import sys
 import threading
+import time
 
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ExceptionResponse, ModbusPDU
@@ -76,17 +79,18 @@ def default_map() -> dict:
 def load_spec(path: str) -> dict:
     with open(path, encoding="utf-8") as f:
         raw = json.load(f)
-    unknown = set(raw) - set(TABLES) - {"counter"}
+    unknown = set(raw) - set(TABLES) - {"counter", "clock"}
     if unknown:
         raise ValueError(f"unknown keys in spec: {sorted(unknown)}")
-    spec: dict = {"counter": raw.get("counter")}
+    spec: dict = {"counter": raw.get("counter"), "clock": raw.get("clock")}
     for table in TABLES:
         entries = {int(addr): value for addr, value in raw.get(table, {}).items()}
         for addr, value in entries.items():
             check_value(table, addr, value)
         spec[table] = entries
-    if spec["counter"] is not None and not 0 <= spec["counter"] < TABLE_SIZE:
-        raise ValueError(f"counter address {spec['counter']} outside 0..{TABLE_SIZE - 1}")
+    for key in ("counter", "clock"):
+        if spec[key] is not None and not 0 <= spec[key] < TABLE_SIZE:
+            raise ValueError(f"{key} address {spec[key]} outside 0..{TABLE_SIZE - 1}")
     return spec
 
 
@@ -106,6 +110,7 @@ class Simulator:
     def __init__(self, unit: int, spec: dict) -> None:
         self.unit = unit
         self.counter = spec["counter"]
+        self.clock = spec.get("clock")
         self.muted = False
         self.delay = 0.0
         self.requests = 0
@@ -136,6 +141,13 @@ class Simulator:
         ):
             index = self.counter - start_address
             registers[index] = (registers[index] + 1) & 0xFFFF
+        if (
+            self.clock is not None
+            and function_code in HOLDING_READS
+            and set_values is None
+            and address <= self.clock < address + count
+        ):
+            registers[self.clock - start_address] = int(time.time()) & 0xFFFF
         return None
 
 

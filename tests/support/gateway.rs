@@ -359,6 +359,8 @@ pub struct SimDevice {
     pub interval: &'static str,
     pub timeout: &'static str,
     pub points: String,
+    /// Device-level lines (`payload = "device"`, `report = "on_change"`...).
+    pub keys: String,
 }
 
 impl SimDevice {
@@ -368,7 +370,15 @@ impl SimDevice {
             interval: "100ms",
             timeout: "300ms",
             points: SIM_POINTS.to_owned(),
+            keys: String::new(),
         }
+    }
+
+    /// Appends device-level lines (`payload = "device"`, report keys...).
+    pub fn keys(mut self, keys: impl AsRef<str>) -> Self {
+        self.keys.push_str(keys.as_ref());
+        self.keys.push('\n');
+        self
     }
 
     pub fn interval(mut self, interval: &'static str) -> Self {
@@ -386,8 +396,8 @@ impl fmt::Display for SimDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "[[devices]]\nname = \"dev\"\nkind = \"modbus_tcp\"\nhost = \"127.0.0.1\"\nport = {}\nunit_id = 1\ninterval = \"{}\"\ntimeout = \"{}\"\nbackoff_max = \"500ms\"\n\n{}\n",
-            self.port, self.interval, self.timeout, self.points
+            "[[devices]]\nname = \"dev\"\nkind = \"modbus_tcp\"\nhost = \"127.0.0.1\"\nport = {}\nunit_id = 1\ninterval = \"{}\"\ntimeout = \"{}\"\nbackoff_max = \"500ms\"\n{}\n{}\n",
+            self.port, self.interval, self.timeout, self.keys, self.points
         )
     }
 }
@@ -471,9 +481,10 @@ address = 1
 type = "bool"
 "#;
 
-/// A reading (not a status or stats message) of the test device "dev" of gateway "gw".
+/// A reading (not a status or stats message) of the test device "dev" of gateway "gw": one
+/// point's, or with `payload = "device"` one poll's.
 pub fn is_reading(m: &Message) -> bool {
-    m.topic.starts_with("fieldbridge/gw/dev/")
+    (m.topic.starts_with("fieldbridge/gw/dev/") || m.topic == "fieldbridge/gw/dev")
         && !m.topic.ends_with("/status")
         && m.payload.first() == Some(&b'{')
 }

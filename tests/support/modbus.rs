@@ -114,7 +114,8 @@ impl ModbusSim {
     }
 
     /// `spec` replaces the map: `{"holding": {"0": 16812}, "input": {..}, "coils": {"0": true},
-    /// "discrete": {..}, "counter": 20}` (raw registers / bools; `counter` is optional).
+    /// "discrete": {..}, "counter": 20, "clock": 21}` (raw registers / bools; `counter` and
+    /// `clock`, a register reading as Unix seconds mod 65536, are optional).
     pub fn start_with_spec(unit: u8, spec: &serde_json::Value) -> ModbusSim {
         ModbusSim::spawn(unit, Some(spec))
     }

@@ -205,6 +205,10 @@ pub struct FieldPoint {
     pub unit: Option<Arc<str>>,
     pub scale: f64,
     pub offset: f64,
+    /// At most this many decimal places in the published value (after scale and offset).
+    pub decimals: Option<u8>,
+    /// Which readings are published.
+    pub report: super::report::ReportPolicy,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -107,6 +107,19 @@ impl Check {
         }
     }
 
+    /// `decimals` of a point: places kept after scale and offset, on numbers only.
+    pub(super) fn decimals(&mut self, p: &KeyPath, v: Option<i64>, numeric: bool) -> Option<u8> {
+        let v = v?;
+        if !numeric {
+            self.push(
+                p.key("decimals"),
+                "only a numeric point is rounded; remove decimals",
+            );
+            return None;
+        }
+        Some(self.int(p.key("decimals"), v, 0, 15))
+    }
+
     pub(super) fn topic_level(&mut self, path: KeyPath, s: &str) {
         if let Some(p) = topic_level_problem(s) {
             self.push(path, format!("{s:?} {p} (it becomes a topic level)"));

@@ -3,6 +3,7 @@
 mod broker;
 mod check;
 mod modbus;
+mod report;
 mod serial;
 mod upstream;
 

@@ -16,6 +16,8 @@ use super::super::raw::{RawBus, RawConfig, RawDevice, RawPoint, RawProfile, RawP
 use super::super::serial::SerialDevice;
 use super::super::{Bus, BusLink, Device, Issue, PlanLimits, Point, Transport, WriteLimits};
 use super::check::Check;
+use super::report;
+use crate::config::spec::report::ReportPolicy;
 
 pub const KIND_TCP: &str = "modbus_tcp";
 pub const KIND_RTU: &str = "modbus_rtu";
@@ -65,7 +67,7 @@ pub(in super::super) fn profile(raw: &RawProfile) -> Result<(), Vec<Issue>> {
                 format!("duplicate point name {:?}", pt.name),
             );
         }
-        point(&mut c, pp, pt, order);
+        point(&mut c, pp, pt, order, &ReportPolicy::default());
     }
     if c.issues.is_empty() {
         Ok(())
@@ -364,6 +366,14 @@ pub(super) fn device(
         .or(defaults.and_then(|x| x.force_multiple_write))
         .unwrap_or(false);
 
+    let payload = report::payload(c, &p, d.payload.as_deref());
+    let device_report = report::policy(
+        c,
+        &p,
+        report::Keys::of_device(d),
+        &ReportPolicy::default(),
+        true,
+    );
     let mut own_names = HashSet::new();
     let mut own = Vec::new();
     for (i, pt) in d.points.iter().enumerate() {
@@ -374,7 +384,7 @@ pub(super) fn device(
                 format!("duplicate point name {:?} in device {:?}", pt.name, d.name),
             );
         }
-        own.push(point(c, pp, pt, word_order));
+        own.push(point(c, pp, pt, word_order, &device_report));
     }
     let mut points = Vec::new();
     if let Some(prof) = prof {
@@ -394,7 +404,13 @@ pub(super) fn device(
             if own_names.contains(pt.name.as_str()) || d.skip_points.contains(&pt.name) {
                 continue;
             }
-            points.push(point(&mut scratch, KeyPath::root(), pt, word_order));
+            points.push(point(
+                &mut scratch,
+                KeyPath::root(),
+                pt,
+                word_order,
+                &device_report,
+            ));
         }
     } else if !d.skip_points.is_empty() {
         c.push(p.key("skip_points"), "only meaningful with a profile");
@@ -418,10 +434,18 @@ pub(super) fn device(
         force_multiple_write,
         profile: d.profile.clone(),
         points,
+        payload,
+        report: device_report,
     }
 }
 
-fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> Point {
+fn point(
+    c: &mut Check,
+    p: KeyPath,
+    pt: &RawPoint,
+    device_order: WordOrder,
+    device_report: &ReportPolicy,
+) -> Point {
     c.point_common(&p, &pt.name, pt.scale, pt.offset);
     c.not_used(
         &p,
@@ -554,6 +578,7 @@ fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> P
         unit: pt.unit.as_deref().map(Arc::from),
         scale: pt.scale,
         offset: pt.offset,
+        decimals: c.decimals(&p, pt.decimals, numeric),
         word_order,
         bit,
         length: width,
@@ -561,6 +586,7 @@ fn point(c: &mut Check, p: KeyPath, pt: &RawPoint, device_order: WordOrder) -> P
             min: pt.min,
             max: pt.max,
         }),
+        report: report::policy(c, &p, report::Keys::of_point(pt), device_report, numeric),
     }
 }
 

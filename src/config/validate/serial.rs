@@ -17,6 +17,8 @@ use super::super::locate::KeyPath;
 use super::super::raw::{RawDevice, RawFraming, RawParse, RawPoint};
 use super::super::serial::{Mode, Protocol, SerialDevice};
 use super::check::Check;
+use super::report;
+use crate::config::spec::report::ReportPolicy;
 
 pub const KIND: &str = "serial_line";
 
@@ -64,6 +66,14 @@ pub(super) fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> SerialDevice {
         (d.baud, d.data_bits, d.parity.as_deref(), d.stop_bits),
     );
 
+    let payload = report::payload(c, &p, d.payload.as_deref());
+    let device_report = report::policy(
+        c,
+        &p,
+        report::Keys::of_device(d),
+        &ReportPolicy::default(),
+        true,
+    );
     let sensor = d
         .driver
         .as_deref()
@@ -93,7 +103,7 @@ pub(super) fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> SerialDevice {
             }
             Protocol::Sensor(s)
         }
-        None => custom(c, &p, d),
+        None => custom(c, &p, d, &device_report),
     };
 
     let request = match &protocol {
@@ -183,6 +193,8 @@ pub(super) fn device(c: &mut Check, p: KeyPath, d: &RawDevice) -> SerialDevice {
         mode,
         timeout,
         backoff_max,
+        payload,
+        report: device_report,
     }
 }
 
@@ -262,7 +274,7 @@ fn hex(c: &mut Check, path: KeyPath, s: &str) -> Option<Vec<u8>> {
     bytes
 }
 
-fn custom(c: &mut Check, p: &KeyPath, d: &RawDevice) -> Protocol {
+fn custom(c: &mut Check, p: &KeyPath, d: &RawDevice, device_report: &ReportPolicy) -> Protocol {
     let framing = match &d.framing {
         Some(f) => framing(c, p.key("framing"), f),
         None => {
@@ -323,7 +335,7 @@ fn custom(c: &mut Check, p: &KeyPath, d: &RawDevice) -> Protocol {
                 format!("duplicate point name {:?} in device {:?}", pt.name, d.name),
             );
         }
-        points.push(point(c, pp, pt, parse.as_ref(), max_frame));
+        points.push(point(c, pp, pt, parse.as_ref(), max_frame, device_report));
     }
     Protocol::Custom {
         framing: framing.unwrap_or(FramingSpec::Line {
@@ -577,6 +589,7 @@ fn point(
     pt: &RawPoint,
     parse: Option<&ParseSpec>,
     max_frame: Option<usize>,
+    device_report: &ReportPolicy,
 ) -> FieldPoint {
     c.point_common(&p, &pt.name, pt.scale, pt.offset);
     c.not_used(
@@ -737,5 +750,13 @@ fn point(
         unit: pt.unit.as_deref().map(Arc::from),
         scale: pt.scale,
         offset: pt.offset,
+        decimals: c.decimals(&p, pt.decimals, field_type != FieldType::Bool),
+        report: report::policy(
+            c,
+            &p,
+            report::Keys::of_point(pt),
+            device_report,
+            field_type != FieldType::Bool,
+        ),
     }
 }

@@ -9,7 +9,7 @@ use super::bus::{Answer, BusHandle, Exchange};
 use super::decode::decode_registers;
 use super::plan::{plan, ReadRequest};
 use crate::config::{Device, Point};
-use crate::device::value::{scale, Raw};
+use crate::device::value::{scale, Transform};
 use crate::device::{DeviceError, Driver};
 use crate::flow::{now_ms, Quality, Reading, Value};
 use crate::ops::stats::bump;
@@ -150,12 +150,19 @@ pub fn point_value(
                 .get(s..s + usize::from(p.width()))
                 .and_then(|regs| decode_registers(regs, p.data_type, p.word_order, p.bit))
             {
-                Some(raw) => (scale(raw, p.scale, p.offset), Quality::Good, None),
+                Some(raw) => {
+                    let t = Transform {
+                        scale: p.scale,
+                        offset: p.offset,
+                        decimals: p.decimals,
+                    };
+                    (scale(raw, &t), Quality::Good, None)
+                }
                 None => short_reply(words.len(), asked),
             }
         }
         Answer::Bits(bits) => match bits.get(usize::from(off)) {
-            Some(b) => (scale(Raw::Bool(*b), 1.0, 0.0), Quality::Good, None),
+            Some(b) => (Value::Bool(*b), Quality::Good, None),
             None => short_reply(bits.len(), asked),
         },
         Answer::Written => (

@@ -117,10 +117,12 @@ pub(crate) mod tests {
             unit: None,
             scale: 1.0,
             offset: 0.0,
+            decimals: None,
             word_order: WordOrder::Abcd,
             bit: None,
             length: ty.width(),
             write: None,
+            report: Default::default(),
         }
     }
 

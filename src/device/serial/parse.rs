@@ -8,7 +8,7 @@
 //! here panics on any input. No I/O; tested as tables.
 
 use crate::config::spec::serial::{FieldPoint, FieldType, ParseSpec, Source};
-use crate::device::value::{scale, Raw};
+use crate::device::value::{scale, Raw, Transform};
 
 use crate::flow::Value;
 
@@ -69,7 +69,12 @@ pub fn parse_frame(
         .into_iter()
         .map(|(i, r)| {
             let p = &points[i];
-            (i, r.map(|raw| scale(raw, p.scale, p.offset)))
+            let t = Transform {
+                scale: p.scale,
+                offset: p.offset,
+                decimals: p.decimals,
+            };
+            (i, r.map(|raw| scale(raw, &t)))
         })
         .collect())
 }
@@ -255,6 +260,8 @@ mod tests {
             unit: None,
             scale: 1.0,
             offset: 0.0,
+            decimals: None,
+            report: Default::default(),
         }
     }
 

@@ -374,6 +374,8 @@ mod tests {
             unit: None,
             scale: 1.0,
             offset: 0.0,
+            decimals: None,
+            report: Default::default(),
         };
         let points = [
             text_point("t", FieldType::F64),
