@@ -206,7 +206,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init();
     match cli.cmd {
-        Cmd::Check { config } => match config::load(&config) {
+        Cmd::Check { config } => match config::load_to_run(&config) {
             Ok(cfg) => {
                 let devices = cfg.devices.len() + cfg.serial_devices.len();
                 println!(
@@ -227,7 +227,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config } => {
-            let cfg = match config::load(&config) {
+            let cfg = match config::load_to_run(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");

@@ -172,6 +172,15 @@ pub fn locate_all(src: &str, issues: Vec<Issue>) -> Vec<Located> {
         .collect()
 }
 
+/// Problems as a reader goes through the files: the config's own first, by line, then each
+/// profile file's, by line. Problems without a line come last in their file.
+pub fn in_line_order(mut all: Vec<Located>) -> Vec<Located> {
+    all.sort_by(|a, b| {
+        (&a.file, a.line.unwrap_or(usize::MAX)).cmp(&(&b.file, b.line.unwrap_or(usize::MAX)))
+    });
+    all
+}
+
 pub fn locate_serde(src: &str, e: &toml::de::Error) -> Located {
     let message = e.message().trim().to_string();
     match e.span() {
