@@ -211,7 +211,7 @@ fn main() -> ExitCode {
     let broker_counters = Arc::new(BrokerCounters::default());
     telemetry::init(broker_counters.clone());
     match cli.cmd {
-        Cmd::Check { config } => match config::load(&config) {
+        Cmd::Check { config } => match config::load_to_run(&config) {
             Ok(cfg) => {
                 let devices = cfg.devices.len() + cfg.serial_devices.len();
                 println!(
@@ -232,7 +232,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config } => {
-            let cfg = match config::load(&config) {
+            let cfg = match config::load_to_run(&config) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("{e}");

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use fieldbridge::config::{load, parse_str, Config};
+use fieldbridge::config::{load, load_to_run, parse_str, Config};
 
 const GOOD: &str = r#"[gateway]
 id = "gw"
@@ -33,7 +33,15 @@ fn check(src: &str) -> Result<Config, String> {
 }
 
 fn check_file(file: &Path) -> Result<Config, String> {
-    load(file).map_err(|e| e.to_string())
+    load_to_run(file).map_err(|e| e.to_string())
+}
+
+/// The line numbers of the problems in `text`, in the order they are listed.
+fn listed_lines(text: &str) -> Vec<usize> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("/"))
+        .filter_map(|l| l.split(".toml:").nth(1)?.split(':').next()?.parse().ok())
+        .collect()
 }
 
 /// Each case (what is wrong, replace this, with this, key that must be named, line it is on)
@@ -239,6 +247,110 @@ fn every_problem_of_a_file_is_reported_at_once() {
     }
     // the message says what would be valid
     assert!(text.contains("valid: bool, u16"), "{text}");
+}
+
+#[test]
+fn a_type_error_or_an_unknown_key_does_not_hide_the_other_problems() {
+    let bad = GOOD
+        .replace("id = \"gw\"", "id = \"gw\"\ncolour = \"red\"")
+        .replace("unit_id = 1", "unit_id = \"one\"")
+        .replace("address = 0", "address = 70000")
+        .replace("type = \"f32\"", "type = \"float\"\nscale = \"x\"");
+    let Err(text) = check(&bad) else {
+        panic!("accepted")
+    };
+    assert!(text.contains("5 problems"), "{text}");
+    for key in [
+        "'gateway.colour'",
+        "'devices[0].unit_id'",
+        "'devices[0].points[0].address'",
+        "'devices[0].points[0].type'",
+        "'devices[0].points[0].scale'",
+    ] {
+        assert!(text.contains(key), "{key} missing from\n{text}");
+    }
+    // a key of the wrong type is reported once, not again as missing or out of range
+    assert_eq!(text.matches("unit_id").count(), 1, "{text}");
+}
+
+#[test]
+fn problems_are_listed_in_line_order() {
+    let bad = format!(
+        "{}\n[outbox]\nmax_rows = 0\n",
+        GOOD.replace("unit_id = 1", "unit_id = 999")
+            .replace("id = \"gw\"", "id = \"g+w\"\ncolour = 1")
+            .replace("address = 0", "address = \"zero\"")
+    );
+    let Err(text) = check(&bad) else {
+        panic!("accepted")
+    };
+    let lines = listed_lines(&text);
+    assert_eq!(lines.len(), 5, "{text}");
+    assert!(lines.is_sorted(), "{lines:?} in\n{text}");
+}
+
+#[test]
+fn a_write_range_beyond_the_point_type_is_refused() {
+    let bad = GOOD.replace(
+        "type = \"f32\"",
+        "type = \"u16\"\nwritable = true\nmin = -5\nmax = 70000",
+    );
+    let Err(text) = check(&bad) else {
+        panic!("accepted")
+    };
+    assert!(text.contains("2 problems"), "{text}");
+    assert!(
+        text.contains("fb.toml:17: key 'devices[0].points[0].min'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("fb.toml:18: key 'devices[0].points[0].max'"),
+        "{text}"
+    );
+    assert!(text.contains("0 to 65535"), "{text}");
+    // the whole range of the type, after scaling, is fine
+    let good = GOOD.replace(
+        "type = \"f32\"",
+        "type = \"u16\"\nwritable = true\nscale = 0.1\nmin = 0\nmax = 6553.5",
+    );
+    check(&good).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_data_dir_that_cannot_be_created_is_refused_by_check() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("blocker"), "a file, not a directory").unwrap();
+    let file = dir.path().join("fb.toml");
+    std::fs::write(
+        &file,
+        GOOD.replace("data_dir = \"data\"", "data_dir = \"blocker/outbox\""),
+    )
+    .unwrap();
+    let Err(text) = check_file(&file) else {
+        panic!("accepted")
+    };
+    assert!(text.contains("fb.toml:3: key 'gateway.data_dir'"), "{text}");
+    assert!(text.contains("blocker is not a directory"), "{text}");
+    // reported with the other problems, not instead of them
+    std::fs::write(
+        &file,
+        GOOD.replace("data_dir = \"data\"", "data_dir = \"blocker\"")
+            .replace("unit_id = 1", "unit_id = 999"),
+    )
+    .unwrap();
+    let Err(text) = check_file(&file) else {
+        panic!("accepted")
+    };
+    assert!(text.contains("2 problems"), "{text}");
+    assert_eq!(listed_lines(&text), [3, 9], "{text}");
+    // a directory that does not exist yet but can be created is fine
+    std::fs::write(
+        &file,
+        GOOD.replace("data_dir = \"data\"", "data_dir = \"new/deeper\""),
+    )
+    .unwrap();
+    check_file(&file).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!dir.path().join("new").exists(), "check creates nothing");
 }
 
 #[test]

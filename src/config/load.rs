@@ -5,10 +5,11 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::config::locate::{locate_all, locate_serde, Issue, KeyPath, Located};
+use crate::config::locate::{in_line_order, locate_all, Issue, KeyPath, Located};
 use crate::config::model::{Broker, BrokerUser, Config};
 use crate::config::profile::{self, Profiles};
 use crate::config::raw::{self, RawProfile};
+use crate::config::recover;
 use crate::config::spec::access::{parse_password_file, Access};
 use crate::config::validate;
 
@@ -100,8 +101,124 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     } else {
         Err(ConfigError::Invalid {
             file: file.to_path_buf(),
-            issues: locate_all(&src, issues),
+            issues: in_line_order(locate_all(&src, issues)),
         })
+    }
+}
+
+/// `load`, and the data directory must be usable by this process: what `fieldbridge check`
+/// and `fieldbridge run` call, so `run` is never the first to find that the outbox cannot be
+/// created. (Other commands only read the config and may run as another user.)
+pub fn load_to_run(file: &Path) -> Result<Config, ConfigError> {
+    let result = load(file);
+    let Ok(src) = std::fs::read_to_string(file) else {
+        return result;
+    };
+    let dir = match &result {
+        Ok(cfg) => cfg.gateway.data_dir.clone(),
+        Err(_) => match data_dir_written_in(&src) {
+            Some(d) => file.parent().unwrap_or(Path::new(".")).join(d),
+            None => return result,
+        },
+    };
+    let Some(message) = data_dir_problem(&dir) else {
+        return result;
+    };
+    let found = locate_all(
+        &src,
+        vec![Issue {
+            path: KeyPath::root().key("gateway").key("data_dir"),
+            message,
+        }],
+    );
+    match result {
+        Ok(_) => Err(ConfigError::Invalid {
+            file: file.to_path_buf(),
+            issues: found,
+        }),
+        Err(ConfigError::Invalid { file, mut issues }) => {
+            issues.extend(found);
+            Err(ConfigError::Invalid {
+                file,
+                issues: in_line_order(issues),
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// The data directory of a config that did not validate, if it says one (or the default).
+fn data_dir_written_in(src: &str) -> Option<String> {
+    let doc = toml::from_str::<toml::Table>(src).ok()?;
+    match doc.get("gateway")?.get("data_dir") {
+        None => Some(raw::default_data_dir()),
+        Some(v) => v.as_str().filter(|s| !s.is_empty()).map(str::to_string),
+    }
+}
+
+/// Why the outbox cannot live in `dir`: it must be a directory this process can write, or one
+/// it can create (the nearest existing ancestor is such a directory).
+fn data_dir_problem(dir: &Path) -> Option<String> {
+    let mut at = dir;
+    loop {
+        match std::fs::metadata(at) {
+            Ok(m) if !m.is_dir() => {
+                return Some(format!(
+                    "{} cannot hold the outbox: {} is not a directory",
+                    dir.display(),
+                    at.display()
+                ))
+            }
+            Ok(_) => break,
+            // Walk up to what exists: a missing directory, or a file where one is expected
+            // (named at the next step up).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                match at.parent() {
+                    Some(p) if !p.as_os_str().is_empty() => at = p,
+                    _ => return None,
+                }
+            }
+            Err(e) => {
+                return Some(format!(
+                    "{} cannot hold the outbox: {}: {e}",
+                    dir.display(),
+                    at.display()
+                ))
+            }
+        }
+    }
+    if let Err(e) = writable(at) {
+        let what = if at == dir {
+            "cannot write in it"
+        } else {
+            "cannot create it"
+        };
+        return Some(format!(
+            "{}: {what} ({}: {e}); the service needs it writable by the user it runs as",
+            dir.display(),
+            at.display()
+        ));
+    }
+    None
+}
+
+/// Whether this process may create files in the directory `dir` (also false on a read-only
+/// file system, which permission bits alone do not show).
+fn writable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: `c` is a valid NUL-terminated string that outlives the call.
+    let r = unsafe { libc::access(c.as_ptr(), libc::W_OK | libc::X_OK) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
@@ -189,20 +306,18 @@ pub fn parse_str(src: &str) -> Result<Config, Vec<Located>> {
 /// Like `parse_str`, with `base` as the directory of the config file: relative profile paths
 /// and `<base>/profiles/` are looked up there.
 pub fn parse_in(src: &str, base: Option<&Path>) -> Result<Config, Vec<Located>> {
-    let raw: raw::RawConfig = match toml::from_str(src) {
-        Ok(r) => r,
-        Err(e) => return Err(vec![locate_serde(src, &e)]),
-    };
-    let (profiles, problems) = load_profiles(&raw, base);
-    match validate::validate(&raw, &profiles) {
-        Ok(cfg) if problems.is_empty() => Ok(cfg),
-        Ok(_) => Err(problems),
-        Err(issues) => {
-            let mut all = locate_all(src, issues);
-            all.extend(problems);
-            Err(all)
+    let parsed = recover::parse::<raw::RawConfig>(src);
+    let mut all = parsed.problems.clone();
+    if let Some(raw) = &parsed.value {
+        let (profiles, problems) = load_profiles(raw, base);
+        match validate::validate(raw, &profiles) {
+            Ok(cfg) if all.is_empty() && problems.is_empty() => return Ok(cfg),
+            Ok(_) => {}
+            Err(issues) => all.extend(locate_all(&parsed.text, parsed.keep_independent(issues))),
         }
+        all.extend(problems);
     }
+    Err(in_line_order(all))
 }
 
 /// Every profile `raw` names, parsed and validated; problems inside a profile file come back
@@ -223,13 +338,22 @@ pub fn parse_profile(
     file: &Path,
     problems: &mut Vec<Located>,
 ) -> Result<RawProfile, String> {
-    let located = match toml::from_str::<RawProfile>(text) {
-        Ok(raw) => match validate::profile(&raw) {
-            Ok(()) => return Ok(raw),
-            Err(issues) => locate_all(text, issues),
-        },
-        Err(e) => vec![locate_serde(text, &e)],
-    };
+    let parsed = recover::parse::<RawProfile>(text);
+    let mut located = parsed.problems.clone();
+    if let Some(raw) = &parsed.value {
+        match validate::profile(raw) {
+            Ok(()) if located.is_empty() => {
+                if let Some(raw) = parsed.value {
+                    return Ok(raw);
+                }
+            }
+            Ok(()) => {}
+            Err(issues) => {
+                located.extend(locate_all(&parsed.text, parsed.keep_independent(issues)))
+            }
+        }
+    }
+    let located = in_line_order(located);
     let n = located.len();
     problems.extend(located.into_iter().map(|mut l| {
         l.file = Some(file.to_path_buf());

@@ -71,8 +71,13 @@ pub fn line_of_offset(src: &str, offset: usize) -> usize {
 /// table that should hold it.
 pub fn line_of_path(src: &str, path: &KeyPath) -> Option<usize> {
     let doc = DeTable::parse(src).ok()?;
+    line_in(src, doc.get_ref(), path)
+}
+
+/// `line_of_path` in an already parsed document (one parse for all issues of a file).
+fn line_in(src: &str, doc: &DeTable, path: &KeyPath) -> Option<usize> {
     let mut best: Option<usize> = None;
-    let mut table: Option<&DeTable> = Some(doc.get_ref());
+    let mut table: Option<&DeTable> = Some(doc);
     let mut value: Option<&Spanned<DeValue>> = None;
     for seg in &path.0 {
         match seg {
@@ -161,15 +166,27 @@ pub struct Located {
 }
 
 pub fn locate_all(src: &str, issues: Vec<Issue>) -> Vec<Located> {
+    let doc = DeTable::parse(src).ok();
     issues
         .into_iter()
         .map(|i| Located {
             file: None,
-            line: line_of_path(src, &i.path),
+            line: doc
+                .as_ref()
+                .and_then(|d| line_in(src, d.get_ref(), &i.path)),
             key: i.path.to_string(),
             message: i.message,
         })
         .collect()
+}
+
+/// Problems as a reader goes through the files: the config's own first, by line, then each
+/// profile file's, by line. Problems without a line come last in their file.
+pub fn in_line_order(mut all: Vec<Located>) -> Vec<Located> {
+    all.sort_by(|a, b| {
+        (&a.file, a.line.unwrap_or(usize::MAX)).cmp(&(&b.file, b.line.unwrap_or(usize::MAX)))
+    });
+    all
 }
 
 pub fn locate_serde(src: &str, e: &toml::de::Error) -> Located {

@@ -11,10 +11,11 @@ pub mod locate;
 pub mod model;
 pub mod profile;
 pub mod raw;
+mod recover;
 pub mod serial;
 pub mod spec;
 mod validate;
 
-pub use load::{load, parse_in, parse_str, ConfigError};
+pub use load::{load, load_to_run, parse_in, parse_str, ConfigError};
 pub use locate::{Issue, Located};
 pub use model::*;

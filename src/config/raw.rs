@@ -349,7 +349,7 @@ fn yes() -> bool {
 fn one() -> f64 {
     1.0
 }
-fn default_data_dir() -> String {
+pub(super) fn default_data_dir() -> String {
     "/var/lib/fieldbridge".into()
 }
 fn default_prefix() -> String {

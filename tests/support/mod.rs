@@ -11,6 +11,7 @@
 //! - [`modbus`]: the pymodbus simulators (TCP and RTU) and mbpoll.
 //! - [`serial`]: socat pty pairs and sensor frames.
 //! - [`certs`]: throw-away TLS certificates.
+//! - [`fuzz`]: the stable-toolchain fuzz harness (tests/fuzz.rs).
 //!
 //! Nothing here sleeps to synchronise: everything waits for something it can observe.
 
@@ -18,6 +19,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod certs;
+pub mod fuzz;
 pub mod gateway;
 pub mod modbus;
 pub mod mosquitto;

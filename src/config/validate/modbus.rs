@@ -549,7 +549,25 @@ fn point(
                 p.key(k),
                 "a range applies to writes; add writable = true or remove it",
             ),
-            _ => {}
+            Some(x) => {
+                if let Some((lo, hi)) = engineering_range(data_type, pt.scale, pt.offset) {
+                    if x < lo || x > hi {
+                        c.push(
+                            p.key(k),
+                            format!(
+                                "{k} {x} is outside what a {} point can hold: {lo} to {hi}{}",
+                                pt.data_type,
+                                if pt.scale == 1.0 && pt.offset == 0.0 {
+                                    ""
+                                } else {
+                                    " after scale and offset"
+                                }
+                            ),
+                        );
+                    }
+                }
+            }
+            None => {}
         }
     }
     if let (Some(lo), Some(hi)) = (pt.min, pt.max) {
@@ -588,6 +606,17 @@ fn point(
         }),
         report: report::policy(c, &p, report::Keys::of_point(pt), device_report, numeric),
     }
+}
+
+/// The engineering values a point of `ty` can take (`raw * scale + offset` over the raw range);
+/// `None` when any finite value fits (f64).
+fn engineering_range(ty: DataType, scale: f64, offset: f64) -> Option<(f64, f64)> {
+    let (lo, hi) = match ty {
+        DataType::F32 => (-f64::from(f32::MAX), f64::from(f32::MAX)),
+        t => t.integer_range()?,
+    };
+    let (a, b) = (lo * scale + offset, hi * scale + offset);
+    Some((a.min(b), a.max(b)))
 }
 
 /// Cross-device rules of RTU buses: a unit id answers once per bus, a serial port has one owner
@@ -657,6 +686,54 @@ pub(super) fn check_buses(
                     "{:?} is also the port of serial_line device {:?}; a port has one owner",
                     port.path, s.name
                 ),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_range_is_refused_where_the_point_type_cannot_hold_it() {
+        // (type, scale, offset, min, max, keys refused)
+        type Case = (&'static str, f64, f64, f64, f64, &'static [&'static str]);
+        let cases: &[Case] = &[
+            ("u16", 1.0, 0.0, 0.0, 65535.0, &[]),
+            ("u16", 1.0, 0.0, -5.0, 70000.0, &["min", "max"]),
+            ("u16", 1.0, 0.0, -5.0, 100.0, &["min"]),
+            ("u16", 0.1, 0.0, 0.0, 6553.5, &[]),
+            ("u16", 0.1, 0.0, 0.0, 6553.6, &["max"]),
+            ("u16", 1.0, -40.0, -40.0, 65495.0, &[]),
+            ("u16", -1.0, 0.0, -65535.0, 0.0, &[]),
+            ("u16", -1.0, 0.0, -65535.0, 1.0, &["max"]),
+            ("i16", 1.0, 0.0, -32768.0, 32767.0, &[]),
+            ("i16", 1.0, 0.0, -32769.0, 32768.0, &["min", "max"]),
+            ("u32", 1.0, 0.0, 0.0, 4294967295.0, &[]),
+            ("u32", 1.0, 0.0, -1.0, 4294967296.0, &["min", "max"]),
+            ("f32", 1.0, 0.0, -1e38, 1e38, &[]),
+            ("f32", 1.0, 0.0, -1e39, 1e39, &["min", "max"]),
+            ("f64", 1.0, 0.0, -1e300, 1e300, &[]),
+        ];
+        for (ty, scale, offset, min, max, refused) in cases {
+            let text = format!(
+                "name = \"p\"\ntable = \"holding\"\naddress = 0\ntype = \"{ty}\"\nwritable = true\nscale = {scale:?}\noffset = {offset:?}\nmin = {min:?}\nmax = {max:?}\n"
+            );
+            let pt: RawPoint = toml::from_str(&text).unwrap();
+            let mut c = Check::default();
+            point(
+                &mut c,
+                KeyPath::root(),
+                &pt,
+                WordOrder::Abcd,
+                &ReportPolicy::default(),
+            );
+            let keys: Vec<String> = c.issues.iter().map(|i| i.path.to_string()).collect();
+            assert_eq!(
+                keys, *refused,
+                "{ty} scale {scale} offset {offset}: {:?}",
+                c.issues
             );
         }
     }
