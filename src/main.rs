@@ -211,7 +211,7 @@ fn main() -> ExitCode {
     let broker_counters = Arc::new(BrokerCounters::default());
     telemetry::init(broker_counters.clone());
     match cli.cmd {
-        Cmd::Check { config } => match config::load_to_run(&config) {
+        Cmd::Check { config } => match config::load_to_check(&config) {
             Ok(cfg) => {
                 let devices = cfg.devices.len() + cfg.serial_devices.len();
                 println!(

@@ -106,10 +106,23 @@ pub fn load(file: &Path) -> Result<Config, ConfigError> {
     }
 }
 
-/// `load`, and the data directory must be usable by this process: what `fieldbridge check`
-/// and `fieldbridge run` call, so `run` is never the first to find that the outbox cannot be
-/// created. (Other commands only read the config and may run as another user.)
+/// `load`, and the data directory must be usable by this process: what `fieldbridge run` calls,
+/// so the outbox's directory is refused with the other config problems (exit 2) rather than
+/// failing later. `check` uses `load_to_check`. (Other commands only read the config and may
+/// run as another user.)
 pub fn load_to_run(file: &Path) -> Result<Config, ConfigError> {
+    load_with_data_dir(file, true)
+}
+
+/// `load` for `fieldbridge check`: as `load_to_run`, except that a data directory that does not
+/// exist yet under a parent this user cannot write is accepted. The packaged unit's
+/// `StateDirectory=` creates `/var/lib/fieldbridge` for the service user at start, so an
+/// administrator checking a file before installing (or as another user) is not told otherwise.
+pub fn load_to_check(file: &Path) -> Result<Config, ConfigError> {
+    load_with_data_dir(file, false)
+}
+
+fn load_with_data_dir(file: &Path, must_create: bool) -> Result<Config, ConfigError> {
     let result = load(file);
     let Ok(src) = std::fs::read_to_string(file) else {
         return result;
@@ -121,7 +134,7 @@ pub fn load_to_run(file: &Path) -> Result<Config, ConfigError> {
             None => return result,
         },
     };
-    let Some(message) = data_dir_problem(&dir) else {
+    let Some(message) = data_dir_problem(&dir, must_create) else {
         return result;
     };
     let found = locate_all(
@@ -158,7 +171,7 @@ fn data_dir_written_in(src: &str) -> Option<String> {
 
 /// Why the outbox cannot live in `dir`: it must be a directory this process can write, or one
 /// it can create (the nearest existing ancestor is such a directory).
-fn data_dir_problem(dir: &Path) -> Option<String> {
+fn data_dir_problem(dir: &Path, must_create: bool) -> Option<String> {
     let mut at = dir;
     loop {
         match std::fs::metadata(at) {
@@ -191,6 +204,9 @@ fn data_dir_problem(dir: &Path) -> Option<String> {
                 ))
             }
         }
+    }
+    if at != dir && !must_create {
+        return None;
     }
     if let Err(e) = writable(at) {
         let what = if at == dir {
@@ -370,6 +386,24 @@ pub fn parse_profile(
 mod tests {
     use super::*;
     use crate::config::profile::BUILTIN;
+
+    #[test]
+    fn check_accepts_a_data_dir_still_to_be_created_and_both_refuse_a_file_in_its_way() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(tmp.path().join("blocker"), "x").unwrap_or_else(|e| panic!("{e}"));
+        let missing = tmp.path().join("new/deeper");
+        let blocked = tmp.path().join("blocker/outbox");
+        for must_create in [true, false] {
+            assert_eq!(data_dir_problem(&missing, must_create), None);
+            let p = data_dir_problem(&blocked, must_create).unwrap_or_default();
+            assert!(p.contains("is not a directory"), "{p}");
+        }
+        // Only `run` looks at whether the missing directory can be created by this user.
+        assert_eq!(
+            data_dir_problem(Path::new("/proc/1/fb-missing/data"), false),
+            None
+        );
+    }
 
     #[test]
     fn every_built_in_profile_parses_and_validates() {

@@ -16,6 +16,6 @@ pub mod serial;
 pub mod spec;
 mod validate;
 
-pub use load::{load, load_to_run, parse_in, parse_str, ConfigError};
+pub use load::{load, load_to_check, load_to_run, parse_in, parse_str, ConfigError};
 pub use locate::{Issue, Located};
 pub use model::*;
