@@ -45,6 +45,19 @@ fn stored_ids(data: &Path) -> BTreeSet<String> {
 
 /// Rows in the outbox, read as another process would (read-only).
 fn rows(data: &Path) -> i64 {
+    count(data, "SELECT COUNT(*) FROM outbox")
+}
+
+/// Device status messages saying `offline` in the outbox.
+fn offline_statuses(data: &Path) -> i64 {
+    count(
+        data,
+        "SELECT COUNT(*) FROM outbox WHERE topic LIKE '%/status' AND payload = CAST('offline' AS BLOB)",
+    )
+}
+
+/// A `SELECT COUNT(*) …` on the outbox, read-only; 0 while there is no database.
+fn count(data: &Path, sql: &'static str) -> i64 {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -55,9 +68,7 @@ fn rows(data: &Path) -> i64 {
         let Ok(mut c) = sqlx::SqliteConnection::connect(&url).await else {
             return 0;
         };
-        let n: Result<(i64,), _> = sqlx::query_as("SELECT COUNT(*) FROM outbox")
-            .fetch_one(&mut c)
-            .await;
+        let n: Result<(i64,), _> = sqlx::query_as(sql).fetch_one(&mut c).await;
         n.map_or(0, |(n,)| n)
     })
 }
@@ -77,9 +88,11 @@ fn field(line: &str, name: &str) -> i64 {
         .unwrap_or_else(|_| panic!("{name} is not a number in {line}"))
 }
 
-/// A gateway with no upstream, polling DEVICES simulated devices every 10 ms.
+/// A gateway with no upstream, polling DEVICES simulated devices every 10 ms. No periodic stats
+/// snapshot: once the devices are offline nothing more is stored, so the crash does not land
+/// between a commit and its high-water mark.
 fn spec(sim_port: u16) -> GatewayConfig {
-    let mut spec = GatewayConfig::standard();
+    let mut spec = GatewayConfig::standard().stats_interval("1h");
     for i in 0..DEVICES {
         let dev = SimDevice::new(sim_port).interval("10ms").to_string();
         spec = spec.with(dev.replacen("name = \"dev\"", &format!("name = \"dev{i}\""), 1));
@@ -108,6 +121,12 @@ fn fill(spec: &GatewayConfig, dir: &Path, sim: ModbusSim) -> Gateway {
         || rows(&data) >= BACKLOG,
     );
     drop(sim);
+    // Each device going offline stores its status and a fresh stats snapshot: wait for all.
+    wait_until(
+        Duration::from_secs(180),
+        "every device offline in the outbox",
+        || offline_statuses(&data) >= DEVICES as i64,
+    );
     let mut last = -1;
     loop {
         // A settle period, not a synchronisation: the count must stay put across more than one
