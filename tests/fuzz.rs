@@ -8,6 +8,8 @@ mod support;
 mod config_parse;
 #[path = "../fuzz/src/guard_codec.rs"]
 mod guard_codec;
+#[path = "../fuzz/src/guard_session.rs"]
+mod guard_session;
 #[path = "../fuzz/src/modbus_answer.rs"]
 mod modbus_answer;
 #[path = "../fuzz/src/serial_framing.rs"]
@@ -18,6 +20,11 @@ use support::fuzz::fuzz;
 #[test]
 fn the_guard_codec_survives_mutated_client_packets() {
     fuzz("guard_codec", guard_codec::run);
+}
+
+#[test]
+fn the_guard_never_relays_what_the_acl_refuses_on_mutated_client_sessions() {
+    fuzz("guard_session", guard_session::run);
 }
 
 #[test]

@@ -5,5 +5,6 @@
 
 pub mod config_parse;
 pub mod guard_codec;
+pub mod guard_session;
 pub mod modbus_answer;
 pub mod serial_framing;

@@ -1,9 +1,11 @@
 //! Modbus values both ways: registers a device answered → `decode_registers` (every type, word
 //! order and bit), exception codes → `ModbusException`, and a command payload a client sent →
-//! `parse_payload` → `prepare` for a point built from the input.
+//! `parse_payload` → `prepare` for a point built from the input; and what came back on an RTU
+//! line after a failed exchange → `fault::classify`.
 //! Invariants: integer and float registers decode and re-encode to the same words; a write
 //! that is prepared writes registers that decode (and scale) back to the commanded value,
-//! inside the point's range.
+//! inside the point's range. A failed exchange with bytes back is never called "no answer",
+//! and a wrong-unit frame names another unit than the request's.
 
 use std::sync::Arc;
 
@@ -12,6 +14,7 @@ use fieldbridge::config::{Point, WriteLimits};
 use fieldbridge::device::modbus::bus::Exchange;
 use fieldbridge::device::modbus::decode::{decode_registers, encode_registers};
 use fieldbridge::device::modbus::exception::ModbusException;
+use fieldbridge::device::modbus::fault::{classify, expected_len, is_bad_crc, Fault};
 use fieldbridge::device::modbus::write::{parse_payload, prepare, Input};
 use fieldbridge::device::value::{scale, Raw, Transform};
 use fieldbridge::flow::Value;
@@ -54,6 +57,21 @@ pub fn run(data: &[u8]) {
         .collect();
     answer(&words, ty, order, *b);
     command(rest, ty, order, *a, *b);
+    fault(rest);
+}
+
+fn fault(bytes: &[u8]) {
+    // Our requests are 8 bytes (unit, function, address, count or value, CRC).
+    let (request, reply) = bytes.split_at(bytes.len().min(8));
+    let _ = expected_len(request);
+    let f = classify(request, reply);
+    assert_eq!(reply.is_empty(), f == Fault::NoAnswer, "{reply:?} → {f:?}");
+    if is_bad_crc(request, reply) {
+        assert!(matches!(f, Fault::BadCrc | Fault::WrongUnit(_)), "{f:?}");
+    }
+    if let Fault::WrongUnit(u) = f {
+        assert_ne!(Some(u), request.first().copied());
+    }
 }
 
 fn answer(words: &[u16], ty: DataType, order: WordOrder, b: u8) {

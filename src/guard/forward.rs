@@ -39,10 +39,11 @@ impl Forwarder {
 
     /// The upstream topic of a local topic that a rule forwards (the first matching rule wins).
     pub fn remote_topic(&self, topic: &str) -> Option<String> {
-        self.rules
-            .iter()
-            .find(|r| crate::config::spec::topic::matches(&r.filter, topic))
-            .map(|r| r.to_remote(topic))
+        super::session::remote_topic(&self.rules, topic)
+    }
+
+    pub fn rules(&self) -> &[BridgeRule] {
+        &self.rules
     }
 
     pub(super) async fn submit(&self, messages: Vec<Message>) -> Result<Receipt, OutboxError> {

@@ -21,6 +21,7 @@ pub mod codec;
 mod forward;
 mod listen;
 mod proxy;
+pub mod session;
 mod shared;
 pub mod throttle;
 

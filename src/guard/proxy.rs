@@ -9,8 +9,7 @@
 //! guard answers itself are never interleaved inside a broker packet.
 
 use crate::config::spec::access::Access;
-use crate::config::spec::topic;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -21,6 +20,7 @@ use tokio::sync::mpsc;
 use super::auth;
 use super::codec::{self, CodecError, Connect, Frame};
 use super::forward::Pending;
+use super::session::{self, Close, Rules, Session, Step};
 use super::shared::Shared;
 use crate::flow::Message;
 use crate::outbox::Receipt;
@@ -579,8 +579,7 @@ where
             relay(ToBroker::Frame($bytes)).await?;
         }};
     }
-    // QoS 2 publishes we refused: their PUBREL is answered here, not forwarded.
-    let mut refused_qos2: HashSet<u16> = HashSet::new();
+    let mut session = Session::default();
     let reply = |bytes: Vec<u8>| {
         let out = out.clone();
         async move {
@@ -624,114 +623,58 @@ where
                 continue;
             }
         };
-        if let Some(problem) = codec::client_frame_problem(&f) {
-            if let Some(suppressed) = ctx.shared.may_log(ctx.origin.peer.ip(), problem) {
-                tracing::warn!(event = "broker_protocol_violation", packet_type = f.kind(), problem, client_id = %ctx.client_id, peer = %ctx.origin.peer, suppressed, "broker client broke the protocol; disconnecting it");
-            }
-            return Err(SessionEnd::Refused(problem));
+        let rules = Rules {
+            policy: &ctx.shared.policy,
+            access: ctx.access,
+            max_payload: ctx.shared.max_payload,
+            forward: ctx.shared.forward.as_ref().map_or(&[], |fw| fw.rules()),
+        };
+        let outcome = session.on_client_frame(&rules, &f)?;
+        for d in &outcome.denied {
+            ctx.log_denied(d.action, &d.topic, d.reason);
         }
-        match f.kind() {
-            codec::CONNECT => return Err(SessionEnd::Refused("second CONNECT")),
-            codec::PUBLISH => {
-                let h = codec::parse_publish(f.flags(), &f.body)?;
-                if h.payload_len > ctx.shared.max_payload {
-                    if let Some(suppressed) = ctx.shared.may_log(
-                        ctx.origin.peer.ip(),
-                        "broker client published over max_payload_bytes; disconnecting it",
-                    ) {
-                        tracing::warn!(event = "broker_payload_too_large", topic = %h.topic, bytes = h.payload_len, max = ctx.shared.max_payload, client_id = %ctx.client_id, peer = %ctx.origin.peer, suppressed, "broker client published over max_payload_bytes; disconnecting it");
-                    }
-                    return Err(SessionEnd::Refused("payload over max_payload_bytes"));
+        match outcome.step {
+            Step::Relay => pass!(f.encode()),
+            Step::Narrowed { pkid, mask, frame } => {
+                pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(pkid, mask);
+                pass!(frame);
+            }
+            Step::Answer(bytes) => reply(bytes).await?,
+            Step::Drop => {}
+            Step::Forward { message, acked } => {
+                held.messages.push(message);
+                f.encode_into(&mut held.frames);
+                if acked {
+                    held.acked += 1;
                 }
-                if let Err(d) = ctx.shared.policy.publish(ctx.access, &h.topic, h.retain) {
-                    ctx.log_denied("publish", &h.topic, d.as_str());
-                    match (h.qos, h.pkid) {
-                        (1, Some(id)) => reply(codec::ack(codec::PUBACK, id)).await?,
-                        (2, Some(id)) => {
-                            refused_qos2.insert(id);
-                            reply(codec::ack(codec::PUBREC, id)).await?
-                        }
-                        _ => {}
-                    }
-                    continue;
-                }
-                if h.qos == 2 {
-                    // A reused packet id now belongs to an accepted publish.
-                    if let Some(id) = h.pkid {
-                        refused_qos2.remove(&id);
-                    }
-                }
-                if let Some(remote) = ctx
-                    .shared
-                    .forward
-                    .as_ref()
-                    .and_then(|fw| fw.remote_topic(&h.topic))
-                {
-                    // The payload is the tail of the body (parse_publish measured it).
-                    let payload = f.body[f.body.len() - h.payload_len..].to_vec();
-                    held.messages.push(Message {
-                        topic: remote,
-                        payload,
-                        retain: h.retain,
-                    });
-                    f.encode_into(&mut held.frames);
-                    if h.qos > 0 {
-                        held.acked += 1;
-                    }
-                    if held.is_full() {
-                        release!();
-                    }
-                    continue;
+                if held.is_full() {
+                    release!();
                 }
             }
-            codec::DISCONNECT => disconnected.store(true, Ordering::Relaxed),
-            codec::PUBREL => {
-                if let Some(id) = codec::pkid_of(&f.body) {
-                    if refused_qos2.remove(&id) {
-                        reply(codec::ack(codec::PUBCOMP, id)).await?;
-                        continue;
-                    }
-                }
+            Step::Disconnect => {
+                disconnected.store(true, Ordering::Relaxed);
+                pass!(f.encode());
             }
-            codec::SUBSCRIBE => {
-                let s = codec::parse_subscribe(f.flags(), &f.body)?;
-                let mut mask = Vec::with_capacity(s.filters.len());
-                let mut allowed = Vec::new();
-                for (filter, qos) in &s.filters {
-                    // An invalid filter (`a/#/b`, `+a`, empty) is refused like a denied one
-                    // (§4.7.1): rumqttd would grant it.
-                    if topic::filter_problem(filter).is_some() {
-                        ctx.log_denied("subscribe", filter, "invalid_filter");
-                        mask.push(Some(codec::SUBACK_FAILURE));
-                    } else if ctx.shared.policy.subscribe(ctx.access, filter) {
-                        mask.push(None);
-                        allowed.push((filter.clone(), *qos));
-                    } else {
-                        ctx.log_denied("subscribe", filter, "no_matching_filter");
-                        mask.push(Some(codec::SUBACK_FAILURE));
-                    }
+            Step::Close(Close::Violation(problem)) => {
+                if let Some(suppressed) = ctx.shared.may_log(ctx.origin.peer.ip(), problem) {
+                    tracing::warn!(event = "broker_protocol_violation", packet_type = f.kind(), problem, client_id = %ctx.client_id, peer = %ctx.origin.peer, suppressed, "broker client broke the protocol; disconnecting it");
                 }
-                if allowed.is_empty() {
-                    let codes: Vec<u8> = mask.iter().map(|m| m.unwrap_or(0x80)).collect();
-                    reply(codec::encode_suback(s.pkid, &codes)).await?;
-                    continue;
-                }
-                if allowed.len() < s.filters.len() {
-                    pending
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .insert(s.pkid, mask);
-                    let narrowed = codec::Subscribe {
-                        pkid: s.pkid,
-                        filters: allowed,
-                    };
-                    pass!(codec::encode_subscribe(&narrowed));
-                    continue;
-                }
+                return Err(SessionEnd::Refused(problem));
             }
-            _ => {}
+            Step::Close(Close::TooLarge { topic, bytes }) => {
+                if let Some(suppressed) = ctx.shared.may_log(
+                    ctx.origin.peer.ip(),
+                    "broker client published over max_payload_bytes; disconnecting it",
+                ) {
+                    tracing::warn!(event = "broker_payload_too_large", topic = %topic, bytes, max = ctx.shared.max_payload, client_id = %ctx.client_id, peer = %ctx.origin.peer, suppressed, "broker client published over max_payload_bytes; disconnecting it");
+                }
+                return Err(SessionEnd::Refused("payload over max_payload_bytes"));
+            }
+            Step::Close(Close::SecondConnect) => return Err(SessionEnd::Refused("second CONNECT")),
         }
-        pass!(f.encode());
     }
 }
 
@@ -740,19 +683,14 @@ fn rewrite_suback(f: &Frame, pending: &Mutex<HashMap<u16, Vec<Option<u8>>>>) -> 
     let Ok((pkid, codes)) = codec::parse_suback(&f.body) else {
         return f.encode();
     };
-    let Some(mask) = pending
+    match pending
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&pkid)
-    else {
-        return f.encode();
-    };
-    let mut granted = codes.into_iter();
-    let merged: Vec<u8> = mask
-        .into_iter()
-        .map(|m| m.unwrap_or_else(|| granted.next().unwrap_or(codec::SUBACK_FAILURE)))
-        .collect();
-    codec::encode_suback(pkid, &merged)
+    {
+        Some(mask) => session::merge_suback(pkid, &codes, &mask),
+        None => f.encode(),
+    }
 }
 
 /// Reads until one complete frame is buffered; `None` at a clean end of stream.
