@@ -80,8 +80,6 @@ impl Message {
 pub enum Route {
     /// Outbox (then upstream) and the local broker, like a reading.
     Everywhere,
-    /// Outbox only: it came from a local client and is already in the local broker.
-    UpstreamOnly,
     /// Local broker only: it came from upstream.
     LocalOnly,
 }

@@ -131,7 +131,6 @@ pub fn split_routes(device: Vec<Message>, routed: Vec<Routed>) -> (Vec<Message>,
                 up.push(r.message.clone());
                 local.push(r.message);
             }
-            Route::UpstreamOnly => up.push(r.message),
             Route::LocalOnly => local.push(r.message),
         }
     }

@@ -38,7 +38,7 @@ use crate::config::Broker as BrokerConfig;
 use crate::flow::Command;
 use crate::guard::{self, BackendLogin, Forwarder, GuardError};
 use crate::mqtt::echo::Echoes;
-use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
+use crate::mqtt::inbound::{CommandTopic, Inbound};
 use crate::mqtt::topics::Topics;
 
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +166,7 @@ impl LocalBroker {
             Some((t, tx)) => (Some(t), Some(tx)),
             None => (None, None),
         };
-        let inbound = Inbound::new(Side::Local, Vec::new(), command_topics);
+        let inbound = Inbound::local(command_topics);
         std::thread::Builder::new()
             .name("mqtt-broker".into())
             .spawn(move || {

@@ -2,11 +2,13 @@
 //!
 //! The gateway receives publishes on two links: from the upstream broker (the uplink's
 //! `[[subscribe]]` filters and, with writable points, our command topics) and from local clients
-//! through the embedded broker's in-process link (`[[forward]]` filters and the command topics).
+//! through the embedded broker's in-process link (the command topics only: `[[forward]]` rules
+//! are applied by the guard before rumqttd sees a publish, see `guard::forward`).
 //! The same questions arise on both: is this our own publish coming back (see `echo`), a command
 //! for `<device>/<point>`, a retained command (never run: it would replay hours later over newer
-//! values), or a message a rule passes on, and under which topic? Answering them in one function
-//! keeps the two links from drifting apart; the links only do the I/O (channels, logging).
+//! values), or (upstream) a message a `[[subscribe]]` rule delivers locally, and under which
+//! topic? Answering them in one function keeps the two links from drifting apart; the links only
+//! do the I/O (channels, logging).
 //!
 //! An echo is never run as a command on either link: the gateway publishes on a command topic
 //! only when it passes on a command that it already ran (a local client's command a `[[forward]]`
@@ -21,16 +23,16 @@
 
 use crate::config::spec::topic;
 use crate::config::BridgeRule;
-use crate::flow::{Origin, Route};
+use crate::flow::Origin;
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::topics::Topics;
 
 /// Which link a publish arrived on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
-    /// From the upstream broker: rules are `[[subscribe]]`, passed on into the local broker.
+    /// From the upstream broker: `[[subscribe]]` rules pass messages on into the local broker.
     Upstream,
-    /// From a local client: rules are `[[forward]]`, passed on to the outbox (upstream only).
+    /// From a local client: commands only.
     Local,
 }
 
@@ -40,14 +42,6 @@ impl Side {
         match self {
             Side::Upstream => Origin::Upstream,
             Side::Local => Origin::Local,
-        }
-    }
-
-    /// Where a message passed on from this side goes.
-    pub fn route(self) -> Route {
-        match self {
-            Side::Upstream => Route::LocalOnly,
-            Side::Local => Route::UpstreamOnly,
         }
     }
 }
@@ -70,7 +64,7 @@ pub struct Verdict<'t> {
     /// Our own publish came back; its entry in the echo table is used up.
     pub echo: bool,
     pub command: Option<CommandTopic<'t>>,
-    /// Passed on under this topic (remapped by the first matching rule), see `Side::route`.
+    /// Delivered locally under this topic (remapped by the first matching `[[subscribe]]` rule).
     pub pass_on: Option<String>,
 }
 
@@ -78,18 +72,28 @@ pub struct Verdict<'t> {
 #[derive(Debug, Clone)]
 pub struct Inbound {
     side: Side,
+    /// `[[subscribe]]` rules (upstream link only).
     rules: Vec<BridgeRule>,
     /// Our topic scheme, when commands are taken on this link.
     commands: Option<Topics>,
 }
 
 impl Inbound {
-    /// `rules`: the `[[subscribe]]` (upstream) or `[[forward]]` (local) rules; `commands`: our
-    /// topics when this link takes commands.
-    pub fn new(side: Side, rules: Vec<BridgeRule>, commands: Option<Topics>) -> Self {
+    /// The uplink's: `rules` are the `[[subscribe]]` rules; `commands`: our topics when this
+    /// link takes commands.
+    pub fn upstream(rules: Vec<BridgeRule>, commands: Option<Topics>) -> Self {
         Inbound {
-            side,
+            side: Side::Upstream,
             rules,
+            commands,
+        }
+    }
+
+    /// The embedded broker's in-process link: commands from local clients, nothing passed on.
+    pub fn local(commands: Option<Topics>) -> Self {
+        Inbound {
+            side: Side::Local,
+            rules: Vec::new(),
             commands,
         }
     }
@@ -127,10 +131,7 @@ impl Inbound {
             .rules
             .iter()
             .find(|r| topic::matches(&r.filter, topic))
-            .map(|r| match self.side {
-                Side::Upstream => r.to_local(topic),
-                Side::Local => r.to_remote(topic),
-            });
+            .map(|r| r.to_local(topic));
         Verdict {
             echo,
             command,
@@ -172,7 +173,17 @@ mod tests {
         for c in cases {
             let rules = c.rules.iter().map(|(f, m)| rule(f, *m)).collect();
             let topics = c.commands.then(|| Topics::new("fb", "gw1"));
-            let inbound = Inbound::new(c.side, rules, topics);
+            let inbound = match c.side {
+                Upstream => Inbound::upstream(rules, topics),
+                Local => {
+                    assert!(
+                        c.rules.is_empty(),
+                        "{}: the local link has no rules",
+                        c.name
+                    );
+                    Inbound::local(topics)
+                }
+            };
             let mut echoes = Echoes::new(8);
             if let Some((t, p)) = c.recorded {
                 echoes.record(t.as_bytes(), p.as_bytes());
@@ -270,14 +281,9 @@ mod tests {
                 )
             },
             Case {
-                rules: &[("lan/#", Some(("lan", "site/lan")))],
-                want: pass_on("site/lan/t1"),
-                ..case("forward rule: local to remote", Local, false, "lan/t1")
-            },
-            Case {
                 rules: &[("a/#", None), ("a/b", Some(("a", "x")))],
                 want: pass_on("a/b"),
-                ..case("the first matching rule wins", Local, false, "a/b")
+                ..case("the first matching rule wins", Upstream, false, "a/b")
             },
             Case {
                 rules: &[("a/#", None)],
@@ -323,21 +329,11 @@ mod tests {
             },
             Case {
                 rules: &[("a/#", None)],
-                recorded: Some(("a/b", "7")),
-                want: Verdict {
-                    echo: true,
-                    ..Verdict::default()
-                },
-                ..case("local echo: not forwarded again", Local, false, "a/b")
-            },
-            Case {
-                rules: &[("a/#", None)],
                 recorded: Some(("a/b", "8")),
                 want: pass_on("a/b"),
-                ..case("another payload is not ours", Local, false, "a/b")
+                ..case("another payload is not ours", Upstream, false, "a/b")
             },
             Case {
-                rules: &[("fb/#", None)],
                 recorded: Some((CMD, "7")),
                 want: Verdict {
                     echo: true,

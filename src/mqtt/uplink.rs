@@ -35,9 +35,9 @@ use tokio::sync::mpsc;
 use crate::backoff::reconnect_delay;
 use crate::config::spec::topic::topic_name_problem;
 use crate::config::{BridgeRule, Tls, Upstream};
-use crate::flow::{excerpt, Command, Message, Routed};
+use crate::flow::{excerpt, Command, Message, Route, Routed};
 use crate::mqtt::echo::Echoes;
-use crate::mqtt::inbound::{CommandTopic, Inbound, Side};
+use crate::mqtt::inbound::{CommandTopic, Inbound};
 use crate::mqtt::plan::SendPlan;
 use crate::mqtt::strikes::Strikes;
 use crate::mqtt::topics::{self, Topics};
@@ -183,7 +183,7 @@ impl Uplink {
         Ok(Uplink {
             cfg,
             transport,
-            inbound: Inbound::new(Side::Upstream, subscribe.clone(), None),
+            inbound: Inbound::upstream(subscribe.clone(), None),
             topics,
             outbox,
             stats: Arc::new(UplinkCounters::default()),
@@ -198,11 +198,7 @@ impl Uplink {
     /// Subscribes to this gateway's command topics and hands every command to `tx`.
     pub fn with_commands(mut self, tx: mpsc::Sender<Command>) -> Self {
         self.commands = Some(tx);
-        self.inbound = Inbound::new(
-            Side::Upstream,
-            self.subscribe.clone(),
-            Some(self.topics.clone()),
-        );
+        self.inbound = Inbound::upstream(self.subscribe.clone(), Some(self.topics.clone()));
         self
     }
 
@@ -272,7 +268,8 @@ impl Uplink {
                 payload: p.payload.to_vec(),
                 retain: p.retain,
             },
-            route: self.inbound.side().route(),
+            // Already in the upstream broker: delivered locally only.
+            route: Route::LocalOnly,
         };
         if self.downlink.send(routed).await.is_err() {
             tracing::debug!(topic = %p.topic, "pipeline stopped; upstream message not delivered locally");
