@@ -19,6 +19,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
     TlsConfiguration, Transport,
@@ -465,32 +466,23 @@ impl Uplink {
                     plan.stop(std::time::Instant::now(), grace);
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
-                e = ev.poll() => match e {
-                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                        if let Err(m) = inflight.on_outgoing_publish(pkid) {
-                            return End::Failed(LinkError::InFlight(m));
+                e = ev.poll() => {
+                    if let Err(end) = self.on_event(e, &mut inflight, strikes, &mut acks).await {
+                        return end;
+                    }
+                    // What rumqttc can hand over without waiting (one read brings a run of
+                    // PUBACKs; queued publishes go out one per poll): handled before the next
+                    // ack flush and fetch, so a busy link pays for those once per run, not
+                    // once per message.
+                    for _ in 0..EVENT_RUN {
+                        let Some(e) = ev.poll().now_or_never() else {
+                            break;
+                        };
+                        if let Err(end) = self.on_event(e, &mut inflight, strikes, &mut acks).await {
+                            return end;
                         }
                     }
-                    Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => {
-                        if let Err(m) = inflight.on_await_ack(pkid) {
-                            return End::Failed(LinkError::InFlight(m));
-                        }
-                    }
-                    Ok(Event::Incoming(Incoming::PubAck(a))) => match inflight.on_puback(a.pkid) {
-                        Ok(Tag::Row(id)) => {
-                            strikes.acked(id);
-                            acks.push(id)
-                        }
-                        Ok(Tag::Control) => {}
-                        Err(m) => tracing::warn!(pkid = a.pkid, "unexpected PUBACK: {m:?}"),
-                    },
-                    Ok(Event::Incoming(Incoming::Publish(p))) => self.receive(&p).await,
-                    Ok(_) => {}
-                    Err(e) => {
-                        self.flush_acks(&mut acks).await;
-                        return End::Lost(describe(e, LinkError::Lost), inflight.sent_rows());
-                    }
-                },
+                }
                 r = latest.changed(), if wait.newer_rows => {
                     if r.is_err() {
                         plan.latest_closed();
@@ -519,6 +511,42 @@ impl Uplink {
         )
         .await;
         End::Stopped
+    }
+
+    /// Handles one event of rumqttc's loop; `Err` ends the session.
+    async fn on_event(
+        &self,
+        e: Result<Event, ConnectionError>,
+        inflight: &mut InFlight,
+        strikes: &mut Strikes,
+        acks: &mut Vec<i64>,
+    ) -> Result<(), End> {
+        match e {
+            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => inflight
+                .on_outgoing_publish(pkid)
+                .map_err(|m| End::Failed(LinkError::InFlight(m)))?,
+            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => inflight
+                .on_await_ack(pkid)
+                .map_err(|m| End::Failed(LinkError::InFlight(m)))?,
+            Ok(Event::Incoming(Incoming::PubAck(a))) => match inflight.on_puback(a.pkid) {
+                Ok(Tag::Row(id)) => {
+                    strikes.acked(id);
+                    acks.push(id)
+                }
+                Ok(Tag::Control) => {}
+                Err(m) => tracing::warn!(pkid = a.pkid, "unexpected PUBACK: {m:?}"),
+            },
+            Ok(Event::Incoming(Incoming::Publish(p))) => self.receive(&p).await,
+            Ok(_) => {}
+            Err(e) => {
+                self.flush_acks(acks).await;
+                return Err(End::Lost(
+                    describe(e, LinkError::Lost),
+                    inflight.sent_rows(),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Publishes `offline` (retained) and disconnects cleanly. A clean DISCONNECT suppresses the
@@ -633,6 +661,9 @@ impl Uplink {
         self.stats.acked.fetch_add(n, Ordering::Relaxed);
     }
 }
+
+/// Events handled at most per wake-up of the session loop, beyond the one it woke for.
+const EVENT_RUN: usize = 256;
 
 /// The largest packet we send or take upstream.
 const MAX_PACKET: usize = 1024 * 1024;
