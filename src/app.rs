@@ -5,7 +5,8 @@
 //! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers.
 //! Stop: pollers first (no new readings) → pipeline drains and commits everything queued →
 //! uplink gets `shutdown_timeout` for in-flight publishes, publishes `offline`, disconnects →
-//! the outbox commits the last acks and checkpoints its WAL (`Outbox::close`).
+//! the outbox commits the last acks and checkpoints its WAL (`Outbox::close`). The whole stop has
+//! a hard deadline (`ops::shutdown`), so a hung loop cannot hold it up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use crate::mqtt::topics::{self, Topics};
 use crate::mqtt::uplink::{self, Uplink, UplinkError};
 use crate::ops::health::Health;
 use crate::ops::stats::{Board, BrokerCounters, Reporter, SerialCounters, Sources};
-use crate::ops::watchdog;
+use crate::ops::{shutdown, watchdog};
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{self, Pipeline};
 use crate::poller;
@@ -57,9 +58,15 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<(), AppError> {
     let started = tokio::time::Instant::now();
-    let health = Health::new();
+    let health = Health::with_pace(watchdog::pace());
     let topics = Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id);
-    let outbox = Outbox::open(&cfg.gateway.data_dir, &cfg.outbox).await?;
+    let writer_beat = health.register("outbox writer", health.pace().soon);
+    let outbox = Outbox::open_watched(
+        &cfg.gateway.data_dir,
+        &cfg.outbox,
+        Some(Box::new(writer_beat)),
+    )
+    .await?;
     tracing::info!(path = %outbox.path().display(), "outbox open");
 
     let (routed_tx, routed_rx) = mpsc::channel(256);
@@ -237,6 +244,11 @@ pub async fn run(
 
     stop.cancelled().await;
     tracing::info!("shutting down");
+    // Disarmed when this function returns; see `ops::shutdown`.
+    let _deadline = shutdown::Deadline::arm(
+        cfg.gateway.shutdown_timeout + shutdown::MARGIN,
+        health.clone(),
+    );
     poll_stop.cancel();
     stats_stop.cancel();
     while pollers.join_next().await.is_some() {}

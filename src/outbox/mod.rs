@@ -50,7 +50,7 @@ use db::{connect, highest_id, init_schema, is_corruption, raise_sequence};
 use mark::{Mark, MarkFile};
 use writer::{RunClock, WriteCmd, Writer};
 
-pub use writer::Stats;
+pub use writer::{Liveness, Stats};
 
 /// A stored message with its row id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +228,15 @@ impl Outbox {
     /// reported and counted; a corrupt database is moved aside, its readable rows are salvaged
     /// into a new one.
     pub async fn open(dir: &Path, settings: &OutboxSettings) -> Result<Outbox, OutboxError> {
+        Outbox::open_watched(dir, settings, None).await
+    }
+
+    /// Like [`Outbox::open`], with the writer task reporting its liveness to `beat`.
+    pub async fn open_watched(
+        dir: &Path,
+        settings: &OutboxSettings,
+        beat: Option<Box<dyn Liveness>>,
+    ) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(dir).map_err(|source| OutboxError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -347,6 +356,7 @@ impl Outbox {
             evictions: evictions.clone(),
             mark_file,
             mark,
+            beat,
         };
         tokio::spawn(w.run(rx));
         Ok(Outbox {

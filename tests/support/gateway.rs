@@ -346,8 +346,13 @@ impl Gateway {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.terminate_within(Duration::from_secs(20))
+    }
+
+    /// SIGTERM, then wait for the exit; panics with the log if it takes longer than `deadline`.
+    pub fn terminate_within(&mut self, deadline: Duration) -> ExitStatus {
         self.proc.signal(Signal::SIGTERM);
-        self.proc.wait_exit(Duration::from_secs(20))
+        self.proc.wait_exit(deadline)
     }
 }
 
