@@ -730,6 +730,37 @@ mod tests {
         assert_eq!(ob.stats().dropped.load(Ordering::Relaxed), 1);
     }
 
+    /// A watch that asks the writer to come round every 100 ms and never hangs.
+    struct FastTick;
+
+    impl Liveness for FastTick {
+        fn busy(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+            Box::pin(async {})
+        }
+        fn waiting(&self, _limit: Duration) {}
+        fn tick(&self) -> Duration {
+            Duration::from_millis(100)
+        }
+    }
+
+    // Real time: with a paused clock, the test's waits would run ahead of SQLite's own thread.
+    #[tokio::test]
+    async fn a_watched_writer_that_comes_round_often_still_applies_the_age_limit_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = settings(100, 1 << 20);
+        st.max_age = Some(Duration::from_millis(300));
+        let ob = Outbox::open_watched(dir.path(), &st, Some(Box::new(FastTick)))
+            .await
+            .unwrap();
+        ob.append(vec![msg(0)]).await.unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while ob.stats().dropped.load(Ordering::Relaxed) == 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(ob.stats().dropped.load(Ordering::Relaxed), 1);
+        assert!(topics(&ob).await.is_empty());
+    }
+
     #[tokio::test]
     async fn wall_clock_timestamps_neither_order_nor_age_rows() {
         // Rows written before NTP synced carry 1970 wall-clock times; after the sync new rows

@@ -200,13 +200,16 @@ impl Writer {
         // The last commit that was fsynced (synchronous=FULL); starts as "long ago".
         let mut last_sync: Option<Instant> = None;
         let mut g = Group::default();
+        let mut age_due: Option<Instant> = None;
         loop {
             let due = match (g.append_due, g.ack_due) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            // Kept across tick wake-ups (below), which would otherwise postpone it for ever.
             let due = due.or_else(|| {
-                (self.settings.max_age.is_some() && g.is_empty()).then(|| Instant::now() + AGE_TICK)
+                (self.settings.max_age.is_some() && g.is_empty())
+                    .then(|| *age_due.get_or_insert_with(|| Instant::now() + AGE_TICK))
             });
             // A watched writer comes round at least every tick, so a hang shows within `soon`
             // even while nothing is due.
@@ -226,6 +229,7 @@ impl Writer {
             if next.is_none() && due.is_none_or(|d| d > Instant::now()) {
                 continue;
             }
+            age_due = None;
             if let Some(b) = &self.beat {
                 b.busy().await;
             }
