@@ -43,6 +43,8 @@ pub enum AppError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    #[error(transparent)]
+    Abandoned(#[from] shutdown::Abandoned),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -89,8 +91,9 @@ pub async fn run(
             };
             let base = format!("{}/{}", cfg.gateway.topic_prefix, cfg.gateway.id);
             let local_commands = writable.then(|| (topics.clone(), command_tx.clone()));
+            let link_beat = health.register("broker link", Duration::from_secs(10));
             let broker = tokio::task::spawn_blocking(move || {
-                LocalBroker::start(&b, &base, forward, local_commands)
+                LocalBroker::start(&b, &base, forward, local_commands, link_beat)
             })
             .await
             .map_err(|e| AppError::Internal(e.to_string()))??;
@@ -245,7 +248,7 @@ pub async fn run(
     stop.cancelled().await;
     tracing::info!("shutting down");
     // Disarmed when this function returns; see `ops::shutdown`.
-    let _deadline = shutdown::Deadline::arm(
+    let deadline = shutdown::Deadline::arm(
         cfg.gateway.shutdown_timeout + shutdown::MARGIN,
         health.clone(),
     );
@@ -290,5 +293,6 @@ pub async fn run(
         dropped = s.dropped.load(Ordering::Relaxed),
         "stopped"
     );
+    deadline.finish()?;
     Ok(())
 }

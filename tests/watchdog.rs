@@ -1,6 +1,7 @@
 //! The systemd watchdog catches every hang, and a shutdown always finishes, even with a hung
 //! loop. The gateway runs under a test `NOTIFY_SOCKET` with `WATCHDOG_USEC` = 4 s, polling a
 //! pymodbus simulator, reading an SDS011 sensor on a socat pty and sending to mosquitto. Each loop
+//! (poller, serial task, pipeline, outbox writer, uplink, the embedded broker's link thread)
 //! in turn is hung for good with the `FIELDBRIDGE_DEBUG_HANG_FILE` hook; the pings must stop
 //! within half the watchdog interval of the hang, `STATUS=` must name the loop, and SIGTERM must
 //! end the process within `shutdown_timeout` plus a few seconds, non-zero, with the abandoned
@@ -212,6 +213,12 @@ fn a_hung_outbox_writer_stops_the_pings_within_half_the_watchdog_interval_and_si
 #[test]
 fn a_hung_uplink_stops_the_pings_within_half_the_watchdog_interval_and_sigterm_still_ends_it() {
     hang_stops_the_pings_and_the_stop_still_finishes("uplink");
+}
+
+#[test]
+fn a_hung_broker_link_stops_the_pings_within_half_the_watchdog_interval_and_sigterm_still_ends_it()
+{
+    hang_stops_the_pings_and_the_stop_still_finishes("broker link");
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! Liveness of the gateway's long-running loops.
 //!
 //! Every watched loop (each device poller or serial task, the pipeline, the outbox writer, the
-//! uplink) holds a `Beat`. On each turn it promises when it will beat next:
+//! uplink, the embedded broker's link thread) holds a `Beat`. On each turn it promises when it will beat next:
 //! - `busy()`: it has work in hand and beats again within the registry's `Pace::soon`;
 //! - `promise(within)`: it sleeps until a time of its own choosing (the next poll, a reconnect
 //!   delay) and beats again within `within`, which the caller computes as that sleep plus `soon`;
@@ -20,7 +20,8 @@
 //! call site. Device reachability is not tracked here (see `ops::stats::Board`).
 //!
 //! Test hook: when `FIELDBRIDGE_DEBUG_HANG_FILE` names a file and that file contains a loop's
-//! name on a line of its own (`poller:plc`, `pipeline`, `outbox writer`, `uplink`), that loop
+//! name on a line of its own (`poller:plc`, `pipeline`, `outbox writer`, `uplink`,
+//! `broker link`), that loop
 //! hangs for good at its next `busy()` or `promise()`: the moment it has work in hand or has
 //! just promised a beat, which is when a real hang hurts. It exists so tests can show that a
 //! really hung loop stops the watchdog and cannot hold up shutdown. It costs one branch per beat
@@ -270,14 +271,32 @@ impl Beat {
             .store(due_after(self.start, within), Ordering::Relaxed);
     }
 
+    /// `busy()` for a loop on a thread of its own (the broker link): it blocks instead of
+    /// awaiting when the test hook hangs it.
+    pub fn busy_blocking(&self) {
+        self.set(self.pace.soon);
+        if self.hang_asked() {
+            loop {
+                std::thread::park();
+            }
+        }
+    }
+
     async fn hang_if_asked(&self) {
+        if self.hang_asked() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Whether the test hook asks this loop to hang now (logged once when it does).
+    fn hang_asked(&self) -> bool {
         let Some(path) = &self.hang_file else {
-            return;
+            return false;
         };
         let now = ms_since(self.start);
         let last = self.hook_checked_ms.load(Ordering::Relaxed);
         if last != 0 && now.saturating_sub(last) < HOOK_EVERY.as_millis() as u64 {
-            return;
+            return false;
         }
         self.hook_checked_ms.store(now.max(1), Ordering::Relaxed);
         let asked = std::fs::read_to_string(path)
@@ -285,8 +304,8 @@ impl Beat {
             .unwrap_or(false);
         if asked {
             tracing::warn!(event = "debug_hang", loop_name = %self.state.name, "loop hangs on purpose ({HANG_FILE_ENV})");
-            std::future::pending::<()>().await;
         }
+        asked
     }
 }
 

@@ -31,12 +31,21 @@ pub const ABANDONED_EXIT: i32 = 1;
 /// An armed deadline; dropping it (the stop sequence ended, one way or another) disarms it.
 pub struct Deadline {
     _done: mpsc::Sender<()>,
+    health: Health,
+}
+
+/// The stop finished, but a loop it does not wait for (the broker link thread) was hung.
+#[derive(Debug, thiserror::Error)]
+#[error("shutdown abandoned hung loops: {}", loops.join(", "))]
+pub struct Abandoned {
+    pub loops: Vec<String>,
 }
 
 impl Deadline {
     /// Starts the deadline: unless dropped within `after`, the process exits as described above.
     pub fn arm(after: Duration, health: Health) -> Deadline {
         let (done, rx) = mpsc::channel::<()>();
+        let watched = health.clone();
         let spawned = std::thread::Builder::new()
             .name("shutdown-deadline".into())
             .spawn(move || {
@@ -47,7 +56,32 @@ impl Deadline {
         if let Err(e) = spawned {
             tracing::warn!(error = %e, "cannot start the shutdown deadline; a hung loop could hold up the stop");
         }
-        Deadline { _done: done }
+        Deadline {
+            _done: done,
+            health: watched,
+        }
+    }
+
+    /// The stop sequence is over: disarms the deadline. Every loop it stopped has ended; one
+    /// still past its promise is hung where the sequence does not wait (the broker link thread),
+    /// and is reported like an abandoned one, so a hang never ends in a clean exit.
+    pub fn finish(self) -> Result<(), Abandoned> {
+        let loops: Vec<String> = self
+            .health
+            .stalled(Duration::ZERO)
+            .into_iter()
+            .map(|s| s.name)
+            .collect();
+        if loops.is_empty() {
+            return Ok(());
+        }
+        tracing::error!(
+            event = "shutdown_abandoned",
+            loops = %loops.join(", "),
+            stalled = %loops.join(", "),
+            "shutdown finished but these loops were hung and are abandoned"
+        );
+        Err(Abandoned { loops })
     }
 }
 

@@ -259,7 +259,10 @@ impl Writer {
                             .await;
                     }
                     if let Some(tx) = step.close {
-                        let _ = tx.send(self.close().await);
+                        let closed = self.close().await;
+                        // Ended before the caller hears so: the stop then sees no live beat.
+                        self.beat = None;
+                        let _ = tx.send(closed);
                         break;
                     }
                 }
