@@ -12,7 +12,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use support::gateway::{Gateway, GatewayConfig, SimDevice};
+use support::gateway::{stored_ids, Gateway, GatewayConfig, SimDevice};
 use support::modbus::ModbusSim;
 use support::mosquitto::Mosquitto;
 use support::mqtt::burst;
@@ -163,6 +163,11 @@ fn hang_stops_the_pings_and_the_stop_still_finishes(loop_name: &str) -> Duration
         &notices[before..]
     );
 
+    // With the uplink hung nothing is acknowledged, so no row may leave the outbox: every
+    // message committed before the abandoned stop must still be there after it.
+    let data = rig.gw.dir.join("data");
+    let committed = (loop_name == "uplink").then(|| stored_ids(&data));
+
     let term = Instant::now();
     let status = rig.gw.terminate_within(STOP_LIMIT);
     eprintln!("{loop_name}: SIGTERM to exit {:?}", term.elapsed());
@@ -179,6 +184,16 @@ fn hang_stops_the_pings_and_the_stop_still_finishes(loop_name: &str) -> Duration
         abandoned.contains("ERROR") && abandoned.contains(loop_name),
         "{abandoned}"
     );
+    if let Some(committed) = committed {
+        let kept = stored_ids(&data);
+        assert!(!committed.is_empty(), "the hung uplink left nothing queued");
+        let lost: Vec<&String> = committed.difference(&kept).collect();
+        assert!(
+            lost.is_empty(),
+            "committed rows lost by the abandoned stop: {lost:?}"
+        );
+        eprintln!("{loop_name}: {} committed rows kept", committed.len());
+    }
     let later = rig.notify.notices();
     assert!(
         later[at..].iter().all(|n| !n.is_ping()),
