@@ -5,7 +5,8 @@
 //! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers.
 //! Stop: pollers first (no new readings) → pipeline drains and commits everything queued →
 //! uplink gets `shutdown_timeout` for in-flight publishes, publishes `offline`, disconnects →
-//! the outbox commits the last acks and checkpoints its WAL (`Outbox::close`).
+//! the outbox commits the last acks and checkpoints its WAL (`Outbox::close`). The whole stop has
+//! a hard deadline (`ops::shutdown`), so a hung loop cannot hold it up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -28,7 +29,7 @@ use crate::mqtt::topics::{self, Topics};
 use crate::mqtt::uplink::{self, Uplink, UplinkError};
 use crate::ops::health::Health;
 use crate::ops::stats::{Board, BrokerCounters, Reporter, SerialCounters, Sources};
-use crate::ops::watchdog;
+use crate::ops::{shutdown, watchdog};
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{self, Pipeline};
 use crate::poller;
@@ -42,6 +43,8 @@ pub enum AppError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    #[error(transparent)]
+    Abandoned(#[from] shutdown::Abandoned),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -57,9 +60,15 @@ pub async fn run(
     on_ready: impl FnOnce(),
 ) -> Result<(), AppError> {
     let started = tokio::time::Instant::now();
-    let health = Health::new();
+    let health = Health::with_pace(watchdog::pace());
     let topics = Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id);
-    let outbox = Outbox::open(&cfg.gateway.data_dir, &cfg.outbox).await?;
+    let writer_beat = health.register("outbox writer", health.pace().soon);
+    let outbox = Outbox::open_watched(
+        &cfg.gateway.data_dir,
+        &cfg.outbox,
+        Some(Box::new(writer_beat)),
+    )
+    .await?;
     tracing::info!(path = %outbox.path().display(), "outbox open");
 
     let (routed_tx, routed_rx) = mpsc::channel(256);
@@ -82,8 +91,9 @@ pub async fn run(
             };
             let base = format!("{}/{}", cfg.gateway.topic_prefix, cfg.gateway.id);
             let local_commands = writable.then(|| (topics.clone(), command_tx.clone()));
+            let link_beat = health.register("broker link", Duration::from_secs(10));
             let broker = tokio::task::spawn_blocking(move || {
-                LocalBroker::start(&b, &base, forward, local_commands)
+                LocalBroker::start(&b, &base, forward, local_commands, link_beat)
             })
             .await
             .map_err(|e| AppError::Internal(e.to_string()))??;
@@ -237,6 +247,11 @@ pub async fn run(
 
     stop.cancelled().await;
     tracing::info!("shutting down");
+    // Disarmed when this function returns; see `ops::shutdown`.
+    let deadline = shutdown::Deadline::arm(
+        cfg.gateway.shutdown_timeout + shutdown::MARGIN,
+        health.clone(),
+    );
     poll_stop.cancel();
     stats_stop.cancel();
     while pollers.join_next().await.is_some() {}
@@ -278,5 +293,6 @@ pub async fn run(
         dropped = s.dropped.load(Ordering::Relaxed),
         "stopped"
     );
+    deadline.finish()?;
     Ok(())
 }

@@ -116,9 +116,9 @@ pub fn to_messages(
 }
 
 const MAX_BATCH: usize = 5000;
-/// How long storing and publishing one batch may take before the pipeline counts as hung:
-/// far above any healthy group commit, even on a slow SD card.
-const BATCH_BUDGET: Duration = Duration::from_secs(60);
+/// How long the pipeline may wait for the outbox writer to commit one batch before it counts
+/// as hung too: far above any healthy group commit, even on a slow SD card.
+const APPEND_BUDGET: Duration = Duration::from_secs(60);
 
 /// Splits one batch into what goes to the outbox and what goes to the local broker, keeping
 /// the order within each.
@@ -174,13 +174,13 @@ pub async fn run(
     while !stopping {
         evs.clear();
         routed.clear();
-        beat.idle().await;
+        beat.idle();
         tokio::select! {
             n = events.recv_many(&mut evs, MAX_BATCH), if events_open => events_open = n > 0,
             n = other.recv_many(&mut routed, MAX_BATCH), if other_open => other_open = n > 0,
             _ = stop.cancelled() => stopping = true,
         }
-        beat.progress(BATCH_BUDGET).await;
+        beat.busy().await;
         // Take whatever else is already queued on either side into the same group commit.
         while let Ok(e) = events.try_recv() {
             evs.push(e);
@@ -199,7 +199,7 @@ pub async fn run(
             to_messages(&evs, &topics, &ids, &mut report),
             std::mem::take(&mut routed),
         );
-        deliver(&outbox, local.as_mut(), up, down).await;
+        deliver(&outbox, local.as_mut(), up, down, &beat).await;
     }
     local
 }
@@ -209,12 +209,17 @@ async fn deliver(
     local: Option<&mut LocalBroker>,
     up: Vec<Message>,
     down: Vec<Message>,
+    beat: &Beat,
 ) {
+    // The group commit is the outbox writer's work, and the writer is watched itself: a hung
+    // writer is named as such, not as the pipeline waiting for it.
+    beat.waiting(APPEND_BUDGET);
     // The outbox counts and logs a failed write as a drop; local subscribers still get the
     // messages.
     if let Err(e) = outbox.append(up).await {
         tracing::debug!(error = %e, "published locally only");
     }
+    beat.busy().await;
     if let Some(b) = local {
         for m in &down {
             if let Err(e) = b.publish(&m.topic, &m.payload, m.retain).await {

@@ -32,7 +32,8 @@ pub async fn run<D: Driver>(
     let mut failures: u32 = 0;
     let mut next = Instant::now();
     loop {
-        beat.progress(next.saturating_duration_since(Instant::now()) + driver.max_poll_time())
+        // Asleep until the next poll: the promise covers the sleep.
+        beat.promise(next.saturating_duration_since(Instant::now()) + beat.soon())
             .await;
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -40,6 +41,8 @@ pub async fn run<D: Driver>(
         }
         let due = next;
         let started = Instant::now();
+        // The poll waits on the line's owner task, every exchange under its own timeout.
+        beat.waiting(driver.max_poll_time());
         let result = tokio::select! {
             _ = stop.cancelled() => break,
             r = driver.poll() => r,
@@ -72,6 +75,7 @@ pub async fn run<D: Driver>(
                 }
             }
         };
+        beat.busy().await;
         for ev in events {
             if tx.send(ev).await.is_err() {
                 return;

@@ -9,9 +9,9 @@ mod support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
-use support::gateway::{Gateway, GatewayConfig, SimDevice};
+use support::gateway::{stored_ids, Gateway, GatewayConfig, SimDevice};
 use support::modbus::ModbusSim;
 use support::mosquitto::Mosquitto;
 use support::mqtt::MqttWatcher;
@@ -21,27 +21,6 @@ use support::wait_until;
 /// Rows queued before the crash: a realistic backlog, several WAL checkpoints' worth.
 const BACKLOG: i64 = 20_000;
 const DEVICES: usize = 8;
-
-/// The message ids of every row in the outbox (read-only, as another process would).
-fn stored_ids(data: &Path) -> BTreeSet<String> {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        use sqlx::Connection;
-        let url = format!("sqlite://{}?mode=ro", data.join("outbox.db").display());
-        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT payload FROM outbox")
-            .fetch_all(&mut c)
-            .await
-            .unwrap();
-        rows.iter()
-            .filter_map(|(p,)| serde_json::from_slice::<serde_json::Value>(p).ok())
-            .filter_map(|v| v["id"].as_str().map(str::to_owned))
-            .collect()
-    })
-}
 
 /// Rows in the outbox, read as another process would (read-only).
 fn rows(data: &Path) -> i64 {

@@ -1,17 +1,17 @@
 //! The gateway as a systemd service, without systemd: the sd_notify protocol (READY, STATUS,
-//! WATCHDOG) read from a test `NOTIFY_SOCKET`, journal entries read from a test listener on the
+//! WATCHDOG) read from a test `NOTIFY_SOCKET` (hung loops: `tests/watchdog.rs`), journal entries read from a test listener on the
 //! journal socket path inside a private mount namespace, and `fieldbridge status` against a
 //! running daemon. Devices are pymodbus simulators; the upstream is mosquitto.
 
 mod support;
 
 use std::net::TcpStream;
-use std::os::unix::net::UnixDatagram;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::gateway::{fieldbridge, GatewayConfig, SimDevice};
 use support::modbus::ModbusSim;
 use support::mosquitto::Mosquitto;
+use support::notify::NotifyListener;
 use support::process::text;
 use support::{free_port, wait_until};
 
@@ -26,139 +26,42 @@ fn status(cfg: &std::path::Path) -> std::process::Output {
     ])
 }
 
-/// Receives sd_notify datagrams until `f` accepts one or `deadline` passes.
-fn recv_until(
-    sock: &UnixDatagram,
-    log: &mut Vec<String>,
-    deadline: Duration,
-    mut f: impl FnMut(&str) -> bool,
-) -> Option<String> {
-    let end = Instant::now() + deadline;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let left = end.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        sock.set_read_timeout(Some(left)).unwrap();
-        let Ok(n) = sock.recv(&mut buf) else {
-            return None;
-        };
-        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
-        log.push(msg.clone());
-        if f(&msg) {
-            return Some(msg);
-        }
-    }
-}
-
 #[test]
-fn ready_follows_the_listening_broker_and_the_watchdog_stops_when_a_poll_loop_hangs() {
+fn ready_follows_the_listening_broker_and_the_outbox_and_a_healthy_gateway_keeps_pinging() {
     let dir = tempfile::tempdir().unwrap();
     let sim = ModbusSim::start(1);
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let hang_file = dir.path().join("hang");
+    let notify = NotifyListener::bind(dir.path());
     let spec = GatewayConfig::standard()
         .with(SimDevice::new(sim.addr().port()))
-        .env("NOTIFY_SOCKET", &sock_path)
+        .env("NOTIFY_SOCKET", notify.path())
         .env("WATCHDOG_USEC", "1000000")
-        .env("FIELDBRIDGE_DEBUG_HANG_FILE", &hang_file)
         .env("RUST_LOG", "info");
-    let _gw = spec.spawn(dir.path());
-    let mut seen = Vec::new();
+    let gw = spec.spawn(dir.path());
 
-    let ready = recv_until(&sock, &mut seen, Duration::from_secs(30), |m| {
-        m.lines().any(|l| l == "READY=1")
+    notify.wait(Duration::from_secs(30), "READY=1", |n| {
+        n.has_line("READY=1")
     });
-    assert!(ready.is_some(), "no READY=1; got {seen:?}");
     // READY means the broker already accepts clients and the outbox database exists.
     assert!(
         TcpStream::connect(("127.0.0.1", spec.broker_port)).is_ok(),
         "broker not listening at READY"
     );
     assert!(dir.path().join("data").read_dir().unwrap().next().is_some());
-
-    let online = recv_until(&sock, &mut seen, Duration::from_secs(20), |m| {
-        m.contains("STATUS=1/1 devices online")
-    });
-    assert!(
-        online.is_some(),
-        "no STATUS with the device online; got {seen:?}"
+    notify.wait(
+        Duration::from_secs(20),
+        "STATUS with the device online",
+        |n| {
+            n.status()
+                .is_some_and(|s| s.starts_with("1/1 devices online"))
+        },
     );
-    for i in 0..3 {
-        let w = recv_until(&sock, &mut seen, Duration::from_secs(5), |m| {
-            m.lines().any(|l| l == "WATCHDOG=1")
-        });
-        assert!(
-            w.is_some(),
-            "healthy gateway stopped pinging at ping {i}: {seen:?}"
-        );
-    }
-
-    std::fs::write(&hang_file, "poller:dev\n").unwrap();
-    let withheld = recv_until(&sock, &mut seen, Duration::from_secs(30), |m| {
-        m.contains("no progress in poller:dev (watchdog withheld)")
-    });
-    assert!(withheld.is_some(), "hung poller never reported: {seen:?}");
-    // The watchdog interval is 1 s and healthy pings come every 0.5 s: three intervals of
-    // silence is what systemd would punish with a restart.
-    let ping = recv_until(&sock, &mut seen, Duration::from_secs(3), |m| {
-        m.lines().any(|l| l == "WATCHDOG=1")
-    });
     assert!(
-        ping.is_none(),
-        "watchdog still pinged with a hung poll loop"
+        notify.more_pings(3, Duration::from_secs(5), || {}),
+        "a healthy gateway stopped pinging: {:?}\n{}",
+        notify.notices(),
+        gw.log()
     );
-    drop(sim);
-}
-
-#[test]
-fn the_watchdog_also_stops_when_a_serial_device_loop_hangs_even_with_a_silent_sensor() {
-    let dir = tempfile::tempdir().unwrap();
-    // A sensor that sends nothing: the loop must still come round and promise its next beat.
-    let pty = support::serial::PtyPair::start();
-    let sock_path = dir.path().join("notify.sock");
-    let sock = UnixDatagram::bind(&sock_path).unwrap();
-    let hang_file = dir.path().join("hang");
-    let _gw = GatewayConfig::minimal()
-        .with(format!(
-            "[[devices]]\nname = \"air\"\nkind = \"serial_line\"\npath = \"{}\"\ndriver = \"sds011\"\n",
-            pty.device().display()
-        ))
-        .env("NOTIFY_SOCKET", &sock_path)
-        .env("WATCHDOG_USEC", "1000000")
-        .env("FIELDBRIDGE_DEBUG_HANG_FILE", &hang_file)
-        .env("RUST_LOG", "info")
-        .spawn(dir.path());
-    let mut seen = Vec::new();
-    let ready = recv_until(&sock, &mut seen, Duration::from_secs(30), |m| {
-        m.lines().any(|l| l == "READY=1")
-    });
-    assert!(ready.is_some(), "no READY=1; got {seen:?}");
-    // Healthy for longer than the silent sensor's timeout (5 s): silence is not a hang.
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(7) {
-        let w = recv_until(&sock, &mut seen, Duration::from_secs(5), |m| {
-            m.lines().any(|l| l == "WATCHDOG=1")
-        });
-        assert!(w.is_some(), "healthy gateway stopped pinging: {seen:?}");
-    }
-    std::fs::write(&hang_file, "poller:air\n").unwrap();
-    let withheld = recv_until(&sock, &mut seen, Duration::from_secs(60), |m| {
-        m.contains("no progress in poller:air (watchdog withheld)")
-    });
-    assert!(
-        withheld.is_some(),
-        "hung serial loop never reported: {seen:?}"
-    );
-    let ping = recv_until(&sock, &mut seen, Duration::from_secs(3), |m| {
-        m.lines().any(|l| l == "WATCHDOG=1")
-    });
-    assert!(
-        ping.is_none(),
-        "watchdog still pinged with a hung serial loop"
-    );
+    drop((gw, sim));
 }
 
 #[test]

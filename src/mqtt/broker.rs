@@ -40,6 +40,7 @@ use crate::guard::{self, BackendLogin, Forwarder, GuardError};
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound};
 use crate::mqtt::topics::Topics;
+use crate::ops::health::Beat;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -129,11 +130,13 @@ impl LocalBroker {
     /// a tokio runtime is current (e.g. from `spawn_blocking`): the guard runs on it.
     /// With `commands`, local clients' `<device>/<point>/set` publishes (which the guard lets
     /// through only for users with `commands = true`) go to the command runner too.
+    /// `beat` watches the link thread (see below).
     pub fn start(
         cfg: &BrokerConfig,
         base: &str,
         forward: Option<Forwarder>,
         commands: Option<(Topics, mpsc::Sender<Command>)>,
+        beat: Beat,
     ) -> Result<LocalBroker, BrokerError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|e| BrokerError::NoRuntime {
             reason: e.to_string(),
@@ -181,11 +184,17 @@ impl LocalBroker {
                 source,
             })?;
         // The router parks a link it has nothing for (`Unschedule`); it must be woken or our
-        // publishes stall. Forwarded publishes of local clients arrive here too.
+        // publishes stall. Forwarded publishes of local clients arrive here too. The thread
+        // comes round every tick to beat, so a hang in it stops the watchdog too.
         std::thread::Builder::new()
             .name("mqtt-link".into())
             .spawn(move || loop {
-                match rx.recv() {
+                beat.busy_blocking();
+                let deadline = std::time::Instant::now() + beat.tick();
+                match rx.recv_deadline(deadline) {
+                    // Nothing within the tick. A closed channel fails at once instead.
+                    Err(rumqttd::local::LinkError::RecvTimeout(_))
+                        if std::time::Instant::now() >= deadline => {}
                     Ok(Some(Notification::Unschedule)) => {
                         if rx.ready().is_err() {
                             break;

@@ -337,7 +337,7 @@ impl Uplink {
                 rand::random::<f64>(),
             );
             tracing::debug!(retry_in = ?delay, "upstream reconnect scheduled");
-            self.beat.progress(delay + connect_budget(&self.cfg)).await;
+            self.beat.promise(delay + self.beat.soon()).await;
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = sleep(delay) => {}
@@ -386,7 +386,7 @@ impl Uplink {
         net.set_connection_timeout(self.cfg.connect_timeout.as_secs().max(1));
         ev.set_network_options(net);
 
-        self.beat.progress(connect_budget(&self.cfg)).await;
+        self.beat.waiting(connect_budget(&self.cfg));
         tokio::select! {
             _ = stop.cancelled() => return End::Stopped,
             r = self.connect(&mut ev) => if let Err(e) = r { return End::Failed(e) },
@@ -423,10 +423,9 @@ impl Uplink {
         );
         let mut acks: Vec<i64> = Vec::new();
         loop {
-            // While connected, rumqttc's poll returns at least once per keep-alive (the ping).
-            self.beat
-                .progress(self.cfg.keep_alive * 2 + connect_budget(&self.cfg))
-                .await;
+            // The loop comes round at least every tick (the select below), so it can promise
+            // its next beat soon even while nothing happens.
+            self.beat.busy().await;
             let newest = *latest.borrow_and_update();
             loop {
                 // While probing for a refused row (see `strikes`), one row in flight at a time.
@@ -489,6 +488,7 @@ impl Uplink {
                     }
                 }
                 _ = sleep(wait.replay_token.unwrap_or_default()), if wait.replay_token.is_some() => {}
+                _ = sleep(self.beat.tick()) => {}
             }
             self.flush_acks(&mut acks).await;
             if plan.finished(inflight.rows()) {

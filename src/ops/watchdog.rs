@@ -1,7 +1,8 @@
-//! What the service manager is told: `READY=1` once the gateway runs, `WATCHDOG=1` at half the
-//! watchdog interval only while no loop has broken its progress promise (`ops::health`), and a
-//! `STATUS=` line (devices online, outbox depth, upstream) whenever it changes. All of it is a
-//! no-op when systemd did not start us (`NOTIFY_SOCKET` unset).
+//! What the service manager is told: `READY=1` once the gateway runs, `WATCHDOG=1` every
+//! `Pace::tick` (an eighth of the watchdog interval) only while no loop is past its promise
+//! (`ops::health`), and a `STATUS=` line (devices online, outbox depth, upstream; first the
+//! stalled loops, if any) whenever it changes. All of it is a no-op when systemd did not start us
+//! (`NOTIFY_SOCKET` unset).
 
 use std::time::Duration;
 
@@ -9,45 +10,66 @@ use sd_notify::NotifyState;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::stats::{status_line, Sources};
+use crate::ops::health::{Pace, Stall};
+use crate::ops::stats::{status_line, Sources, Stats};
 
-/// How often the supervisor looks at the loops when systemd asked for no watchdog.
-const DEFAULT_TICK: Duration = Duration::from_secs(5);
+/// The pace of this process's loops: from `WATCHDOG_USEC` when systemd asked for a watchdog.
+pub fn pace() -> Pace {
+    Pace::for_watchdog(sd_notify::watchdog_enabled())
+}
 
-/// Tells systemd the gateway is ready, then watches the loops until `stop` is cancelled:
-/// `WATCHDOG=1` at half the watchdog interval while every loop keeps its promise, and `STATUS=`
-/// updates.
+/// `STALLED: pipeline (no beat for 3.1 s), uplink (no beat for 1.2 s)`.
+pub fn stall_line(stalls: &[Stall]) -> String {
+    let names: Vec<String> = stalls
+        .iter()
+        .map(|s| format!("{} (no beat for {:.1} s)", s.name, s.silent.as_secs_f64()))
+        .collect();
+    format!("STALLED: {}", names.join(", "))
+}
+
+/// Tells systemd the gateway is ready, then watches the loops until `stop` is cancelled.
 pub async fn supervise(sources: Sources, stop: CancellationToken) {
     let watchdog = sd_notify::watchdog_enabled();
-    // A loop is declared stuck once it is a whole watchdog interval past its promise: its
-    // promise already covers its slowest legitimate turn, so this is margin, not tuning.
-    let slack = watchdog.unwrap_or(Duration::from_secs(30));
-    let tick = watchdog.map(|w| w / 2).unwrap_or(DEFAULT_TICK);
+    let health = sources.health.clone();
+    let tick = health.pace().tick();
 
-    let first = sources.collect(slack).await;
+    let mut stats = snapshot(&sources, tick).await;
     let _ = sd_notify::notify(&[
         NotifyState::Ready,
-        NotifyState::Status(&status_line(&first)),
+        NotifyState::Status(&stats.as_ref().map(status_line).unwrap_or_default()),
     ]);
-    let mut reported_stall = false;
+    let mut reported: Vec<String> = Vec::new();
     let mut last_status = String::new();
     let mut next = Instant::now();
     loop {
-        let s = sources.collect(slack).await;
-        if s.stalled.is_empty() {
+        // The verdict comes from the beats alone, before anything that could wait (the stats
+        // read the outbox): a watchdog that waits on a hung loop would ping late, not never.
+        let stalls = health.stalled(Duration::ZERO);
+        if stalls.is_empty() {
             if watchdog.is_some() {
                 let _ = sd_notify::notify(&[NotifyState::Watchdog]);
             }
-            reported_stall = false;
-        } else if !reported_stall {
-            reported_stall = true;
-            tracing::error!(
-                event = "watchdog_withheld",
-                stalled = %s.stalled.join(","),
-                "loops made no progress; not confirming liveness to the watchdog"
-            );
+            reported.clear();
+        } else {
+            let names: Vec<String> = stalls.iter().map(|s| s.name.clone()).collect();
+            if names != reported {
+                tracing::error!(
+                    event = "watchdog_withheld",
+                    stalled = %names.join(","),
+                    "{}; not confirming liveness to the watchdog",
+                    stall_line(&stalls)
+                );
+                reported = names;
+            }
         }
-        let line = status_line(&s);
+        if let Some(s) = snapshot(&sources, tick).await {
+            stats = Some(s);
+        }
+        let line = match (&stats, stalls.is_empty()) {
+            (Some(s), true) => status_line(s),
+            (Some(s), false) => format!("{}; {}", stall_line(&stalls), status_line(s)),
+            (None, _) => stall_line(&stalls),
+        };
         if line != last_status {
             let _ = sd_notify::notify(&[NotifyState::Status(&line)]);
             last_status = line;
@@ -62,4 +84,44 @@ pub async fn supervise(sources: Sources, stop: CancellationToken) {
         }
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
+}
+
+/// The stats without their own stall list (the watchdog names stalls itself, at zero slack),
+/// or `None` if reading them took longer than `wait`.
+async fn snapshot(sources: &Sources, wait: Duration) -> Option<Stats> {
+    let mut s = tokio::time::timeout(wait, sources.collect(Duration::MAX))
+        .await
+        .ok()?;
+    s.stalled.clear();
+    Some(s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_stall_line_names_each_stalled_loop_and_how_long_it_has_been_silent() {
+        let table = [
+            (
+                vec![("pipeline", 3100)],
+                "STALLED: pipeline (no beat for 3.1 s)",
+            ),
+            (
+                vec![("outbox writer", 1260), ("poller:plc", 40)],
+                "STALLED: outbox writer (no beat for 1.3 s), poller:plc (no beat for 0.0 s)",
+            ),
+        ];
+        for (stalls, want) in table {
+            let stalls: Vec<Stall> = stalls
+                .into_iter()
+                .map(|(n, ms)| Stall {
+                    name: n.into(),
+                    overdue: Duration::ZERO,
+                    silent: Duration::from_millis(ms),
+                })
+                .collect();
+            assert_eq!(stall_line(&stalls), want);
+        }
+    }
 }

@@ -50,7 +50,7 @@ use db::{connect, highest_id, init_schema, is_corruption, raise_sequence};
 use mark::{Mark, MarkFile};
 use writer::{RunClock, WriteCmd, Writer};
 
-pub use writer::Stats;
+pub use writer::{Liveness, Stats};
 
 /// A stored message with its row id.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -228,6 +228,15 @@ impl Outbox {
     /// reported and counted; a corrupt database is moved aside, its readable rows are salvaged
     /// into a new one.
     pub async fn open(dir: &Path, settings: &OutboxSettings) -> Result<Outbox, OutboxError> {
+        Outbox::open_watched(dir, settings, None).await
+    }
+
+    /// Like [`Outbox::open`], with the writer task reporting its liveness to `beat`.
+    pub async fn open_watched(
+        dir: &Path,
+        settings: &OutboxSettings,
+        beat: Option<Box<dyn Liveness>>,
+    ) -> Result<Outbox, OutboxError> {
         std::fs::create_dir_all(dir).map_err(|source| OutboxError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -347,6 +356,7 @@ impl Outbox {
             evictions: evictions.clone(),
             mark_file,
             mark,
+            beat,
         };
         tokio::spawn(w.run(rx));
         Ok(Outbox {
@@ -718,6 +728,37 @@ mod tests {
         ob.append(vec![msg(2)]).await.unwrap();
         assert_eq!(topics(&ob).await, vec!["t/1", "t/2"]);
         assert_eq!(ob.stats().dropped.load(Ordering::Relaxed), 1);
+    }
+
+    /// A watch that asks the writer to come round every 100 ms and never hangs.
+    struct FastTick;
+
+    impl Liveness for FastTick {
+        fn busy(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+            Box::pin(async {})
+        }
+        fn waiting(&self, _limit: Duration) {}
+        fn tick(&self) -> Duration {
+            Duration::from_millis(100)
+        }
+    }
+
+    // Real time: with a paused clock, the test's waits would run ahead of SQLite's own thread.
+    #[tokio::test]
+    async fn a_watched_writer_that_comes_round_often_still_applies_the_age_limit_when_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut st = settings(100, 1 << 20);
+        st.max_age = Some(Duration::from_millis(300));
+        let ob = Outbox::open_watched(dir.path(), &st, Some(Box::new(FastTick)))
+            .await
+            .unwrap();
+        ob.append(vec![msg(0)]).await.unwrap();
+        let end = Instant::now() + Duration::from_secs(10);
+        while ob.stats().dropped.load(Ordering::Relaxed) == 0 && Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(ob.stats().dropped.load(Ordering::Relaxed), 1);
+        assert!(topics(&ob).await.is_empty());
     }
 
     #[tokio::test]

@@ -16,7 +16,9 @@
 //! After every commit the high-water mark (`mark.rs`) is recorded; `close` checkpoints the WAL
 //! into the main file (`wal_checkpoint(TRUNCATE)`) and marks the outbox clean.
 
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +32,18 @@ use super::mark::{Mark, MarkFile};
 use super::sql::{chunk_sizes, coalesce, insert_sql, MAX_CHUNK};
 use crate::config::{OutboxSettings, Overflow};
 use crate::flow::Message;
+
+/// How the writer task reports that it is alive (`ops::health::Beat` implements it; the outbox
+/// does not know who watches it). The futures may never complete: a test hook hangs the loop
+/// there.
+pub trait Liveness: Send + Sync {
+    /// The writer has work in hand and beats again within `soon()`.
+    fn busy(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// The writer waits, for at most `limit`, for a command or its own commit deadline.
+    fn waiting(&self, limit: Duration);
+    /// How often the writer comes round while it has nothing to do.
+    fn tick(&self) -> Duration;
+}
 
 /// Counters, readable from any task.
 #[derive(Debug, Default)]
@@ -129,6 +143,8 @@ pub struct Writer {
     /// `None` if the side file could not be opened (logged at open; loss detection is off).
     pub mark_file: Option<MarkFile>,
     pub mark: Mark,
+    /// Liveness for the systemd watchdog (`None` in tools and unit tests).
+    pub beat: Option<Box<dyn Liveness>>,
 }
 
 /// What one command asks of the loop.
@@ -184,18 +200,39 @@ impl Writer {
         // The last commit that was fsynced (synchronous=FULL); starts as "long ago".
         let mut last_sync: Option<Instant> = None;
         let mut g = Group::default();
+        let mut age_due: Option<Instant> = None;
         loop {
             let due = match (g.append_due, g.ack_due) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
+            // Kept across tick wake-ups (below), which would otherwise postpone it for ever.
             let due = due.or_else(|| {
-                (self.settings.max_age.is_some() && g.is_empty()).then(|| Instant::now() + AGE_TICK)
+                (self.settings.max_age.is_some() && g.is_empty())
+                    .then(|| *age_due.get_or_insert_with(|| Instant::now() + AGE_TICK))
             });
-            let next = match due {
+            // A watched writer comes round at least every tick, so a hang shows within `soon`
+            // even while nothing is due.
+            let wake = match (due, &self.beat) {
+                (Some(d), Some(b)) => Some(d.min(Instant::now() + b.tick())),
+                (None, Some(b)) => Some(Instant::now() + b.tick()),
+                (d, None) => d,
+            };
+            if let (Some(b), Some(w)) = (&self.beat, wake) {
+                b.waiting(w.saturating_duration_since(Instant::now()));
+            }
+            let next = match wake {
                 Some(d) => tokio::time::timeout_at(d, rx.recv()).await.ok(),
                 None => Some(rx.recv().await),
             };
+            // Woken by the tick with nothing due: only a beat.
+            if next.is_none() && due.is_none_or(|d| d > Instant::now()) {
+                continue;
+            }
+            age_due = None;
+            if let Some(b) = &self.beat {
+                b.busy().await;
+            }
             match next {
                 Some(Some(cmd)) => {
                     let mut step = absorb(&mut g, cmd, self.settings.commit_interval, ack_interval);
@@ -222,7 +259,10 @@ impl Writer {
                             .await;
                     }
                     if let Some(tx) = step.close {
-                        let _ = tx.send(self.close().await);
+                        let closed = self.close().await;
+                        // Ended before the caller hears so: the stop then sees no live beat.
+                        self.beat = None;
+                        let _ = tx.send(closed);
                         break;
                     }
                 }

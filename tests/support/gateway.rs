@@ -1,7 +1,7 @@
 //! The real `fieldbridge` binary: a config builder that renders the TOML a user would write,
 //! a running gateway (spawned, waited for, its log captured, killed on drop), and the CLI.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsString;
 use std::fmt;
 use std::net::TcpStream;
@@ -346,8 +346,13 @@ impl Gateway {
 
     /// SIGTERM, then wait for a clean exit.
     pub fn terminate(&mut self) -> ExitStatus {
+        self.terminate_within(Duration::from_secs(20))
+    }
+
+    /// SIGTERM, then wait for the exit; panics with the log if it takes longer than `deadline`.
+    pub fn terminate_within(&mut self, deadline: Duration) -> ExitStatus {
         self.proc.signal(Signal::SIGTERM);
-        self.proc.wait_exit(Duration::from_secs(20))
+        self.proc.wait_exit(deadline)
     }
 }
 
@@ -513,4 +518,25 @@ pub fn split_id(id: &str) -> (String, u64) {
 /// and its sub-tables).
 pub fn broker_gateway(listen_ip: &'static str, broker: &str) -> Gateway {
     GatewayConfig::broker_only(listen_ip, broker).start_in_temp()
+}
+
+/// The message ids of every row in the outbox (read-only, as another process would).
+pub fn stored_ids(data: &Path) -> BTreeSet<String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        use sqlx::Connection;
+        let url = format!("sqlite://{}?mode=ro", data.join("outbox.db").display());
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        let rows: Vec<(Vec<u8>,)> = sqlx::query_as("SELECT payload FROM outbox")
+            .fetch_all(&mut c)
+            .await
+            .unwrap();
+        rows.iter()
+            .filter_map(|(p,)| serde_json::from_slice::<serde_json::Value>(p).ok())
+            .filter_map(|v| v["id"].as_str().map(str::to_owned))
+            .collect()
+    })
 }

@@ -10,6 +10,8 @@
 //!   watchers and independent MQTT client processes.
 //! - [`modbus`]: the pymodbus simulators (TCP and RTU) and mbpoll.
 //! - [`serial`]: socat pty pairs and sensor frames.
+//! - [`notify`]: a `NOTIFY_SOCKET` listener that records sd_notify messages with their arrival
+//!   time (READY, STATUS, the watchdog pings).
 //! - [`certs`]: throw-away TLS certificates.
 //! - [`fuzz`]: the stable-toolchain fuzz harness (tests/fuzz.rs).
 //!
@@ -24,6 +26,7 @@ pub mod gateway;
 pub mod modbus;
 pub mod mosquitto;
 pub mod mqtt;
+pub mod notify;
 pub mod process;
 pub mod relay;
 pub mod serial;

@@ -34,10 +34,7 @@ use crate::ops::telemetry::LogLimiter;
 pub const REOPEN_MIN: Duration = Duration::from_millis(200);
 /// At most one "rejected input" log line per device in this period.
 pub const LOG_EVERY: Duration = Duration::from_secs(10);
-/// A streaming task comes round at least this often, data or not, so the watchdog can tell a
-/// silent sensor from a hung loop.
-const BEAT_EVERY: Duration = Duration::from_secs(5);
-/// Room for a slow write or a busy machine before a loop counts as hung.
+/// Room for opening the port before the first beat counts as late.
 const BEAT_SLACK: Duration = Duration::from_secs(10);
 
 /// Why a session on an open port ended.
@@ -137,7 +134,7 @@ impl Task {
             if !self.report(change).await {
                 return;
             }
-            self.beat.progress(delay + BEAT_SLACK).await;
+            self.beat.promise(delay + self.beat.soon()).await;
             tokio::select! {
                 _ = self.stop.cancelled() => return,
                 _ = sleep(delay) => {}
@@ -172,13 +169,15 @@ impl Task {
         loop {
             // Once offline, only valid data matters; there is nothing more to time out.
             let watch_silence = !self.status.is_offline();
-            // The loop comes round at least every BEAT_EVERY, even with a silent sensor.
-            self.beat.progress(BEAT_EVERY + BEAT_SLACK).await;
+            // The loop comes round at least every tick, even with a silent sensor, so the
+            // watchdog can tell a silent sensor from a hung loop.
+            self.beat.waiting(self.beat.tick());
             tokio::select! {
                 _ = self.stop.cancelled() => return End::Stopped,
-                _ = sleep(BEAT_EVERY) => {}
+                _ = sleep(self.beat.tick()) => {}
                 r = port.read(&mut buf) => match r {
                     Ok(n) => {
+                        self.beat.busy().await;
                         let readings = self.ingest(&buf[..n]);
                         if let Some(readings) = readings {
                             deadline = Instant::now() + timeout;
@@ -215,14 +214,14 @@ impl Task {
         loop {
             // Waiting for the next poll, then at most one timeout for the answer.
             let wait = next.saturating_duration_since(Instant::now());
-            self.beat
-                .progress(wait + self.dev.timeout + BEAT_SLACK)
-                .await;
+            self.beat.promise(wait + self.beat.soon()).await;
             tokio::select! {
                 _ = self.stop.cancelled() => return End::Stopped,
                 _ = sleep_until(next) => {}
             }
             let started = Instant::now();
+            // Writing the request and waiting for the answer take at most one timeout.
+            self.beat.waiting(self.dev.timeout);
             // A late answer to the previous request must not be taken for this one.
             port.discard_input();
             self.framer.reset();
@@ -244,6 +243,7 @@ impl Task {
                     _ = sleep_until(deadline) => break None,
                 }
             };
+            self.beat.busy().await;
             match answer {
                 Some(readings) => {
                     failures = 0;
