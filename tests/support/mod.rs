@@ -9,6 +9,8 @@
 //! - [`mosquitto`], [`relay`], [`mqtt`]: the upstream broker, a TCP relay that cuts links, MQTT
 //!   watchers and independent MQTT client processes.
 //! - [`modbus`]: the pymodbus simulators (TCP and RTU) and mbpoll.
+//! - [`homeassistant`]: retained discovery configs as Home Assistant reads them, and value
+//!   templates rendered with Jinja2.
 //! - [`serial`]: socat pty pairs and sensor frames.
 //! - [`certs`]: throw-away TLS certificates.
 //! - [`fuzz`]: the stable-toolchain fuzz harness (tests/fuzz.rs).
@@ -21,6 +23,7 @@
 pub mod certs;
 pub mod fuzz;
 pub mod gateway;
+pub mod homeassistant;
 pub mod modbus;
 pub mod mosquitto;
 pub mod mqtt;

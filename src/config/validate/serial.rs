@@ -606,6 +606,11 @@ fn point(
         ],
         "a Modbus key, not used by a serial_line point",
     );
+    c.not_used(
+        &p,
+        &[("homeassistant", pt.homeassistant.is_some())],
+        "Home Assistant discovery covers Modbus devices only; remove it",
+    );
     let field_type = c.parsed(
         p.key("type"),
         &pt.data_type,
