@@ -245,7 +245,7 @@ fn discovery_is_published_again_when_home_assistant_announces_itself_on_either_b
 }
 
 #[test]
-fn a_point_or_device_that_leaves_the_config_is_removed_from_home_assistant_after_a_restart() {
+fn a_point_or_device_that_leaves_the_config_or_discovery_switched_off_is_removed_after_a_restart() {
     let mosq = Mosquitto::start();
     let sim = ModbusSim::start(1);
     let dir = tempfile::tempdir().unwrap();
@@ -255,13 +255,31 @@ fn a_point_or_device_that_leaves_the_config_is_removed_from_home_assistant_after
     drop(gw);
 
     let live = MqttWatcher::connect(mosq.port, CONFIGS);
-    let _gw = config(&sim, &mosq, true).start(dir.path());
+    let mut gw = config(&sim, &mosq, true).start(dir.path());
     let kept = [GATEWAY, ENERGY, NUMBER, SWITCH, ALARM];
     retained_configs(mosq.port, &kept, LONG);
     for gone in [VOLTAGE, PANEL_TEMP] {
-        let m = live.wait_for_sync(|m| m.topic == gone && m.payload.is_empty(), LONG);
-        assert!(m.payload.is_empty(), "{gone} removed with an empty config");
+        live.wait_for_sync(|m| m.topic == gone && m.payload.is_empty(), LONG);
     }
+    assert!(gw.terminate().success());
+    drop(gw);
+
+    // Discovery switched off: everything published before is removed, and nothing is left to
+    // remember.
+    live.clear();
+    let mut off = config(&sim, &mosq, true);
+    off.body = off.body.replace("[homeassistant]\nenabled = true\n", "");
+    let mut gw = off.start(dir.path());
+    for topic in kept {
+        live.wait_for_sync(|m| m.topic == topic && m.payload.is_empty(), LONG);
+    }
+    assert!(gw.terminate().success());
+    assert!(
+        !dir.path()
+            .join("data/homeassistant-discovery.json")
+            .exists(),
+        "the record of published topics is gone"
+    );
 }
 
 #[test]
