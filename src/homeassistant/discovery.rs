@@ -2,7 +2,7 @@
 //! on `<discovery_prefix>/<component>/<node_id>/<object_id>/config` (Home Assistant's
 //! per-entity discovery), and which earlier topics to clear.
 //!
-//! Every configured Modbus device is one Home Assistant device, reached through the gateway
+//! Every configured device (Modbus or serial line) is one Home Assistant device, reached through the gateway
 //! (`via_device`), which is a device of its own with a connectivity entity on the gateway's
 //! status topic. Entities are available only while both the gateway's status (its Last Will
 //! upstream) and the device's status say `online` (`availability_mode = all`). States are read
@@ -15,10 +15,12 @@ use std::collections::BTreeSet;
 
 use serde_json::{json, Map, Value as Json};
 
-use crate::config::spec::homeassistant::{Component, NO_CLASS};
+use crate::config::serial::Protocol;
+use crate::config::spec::homeassistant::{Component, PointHints, NO_CLASS};
 use crate::config::spec::modbus::DataType;
 use crate::config::spec::report::PayloadShape;
-use crate::config::{Config, Device, Point, Transport};
+use crate::config::spec::serial::FieldType;
+use crate::config::{Config, Point, Transport, WriteLimits};
 use crate::flow::Message;
 use crate::homeassistant::units;
 use crate::mqtt::topics::{Topics, OFFLINE, ONLINE};
@@ -31,28 +33,152 @@ pub struct Origin {
     pub discovery_prefix: String,
 }
 
-/// Every discovery config of `cfg`, in config order: the gateway's own entity first.
+/// Every discovery config of `cfg`, in config order: the gateway's own entity first, then the
+/// Modbus devices' points, then the serial devices'.
 pub fn documents(cfg: &Config, topics: &Topics, origin: &Origin) -> Vec<Message> {
     let mut out = vec![gateway_document(topics, origin)];
+    let no_hints = PointHints::default();
     for d in &cfg.devices {
+        let owner = Owner {
+            name: &d.name,
+            payload: d.payload,
+            manufacturer: d.manufacturer.as_deref().unwrap_or("fieldbridge"),
+            model: d.model.clone().unwrap_or_else(|| {
+                match &d.transport {
+                    Transport::Tcp { .. } => "Modbus TCP device",
+                    Transport::Bus(_) => "Modbus RTU device",
+                }
+                .to_string()
+            }),
+        };
         for p in d.points.iter().filter(|p| p.homeassistant.discover) {
-            let component = component_of(p);
-            let node = format!("{}_{}", object_id(&origin.gateway_id), object_id(&d.name));
-            let topic = format!(
-                "{}/{}/{node}/{}/config",
-                origin.discovery_prefix,
-                component.as_str(),
-                object_id(&p.name)
-            );
-            let doc = entity(d, p, component, topics, origin);
-            out.push(Message {
-                topic,
-                payload: doc.to_string().into_bytes(),
-                retain: true,
-            });
+            let kind = match p.data_type {
+                DataType::Bool => Kind::Bool,
+                DataType::String => Kind::Text,
+                t => Kind::Number {
+                    range: t.integer_range(),
+                },
+            };
+            out.push(document(
+                &owner,
+                &Subject {
+                    name: &p.name,
+                    unit: p.unit.as_deref(),
+                    kind,
+                    scale: p.scale,
+                    offset: p.offset,
+                    decimals: p.decimals,
+                    write: p.write,
+                    hints: &p.homeassistant,
+                },
+                topics,
+                origin,
+            ));
+        }
+    }
+    for d in &cfg.serial_devices {
+        let (model, points): (String, Vec<SerialPoint>) = match &d.protocol {
+            Protocol::Sensor(s) => (
+                s.to_string().to_uppercase(),
+                s.points()
+                    .iter()
+                    .map(|(n, u)| (*n, *u, Kind::Number { range: None }, None))
+                    .collect(),
+            ),
+            Protocol::Custom { points, .. } => (
+                "serial line device".to_string(),
+                points
+                    .iter()
+                    .map(|p| {
+                        let kind = match p.field_type {
+                            FieldType::Bool => Kind::Bool,
+                            _ => Kind::Number { range: None },
+                        };
+                        (&*p.name, p.unit.as_deref(), kind, p.decimals)
+                    })
+                    .collect(),
+            ),
+        };
+        let owner = Owner {
+            name: &d.name,
+            payload: d.payload,
+            manufacturer: "fieldbridge",
+            model,
+        };
+        for (name, unit, kind, decimals) in points {
+            out.push(document(
+                &owner,
+                &Subject {
+                    name,
+                    unit,
+                    kind,
+                    scale: 1.0,
+                    offset: 0.0,
+                    decimals,
+                    write: None,
+                    hints: &no_hints,
+                },
+                topics,
+                origin,
+            ));
         }
     }
     out
+}
+
+/// A serial point: name, unit, kind, decimals.
+type SerialPoint<'a> = (&'a str, Option<&'a str>, Kind, Option<u8>);
+
+/// The device a point belongs to, as discovery needs it.
+struct Owner<'a> {
+    name: &'a str,
+    payload: PayloadShape,
+    manufacturer: &'a str,
+    model: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Kind {
+    Bool,
+    Text,
+    /// `range`: the raw range of an integer type; `None` for floats.
+    Number {
+        range: Option<(f64, f64)>,
+    },
+}
+
+/// One point, Modbus or serial, as discovery needs it.
+struct Subject<'a> {
+    name: &'a str,
+    unit: Option<&'a str>,
+    kind: Kind,
+    scale: f64,
+    offset: f64,
+    decimals: Option<u8>,
+    /// `Some` when it takes commands.
+    write: Option<WriteLimits>,
+    hints: &'a PointHints,
+}
+
+fn document(owner: &Owner, p: &Subject, topics: &Topics, origin: &Origin) -> Message {
+    let component = component_for(p.kind, p.write.is_some(), p.hints);
+    let node = format!(
+        "{}_{}",
+        object_id(&origin.gateway_id),
+        object_id(owner.name)
+    );
+    let topic = format!(
+        "{}/{}/{node}/{}/config",
+        origin.discovery_prefix,
+        component.as_str(),
+        object_id(p.name)
+    );
+    let doc = entity(owner, p, component, topics, origin);
+    Message {
+        topic,
+        payload: doc.to_string().into_bytes(),
+        retain: true,
+    }
 }
 
 /// Topics published before (`previous`) that the current documents no longer have: each gets
@@ -78,15 +204,24 @@ pub fn removal(topic: &str) -> Message {
 /// The platform a point becomes: its hint, else a writable bool is a switch, a read-only one a
 /// binary sensor, a writable number a number, anything else a sensor.
 pub fn component_of(p: &Point) -> Component {
-    if let Some(c) = p.homeassistant.component {
+    let kind = match p.data_type {
+        DataType::Bool => Kind::Bool,
+        DataType::String => Kind::Text,
+        _ => Kind::Number { range: None },
+    };
+    component_for(kind, p.write.is_some(), &p.homeassistant)
+}
+
+fn component_for(kind: Kind, writable: bool, hints: &PointHints) -> Component {
+    if let Some(c) = hints.component {
         return c;
     }
-    match (p.data_type, p.write.is_some()) {
-        (DataType::Bool, true) => Component::Switch,
-        (DataType::Bool, false) => Component::BinarySensor,
-        (DataType::String, _) => Component::Sensor,
-        (_, true) => Component::Number,
-        (_, false) => Component::Sensor,
+    match (kind, writable) {
+        (Kind::Bool, true) => Component::Switch,
+        (Kind::Bool, false) => Component::BinarySensor,
+        (Kind::Text, _) => Component::Sensor,
+        (Kind::Number { .. }, true) => Component::Number,
+        (Kind::Number { .. }, false) => Component::Sensor,
     }
 }
 
@@ -150,13 +285,13 @@ fn gateway_document(topics: &Topics, origin: &Origin) -> Message {
     }
 }
 
-fn entity(d: &Device, p: &Point, component: Component, topics: &Topics, origin: &Origin) -> Json {
+fn entity(d: &Owner, p: &Subject, component: Component, topics: &Topics, origin: &Origin) -> Json {
     let gw = gateway_identifier(&origin.gateway_id);
-    let hints = &p.homeassistant;
+    let hints = p.hints;
     let mut doc = Map::new();
     doc.insert(
         "name".into(),
-        json!(hints.name.as_deref().unwrap_or(&p.name)),
+        json!(hints.name.as_deref().unwrap_or(p.name)),
     );
     doc.insert(
         "unique_id".into(),
@@ -170,12 +305,12 @@ fn entity(d: &Device, p: &Point, component: Component, topics: &Topics, origin: 
         "availability".into(),
         json!([
             {"topic": topics.gateway_status(), "payload_available": ONLINE, "payload_not_available": OFFLINE},
-            {"topic": topics.device_status(&d.name), "payload_available": ONLINE, "payload_not_available": OFFLINE},
+            {"topic": topics.device_status(d.name), "payload_available": ONLINE, "payload_not_available": OFFLINE},
         ]),
     );
     doc.insert("availability_mode".into(), json!("all"));
-    let numeric = !matches!(p.data_type, DataType::Bool | DataType::String);
-    let implied = numeric.then(|| units::implied(p.unit.as_deref(), &p.name));
+    let numeric = matches!(p.kind, Kind::Number { .. });
+    let implied = numeric.then(|| units::implied(p.unit, p.name));
     let device_class = match hints.device_class.as_deref() {
         Some(NO_CLASS) => None,
         Some(dc) => Some(dc),
@@ -187,12 +322,10 @@ fn entity(d: &Device, p: &Point, component: Component, topics: &Topics, origin: 
     if let Some(dc) = device_class {
         doc.insert("device_class".into(), json!(dc));
     }
-    let unit = hints.unit_of_measurement.as_deref().or_else(|| {
-        implied
-            .and_then(|i| i.unit)
-            .or(p.unit.as_deref())
-            .filter(|_| numeric)
-    });
+    let unit = hints
+        .unit_of_measurement
+        .as_deref()
+        .or_else(|| implied.and_then(|i| i.unit).or(p.unit).filter(|_| numeric));
     match component {
         Component::Sensor => {
             let state_class = match hints.state_class.as_deref() {
@@ -217,7 +350,7 @@ fn entity(d: &Device, p: &Point, component: Component, topics: &Topics, origin: 
         Component::Switch => {
             doc.insert(
                 "command_topic".into(),
-                json!(format!("{}/set", topics.reading(&d.name, &p.name))),
+                json!(format!("{}/set", topics.reading(d.name, p.name))),
             );
             doc.insert("payload_on".into(), json!("true"));
             doc.insert("payload_off".into(), json!("false"));
@@ -228,7 +361,7 @@ fn entity(d: &Device, p: &Point, component: Component, topics: &Topics, origin: 
         Component::Number => {
             doc.insert(
                 "command_topic".into(),
-                json!(format!("{}/set", topics.reading(&d.name, &p.name))),
+                json!(format!("{}/set", topics.reading(d.name, p.name))),
             );
             let (min, max, step) = number_range(p);
             doc.insert("min".into(), json!(min));
@@ -250,14 +383,14 @@ const STATE_ON: &str = "ON";
 const STATE_OFF: &str = "OFF";
 
 /// The topic a point's value arrives on and the template that takes it out of the payload.
-fn state(d: &Device, p: &Point, component: Component, topics: &Topics) -> (String, String) {
+fn state(d: &Owner, p: &Subject, component: Component, topics: &Topics) -> (String, String) {
     // A JSON string is also a valid Jinja string literal (same escapes for what a topic level
     // can hold).
     let quoted = Json::String(p.name.to_string()).to_string();
     let (topic, value) = match d.payload {
-        PayloadShape::Point => (topics.reading(&d.name, &p.name), "value_json.value".into()),
+        PayloadShape::Point => (topics.reading(d.name, p.name), "value_json.value".into()),
         PayloadShape::Device => (
-            topics.device(&d.name),
+            topics.device(d.name),
             format!("value_json.points[{quoted}].value"),
         ),
     };
@@ -281,24 +414,28 @@ fn state(d: &Device, p: &Point, component: Component, topics: &Topics) -> (Strin
 
 /// `min`, `max` and `step` of a number: the point's write range, else what its type can hold
 /// after scale and offset; the step is one raw count (or the published decimals of a float).
-fn number_range(p: &Point) -> (f64, f64, f64) {
+fn number_range(p: &Subject) -> (f64, f64, f64) {
     // Home Assistant's number refuses a step below 0.001; float ranges are bounded so the
     // frontend shows them.
     const BOUND: f64 = 1e15;
-    let (lo, hi) = match p.data_type.integer_range() {
+    let integer = match p.kind {
+        Kind::Number { range } => range,
+        _ => None,
+    };
+    let (lo, hi) = match integer {
         Some((lo, hi)) => {
             let (a, b) = (lo * p.scale + p.offset, hi * p.scale + p.offset);
             (a.min(b), a.max(b))
         }
         None => (-BOUND, BOUND),
     };
-    let limits = p.write.unwrap_or(crate::config::WriteLimits {
+    let limits = p.write.unwrap_or(WriteLimits {
         min: None,
         max: None,
     });
     let min = limits.min.unwrap_or(lo).max(-BOUND);
     let max = limits.max.unwrap_or(hi).min(BOUND);
-    let step = match (p.data_type.integer_range(), p.decimals) {
+    let step = match (integer, p.decimals) {
         (Some(_), _) => p.scale.abs(),
         (None, Some(places)) => 10f64.powi(-i32::from(places)),
         (None, None) => 0.001,
@@ -306,24 +443,14 @@ fn number_range(p: &Point) -> (f64, f64, f64) {
     (min, max, step.max(0.001))
 }
 
-fn device_block(d: &Device, gw: &str) -> Json {
-    let mut dev = Map::new();
-    dev.insert("identifiers".into(), json!([format!("{gw}/{}", d.name)]));
-    dev.insert("name".into(), json!(d.name.as_ref()));
-    dev.insert("via_device".into(), json!(gw));
-    dev.insert(
-        "manufacturer".into(),
-        json!(d.manufacturer.as_deref().unwrap_or("fieldbridge")),
-    );
-    let model = d.model.clone().unwrap_or_else(|| {
-        match &d.transport {
-            Transport::Tcp { .. } => "Modbus TCP device",
-            Transport::Bus(_) => "Modbus RTU device",
-        }
-        .to_string()
-    });
-    dev.insert("model".into(), json!(model));
-    Json::Object(dev)
+fn device_block(d: &Owner, gw: &str) -> Json {
+    json!({
+        "identifiers": [format!("{gw}/{}", d.name)],
+        "name": d.name,
+        "via_device": gw,
+        "manufacturer": d.manufacturer,
+        "model": d.model,
+    })
 }
 
 #[cfg(test)]
@@ -535,6 +662,36 @@ homeassistant = { discover = false }
             .find(|(t, _)| t.ends_with("/power_factor_l1/config"))
             .expect("power factor discovered");
         assert_eq!(pf.1["device_class"], "power_factor");
+    }
+
+    #[test]
+    fn a_serial_sensor_is_a_device_whose_points_are_sensors_classed_by_unit_and_name() {
+        let src = "[gateway]\nid = \"gw1\"\n[homeassistant]\nenabled = true\n\
+                   [[devices]]\nname = \"dust\"\nkind = \"serial_line\"\npath = \"/dev/ttyUSB0\"\ndriver = \"sds011\"\n";
+        let all = docs(src);
+        let got: Vec<(&str, &Json, &Json)> = all
+            .iter()
+            .skip(1)
+            .map(|(t, d)| (t.as_str(), &d["device_class"], &d["unit_of_measurement"]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "homeassistant/sensor/gw1_dust/pm2_5/config",
+                    &json!("pm25"),
+                    &json!("μg/m³")
+                ),
+                (
+                    "homeassistant/sensor/gw1_dust/pm10/config",
+                    &json!("pm10"),
+                    &json!("μg/m³")
+                ),
+            ]
+        );
+        assert_eq!(all[1].1["device"]["model"], "SDS011");
+        assert_eq!(all[1].1["device"]["via_device"], "fieldbridge/gw1");
+        assert_eq!(all[1].1["state_topic"], "fb/gw1/dust/pm2_5");
     }
 
     #[test]

@@ -609,7 +609,7 @@ fn point(
     c.not_used(
         &p,
         &[("homeassistant", pt.homeassistant.is_some())],
-        "Home Assistant discovery covers Modbus devices only; remove it",
+        "a serial_line point takes no Home Assistant hints (it is discovered by its unit); remove it",
     );
     let field_type = c.parsed(
         p.key("type"),
