@@ -2,9 +2,9 @@
 //! on `<discovery_prefix>/<component>/<node_id>/<object_id>/config` (Home Assistant's
 //! per-entity discovery), and which earlier topics to clear.
 //!
-//! Every configured device (Modbus or serial line) is one Home Assistant device, reached through the gateway
-//! (`via_device`), which is a device of its own with a connectivity entity on the gateway's
-//! status topic. Entities are available only while both the gateway's status (its Last Will
+//! Every configured device (Modbus or serial line) is one Home Assistant device, reached
+//! through the gateway (`via_device`), which is a device of its own with a connectivity entity
+//! on the gateway's status topic. Entities are available only while both the gateway's status (its Last Will
 //! upstream) and the device's status say `online` (`availability_mode = all`). States are read
 //! from the topics readings are published on today, in either payload shape: `value_json.value`
 //! for `payload = "point"`, `value_json.points["<point>"].value` for `payload = "device"` (a

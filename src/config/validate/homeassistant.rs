@@ -9,15 +9,24 @@ use crate::config::spec::homeassistant::{Component, PointHints, NO_CLASS, STATE_
 use crate::config::spec::topic::topic_level_problem;
 use crate::config::HomeAssistant;
 
-/// `None` when discovery is off (no section, or `enabled = false`).
+/// `None` when discovery is off (no section, or `enabled = false`). `base` is the gateway's
+/// own `<topic_prefix>/<id>`.
 pub(super) fn section(
     c: &mut Check,
     p: KeyPath,
     raw: Option<&RawHomeAssistant>,
+    base: &str,
 ) -> Option<HomeAssistant> {
     let raw = raw?;
     let prefix = &raw.discovery_prefix;
-    if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
+    if prefix == base || prefix.starts_with(&format!("{base}/")) {
+        // The birth topic would be the gateway's own status topic, which clients cannot
+        // publish on.
+        c.push(
+            p.key("discovery_prefix"),
+            format!("{prefix:?} lies in the gateway's own topics ({base}/…); use e.g. \"homeassistant\""),
+        );
+    } else if prefix.is_empty() || prefix.starts_with('/') || prefix.ends_with('/') {
         c.push(
             p.key("discovery_prefix"),
             format!("{prefix:?} must be non-empty without a leading or trailing '/'"),
@@ -157,5 +166,31 @@ pub(super) fn hints(
         state_class: raw.state_class.clone(),
         unit_of_measurement: raw.unit_of_measurement.clone(),
         name: raw.name.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_discovery_prefix_must_be_a_topic_outside_the_gateways_own() {
+        let cases = [
+            ("homeassistant", true),
+            ("site/ha", true),
+            ("fieldbridge", true),
+            ("fieldbridge/gw", false),
+            ("fieldbridge/gw/ha", false),
+            ("ha/+", false),
+            ("", false),
+            ("ha/", false),
+        ];
+        for (prefix, ok) in cases {
+            let src = format!(
+                "[gateway]\nid = \"gw\"\n[homeassistant]\nenabled = true\ndiscovery_prefix = {prefix:?}\n\
+                 [[devices]]\nname = \"d\"\nkind = \"modbus_tcp\"\nhost = \"h\"\n\
+                 [[devices.points]]\nname = \"p\"\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\n"
+            );
+            let got = crate::config::parse_str(&src);
+            assert_eq!(got.is_ok(), ok, "{prefix:?}: {:?}", got.err());
+        }
     }
 }

@@ -153,6 +153,7 @@ pub fn validate(raw: &RawConfig, profiles: &Profiles) -> Result<Config, Vec<Issu
         &mut c,
         root.key("homeassistant"),
         raw.homeassistant.as_ref(),
+        &format!("{}/{}", gateway.topic_prefix, gateway.id),
     );
 
     if c.issues.is_empty() {
