@@ -283,6 +283,20 @@ fn a_point_or_device_that_leaves_the_config_or_discovery_switched_off_is_removed
 }
 
 #[test]
+fn a_gateway_killed_after_publishing_still_clears_what_left_the_config_at_the_next_start() {
+    let mosq = Mosquitto::start();
+    let sim = ModbusSim::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = config(&sim, &mosq, false).start(dir.path());
+    retained_configs(mosq.port, &ALL, LONG);
+    // No clean stop: the record of published topics is the one written at start.
+    gw.kill9();
+    drop(gw);
+    let _gw = config(&sim, &mosq, true).start(dir.path());
+    retained_configs(mosq.port, &[GATEWAY, ENERGY, NUMBER, SWITCH, ALARM], LONG);
+}
+
+#[test]
 fn a_number_and_a_switch_command_on_their_discovered_topics_reach_the_simulator() {
     let mosq = Mosquitto::start();
     let sim = ModbusSim::start(1);
