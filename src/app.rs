@@ -24,6 +24,8 @@ use crate::device::modbus::lines;
 use crate::device::serial;
 use crate::device::Driver;
 use crate::guard::Forwarder;
+use crate::homeassistant::{self, discovery, Discovery};
+use crate::mqtt::birth::BirthWatch;
 use crate::mqtt::broker::{BrokerError, LocalBroker};
 use crate::mqtt::topics::{self, Topics};
 use crate::mqtt::uplink::{self, Uplink, UplinkError};
@@ -79,6 +81,15 @@ pub async fn run(
         .any(|d| d.points.iter().any(|p| p.write.is_some()));
     let (command_tx, command_rx) = mpsc::channel(64);
     let broker_counters = cfg.broker.as_ref().map(|_| broker_counters);
+    // Home Assistant's birth message, from either broker, asks for discovery again.
+    let (birth, births) = match &cfg.homeassistant {
+        Some(ha) => {
+            let (tx, rx) = mpsc::channel(1);
+            let topic = format!("{}/status", ha.discovery_prefix);
+            (Some(BirthWatch { topic, tx }), Some(rx))
+        }
+        None => (None, None),
+    };
     let mut local = match cfg.broker.clone() {
         Some(b) => {
             let forward = match (&broker_counters, cfg.forward.is_empty()) {
@@ -92,8 +103,9 @@ pub async fn run(
             let base = format!("{}/{}", cfg.gateway.topic_prefix, cfg.gateway.id);
             let local_commands = writable.then(|| (topics.clone(), command_tx.clone()));
             let link_beat = health.register("broker link", Duration::from_secs(10));
+            let local_birth = birth.clone();
             let broker = tokio::task::spawn_blocking(move || {
-                LocalBroker::start(&b, &base, forward, local_commands, link_beat)
+                LocalBroker::start(&b, &base, forward, local_commands, local_birth, link_beat)
             })
             .await
             .map_err(|e| AppError::Internal(e.to_string()))??;
@@ -118,6 +130,10 @@ pub async fn run(
                 routed_tx.clone(),
                 beat,
             )?;
+            let u = match birth {
+                Some(b) => u.with_birth(b),
+                None => u,
+            };
             // Only a gateway with writable points listens for commands.
             Some(if writable {
                 u.with_commands(command_tx)
@@ -179,6 +195,27 @@ pub async fn run(
         tx: routed_tx.clone(),
     };
     let stats_task = tokio::spawn(reporter.run(stats_stop.clone()));
+    let discovery_docs = match &cfg.homeassistant {
+        Some(ha) => discovery::documents(
+            &cfg,
+            &topics,
+            &discovery::Origin {
+                gateway_id: cfg.gateway.id.clone(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                discovery_prefix: ha.discovery_prefix.clone(),
+            },
+        ),
+        None => Vec::new(),
+    };
+    let discovery_task =
+        homeassistant::has_work(&cfg.gateway.data_dir, &discovery_docs).then(|| {
+            let d = Discovery {
+                documents: discovery_docs.clone(),
+                data_dir: cfg.gateway.data_dir.clone(),
+                tx: routed_tx.clone(),
+            };
+            tokio::spawn(d.run(births, stats_stop.clone()))
+        });
     let uplink_stop = CancellationToken::new();
     let uplink_task =
         uplink.map(|u| tokio::spawn(u.run(uplink_stop.clone(), cfg.gateway.shutdown_timeout)));
@@ -272,10 +309,20 @@ pub async fn run(
     lines_stop.cancel();
     while lines.tasks.join_next().await.is_some() {}
     let _ = stats_task.await;
+    let discovery_task_ran = discovery_task.is_some();
+    if let Some(t) = discovery_task {
+        let _ = t.await;
+    }
     let _ = watchdog_task.await;
     pipe_stop.cancel();
     let local = pipe.await.map_err(|e| AppError::Internal(e.to_string()))?;
     outbox.flush().await?;
+    if discovery_task_ran {
+        // Everything published is committed now: the record narrows to what is current.
+        if let Err(e) = homeassistant::settle(&cfg.gateway.data_dir, &discovery_docs) {
+            tracing::error!(event = "discovery_state_failed", error = %e, "cannot record the published Home Assistant discovery topics");
+        }
+    }
     uplink_stop.cancel();
     if let Some(t) = uplink_task {
         let _ = t.await;

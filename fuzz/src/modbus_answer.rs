@@ -140,6 +140,7 @@ fn command(payload: &[u8], ty: DataType, order: WordOrder, a: u8, b: u8) {
         write: Some(limits),
         decimals: None,
         report: Default::default(),
+        homeassistant: Default::default(),
     };
     let multiple = a & 0x20 != 0;
     let Ok(ex) = prepare(&p, &input, multiple) else {

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::config::serial;
 use crate::config::spec::access::Access;
+use crate::config::spec::homeassistant::PointHints;
 use crate::config::spec::modbus::{DataType, Table, WordOrder};
 use crate::config::spec::report::{PayloadShape, ReportPolicy};
 use crate::config::spec::topic::remap;
@@ -31,6 +32,15 @@ pub struct Config {
     pub forward: Vec<BridgeRule>,
     /// Upstream topics delivered into the local broker.
     pub subscribe: Vec<BridgeRule>,
+    /// `None` when Home Assistant discovery is off.
+    pub homeassistant: Option<HomeAssistant>,
+}
+
+/// Home Assistant MQTT discovery (`[homeassistant]`, issue 16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HomeAssistant {
+    /// Discovery configs go below it; Home Assistant's birth message is `<prefix>/status`.
+    pub discovery_prefix: String,
 }
 
 /// A topic filter with an optional prefix remap between the local and the upstream side.
@@ -234,6 +244,9 @@ pub struct Device {
     pub force_multiple_write: bool,
     /// The profile the points came from, for `explain` and logs.
     pub profile: Option<String>,
+    /// The profile's `manufacturer` and `model` (Home Assistant's device registry shows them).
+    pub manufacturer: Option<String>,
+    pub model: Option<String>,
     pub points: Vec<Point>,
     /// One message per point or one per poll.
     pub payload: PayloadShape,
@@ -324,6 +337,8 @@ pub struct Point {
     pub write: Option<WriteLimits>,
     /// Which readings are published.
     pub report: ReportPolicy,
+    /// How Home Assistant discovery presents it.
+    pub homeassistant: PointHints,
 }
 
 impl Point {

@@ -23,6 +23,34 @@ pub struct RawConfig {
     pub forward: Vec<RawBridgeRule>,
     #[serde(default)]
     pub subscribe: Vec<RawBridgeRule>,
+    /// Home Assistant MQTT discovery (issue 16); validated in validate/homeassistant.rs.
+    pub homeassistant: Option<RawHomeAssistant>,
+}
+
+/// `[homeassistant]`: MQTT discovery of every device and point.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHomeAssistant {
+    #[serde(default)]
+    pub enabled: bool,
+    #[serde(default = "default_discovery_prefix")]
+    pub discovery_prefix: String,
+}
+
+fn default_discovery_prefix() -> String {
+    "homeassistant".into()
+}
+
+/// `homeassistant = { … }` on a point: overrides of what its type and unit imply.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPointHints {
+    pub discover: Option<bool>,
+    pub component: Option<String>,
+    pub device_class: Option<String>,
+    pub state_class: Option<String>,
+    pub unit_of_measurement: Option<String>,
+    pub name: Option<String>,
 }
 
 /// `[[forward]]` (local → upstream) and `[[subscribe]]` (upstream → local).
@@ -341,6 +369,8 @@ pub struct RawPoint {
     pub deadband_percent: Option<f64>,
     pub min_interval: Option<String>,
     pub max_interval: Option<String>,
+    /// Home Assistant discovery hints; validated in validate/homeassistant.rs.
+    pub homeassistant: Option<RawPointHints>,
 }
 
 fn yes() -> bool {

@@ -37,6 +37,7 @@ use tokio::sync::mpsc;
 use crate::config::Broker as BrokerConfig;
 use crate::flow::Command;
 use crate::guard::{self, BackendLogin, Forwarder, GuardError};
+use crate::mqtt::birth::BirthWatch;
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound};
 use crate::mqtt::topics::Topics;
@@ -129,13 +130,15 @@ impl LocalBroker {
     /// local clients matching its rules are committed to the outbox first. Must be called where
     /// a tokio runtime is current (e.g. from `spawn_blocking`): the guard runs on it.
     /// With `commands`, local clients' `<device>/<point>/set` publishes (which the guard lets
-    /// through only for users with `commands = true`) go to the command runner too.
+    /// through only for users with `commands = true`) go to the command runner too. With
+    /// `birth`, Home Assistant's birth messages from local clients are reported to it.
     /// `beat` watches the link thread (see below).
     pub fn start(
         cfg: &BrokerConfig,
         base: &str,
         forward: Option<Forwarder>,
         commands: Option<(Topics, mpsc::Sender<Command>)>,
+        birth: Option<BirthWatch>,
         beat: Beat,
     ) -> Result<LocalBroker, BrokerError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|e| BrokerError::NoRuntime {
@@ -162,6 +165,10 @@ impl LocalBroker {
         let command_filter = commands.as_ref().map(|(t, _)| t.command_filter());
         if let Some(f) = &command_filter {
             tx.subscribe(f.clone()).map_err(|e| subscribe_err(f, e))?;
+        }
+        if let Some(b) = &birth {
+            tx.subscribe(b.topic.clone())
+                .map_err(|e| subscribe_err(&b.topic, e))?;
         }
         let echoes = Arc::new(Mutex::new(Echoes::new(ECHO_CAPACITY)));
         let link_echoes = echoes.clone();
@@ -204,6 +211,9 @@ impl LocalBroker {
                         let p = f.publish;
                         // The guard lets only UTF-8 topics through: this copies, never replaces.
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        if birth.as_ref().is_some_and(|b| b.offer(&topic, &p.payload)) {
+                            continue;
+                        }
                         let verdict = {
                             let mut echoes = link_echoes.lock().unwrap_or_else(|e| e.into_inner());
                             inbound.classify(&topic, p.retain, &p.payload, &mut echoes)

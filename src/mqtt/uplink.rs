@@ -37,6 +37,7 @@ use crate::backoff::reconnect_delay;
 use crate::config::spec::topic::topic_name_problem;
 use crate::config::{BridgeRule, Tls, Upstream};
 use crate::flow::{excerpt, Command, Message, Route, Routed};
+use crate::mqtt::birth::BirthWatch;
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound};
 use crate::mqtt::plan::SendPlan;
@@ -70,6 +71,8 @@ pub struct Uplink {
     beat: Beat,
     /// Where `<prefix>/<gw>/<device>/<point>/set` commands go; `None`: not subscribed.
     commands: Option<mpsc::Sender<Command>>,
+    /// Home Assistant's birth topic, when discovery is on.
+    birth: Option<BirthWatch>,
     /// What an incoming publish is (command, message for a subscription, echo).
     inbound: Inbound,
 }
@@ -193,6 +196,7 @@ impl Uplink {
             echoes: Mutex::new(Echoes::new(10_000)),
             beat,
             commands: None,
+            birth: None,
         })
     }
 
@@ -200,6 +204,12 @@ impl Uplink {
     pub fn with_commands(mut self, tx: mpsc::Sender<Command>) -> Self {
         self.commands = Some(tx);
         self.inbound = Inbound::upstream(self.subscribe.clone(), Some(self.topics.clone()));
+        self
+    }
+
+    /// Subscribes to Home Assistant's birth topic and reports each birth to `watch`.
+    pub fn with_birth(mut self, watch: BirthWatch) -> Self {
+        self.birth = Some(watch);
         self
     }
 
@@ -236,6 +246,9 @@ impl Uplink {
     /// the event loop on the runner: when it is behind, the command is refused in the log
     /// rather than stalling acks.
     async fn receive(&self, p: &rumqttc::Publish) {
+        if let Some(b) = &self.birth {
+            b.offer(&p.topic, &p.payload);
+        }
         let verdict = {
             let mut echoes = self.echoes.lock().unwrap_or_else(|e| e.into_inner());
             self.inbound
@@ -408,6 +421,11 @@ impl Uplink {
         }
         if self.commands.is_some() {
             if let Err(e) = client.try_subscribe(self.topics.command_filter(), QoS::AtLeastOnce) {
+                return End::Failed(request_refused(e));
+            }
+        }
+        if let Some(b) = &self.birth {
+            if let Err(e) = client.try_subscribe(b.topic.clone(), QoS::AtLeastOnce) {
                 return End::Failed(request_refused(e));
             }
         }

@@ -9,6 +9,8 @@
 //! - [`mosquitto`], [`relay`], [`mqtt`]: the upstream broker, a TCP relay that cuts links, MQTT
 //!   watchers and independent MQTT client processes.
 //! - [`modbus`]: the pymodbus simulators (TCP and RTU) and mbpoll.
+//! - [`homeassistant`]: retained discovery configs as Home Assistant reads them, and value
+//!   templates rendered with Jinja2.
 //! - [`serial`]: socat pty pairs and sensor frames.
 //! - [`notify`]: a `NOTIFY_SOCKET` listener that records sd_notify messages with their arrival
 //!   time (READY, STATUS, the watchdog pings).
@@ -23,6 +25,7 @@
 pub mod certs;
 pub mod fuzz;
 pub mod gateway;
+pub mod homeassistant;
 pub mod modbus;
 pub mod mosquitto;
 pub mod mqtt;

@@ -2,6 +2,7 @@
 
 mod broker;
 mod check;
+mod homeassistant;
 mod modbus;
 mod report;
 mod serial;
@@ -148,8 +149,16 @@ pub fn validate(raw: &RawConfig, profiles: &Profiles) -> Result<Config, Vec<Issu
         );
     }
 
+    let homeassistant = homeassistant::section(
+        &mut c,
+        root.key("homeassistant"),
+        raw.homeassistant.as_ref(),
+        &format!("{}/{}", gateway.topic_prefix, gateway.id),
+    );
+
     if c.issues.is_empty() {
         Ok(Config {
+            homeassistant,
             gateway,
             broker,
             upstream,

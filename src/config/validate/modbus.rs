@@ -16,7 +16,7 @@ use super::super::raw::{RawBus, RawConfig, RawDevice, RawPoint, RawProfile, RawP
 use super::super::serial::SerialDevice;
 use super::super::{Bus, BusLink, Device, Issue, PlanLimits, Point, Transport, WriteLimits};
 use super::check::Check;
-use super::report;
+use super::{homeassistant, report};
 use crate::config::spec::report::ReportPolicy;
 
 pub const KIND_TCP: &str = "modbus_tcp";
@@ -433,6 +433,8 @@ pub(super) fn device(
         limits,
         force_multiple_write,
         profile: d.profile.clone(),
+        manufacturer: prof.and_then(|r| r.profile.manufacturer.clone()),
+        model: prof.and_then(|r| r.profile.model.clone()),
         points,
         payload,
         report: device_report,
@@ -605,6 +607,16 @@ fn point(
             max: pt.max,
         }),
         report: report::policy(c, &p, report::Keys::of_point(pt), device_report, numeric),
+        homeassistant: homeassistant::hints(
+            c,
+            &p,
+            pt.homeassistant.as_ref(),
+            homeassistant::PointKind {
+                boolean: data_type == DataType::Bool,
+                text: data_type == DataType::String,
+                writable: pt.writable,
+            },
+        ),
     }
 }
 

@@ -606,6 +606,11 @@ fn point(
         ],
         "a Modbus key, not used by a serial_line point",
     );
+    c.not_used(
+        &p,
+        &[("homeassistant", pt.homeassistant.is_some())],
+        "a serial_line point takes no Home Assistant hints (it is discovered by its unit); remove it",
+    );
     let field_type = c.parsed(
         p.key("type"),
         &pt.data_type,

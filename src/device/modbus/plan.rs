@@ -123,6 +123,7 @@ pub(crate) mod tests {
             length: ty.width(),
             write: None,
             report: Default::default(),
+            homeassistant: Default::default(),
         }
     }
 
