@@ -378,3 +378,38 @@ exec "$@"
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert!(!err.contains("device_offline"), "{err}");
 }
+
+#[test]
+fn a_reload_right_at_ready_says_reloading_then_ready_and_never_stops_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = ModbusSim::start(1);
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    let spec = GatewayConfig::standard()
+        .with(SimDevice::new(sim.addr().port()))
+        .env("NOTIFY_SOCKET", &sock_path);
+    let mut gw = spec.spawn(dir.path());
+    let mut seen = Vec::new();
+    let ready = recv_until(&sock, &mut seen, Duration::from_secs(30), |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    assert!(ready.is_some(), "no READY=1; got {seen:?}");
+    // At once, as `systemctl reload` right after start would: the handler is already there.
+    gw.reload_with(&gw.config_text());
+    let reloading = recv_until(&sock, &mut seen, Duration::from_secs(20), |m| {
+        m.lines().any(|l| l == "RELOADING=1")
+    });
+    let reloading = reloading.unwrap_or_else(|| panic!("no RELOADING=1; got {seen:?}"));
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading}"
+    );
+    let again = recv_until(&sock, &mut seen, Duration::from_secs(20), |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    assert!(again.is_some(), "no READY=1 after the reload: {seen:?}");
+    gw.wait_log(&["config_reloaded", "devices_unchanged=1"]);
+    assert!(gw.try_wait().is_none(), "the daemon exited:\n{}", gw.log());
+    let status = gw.terminate();
+    assert!(status.success(), "{status}");
+}

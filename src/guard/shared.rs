@@ -306,3 +306,85 @@ mod per_address_tests {
         assert_eq!(many.len(), 100);
     }
 }
+
+#[cfg(test)]
+mod rights_tests {
+    use super::*;
+
+    fn access(subscribe: &str) -> Access {
+        Access {
+            publish: vec!["#".into()],
+            subscribe: vec![subscribe.into()],
+            commands: false,
+        }
+    }
+
+    fn rights(users: &[(&str, &str, &str)], anonymous: &str, allow: Option<bool>) -> Rights {
+        Rights {
+            users: users
+                .iter()
+                .map(|(n, h, s)| (n.to_string(), (h.to_string(), access(s))))
+                .collect(),
+            anonymous: access(anonymous),
+            allow_anonymous: allow,
+            keep_alive: (5, 600),
+            keep_alive_zero: true,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_client_keeps_its_session_only_while_a_reload_leaves_its_own_rights_alone() {
+        let alice = Who::User {
+            name: "alice".into(),
+            hash: "h1".into(),
+        };
+        let anon_lo = Who::Anonymous {
+            loopback_listener: true,
+        };
+        let anon_lan = Who::Anonymous {
+            loopback_listener: false,
+        };
+        let base = [("alice", "h1", "a/#")];
+        // (rights after the reload, who, access at login, keeps its session)
+        let cases: Vec<(Rights, &Who, Access, bool)> = vec![
+            (rights(&base, "#", None), &alice, access("a/#"), true),
+            // Another user added, limits changed: alice is untouched.
+            (
+                Rights {
+                    keep_alive: (1, 60),
+                    ..rights(&[("alice", "h1", "a/#"), ("bob", "h2", "#")], "#", None)
+                },
+                &alice,
+                access("a/#"),
+                true,
+            ),
+            (rights(&[], "#", None), &alice, access("a/#"), false),
+            (
+                rights(&[("alice", "h9", "a/#")], "#", None),
+                &alice,
+                access("a/#"),
+                false,
+            ),
+            (
+                rights(&[("alice", "h1", "b/#")], "#", None),
+                &alice,
+                access("a/#"),
+                false,
+            ),
+            (rights(&base, "#", None), &anon_lo, access("#"), true),
+            (rights(&base, "x/#", None), &anon_lo, access("#"), false),
+            (
+                rights(&base, "#", Some(false)),
+                &anon_lo,
+                access("#"),
+                false,
+            ),
+            (rights(&base, "#", None), &anon_lan, access("#"), false),
+            (rights(&base, "#", Some(true)), &anon_lan, access("#"), true),
+        ];
+        for (i, (r, who, a, keeps)) in cases.iter().enumerate() {
+            assert_eq!(r.still_grants(who, a), *keeps, "case {i}");
+        }
+    }
+}
