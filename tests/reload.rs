@@ -336,3 +336,62 @@ fn a_changed_gateway_id_or_data_dir_is_refused_and_the_old_config_keeps_running(
     let status = gw.terminate();
     assert!(status.success(), "exit code unaffected: {status}");
 }
+
+#[test]
+fn a_reload_disconnects_only_the_client_whose_own_rights_changed() {
+    let sim = ModbusSim::start(1);
+    let (alice_hash, carol_hash) = (hash_of("alice-pw"), hash_of("carol-pw"));
+    let users = |alice_subscribe: &str| {
+        format!(
+            "{}subscribe = [\"{alice_subscribe}\"]\n{}",
+            user("alice", &alice_hash),
+            user("carol", &carol_hash)
+        )
+    };
+    let mut cfg = GatewayConfig::standard().with(device(&sim, "keep", "200ms"));
+    cfg.broker = users("#");
+    let mut gw = cfg.start_in_temp();
+    let sub = |name: &str, pw: &str| {
+        let c = support::mqtt::mosquitto_sub(
+            gw.broker_port,
+            &["-u", name, "-P", pw, "-i", name, "-t", "fieldbridge/#"],
+        );
+        assert_eq!(c.subscribed(), vec![0], "{name} subscribed");
+        c
+    };
+    let alice = sub("alice", "alice-pw");
+    let carol = sub("carol", "carol-pw");
+    let connacks = |c: &support::mqtt::MqttClient| {
+        c.lines()
+            .iter()
+            .filter(|l| l.contains("received CONNACK"))
+            .count()
+    };
+
+    cfg.broker = users("fieldbridge/#");
+    gw.reload_with(&cfg.render(&gw.dir.join("data")));
+    gw.wait_log(&["config_reloaded", "broker_rights_changed=true"]);
+    gw.wait_log(&["broker_client_rights_changed", "user=alice"]);
+    wait_until(WAIT, "alice to be disconnected and log in again", || {
+        connacks(&alice) >= 2
+    });
+    // Carol's rights did not change: one connection, still receiving.
+    let received = carol.messages().len();
+    wait_until(WAIT, "carol to keep receiving", || {
+        carol.messages().len() > received + 3
+    });
+    assert_eq!(
+        connacks(&carol),
+        1,
+        "carol never reconnected: {:?}",
+        carol.lines()
+    );
+    assert!(
+        !gw.log()
+            .lines()
+            .any(|l| l.contains("broker_client_rights_changed") && l.contains("user=carol")),
+        "{}",
+        gw.log()
+    );
+    alive(&mut gw);
+}
