@@ -242,23 +242,46 @@ pub async fn run_reloadable(
                         uplink_stats: uplink_stats.as_ref(),
                         commands: writable.then_some(&command_tx),
                     };
-                    if plan.upstream {
-                        uplink_stop.cancel();
-                        if let Some(t) = uplink_task.take() {
-                            let _ = t.await;
+                    // The new uplink is made before anything changes: if it cannot be (its TLS
+                    // files do not load), the whole reload is refused and nothing is touched.
+                    let fresh = match plan.upstream {
+                        true => running.new_uplink(&new).map(Some),
+                        false => Ok(None),
+                    };
+                    match fresh {
+                        Err(e) => {
+                            tracing::error!(event = "config_reload_refused", error = %e, "the new [upstream] cannot be used; the gateway keeps running on the old configuration");
+                            "reload refused; running on the previous configuration (see the log)"
+                                .to_string()
                         }
-                        uplink_stop = CancellationToken::new();
-                        uplink_task = running.start_uplink(&new, &uplink_stop)?;
+                        Ok(fresh) => {
+                            if plan.upstream {
+                                uplink_stop.cancel();
+                                if let Some(t) = uplink_task.take() {
+                                    let _ = t.await;
+                                }
+                                uplink_stop = CancellationToken::new();
+                                tracing::info!(
+                                    event = "upstream_restarted",
+                                    "[upstream] changed: the upstream connection restarts"
+                                );
+                                uplink_task = fresh.map(|u| {
+                                    tokio::spawn(
+                                        u.run(uplink_stop.clone(), new.gateway.shutdown_timeout),
+                                    )
+                                });
+                            }
+                            running.apply(&new, &plan).await;
+                            log_applied(&plan);
+                            cfg = new;
+                            format!(
+                                "reloaded: {} device(s) added, {} removed, {} restarted",
+                                plan.devices.added.len(),
+                                plan.devices.removed.len(),
+                                plan.devices.changed.len()
+                            )
+                        }
                     }
-                    running.apply(&new, &plan).await;
-                    log_applied(&plan);
-                    cfg = new;
-                    format!(
-                        "reloaded: {} device(s) added, {} removed, {} restarted",
-                        plan.devices.added.len(),
-                        plan.devices.removed.len(),
-                        plan.devices.changed.len()
-                    )
                 }
             };
             watchdog::reloaded(&status);
@@ -387,12 +410,9 @@ struct Running<'a> {
 }
 
 impl Running<'_> {
-    fn start_uplink(
-        &mut self,
-        new: &Config,
-        stop: &CancellationToken,
-    ) -> Result<Option<tokio::task::JoinHandle<()>>, AppError> {
-        let u = make_uplink(
+    /// The uplink of `new`, counting into the running uplink's counters.
+    fn new_uplink(&self, new: &Config) -> Result<Uplink, AppError> {
+        make_uplink(
             new,
             self.topics,
             self.outbox,
@@ -400,12 +420,8 @@ impl Running<'_> {
             self.health,
             self.commands,
             self.uplink_stats,
-        )?;
-        tracing::info!(
-            event = "upstream_restarted",
-            "[upstream] changed: the upstream connection restarts"
-        );
-        Ok(u.map(|u| tokio::spawn(u.run(stop.clone(), new.gateway.shutdown_timeout))))
+        )?
+        .ok_or_else(|| AppError::Internal("no [upstream] in the new config".into()))
     }
 
     async fn apply(&mut self, new: &Config, plan: &Plan) {

@@ -323,7 +323,7 @@ async fn admit(
                     .map(|(h, _)| h.clone())
                     .unwrap_or_else(|| shared.dummy_hash.clone());
                 let password = c.password.clone().unwrap_or_default();
-                match shared.verifier.verify(hash, password).await {
+                match shared.verifier().verify(hash, password).await {
                     auth::Verdict::Match => true,
                     auth::Verdict::NoMatch => false,
                     auth::Verdict::Busy => {

@@ -70,7 +70,7 @@ const VERIFY_QUEUE: usize = 8;
 
 /// Who may log in with which rights, and the limits checked at CONNECT: what a reload may
 /// change, replaced as one value.
-#[derive(Clone, PartialEq)]
+#[derive(Clone)]
 pub(super) struct Rights {
     /// User → (password hash, access).
     pub(super) users: HashMap<String, (String, Access)>,
@@ -136,8 +136,10 @@ pub struct Shared {
     /// Verified against when the user is unknown, so that the answer takes as long as for a
     /// known user with a wrong password (no user enumeration by timing).
     pub(super) dummy_hash: String,
-    /// Argon2 costs ~19 MiB and tens of ms each: bound how many run at once.
-    pub(super) verifier: auth::Verifier,
+    /// Argon2 costs ~19 MiB and tens of ms each: bound how many run at once. With the memory
+    /// (blocks) its workers have room for; a reload whose costliest hash needs more starts a
+    /// new pool (the old one ends when its last check is done).
+    verifier: std::sync::RwLock<(Arc<auth::Verifier>, usize)>,
     /// Failed logins per client address (password guessing).
     pub(super) throttle: std::sync::Mutex<throttle::Throttle>,
     pub(super) connections: Arc<Semaphore>,
@@ -165,16 +167,10 @@ impl Shared {
     ) -> Result<Shared, GuardError> {
         let dummy_hash = auth::hash_password(login.password.as_bytes())
             .map_err(|e| GuardError::Internal(e.to_string()))?;
-        // Room for the costliest configured hash; the dummy one has our default cost.
-        let max_blocks = cfg
-            .users
-            .iter()
-            .filter_map(|u| u.password_hash.as_deref().and_then(auth::blocks_needed))
-            .chain(auth::blocks_needed(&dummy_hash))
-            .max()
-            .unwrap_or(0);
+        let max_blocks = blocks_for(cfg, &dummy_hash);
         let verifier = auth::Verifier::start(VERIFY_WORKERS, max_blocks, VERIFY_QUEUE)
             .map_err(|e| GuardError::Internal(e.to_string()))?;
+        let verifier = std::sync::RwLock::new((Arc::new(verifier), max_blocks));
         Ok(Shared {
             backend,
             login,
@@ -195,8 +191,29 @@ impl Shared {
     /// A reload's new users, ACLs and limits (`[broker]`'s listeners and rumqttd's settings are
     /// not reloadable: `reload` refuses a change of them).
     pub fn update(&self, cfg: &BrokerConfig) {
+        let need = blocks_for(cfg, &self.dummy_hash);
+        let mut v = self.verifier.write().unwrap_or_else(|e| e.into_inner());
+        if need > v.1 {
+            match auth::Verifier::start(VERIFY_WORKERS, need, VERIFY_QUEUE) {
+                Ok(bigger) => *v = (Arc::new(bigger), need),
+                // The old pool stays: users with the costlier hash cannot log in until then.
+                Err(e) => {
+                    tracing::error!(event = "config_reload_refused", error = %e, "cannot start password workers for the new users' hashes; those users cannot log in")
+                }
+            }
+        }
+        drop(v);
         self.per_address.set_cap(cfg.max_connections_per_address);
         self.rights.send_replace(Arc::new(Rights::of(cfg)));
+    }
+
+    /// The password check pool in force now.
+    pub(super) fn verifier(&self) -> Arc<auth::Verifier> {
+        self.verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
     }
 
     /// The rights in force now.
@@ -219,6 +236,16 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .allow((ip, kind), tokio::time::Instant::now())
     }
+}
+
+/// Room for the costliest configured hash; the dummy one has our default cost.
+fn blocks_for(cfg: &BrokerConfig, dummy_hash: &str) -> usize {
+    cfg.users
+        .iter()
+        .filter_map(|u| u.password_hash.as_deref().and_then(auth::blocks_needed))
+        .chain(auth::blocks_needed(dummy_hash))
+        .max()
+        .unwrap_or(0)
 }
 
 /// Open connections per client IP address, against an optional cap.
