@@ -185,10 +185,8 @@ impl Verifier {
                                 job
                             }
                         };
-                        // A user a reload added may have a costlier hash than any at start.
-                        let need = blocks_needed(&job.hash).unwrap_or(0).max(max_blocks);
-                        if memory.len() < need {
-                            memory = vec![Block::default(); need];
+                        if memory.len() < max_blocks {
+                            memory = vec![Block::default(); max_blocks];
                         }
                         let ok = verify_in(&job.hash, &job.password, &mut memory);
                         let _ = job.reply.send(ok);
