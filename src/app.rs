@@ -6,6 +6,10 @@
 //! Stop: pollers first (no new readings) → pipeline drains and commits everything queued →
 //! uplink gets `shutdown_timeout` for in-flight publishes, publishes `offline`, disconnects →
 //! the outbox commits the last acks and checkpoints its WAL (`Outbox::close`).
+//!
+//! Reload (`run_reloadable`, one request per SIGHUP): the file is loaded as `run` loads it,
+//! `reload::plan` says what changes or why it cannot, and this module applies it to the running
+//! pieces (guard rights, uplink, pipeline report plans, `fleet`); see ARCHITECTURE.md.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
