@@ -7,35 +7,38 @@
 //! uplink gets `shutdown_timeout` for in-flight publishes, publishes `offline`, disconnects →
 //! the outbox commits the last acks and checkpoints its WAL (`Outbox::close`). The whole stop has
 //! a hard deadline (`ops::shutdown`), so a hung loop cannot hold it up.
+//!
+//! Reload (`run_reloadable`, one request per SIGHUP): the file is loaded as `run` loads it,
+//! `reload::plan` says what changes or why it cannot, and this module applies it to the running
+//! pieces (guard rights, uplink, pipeline report plans, `fleet`); see ARCHITECTURE.md.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::backoff::{Retry, Schedule};
-use crate::commands::Commands;
-use crate::config::{Config, Transport};
-use crate::device::modbus::driver::ModbusDriver;
-use crate::device::modbus::lines;
-use crate::device::serial;
-use crate::device::Driver;
-use crate::guard::Forwarder;
+use crate::commands::{Commands, Targets};
+use crate::config::{Config, ConfigError};
+use crate::fleet::{Deps, Fleet};
+use crate::flow::{Command, Message, Route, Routed};
+use crate::guard::{self, Forwarder};
 use crate::homeassistant::{self, discovery, Discovery};
 use crate::mqtt::birth::BirthWatch;
 use crate::mqtt::broker::{BrokerError, LocalBroker};
 use crate::mqtt::topics::{self, Topics};
 use crate::mqtt::uplink::{self, Uplink, UplinkError};
 use crate::ops::health::Health;
-use crate::ops::stats::{Board, BrokerCounters, Reporter, SerialCounters, Sources};
+use crate::ops::stats::{
+    Board, BrokerCounters, LineCounters, Named, Reporter, SerialCounters, Sources, UplinkCounters,
+};
 use crate::ops::{shutdown, watchdog};
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{self, Pipeline};
-use crate::poller;
-use crate::report::ReportState;
+use crate::reload::{self, Plan};
+use crate::report::{DevicePlan, ReportState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -57,6 +60,25 @@ pub enum AppError {
 /// skipped for lagging subscribers.
 pub async fn run(
     cfg: Config,
+    broker_counters: Arc<BrokerCounters>,
+    stop: CancellationToken,
+    on_ready: impl FnOnce(),
+) -> Result<(), AppError> {
+    run_reloadable(cfg, None, broker_counters, stop, on_ready).await
+}
+
+/// Where a reload's new config comes from, and the requests (one per SIGHUP) to read it.
+pub struct Reloads {
+    pub file: PathBuf,
+    pub requests: mpsc::Receiver<()>,
+}
+
+/// `run`, and with `reloads`, each request reads `reloads.file` again and applies it (see
+/// `reload`): a file that does not validate, or that changes what cannot change live, is
+/// logged and refused, and the gateway keeps running on the config it has.
+pub async fn run_reloadable(
+    cfg: Config,
+    reloads: Option<Reloads>,
     broker_counters: Arc<BrokerCounters>,
     stop: CancellationToken,
     on_ready: impl FnOnce(),
@@ -119,28 +141,17 @@ pub async fn run(
             .await?;
     }
 
-    let uplink = match cfg.upstream.clone() {
-        Some(up) => {
-            let beat = health.register("uplink", uplink::connect_budget(&up));
-            let u = Uplink::new(
-                up,
-                topics.clone(),
-                outbox.clone(),
-                cfg.subscribe.clone(),
-                routed_tx.clone(),
-                beat,
-            )?;
-            let u = match birth {
-                Some(b) => u.with_birth(b),
-                None => u,
-            };
-            // Only a gateway with writable points listens for commands.
-            Some(if writable {
-                u.with_commands(command_tx)
-            } else {
-                u
-            })
-        }
+    let uplink = match &cfg.upstream {
+        Some(_) => make_uplink(
+            &cfg,
+            &topics,
+            &outbox,
+            &routed_tx,
+            &health,
+            writable.then_some(&command_tx),
+            None,
+            birth.as_ref(),
+        )?,
         None => {
             tracing::warn!("no [upstream] configured: messages are kept in the outbox (bounded) and published locally only");
             None
@@ -152,27 +163,23 @@ pub async fn run(
             .map(|d| &d.name)
             .chain(cfg.serial_devices.iter().map(|d| &d.name)),
     ));
-    // Bus tasks stop after the pollers, so no poll is left waiting on a vanished line. They
-    // open nothing until the first request.
-    let lines_stop = CancellationToken::new();
-    let mut lines = lines::start(&cfg, &lines_stop);
-    let serial_stats: Vec<(Arc<str>, Arc<SerialCounters>)> = cfg
-        .serial_devices
-        .iter()
-        .map(|d| (d.name.clone(), Arc::default()))
-        .collect();
+    let line_stats: Named<LineCounters> = Arc::default();
+    let serial_stats: Named<SerialCounters> = Arc::default();
+    let uplink_stats = uplink.as_ref().map(|u| u.stats());
     let sources = Sources {
         health: health.clone(),
         outbox: outbox.clone(),
-        uplink: uplink.as_ref().map(|u| u.stats()),
+        uplink: uplink_stats.clone(),
         board: board.clone(),
-        lines: lines.stats.clone(),
+        lines: line_stats.clone(),
         serial: serial_stats.clone(),
         broker: broker_counters,
         started,
     };
 
     let (tx, rx) = mpsc::channel(1024);
+    let (plans_tx, plans_rx) = mpsc::unbounded_channel();
+    let guard = local.as_ref().map(|b| b.guard.clone());
     let pipe_stop = CancellationToken::new();
     let pipe = tokio::spawn(pipeline::run(
         Pipeline {
@@ -182,6 +189,7 @@ pub async fn run(
             board: board.clone(),
             beat: health.register("pipeline", Duration::ZERO),
             report: ReportState::from_config(&cfg),
+            plans: plans_rx,
         },
         rx,
         routed_rx,
@@ -216,82 +224,128 @@ pub async fn run(
             };
             tokio::spawn(d.run(births, stats_stop.clone()))
         });
-    let uplink_stop = CancellationToken::new();
-    let uplink_task =
+    let mut uplink_stop = CancellationToken::new();
+    let mut uplink_task =
         uplink.map(|u| tokio::spawn(u.run(uplink_stop.clone(), cfg.gateway.shutdown_timeout)));
 
-    let poll_stop = CancellationToken::new();
     let commands_stop = CancellationToken::new();
+    let writers: Targets = Arc::default();
+    // Bus tasks stop after the pollers, so no poll is left waiting on a vanished line. They
+    // open nothing until the first request.
+    let mut fleet = Fleet::start(
+        &cfg,
+        Deps {
+            tx,
+            health: health.clone(),
+            board: board.clone(),
+            writers: writers.clone(),
+            line_stats,
+            serial_stats,
+        },
+    );
     let commands = Commands {
-        targets: cfg
-            .devices
-            .iter()
-            .filter_map(|d| Some((d.name.clone(), lines.writer(d)?)))
-            .collect(),
+        targets: writers,
         topics: topics.clone(),
         results: routed_tx.clone(),
         max_age: cfg.upstream.as_ref().map(|u| u.command_max_age),
     };
     let commands_task = tokio::spawn(commands.run(command_rx, commands_stop.clone()));
-    let mut pollers = JoinSet::new();
-    for d in &cfg.devices {
-        let Some((bus, budget)) = lines.get(&d.name).cloned() else {
-            return Err(AppError::Internal(format!("no line for device {}", d.name)));
-        };
-        let driver = ModbusDriver::new(d.clone(), bus, budget);
-        let driver_budget = driver.max_poll_time();
-        tracing::info!(
-            device = %d.name,
-            unit_id = d.unit_id,
-            line = %lines::describe(&cfg, d),
-            points = d.points.len(),
-            requests_per_cycle = driver.requests_per_cycle(),
-            "polling device"
-        );
-        let schedule = Schedule {
-            interval: d.interval,
-            backoff_max: d.backoff_max,
-            // Units on a shared line share its time: see `backoff::Retry`.
-            retry: match d.transport {
-                Transport::Bus(_) => Retry::Probe,
-                Transport::Tcp { .. } => Retry::Backoff,
-            },
-        };
-        pollers.spawn(poller::run(
-            d.name.clone(),
-            driver,
-            schedule,
-            tx.clone(),
-            poll_stop.clone(),
-            health.register_device(&d.name, driver_budget),
-        ));
-    }
-    for (d, (_, stats)) in cfg.serial_devices.iter().zip(&serial_stats) {
-        tracing::info!(device = %d.name, path = %d.port.path, "reading serial device");
-        pollers.spawn(serial::task::run(
-            d.clone(),
-            tx.clone(),
-            poll_stop.clone(),
-            stats.clone(),
-            health.register_device(&d.name, serial::task::first_beat_within(d)),
-        ));
-    }
-    drop(tx);
     // READY goes out only now: the outbox is open, the broker listens, every loop runs.
     let watchdog_task = tokio::spawn(watchdog::supervise(sources, stop.clone()));
     on_ready();
     tracing::info!(devices = cfg.devices.len() + cfg.serial_devices.len(), gateway = %cfg.gateway.id, "fieldbridge running");
 
-    stop.cancelled().await;
+    let mut cfg = cfg;
+    if let Some(mut reloads) = reloads {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                r = reloads.requests.recv() => {
+                    if r.is_none() {
+                        stop.cancelled().await;
+                        break;
+                    }
+                }
+            }
+            watchdog::reloading();
+            let status = match load_reload(&reloads.file, &cfg) {
+                Err(e) => {
+                    let problems = e.problems();
+                    for p in &problems {
+                        tracing::error!(event = "config_reload_refused", "{p}");
+                    }
+                    tracing::error!(event = "config_reload_refused", file = %reloads.file.display(), problems = problems.len(), "the new configuration was not applied; the gateway keeps running on the old one");
+                    "reload refused; running on the previous configuration (see the log)"
+                        .to_string()
+                }
+                Ok((new, plan)) => {
+                    let mut running = Running {
+                        fleet: &mut fleet,
+                        plans: &plans_tx,
+                        routed: &routed_tx,
+                        topics: &topics,
+                        guard: guard.as_deref(),
+                        health: &health,
+                        outbox: &outbox,
+                        uplink_stats: uplink_stats.as_ref(),
+                        commands: writable.then_some(&command_tx),
+                        birth: birth.as_ref(),
+                    };
+                    // The new uplink is made before anything changes: if it cannot be (its TLS
+                    // files do not load), the whole reload is refused and nothing is touched.
+                    let fresh = match plan.upstream {
+                        true => running.new_uplink(&new).map(Some),
+                        false => Ok(None),
+                    };
+                    match fresh {
+                        Err(e) => {
+                            tracing::error!(event = "config_reload_refused", error = %e, "the new [upstream] cannot be used; the gateway keeps running on the old configuration");
+                            "reload refused; running on the previous configuration (see the log)"
+                                .to_string()
+                        }
+                        Ok(fresh) => {
+                            if plan.upstream {
+                                uplink_stop.cancel();
+                                if let Some(t) = uplink_task.take() {
+                                    let _ = t.await;
+                                }
+                                uplink_stop = CancellationToken::new();
+                                tracing::info!(
+                                    event = "upstream_restarted",
+                                    "[upstream] changed: the upstream connection restarts"
+                                );
+                                uplink_task = fresh.map(|u| {
+                                    tokio::spawn(
+                                        u.run(uplink_stop.clone(), new.gateway.shutdown_timeout),
+                                    )
+                                });
+                            }
+                            running.apply(&new, &plan).await;
+                            log_applied(&plan);
+                            cfg = new;
+                            format!(
+                                "reloaded: {} device(s) added, {} removed, {} restarted",
+                                plan.devices.added.len(),
+                                plan.devices.removed.len(),
+                                plan.devices.changed.len()
+                            )
+                        }
+                    }
+                }
+            };
+            watchdog::reloaded(&status);
+        }
+    } else {
+        stop.cancelled().await;
+    }
     tracing::info!("shutting down");
     // Disarmed when this function returns; see `ops::shutdown`.
     let deadline = shutdown::Deadline::arm(
         cfg.gateway.shutdown_timeout + shutdown::MARGIN,
         health.clone(),
     );
-    poll_stop.cancel();
     stats_stop.cancel();
-    while pollers.join_next().await.is_some() {}
+    fleet.stop_devices().await;
     commands_stop.cancel();
     // A write in flight finishes (its device gets to confirm it) within the shutdown budget;
     // past that it is abandoned, unconfirmed, rather than holding up the rest of the stop.
@@ -306,8 +360,7 @@ pub async fn run(
             "a write was still running at shutdown and was abandoned; its result is not published"
         );
     }
-    lines_stop.cancel();
-    while lines.tasks.join_next().await.is_some() {}
+    fleet.stop_lines().await;
     let _ = stats_task.await;
     let discovery_task_ran = discovery_task.is_some();
     if let Some(t) = discovery_task {
@@ -342,4 +395,146 @@ pub async fn run(
     );
     deadline.finish()?;
     Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn make_uplink(
+    cfg: &Config,
+    topics: &Topics,
+    outbox: &Outbox,
+    routed_tx: &mpsc::Sender<Routed>,
+    health: &Health,
+    commands: Option<&mpsc::Sender<Command>>,
+    stats: Option<&Arc<UplinkCounters>>,
+    birth: Option<&BirthWatch>,
+) -> Result<Option<Uplink>, AppError> {
+    let Some(up) = cfg.upstream.clone() else {
+        return Ok(None);
+    };
+    let beat = health.register("uplink", uplink::connect_budget(&up));
+    let mut u = Uplink::new(
+        up,
+        topics.clone(),
+        outbox.clone(),
+        cfg.subscribe.clone(),
+        routed_tx.clone(),
+        beat,
+    )?;
+    // Only a gateway with writable points listens for commands.
+    if let Some(tx) = commands {
+        u = u.with_commands(tx.clone());
+    }
+    if let Some(s) = stats {
+        u = u.with_stats(s.clone());
+    }
+    if let Some(b) = birth {
+        u = u.with_birth(b.clone());
+    }
+    Ok(Some(u))
+}
+
+/// Reads and validates the file as `fieldbridge run` does, then compares it with the running
+/// config: the plan, or every problem (validation, or what a reload cannot change) as one
+/// error that names file, line and key.
+fn load_reload(file: &Path, running: &Config) -> Result<(Config, Plan), ConfigError> {
+    let new = crate::config::load_to_run(file)?;
+    match reload::plan(running, &new) {
+        Ok(plan) => Ok((new, plan)),
+        Err(refusals) => Err(crate::config::load::located(file, refusals)),
+    }
+}
+
+fn log_applied(plan: &Plan) {
+    let names = |v: &[Arc<str>]| v.iter().map(|n| &**n).collect::<Vec<_>>().join(",");
+    let d = &plan.devices;
+    tracing::info!(
+        event = "config_reloaded",
+        devices_added = d.added.len(),
+        devices_removed = d.removed.len(),
+        devices_restarted = d.changed.len(),
+        devices_unchanged = d.unchanged,
+        buses_added = plan.buses.added.len(),
+        buses_removed = plan.buses.removed.len(),
+        buses_restarted = plan.buses.changed.len(),
+        broker_rights_changed = plan.broker_rights,
+        upstream_restarted = plan.upstream,
+        added = %names(&d.added),
+        removed = %names(&d.removed),
+        restarted = %names(&d.changed),
+        "configuration reloaded"
+    );
+}
+
+/// The running pieces a reload changes.
+struct Running<'a> {
+    fleet: &'a mut Fleet,
+    plans: &'a mpsc::UnboundedSender<Vec<(Arc<str>, Option<DevicePlan>)>>,
+    routed: &'a mpsc::Sender<Routed>,
+    topics: &'a Topics,
+    guard: Option<&'a guard::Shared>,
+    health: &'a Health,
+    outbox: &'a Outbox,
+    uplink_stats: Option<&'a Arc<UplinkCounters>>,
+    commands: Option<&'a mpsc::Sender<Command>>,
+    birth: Option<&'a BirthWatch>,
+}
+
+impl Running<'_> {
+    /// The uplink of `new`, counting into the running uplink's counters.
+    fn new_uplink(&self, new: &Config) -> Result<Uplink, AppError> {
+        make_uplink(
+            new,
+            self.topics,
+            self.outbox,
+            self.routed,
+            self.health,
+            self.commands,
+            self.uplink_stats,
+            self.birth,
+        )?
+        .ok_or_else(|| AppError::Internal("no [upstream] in the new config".into()))
+    }
+
+    async fn apply(&mut self, new: &Config, plan: &Plan) {
+        if let (Some(g), Some(b)) = (self.guard, &new.broker) {
+            if plan.broker_rights {
+                g.update(b);
+            }
+        }
+        let d = &plan.devices;
+        // The pipeline takes the new report plans before a restarted device's first poll.
+        let mut update: Vec<(Arc<str>, Option<DevicePlan>)> =
+            d.removed.iter().map(|n| (n.clone(), None)).collect();
+        for name in d.added.iter().chain(&d.changed) {
+            let p = new
+                .devices
+                .iter()
+                .find(|x| &x.name == name)
+                .map(DevicePlan::modbus)
+                .or_else(|| {
+                    new.serial_devices
+                        .iter()
+                        .find(|x| &x.name == name)
+                        .map(DevicePlan::serial)
+                });
+            update.push((name.clone(), p));
+        }
+        let _ = self.plans.send(update);
+        self.fleet.apply(new, d, &plan.buses).await;
+        // A removed device's retained status is cleared where statuses go: the outbox (so
+        // upstream) and the local broker, as an empty retained message.
+        for name in &d.removed {
+            let clear = Routed {
+                message: Message {
+                    topic: self.topics.device_status(name),
+                    payload: Vec::new(),
+                    retain: true,
+                },
+                route: Route::Everywhere,
+            };
+            if self.routed.send(clear).await.is_err() {
+                tracing::warn!(device = %name, "pipeline stopped; the removed device's status was not cleared");
+            }
+        }
+    }
 }

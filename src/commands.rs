@@ -27,9 +27,12 @@ use crate::flow::{excerpt, now_ms, Command, Origin, MAX_ECHO};
 use crate::flow::{Route, Routed};
 use crate::mqtt::topics::Topics;
 
+/// The write handle of every Modbus device, by device name; a reload replaces a restarted
+/// device's handle (`app.rs`), so a command always reaches the device's current line.
+pub type Targets = Arc<std::sync::RwLock<HashMap<Arc<str>, Writer>>>;
+
 pub struct Commands {
-    /// The write handle of every writable device, by device name.
-    pub targets: HashMap<Arc<str>, Writer>,
+    pub targets: Targets,
     pub topics: Topics,
     pub results: mpsc::Sender<Routed>,
     /// `[upstream] command_max_age`: an upstream command sent longer ago than this (by its
@@ -80,7 +83,13 @@ impl Commands {
                 return (Err(e.into()), id);
             }
         }
-        let Some(writer) = self.targets.get(cmd.device.as_str()) else {
+        let writer = self
+            .targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cmd.device.as_str())
+            .cloned();
+        let Some(writer) = writer else {
             return (
                 Err(WriteError::UnknownDevice(excerpt(&cmd.device).into_owned()).into()),
                 id,

@@ -244,7 +244,14 @@ fn main() -> ExitCode {
                 return ExitCode::from(2);
             }
             runtime_run_logged(|stop| async move {
-                app::run(cfg, broker_counters, stop, || {})
+                // Installed before the gateway starts, so before READY: a SIGHUP from an early
+                // `systemctl reload` is a reload request, never the default "terminate".
+                let requests = reload_requests().map_err(|e| format!("SIGHUP handler: {e}"))?;
+                let reloads = app::Reloads {
+                    file: config,
+                    requests,
+                };
+                app::run_reloadable(cfg, Some(reloads), broker_counters, stop, || {})
                     .await
                     .map_err(|e| e.to_string())
             })
@@ -450,6 +457,23 @@ where
             }
         }
     })
+}
+
+/// One request per SIGHUP; requests that arrive while one waits are merged into it (the file
+/// is read when the request is taken, so the latest edit is what gets applied).
+fn reload_requests() -> std::io::Result<tokio::sync::mpsc::Receiver<()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP received: reloading the configuration");
+            if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                break;
+            }
+        }
+    });
+    Ok(rx)
 }
 
 async fn wait_for_signal() {

@@ -21,7 +21,7 @@ use crate::mqtt::topics::{self, Topics};
 use crate::ops::health::Beat;
 use crate::ops::stats::Board;
 use crate::outbox::Outbox;
-use crate::report::ReportState;
+use crate::report::{DevicePlan, ReportState};
 
 /// Makes message ids that are unique across restarts and stable across resends: a random boot
 /// id chosen at start, and a sequence number.
@@ -147,6 +147,9 @@ pub struct Pipeline {
     pub beat: Beat,
     /// Which readings are published, and in which shape; the pipeline is its only owner.
     pub report: ReportState,
+    /// A reload's new report plans (`None`: device removed), applied before the next batch.
+    /// Sent before the changed device's task starts, so its first poll already meets it.
+    pub plans: mpsc::UnboundedReceiver<Vec<(Arc<str>, Option<DevicePlan>)>>,
 }
 
 /// Runs until `stop`, then takes what is still queued on both channels, commits it and returns
@@ -165,6 +168,7 @@ pub async fn run(
         board,
         beat,
         mut report,
+        mut plans,
     } = p;
     let ids = MessageIds::new();
     let mut evs = Vec::new();
@@ -178,7 +182,11 @@ pub async fn run(
         tokio::select! {
             n = events.recv_many(&mut evs, MAX_BATCH), if events_open => events_open = n > 0,
             n = other.recv_many(&mut routed, MAX_BATCH), if other_open => other_open = n > 0,
+            Some(update) = plans.recv() => apply_plans(&mut report, update),
             _ = stop.cancelled() => stopping = true,
+        }
+        while let Ok(update) = plans.try_recv() {
+            apply_plans(&mut report, update);
         }
         beat.busy().await;
         // Take whatever else is already queued on either side into the same group commit.
@@ -202,6 +210,12 @@ pub async fn run(
         deliver(&outbox, local.as_mut(), up, down, &beat).await;
     }
     local
+}
+
+fn apply_plans(report: &mut ReportState, update: Vec<(Arc<str>, Option<DevicePlan>)>) {
+    for (device, plan) in update {
+        report.set_plan(device, plan);
+    }
 }
 
 async fn deliver(

@@ -106,6 +106,38 @@ pub struct DevicePlan {
 }
 
 impl DevicePlan {
+    pub fn modbus(d: &crate::config::Device) -> Self {
+        DevicePlan {
+            shape: d.payload,
+            default: d.report,
+            points: d
+                .points
+                .iter()
+                .map(|p| (p.name.clone(), p.report))
+                .collect(),
+            slack: d.interval / 2,
+        }
+    }
+
+    pub fn serial(d: &crate::config::serial::SerialDevice) -> Self {
+        let points = match &d.protocol {
+            Protocol::Custom { points, .. } => {
+                points.iter().map(|p| (p.name.clone(), p.report)).collect()
+            }
+            Protocol::Sensor(_) => HashMap::new(),
+        };
+        let slack = match &d.mode {
+            Mode::Polled { interval, .. } => *interval / 2,
+            Mode::Stream => Duration::ZERO,
+        };
+        DevicePlan {
+            shape: d.payload,
+            default: d.report,
+            points,
+            slack,
+        }
+    }
+
     fn policy(&self, point: &str) -> &ReportPolicy {
         self.points.get(point).unwrap_or(&self.default)
     }
@@ -141,39 +173,33 @@ impl ReportState {
 
     /// Every Modbus and serial device of the config.
     pub fn from_config(cfg: &Config) -> Self {
-        let modbus = cfg.devices.iter().map(|d| {
-            let plan = DevicePlan {
-                shape: d.payload,
-                default: d.report,
-                points: d
-                    .points
-                    .iter()
-                    .map(|p| (p.name.clone(), p.report))
-                    .collect(),
-                slack: d.interval / 2,
-            };
-            (d.name.clone(), plan)
-        });
-        let serial = cfg.serial_devices.iter().map(|d| {
-            let points = match &d.protocol {
-                Protocol::Custom { points, .. } => {
-                    points.iter().map(|p| (p.name.clone(), p.report)).collect()
-                }
-                Protocol::Sensor(_) => HashMap::new(),
-            };
-            let slack = match &d.mode {
-                Mode::Polled { interval, .. } => *interval / 2,
-                Mode::Stream => Duration::ZERO,
-            };
-            let plan = DevicePlan {
-                shape: d.payload,
-                default: d.report,
-                points,
-                slack,
-            };
-            (d.name.clone(), plan)
-        });
+        let modbus = cfg
+            .devices
+            .iter()
+            .map(|d| (d.name.clone(), DevicePlan::modbus(d)));
+        let serial = cfg
+            .serial_devices
+            .iter()
+            .map(|d| (d.name.clone(), DevicePlan::serial(d)));
         ReportState::new(modbus.chain(serial).collect::<Vec<_>>())
+    }
+
+    /// A reload changed (`Some`) or removed (`None`) `device`: its points start over.
+    pub fn set_plan(&mut self, device: Arc<str>, plan: Option<DevicePlan>) {
+        match plan {
+            Some(plan) => {
+                self.devices.insert(
+                    device,
+                    DeviceState {
+                        plan,
+                        last: HashMap::new(),
+                    },
+                );
+            }
+            None => {
+                self.devices.remove(&device);
+            }
+        }
     }
 
     /// The payload shape of `device` (a device the config does not name: one per point).

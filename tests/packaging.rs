@@ -31,6 +31,9 @@ fn unit_root() -> tempfile::TempDir {
     )
     .unwrap();
     std::fs::copy(BIN, dir.path().join("usr/bin/fieldbridge")).unwrap();
+    // ExecReload's /bin/kill, in a merged-/usr layout as on Debian 12.
+    std::fs::copy("/usr/bin/kill", dir.path().join("usr/bin/kill")).unwrap();
+    std::os::unix::fs::symlink("usr/bin", dir.path().join("bin")).unwrap();
     dir
 }
 

@@ -281,3 +281,50 @@ exec "$@"
     let err = std::fs::read_to_string(&stderr).unwrap_or_default();
     assert!(!err.contains("device_offline"), "{err}");
 }
+
+#[test]
+fn a_reload_right_at_ready_says_reloading_then_ready_and_never_stops_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let sim = ModbusSim::start(1);
+    let notify = NotifyListener::bind(dir.path());
+    let spec = GatewayConfig::standard()
+        .with(SimDevice::new(sim.addr().port()))
+        .env("NOTIFY_SOCKET", notify.path());
+    let mut gw = spec.spawn(dir.path());
+    let (ready, _) = notify
+        .wait_from(0, Duration::from_secs(30), || {}, |n| n.has_line("READY=1"))
+        .unwrap_or_else(|| panic!("no READY=1; got {:?}", notify.notices()));
+    // At once, as `systemctl reload` right after start would: the handler is already there.
+    gw.reload_with(&gw.config_text());
+    let (at, reloading) = notify
+        .wait_from(
+            ready + 1,
+            Duration::from_secs(20),
+            || {},
+            |n| n.has_line("RELOADING=1"),
+        )
+        .unwrap_or_else(|| panic!("no RELOADING=1; got {:?}", notify.notices()));
+    assert!(
+        reloading
+            .text
+            .lines()
+            .any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{}",
+        reloading.text
+    );
+    let again = notify.wait_from(
+        at + 1,
+        Duration::from_secs(20),
+        || {},
+        |n| n.has_line("READY=1"),
+    );
+    assert!(
+        again.is_some(),
+        "no READY=1 after the reload: {:?}",
+        notify.notices()
+    );
+    gw.wait_log(&["config_reloaded", "devices_unchanged=1"]);
+    assert!(gw.try_wait().is_none(), "the daemon exited:\n{}", gw.log());
+    let status = gw.terminate();
+    assert!(status.success(), "{status}");
+}

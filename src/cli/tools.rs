@@ -175,7 +175,9 @@ pub async fn write(
     };
     let (results, _) = tokio::sync::mpsc::channel(1);
     let commands = Commands {
-        targets: [(d.name.clone(), writer)].into_iter().collect(),
+        targets: Arc::new(std::sync::RwLock::new(
+            [(d.name.clone(), writer)].into_iter().collect(),
+        )),
         topics: Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id),
         results,
         max_age: None,

@@ -33,17 +33,46 @@ fn render(file: &Path, issues: &[Located]) -> String {
     );
     for i in issues {
         out.push_str("\n  ");
-        let f = i.file.as_deref().unwrap_or(file);
-        match i.line {
-            Some(l) => out.push_str(&format!("{}:{l}: ", f.display())),
-            None => out.push_str(&format!("{}: ", f.display())),
-        }
-        if !i.key.is_empty() {
-            out.push_str(&format!("key '{}': ", i.key));
-        }
-        out.push_str(&i.message);
+        out.push_str(&render_one(file, i));
     }
     out
+}
+
+/// `file:line: key 'k': message`, as `check` prints each problem.
+fn render_one(file: &Path, i: &Located) -> String {
+    let mut out = String::new();
+    let f = i.file.as_deref().unwrap_or(file);
+    match i.line {
+        Some(l) => out.push_str(&format!("{}:{l}: ", f.display())),
+        None => out.push_str(&format!("{}: ", f.display())),
+    }
+    if !i.key.is_empty() {
+        out.push_str(&format!("key '{}': ", i.key));
+    }
+    out.push_str(&i.message);
+    out
+}
+
+impl ConfigError {
+    /// Each problem on a line of its own (`file:line: key '…': …`), for the log.
+    pub fn problems(&self) -> Vec<String> {
+        match self {
+            ConfigError::Read { .. } => vec![self.to_string()],
+            ConfigError::Invalid { file, issues } => {
+                issues.iter().map(|i| render_one(file, i)).collect()
+            }
+        }
+    }
+}
+
+/// `issues` found in `file` by a later check (a reload's refusals), located by line and key as
+/// `check` locates its own.
+pub fn located(file: &Path, issues: Vec<Issue>) -> ConfigError {
+    let src = std::fs::read_to_string(file).unwrap_or_default();
+    ConfigError::Invalid {
+        file: file.to_path_buf(),
+        issues: in_line_order(locate_all(&src, issues)),
+    }
 }
 
 /// Reads, parses, validates a config file, and loads the files it names.

@@ -67,7 +67,7 @@ impl BridgeRule {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     pub id: String,
     pub data_dir: PathBuf,
@@ -80,7 +80,7 @@ pub struct Gateway {
 
 /// The embedded broker and its public listeners (issue 7). Every listener is owned by
 /// fieldbridge (`guard`); rumqttd itself listens on loopback only, behind it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Broker {
     /// Plain MQTT over TCP.
     pub listen: SocketAddr,
@@ -142,7 +142,7 @@ impl fmt::Debug for BrokerUser {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BrokerTls {
     pub listen: SocketAddr,
     pub cert_file: PathBuf,
@@ -150,13 +150,13 @@ pub struct BrokerTls {
     pub handshake_timeout: Duration,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BrokerWebSocket {
     pub listen: SocketAddr,
     pub handshake_timeout: Duration,
 }
 
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Upstream {
     pub host: String,
     pub port: u16,
@@ -192,14 +192,14 @@ impl fmt::Debug for Upstream {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Tls {
     pub ca_file: PathBuf,
     /// Client certificate and key (PEM) for mutual TLS.
     pub client: Option<(PathBuf, PathBuf)>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct OutboxSettings {
     pub max_rows: u64,
     pub max_bytes: u64,
@@ -227,7 +227,7 @@ impl std::str::FromStr for Overflow {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Device {
     pub name: Arc<str>,
     pub transport: Transport,
@@ -317,7 +317,7 @@ impl BusLink {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Point {
     pub name: Arc<str>,
     pub table: Table,

@@ -8,7 +8,7 @@ use crate::config::spec::serial::{FieldPoint, FramingSpec, ParseSpec, PortSettin
 use std::sync::Arc;
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SerialDevice {
     pub name: Arc<str>,
     pub port: PortSettings,
@@ -25,7 +25,7 @@ pub struct SerialDevice {
     pub report: ReportPolicy,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum Protocol {
     Sensor(Sensor),
     Custom {

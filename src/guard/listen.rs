@@ -99,16 +99,14 @@ fn server_config(
 pub fn spawn(
     bound: Bound,
     cfg: &BrokerConfig,
-    shared: Shared,
+    shared: Arc<Shared>,
     rt: &tokio::runtime::Handle,
 ) -> Result<(), GuardError> {
-    let shared = Arc::new(shared);
     let _enter = rt.enter();
     let tokio_listener =
         |l: StdListener| TcpListener::from_std(l).map_err(|e| GuardError::Internal(e.to_string()));
     let plain = tokio_listener(bound.plain)?;
-    let anon = |a: SocketAddr| cfg.anonymous_allowed_on(&a);
-    let origin = |listener, a| (listener, anon(a));
+    let origin = |listener, a: SocketAddr| (listener, a.ip().is_loopback());
     rt.spawn(accept_loop(
         plain,
         origin("plain", cfg.listen),
@@ -149,7 +147,7 @@ enum Kind {
 
 async fn accept_loop(
     listener: TcpListener,
-    (name, anonymous_ok): (&'static str, bool),
+    (name, loopback): (&'static str, bool),
     shared: Arc<Shared>,
     kind: Kind,
 ) {
@@ -184,7 +182,7 @@ async fn accept_loop(
         let origin = Origin {
             listener: name,
             peer,
-            anonymous_ok,
+            loopback,
         };
         tokio::spawn(connection(
             stream,

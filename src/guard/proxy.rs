@@ -21,7 +21,7 @@ use super::auth;
 use super::codec::{self, CodecError, Connect, Frame};
 use super::forward::Pending;
 use super::session::{self, Close, Rules, Session, Step};
-use super::shared::Shared;
+use super::shared::{Rights, Shared, Who};
 use crate::flow::Message;
 use crate::outbox::Receipt;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,7 +41,9 @@ const BACKEND_KEEP_ALIVE: u16 = 600;
 pub struct Origin {
     pub listener: &'static str,
     pub peer: SocketAddr,
-    pub anonymous_ok: bool,
+    /// The listener is bound to a loopback address (anonymous clients are allowed there unless
+    /// `allow_anonymous` says otherwise).
+    pub loopback: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,8 +63,11 @@ where
 {
     let (mut rd, mut wr) = tokio::io::split(client);
     let mut buf = Vec::new();
+    // Subscribed before the rights are read: a reload in between is seen as a change.
+    let mut rights_watch = shared.rights.subscribe();
+    let rights = shared.rights();
     let first = match tokio::time::timeout(
-        shared.connect_timeout,
+        rights.connect_timeout,
         read_frame(&mut rd, &mut buf, shared.max_body),
     )
     .await
@@ -81,12 +86,12 @@ where
             if let Some(suppressed) =
                 shared.may_log(origin.peer.ip(), "broker client sent no CONNECT in time")
             {
-                tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, timeout = ?shared.connect_timeout, suppressed, "broker client sent no CONNECT in time");
+                tracing::warn!(event = "broker_connect_refused", listener = origin.listener, peer = %origin.peer, timeout = ?rights.connect_timeout, suppressed, "broker client sent no CONNECT in time");
             }
             return;
         }
     };
-    let (connect, access) = match admit(&first, origin, &shared).await {
+    let (connect, access, who) = match admit(&first, origin, &shared, &rights).await {
         Ok(admitted) => admitted,
         Err(answer) => {
             if let Some(bytes) = answer {
@@ -167,10 +172,24 @@ where
     let to_rumqttd = to_broker(brx, bwr, &shared, origin, &client_id);
     // The client's side ends when it closed and the queue behind it is written out.
     let upward = async { tokio::try_join!(from_client, to_rumqttd).map(|_| ()) };
+    // A reload that changes this client's own rights ends its session (see `shared`).
+    let revoked = async {
+        loop {
+            if rights_watch.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+            let now = rights_watch.borrow_and_update().clone();
+            if !now.still_grants(&who, &access) {
+                tracing::info!(event = "broker_client_rights_changed", listener = origin.listener, peer = %origin.peer, user = %user, client_id = %client_id, "a reload changed this client's rights; disconnecting it so it logs in again under the new ones");
+                return;
+            }
+        }
+    };
     let result: Result<(), SessionEnd> = tokio::select! {
         r = upward => r,
         r = from_broker => r,
         r = writer => r.map_err(SessionEnd::from),
+        () = revoked => Err(SessionEnd::Refused("its rights changed in a reload")),
     };
     if !disconnected.load(Ordering::Relaxed) {
         forward_will(&connect, &shared, origin).await;
@@ -190,7 +209,8 @@ async fn admit(
     first: &Frame,
     origin: Origin,
     shared: &Shared,
-) -> Result<(Connect, Access), Option<Vec<u8>>> {
+    rights: &Rights,
+) -> Result<(Connect, Access, Who), Option<Vec<u8>>> {
     let refuse = |code: u8, reason: &str, user: &str, client_id: &str| {
         if let Some(suppressed) = shared.may_log(origin.peer.ip(), reason) {
             tracing::warn!(
@@ -245,8 +265,8 @@ async fn admit(
         );
         return answer(refuse(codec::RC_IDENTIFIER_REJECTED, &reason, &user, ""));
     }
-    let (lo, hi) = shared.keep_alive;
-    let zero_ok = c.keep_alive == 0 && shared.keep_alive_zero;
+    let (lo, hi) = rights.keep_alive;
+    let zero_ok = c.keep_alive == 0 && rights.keep_alive_zero;
     if !zero_ok && (c.keep_alive < lo || c.keep_alive > hi) {
         let reason = match c.keep_alive {
             0 => format!(
@@ -261,9 +281,9 @@ async fn admit(
             &c.client_id,
         ));
     }
-    let access = match &c.username {
+    let (access, who) = match &c.username {
         None => {
-            if !origin.anonymous_ok {
+            if !rights.anonymous_allowed(origin.loopback) {
                 let r = refuse(
                     codec::RC_NOT_AUTHORIZED,
                     "anonymous clients are not allowed on this listener",
@@ -272,7 +292,10 @@ async fn admit(
                 );
                 return answer(r);
             }
-            shared.anonymous.clone()
+            let who = Who::Anonymous {
+                loopback_listener: origin.loopback,
+            };
+            (rights.anonymous.clone(), who)
         }
         Some(name) => {
             let ip = origin.peer.ip();
@@ -289,8 +312,8 @@ async fn admit(
                 let r = refuse(codec::RC_BAD_CREDENTIALS, &reason, name, &c.client_id);
                 return answer(r);
             }
-            let known = shared.users.get(name);
-            let ok = if shared.users.is_empty() {
+            let known = rights.users.get(name);
+            let ok = if rights.users.is_empty() {
                 // No user could match: nothing to hash (a storm of logins costs no Argon2).
                 false
             } else {
@@ -300,7 +323,7 @@ async fn admit(
                     .map(|(h, _)| h.clone())
                     .unwrap_or_else(|| shared.dummy_hash.clone());
                 let password = c.password.clone().unwrap_or_default();
-                match shared.verifier.verify(hash, password).await {
+                match shared.verifier().verify(hash, password).await {
                     auth::Verdict::Match => true,
                     auth::Verdict::NoMatch => false,
                     auth::Verdict::Busy => {
@@ -323,7 +346,13 @@ async fn admit(
                 }
             }
             match known {
-                Some((_, access)) if ok && c.password.is_some() => access.clone(),
+                Some((hash, access)) if ok && c.password.is_some() => {
+                    let who = Who::User {
+                        name: name.clone(),
+                        hash: hash.clone(),
+                    };
+                    (access.clone(), who)
+                }
                 Some(_) => {
                     let r = refuse(
                         codec::RC_BAD_CREDENTIALS,
@@ -370,7 +399,7 @@ async fn admit(
             ));
         }
     }
-    Ok((c, access))
+    Ok((c, access, who))
 }
 
 async fn connect_backend(shared: &Shared, c: &Connect) -> std::io::Result<TcpStream> {

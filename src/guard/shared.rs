@@ -1,6 +1,13 @@
 //! What every connection of the guard shares: the backend login for rumqttd, the ACL policy and
 //! users, the login throttle, and the connection slots (in total and per client address). Built
 //! once from `[broker]` by `mqtt::broker`, read by the listeners and proxies.
+//!
+//! A reload replaces the `Rights` (users, ACLs, anonymous policy, per-connection limits) as one
+//! value (`Shared::update`): a new connection is admitted under the rights of its CONNECT's
+//! moment; a connected client whose own rights are unchanged goes on untouched, and one whose
+//! rights changed (its user removed, its password or access changed; for an anonymous client,
+//! the anonymous access or policy) is disconnected, so it logs in again under the new rights
+//! rather than keep rights the operator took away. New limits apply to new connections.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -61,17 +68,78 @@ const VERIFY_WORKERS: usize = 2;
 /// the default cost on a PC, a few tenths of a second on a Pi).
 const VERIFY_QUEUE: usize = 8;
 
+/// Who may log in with which rights, and the limits checked at CONNECT: what a reload may
+/// change, replaced as one value.
+#[derive(Clone)]
+pub(super) struct Rights {
+    /// User → (password hash, access).
+    pub(super) users: HashMap<String, (String, Access)>,
+    pub(super) anonymous: Access,
+    /// `None`: anonymous clients only on loopback listeners.
+    pub(super) allow_anonymous: Option<bool>,
+    pub(super) keep_alive: (u16, u16),
+    pub(super) keep_alive_zero: bool,
+    pub(super) connect_timeout: Duration,
+}
+
+/// Who a connected client logged in as, to tell whether a reload changed its rights.
+pub(super) enum Who {
+    Anonymous { loopback_listener: bool },
+    User { name: String, hash: String },
+}
+
+impl Rights {
+    fn of(cfg: &BrokerConfig) -> Rights {
+        let secs = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
+        Rights {
+            users: cfg
+                .users
+                .iter()
+                .filter_map(|u| {
+                    let hash = u.password_hash.clone()?;
+                    Some((u.name.clone(), (hash, u.access.clone())))
+                })
+                .collect(),
+            anonymous: cfg.anonymous.clone(),
+            allow_anonymous: cfg.allow_anonymous,
+            keep_alive: (secs(cfg.keep_alive_min), secs(cfg.keep_alive_max)),
+            keep_alive_zero: cfg.allow_keep_alive_zero,
+            connect_timeout: cfg.connect_timeout,
+        }
+    }
+
+    pub(super) fn anonymous_allowed(&self, loopback_listener: bool) -> bool {
+        self.allow_anonymous.unwrap_or(loopback_listener)
+    }
+
+    /// Whether a client admitted as `who` with `access` would be admitted with exactly that
+    /// access under these rights.
+    pub(super) fn still_grants(&self, who: &Who, access: &Access) -> bool {
+        match who {
+            Who::Anonymous { loopback_listener } => {
+                self.anonymous_allowed(*loopback_listener) && self.anonymous == *access
+            }
+            Who::User { name, hash } => self
+                .users
+                .get(name)
+                .is_some_and(|(h, a)| h == hash && a == access),
+        }
+    }
+}
+
 pub struct Shared {
     pub(super) backend: SocketAddr,
     pub(super) login: BackendLogin,
     pub(super) policy: Policy,
-    pub(super) users: HashMap<String, (String, Access)>,
-    pub(super) anonymous: Access,
+    /// Replaced by a reload; every connection watches it (see the module text).
+    pub(super) rights: tokio::sync::watch::Sender<Arc<Rights>>,
     /// Verified against when the user is unknown, so that the answer takes as long as for a
     /// known user with a wrong password (no user enumeration by timing).
     pub(super) dummy_hash: String,
-    /// Argon2 costs ~19 MiB and tens of ms each: bound how many run at once.
-    pub(super) verifier: auth::Verifier,
+    /// Argon2 costs ~19 MiB and tens of ms each: bound how many run at once. With the memory
+    /// (blocks) its workers have room for; a reload whose costliest hash needs more starts a
+    /// new pool (the old one ends when its last check is done).
+    verifier: std::sync::RwLock<(Arc<auth::Verifier>, usize)>,
     /// Failed logins per client address (password guessing).
     pub(super) throttle: std::sync::Mutex<throttle::Throttle>,
     pub(super) connections: Arc<Semaphore>,
@@ -81,9 +149,6 @@ pub struct Shared {
     /// Largest accepted packet body (a PUBLISH with the largest payload and topic).
     pub(super) max_body: usize,
     pub(super) max_payload: usize,
-    pub(super) keep_alive: (u16, u16),
-    pub(super) keep_alive_zero: bool,
-    pub(super) connect_timeout: Duration,
     /// One refusal line per client address per `REFUSAL_LOG_EVERY` (a client looping bad
     /// CONNECTs must not flood the journal).
     pub(super) refusal_log: std::sync::Mutex<KeyedLimiter<(std::net::IpAddr, String)>>,
@@ -102,30 +167,15 @@ impl Shared {
     ) -> Result<Shared, GuardError> {
         let dummy_hash = auth::hash_password(login.password.as_bytes())
             .map_err(|e| GuardError::Internal(e.to_string()))?;
-        // Room for the costliest configured hash; the dummy one has our default cost.
-        let max_blocks = cfg
-            .users
-            .iter()
-            .filter_map(|u| u.password_hash.as_deref().and_then(auth::blocks_needed))
-            .chain(auth::blocks_needed(&dummy_hash))
-            .max()
-            .unwrap_or(0);
+        let max_blocks = blocks_for(cfg, &dummy_hash);
         let verifier = auth::Verifier::start(VERIFY_WORKERS, max_blocks, VERIFY_QUEUE)
             .map_err(|e| GuardError::Internal(e.to_string()))?;
-        let secs = |d: Duration| u16::try_from(d.as_secs()).unwrap_or(u16::MAX);
+        let verifier = std::sync::RwLock::new((Arc::new(verifier), max_blocks));
         Ok(Shared {
             backend,
             login,
             policy: Policy::new(base),
-            users: cfg
-                .users
-                .iter()
-                .filter_map(|u| {
-                    let hash = u.password_hash.clone()?;
-                    Some((u.name.clone(), (hash, u.access.clone())))
-                })
-                .collect(),
-            anonymous: cfg.anonymous.clone(),
+            rights: tokio::sync::watch::Sender::new(Arc::new(Rights::of(cfg))),
             dummy_hash,
             verifier,
             refusal_log: std::sync::Mutex::new(KeyedLimiter::new(REFUSAL_LOG_EVERY, 4096)),
@@ -135,10 +185,40 @@ impl Shared {
             per_address: Arc::new(PerAddress::new(cfg.max_connections_per_address)),
             max_body: cfg.max_payload_bytes + 2 + 65_535 + 2,
             max_payload: cfg.max_payload_bytes,
-            keep_alive: (secs(cfg.keep_alive_min), secs(cfg.keep_alive_max)),
-            keep_alive_zero: cfg.allow_keep_alive_zero,
-            connect_timeout: cfg.connect_timeout,
         })
+    }
+
+    /// A reload's new users, ACLs and limits (`[broker]`'s listeners and rumqttd's settings are
+    /// not reloadable: `reload` refuses a change of them).
+    pub fn update(&self, cfg: &BrokerConfig) {
+        let need = blocks_for(cfg, &self.dummy_hash);
+        let mut v = self.verifier.write().unwrap_or_else(|e| e.into_inner());
+        if need > v.1 {
+            match auth::Verifier::start(VERIFY_WORKERS, need, VERIFY_QUEUE) {
+                Ok(bigger) => *v = (Arc::new(bigger), need),
+                // The old pool stays: users with the costlier hash cannot log in until then.
+                Err(e) => {
+                    tracing::error!(event = "config_reload_refused", error = %e, "cannot start password workers for the new users' hashes; those users cannot log in")
+                }
+            }
+        }
+        drop(v);
+        self.per_address.set_cap(cfg.max_connections_per_address);
+        self.rights.send_replace(Arc::new(Rights::of(cfg)));
+    }
+
+    /// The password check pool in force now.
+    pub(super) fn verifier(&self) -> Arc<auth::Verifier> {
+        self.verifier
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .0
+            .clone()
+    }
+
+    /// The rights in force now.
+    pub(super) fn rights(&self) -> Arc<Rights> {
+        self.rights.borrow().clone()
     }
 
     /// Whether a refusal of a client from `ip` may be logged now: `Some(n)` with the number
@@ -158,9 +238,20 @@ impl Shared {
     }
 }
 
+/// Room for the costliest configured hash; the dummy one has our default cost.
+fn blocks_for(cfg: &BrokerConfig, dummy_hash: &str) -> usize {
+    cfg.users
+        .iter()
+        .filter_map(|u| u.password_hash.as_deref().and_then(auth::blocks_needed))
+        .chain(auth::blocks_needed(dummy_hash))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Open connections per client IP address, against an optional cap.
 pub(crate) struct PerAddress {
-    cap: Option<usize>,
+    /// `usize::MAX`: no cap. A reload may change it.
+    cap: std::sync::atomic::AtomicUsize,
     open: std::sync::Mutex<HashMap<std::net::IpAddr, usize>>,
 }
 
@@ -173,16 +264,24 @@ pub(crate) struct AddressSlot {
 impl PerAddress {
     pub(crate) fn new(cap: Option<usize>) -> Self {
         PerAddress {
-            cap,
+            cap: std::sync::atomic::AtomicUsize::new(cap.unwrap_or(usize::MAX)),
             open: Default::default(),
         }
+    }
+
+    /// New connections from now on; open ones keep their slots.
+    pub(crate) fn set_cap(&self, cap: Option<usize>) {
+        self.cap.store(
+            cap.unwrap_or(usize::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     /// A slot for one more connection from `ip`, or `None` when that address is at its cap.
     pub(crate) fn try_take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<AddressSlot> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         let n = open.entry(ip).or_insert(0);
-        if self.cap.is_some_and(|cap| *n >= cap) {
+        if *n >= self.cap.load(std::sync::atomic::Ordering::Relaxed) {
             return None;
         }
         *n += 1;
@@ -232,5 +331,87 @@ mod per_address_tests {
         let unlimited = Arc::new(PerAddress::new(None));
         let many: Vec<_> = (0..100).filter_map(|_| unlimited.try_take(a)).collect();
         assert_eq!(many.len(), 100);
+    }
+}
+
+#[cfg(test)]
+mod rights_tests {
+    use super::*;
+
+    fn access(subscribe: &str) -> Access {
+        Access {
+            publish: vec!["#".into()],
+            subscribe: vec![subscribe.into()],
+            commands: false,
+        }
+    }
+
+    fn rights(users: &[(&str, &str, &str)], anonymous: &str, allow: Option<bool>) -> Rights {
+        Rights {
+            users: users
+                .iter()
+                .map(|(n, h, s)| (n.to_string(), (h.to_string(), access(s))))
+                .collect(),
+            anonymous: access(anonymous),
+            allow_anonymous: allow,
+            keep_alive: (5, 600),
+            keep_alive_zero: true,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+
+    #[test]
+    fn a_client_keeps_its_session_only_while_a_reload_leaves_its_own_rights_alone() {
+        let alice = Who::User {
+            name: "alice".into(),
+            hash: "h1".into(),
+        };
+        let anon_lo = Who::Anonymous {
+            loopback_listener: true,
+        };
+        let anon_lan = Who::Anonymous {
+            loopback_listener: false,
+        };
+        let base = [("alice", "h1", "a/#")];
+        // (rights after the reload, who, access at login, keeps its session)
+        let cases: Vec<(Rights, &Who, Access, bool)> = vec![
+            (rights(&base, "#", None), &alice, access("a/#"), true),
+            // Another user added, limits changed: alice is untouched.
+            (
+                Rights {
+                    keep_alive: (1, 60),
+                    ..rights(&[("alice", "h1", "a/#"), ("bob", "h2", "#")], "#", None)
+                },
+                &alice,
+                access("a/#"),
+                true,
+            ),
+            (rights(&[], "#", None), &alice, access("a/#"), false),
+            (
+                rights(&[("alice", "h9", "a/#")], "#", None),
+                &alice,
+                access("a/#"),
+                false,
+            ),
+            (
+                rights(&[("alice", "h1", "b/#")], "#", None),
+                &alice,
+                access("a/#"),
+                false,
+            ),
+            (rights(&base, "#", None), &anon_lo, access("#"), true),
+            (rights(&base, "x/#", None), &anon_lo, access("#"), false),
+            (
+                rights(&base, "#", Some(false)),
+                &anon_lo,
+                access("#"),
+                false,
+            ),
+            (rights(&base, "#", None), &anon_lan, access("#"), false),
+            (rights(&base, "#", Some(true)), &anon_lan, access("#"), true),
+        ];
+        for (i, (r, who, a, keeps)) in cases.iter().enumerate() {
+            assert_eq!(r.still_grants(who, a), *keeps, "case {i}");
+        }
     }
 }

@@ -71,6 +71,8 @@ pub enum BrokerError {
 /// The gateway's own publishing handle into the embedded broker.
 pub struct LocalBroker {
     tx: LinkTx,
+    /// What the guard's connections share; a reload updates its users, ACLs and limits.
+    pub guard: Arc<guard::Shared>,
     pub listen: SocketAddr,
     /// rumqttd's own loopback listener, behind the guard.
     pub backend: SocketAddr,
@@ -153,7 +155,13 @@ impl LocalBroker {
             .and_then(|l| l.local_addr())
             .map_err(BrokerError::NoLoopbackPort)?;
         let login = BackendLogin::random();
-        let shared = guard::Shared::new(cfg, base, backend, login.clone(), forward)?;
+        let shared = Arc::new(guard::Shared::new(
+            cfg,
+            base,
+            backend,
+            login.clone(),
+            forward,
+        )?);
         let mut broker = rumqttd::Broker::new(rumqttd_config(cfg, backend, &login));
         let (mut tx, mut rx) = broker.link("fieldbridge").map_err(|e| BrokerError::Link {
             reason: e.to_string(),
@@ -258,8 +266,9 @@ impl LocalBroker {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        guard::spawn(bound, cfg, shared, &rt)?;
+        guard::spawn(bound, cfg, shared.clone(), &rt)?;
         Ok(LocalBroker {
+            guard: shared,
             tx,
             listen: cfg.listen,
             backend,

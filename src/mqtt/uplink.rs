@@ -200,6 +200,12 @@ impl Uplink {
         })
     }
 
+    /// Counts into `stats` (a reload's new connection continues the counters of the old).
+    pub fn with_stats(mut self, stats: Arc<UplinkCounters>) -> Self {
+        self.stats = stats;
+        self
+    }
+
     /// Subscribes to this gateway's command topics and hands every command to `tx`.
     pub fn with_commands(mut self, tx: mpsc::Sender<Command>) -> Self {
         self.commands = Some(tx);

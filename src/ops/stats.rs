@@ -330,9 +330,25 @@ impl Board {
         let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
             if let DeviceEvent::Status { device, online, .. } = e {
-                d.insert(device.clone(), Some(*online));
+                // Only devices on the board: a device a reload removed may still have a last
+                // event in the pipeline's queue.
+                if let Some(v) = d.get_mut(device) {
+                    *v = Some(*online);
+                }
             }
         }
+    }
+
+    /// A device a reload added (not yet reported).
+    pub fn add(&self, name: &Arc<str>) {
+        let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        d.entry(name.clone()).or_insert(None);
+    }
+
+    /// A device a reload removed.
+    pub fn remove(&self, name: &str) {
+        let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        d.remove(name);
     }
 
     /// (online, total)
@@ -348,15 +364,19 @@ impl Board {
     }
 }
 
-/// Everything a snapshot is made from; `app.rs` fills it in once at start.
+/// Counters of things a reload may add or remove (Modbus lines, serial devices), by name.
+pub type Named<T> = Arc<Mutex<Vec<(Arc<str>, Arc<T>)>>>;
+
+/// Everything a snapshot is made from; `app.rs` fills it in at start (a reload updates the
+/// `Named` lists and the board).
 #[derive(Clone)]
 pub struct Sources {
     pub health: Health,
     pub outbox: Outbox,
     pub uplink: Option<Arc<UplinkCounters>>,
     pub board: Arc<Board>,
-    pub lines: Vec<(Arc<str>, Arc<LineCounters>)>,
-    pub serial: Vec<(Arc<str>, Arc<SerialCounters>)>,
+    pub lines: Named<LineCounters>,
+    pub serial: Named<SerialCounters>,
     pub broker: Option<Arc<BrokerCounters>>,
     pub started: Instant,
 }
@@ -392,11 +412,15 @@ impl Sources {
             devices: self.board.devices(),
             lines: self
                 .lines
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .iter()
                 .map(|(name, l)| (name.to_string(), l.report()))
                 .collect(),
             serial: self
                 .serial
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
                 .iter()
                 .map(|(name, s)| (name.to_string(), s.snapshot()))
                 .collect(),

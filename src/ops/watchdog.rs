@@ -96,6 +96,21 @@ async fn snapshot(sources: &Sources, wait: Duration) -> Option<Stats> {
     Some(s)
 }
 
+/// A reload begins: `RELOADING=1` with `MONOTONIC_USEC=` (sd_notify(3) asks for both, so that
+/// `systemctl reload` under `Type=notify-reload` knows this answer is for its request).
+pub fn reloading() {
+    let mut states = vec![NotifyState::Reloading];
+    if let Ok(now) = NotifyState::monotonic_usec_now() {
+        states.push(now);
+    }
+    let _ = sd_notify::notify(&states);
+}
+
+/// A reload ended (applied or refused: the gateway runs either way): `READY=1` and why.
+pub fn reloaded(status: &str) {
+    let _ = sd_notify::notify(&[NotifyState::Ready, NotifyState::Status(status)]);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

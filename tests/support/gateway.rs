@@ -339,6 +339,18 @@ impl Gateway {
         self.proc.try_wait()
     }
 
+    /// Writes `text` as the gateway's config file (as an operator's editor would) and sends
+    /// SIGHUP, as `systemctl reload` does.
+    pub fn reload_with(&self, text: &str) {
+        std::fs::write(&self.config, text).expect("rewrite fieldbridge.toml");
+        self.proc.signal(Signal::SIGHUP);
+    }
+
+    /// The config file the gateway was started with, as written.
+    pub fn config_text(&self) -> String {
+        std::fs::read_to_string(&self.config).expect("read fieldbridge.toml")
+    }
+
     /// SIGKILL, as a power cut or the OOM killer would.
     pub fn kill9(&mut self) {
         self.proc.kill();
@@ -360,6 +372,8 @@ impl Gateway {
 /// map: [`SIM_POINTS`]).
 #[derive(Clone, Debug)]
 pub struct SimDevice {
+    /// "dev" unless named otherwise.
+    pub name: String,
     pub port: u16,
     pub interval: &'static str,
     pub timeout: &'static str,
@@ -371,6 +385,7 @@ pub struct SimDevice {
 impl SimDevice {
     pub fn new(port: u16) -> SimDevice {
         SimDevice {
+            name: "dev".into(),
             port,
             interval: "100ms",
             timeout: "300ms",
@@ -391,6 +406,11 @@ impl SimDevice {
         self
     }
 
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
     pub fn points(mut self, points: impl Into<String>) -> Self {
         self.points = points.into();
         self
@@ -401,8 +421,8 @@ impl fmt::Display for SimDevice {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "[[devices]]\nname = \"dev\"\nkind = \"modbus_tcp\"\nhost = \"127.0.0.1\"\nport = {}\nunit_id = 1\ninterval = \"{}\"\ntimeout = \"{}\"\nbackoff_max = \"500ms\"\n{}\n{}\n",
-            self.port, self.interval, self.timeout, self.keys, self.points
+            "[[devices]]\nname = \"{}\"\nkind = \"modbus_tcp\"\nhost = \"127.0.0.1\"\nport = {}\nunit_id = 1\ninterval = \"{}\"\ntimeout = \"{}\"\nbackoff_max = \"500ms\"\n{}\n{}\n",
+            self.name, self.port, self.interval, self.timeout, self.keys, self.points
         )
     }
 }

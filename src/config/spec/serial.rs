@@ -112,6 +112,29 @@ pub enum ParseSpec {
     Binary,
 }
 
+// By the pattern's text: two configs with the same regex parse alike (what a reload compares).
+impl PartialEq for ParseSpec {
+    fn eq(&self, other: &Self) -> bool {
+        use ParseSpec::*;
+        match (self, other) {
+            (Regex(a), Regex(b)) => a.as_str() == b.as_str(),
+            (
+                KeyValue {
+                    separators: s1,
+                    assign: a1,
+                },
+                KeyValue {
+                    separators: s2,
+                    assign: a2,
+                },
+            ) => s1 == s2 && a1 == a2,
+            (Json, Json) | (Binary, Binary) => true,
+            (Csv { separator: a }, Csv { separator: b }) => a == b,
+            _ => false,
+        }
+    }
+}
+
 impl ParseSpec {
     pub const NAMES: &'static str = "regex, kv, json, csv, binary";
 }
