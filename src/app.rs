@@ -23,11 +23,14 @@ use crate::device::modbus::lines;
 use crate::device::serial;
 use crate::device::Driver;
 use crate::guard::Forwarder;
+use crate::http::{self, HttpError};
 use crate::mqtt::broker::{BrokerError, LocalBroker};
 use crate::mqtt::topics::{self, Topics};
 use crate::mqtt::uplink::{self, Uplink, UplinkError};
 use crate::ops::health::Health;
-use crate::ops::stats::{Board, BrokerCounters, Reporter, SerialCounters, Sources};
+use crate::ops::stats::{
+    Board, BrokerCounters, CommandCounters, PollCounters, Reporter, SerialCounters, Sources,
+};
 use crate::ops::watchdog;
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{self, Pipeline};
@@ -42,6 +45,8 @@ pub enum AppError {
     Broker(#[from] BrokerError),
     #[error(transparent)]
     Uplink(#[from] UplinkError),
+    #[error(transparent)]
+    Http(#[from] HttpError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -135,6 +140,12 @@ pub async fn run(
         .iter()
         .map(|d| (d.name.clone(), Arc::default()))
         .collect();
+    let polls: Vec<(Arc<str>, Arc<PollCounters>)> = cfg
+        .devices
+        .iter()
+        .map(|d| (d.name.clone(), Arc::default()))
+        .collect();
+    let command_counters = Arc::new(CommandCounters::default());
     let sources = Sources {
         health: health.clone(),
         outbox: outbox.clone(),
@@ -143,6 +154,8 @@ pub async fn run(
         lines: lines.stats.clone(),
         serial: serial_stats.clone(),
         broker: broker_counters,
+        polls: polls.clone(),
+        commands: command_counters.clone(),
         started,
     };
 
@@ -184,10 +197,11 @@ pub async fn run(
         topics: topics.clone(),
         results: routed_tx.clone(),
         max_age: cfg.upstream.as_ref().map(|u| u.command_max_age),
+        counters: command_counters,
     };
     let commands_task = tokio::spawn(commands.run(command_rx, commands_stop.clone()));
     let mut pollers = JoinSet::new();
-    for d in &cfg.devices {
+    for (d, (_, poll_counters)) in cfg.devices.iter().zip(&polls) {
         let Some((bus, budget)) = lines.get(&d.name).cloned() else {
             return Err(AppError::Internal(format!("no line for device {}", d.name)));
         };
@@ -217,6 +231,7 @@ pub async fn run(
             tx.clone(),
             poll_stop.clone(),
             health.register_device(&d.name, driver_budget),
+            poll_counters.clone(),
         ));
     }
     for (d, (_, stats)) in cfg.serial_devices.iter().zip(&serial_stats) {
@@ -230,6 +245,20 @@ pub async fn run(
         ));
     }
     drop(tx);
+    let http_stop = CancellationToken::new();
+    let http_task = match &cfg.http {
+        Some(h) => {
+            let users = cfg
+                .broker
+                .iter()
+                .flat_map(|b| &b.users)
+                .filter_map(|u| Some((u.name.clone(), u.password_hash.clone()?)))
+                .collect();
+            let gateway = Arc::from(cfg.gateway.id.as_str());
+            Some(http::start(h, users, sources.clone(), gateway, http_stop.clone()).await?)
+        }
+        None => None,
+    };
     // READY goes out only now: the outbox is open, the broker listens, every loop runs.
     let watchdog_task = tokio::spawn(watchdog::supervise(sources, stop.clone()));
     on_ready();
@@ -237,6 +266,10 @@ pub async fn run(
 
     stop.cancelled().await;
     tracing::info!("shutting down");
+    http_stop.cancel();
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
     poll_stop.cancel();
     stats_stop.cancel();
     while pollers.join_next().await.is_some() {}

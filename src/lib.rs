@@ -11,6 +11,7 @@ pub mod config;
 pub mod device;
 pub mod flow;
 pub mod guard;
+pub mod http;
 pub mod mqtt;
 pub mod ops;
 pub mod outbox;

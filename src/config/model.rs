@@ -31,6 +31,15 @@ pub struct Config {
     pub forward: Vec<BridgeRule>,
     /// Upstream topics delivered into the local broker.
     pub subscribe: Vec<BridgeRule>,
+    /// `None` without `[http]`.
+    pub http: Option<Http>,
+}
+
+/// `[http]`: the listener of `/metrics`, the status page and `/healthz`. Off the loopback
+/// interface it asks for the broker's users (HTTP basic authentication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http {
+    pub listen: std::net::SocketAddr,
 }
 
 /// A topic filter with an optional prefix remap between the local and the upstream side.

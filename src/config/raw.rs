@@ -23,6 +23,20 @@ pub struct RawConfig {
     pub forward: Vec<RawBridgeRule>,
     #[serde(default)]
     pub subscribe: Vec<RawBridgeRule>,
+    /// The HTTP listener (`/metrics`, `/`, `/healthz`); absent: none.
+    pub http: Option<RawHttp>,
+}
+
+/// `[http]`: checked in validate/http.rs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".into()
 }
 
 /// `[[forward]]` (local → upstream) and `[[subscribe]]` (upstream → local).

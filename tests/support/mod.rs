@@ -9,6 +9,7 @@
 //! - [`mosquitto`], [`relay`], [`mqtt`]: the upstream broker, a TCP relay that cuts links, MQTT
 //!   watchers and independent MQTT client processes.
 //! - [`modbus`]: the pymodbus simulators (TCP and RTU) and mbpoll.
+//! - [`http`]: GET on the gateway's HTTP listener, `promtool`, a headless Chromium.
 //! - [`serial`]: socat pty pairs and sensor frames.
 //! - [`certs`]: throw-away TLS certificates.
 //! - [`fuzz`]: the stable-toolchain fuzz harness (tests/fuzz.rs).
@@ -21,6 +22,7 @@
 pub mod certs;
 pub mod fuzz;
 pub mod gateway;
+pub mod http;
 pub mod modbus;
 pub mod mosquitto;
 pub mod mqtt;
