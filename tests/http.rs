@@ -6,10 +6,11 @@ mod support;
 
 use std::path::PathBuf;
 
-use support::gateway::{hash_of, Gateway, GatewayConfig, SimDevice};
+use support::gateway::{fieldbridge, hash_of, Gateway, GatewayConfig, SimDevice};
 use support::http::{get, promtool_check, sample, Browser};
 use support::modbus::ModbusSim;
 use support::mqtt::publish;
+use support::process::text;
 use support::{free_port, wait_for, wait_until, LONG};
 
 /// Two points of the simulator's default map: a read-only f32 (21.5 °C) and a writable u16
@@ -35,14 +36,22 @@ writable = true
 /// The simulator as device `dev` polled every `interval`, `[http]` on a free port, and broker
 /// user `op` (password `pw`) who may send commands.
 fn gateway(sim: &ModbusSim, interval: &'static str) -> (Gateway, u16) {
-    let http = free_port();
-    let gw = GatewayConfig::standard()
+    gateway_on(sim, interval, "127.0.0.1")
+}
+
+fn config(sim: &ModbusSim, interval: &'static str, ip: &str, http: u16) -> GatewayConfig {
+    GatewayConfig::standard()
         .with(SimDevice::new(sim.port).interval(interval).points(POINTS))
+        .with(format!("[http]\nlisten = \"{ip}:{http}\"\n"))
+}
+
+fn gateway_on(sim: &ModbusSim, interval: &'static str, ip: &str) -> (Gateway, u16) {
+    let http = free_port();
+    let gw = config(sim, interval, ip, http)
         .with(format!(
             "[[broker.users]]\nname = \"op\"\npassword_hash = \"{}\"\ncommands = true\n",
             hash_of("pw")
         ))
-        .with(format!("[http]\nlisten = \"127.0.0.1:{http}\"\n"))
         .start_in_temp();
     wait_until(LONG, "the HTTP listener to answer", || {
         std::net::TcpStream::connect(("127.0.0.1", http)).is_ok()
@@ -177,7 +186,7 @@ fn healthz_is_200_while_the_device_answers_and_503_naming_it_when_every_device_i
 #[test]
 fn the_status_page_in_chromium_shows_the_simulator_values_and_updates_live_without_a_reload() {
     let mut sim = ModbusSim::start(1);
-    let (_gw, http) = gateway(&sim, "100ms");
+    let (mut gw, http) = gateway(&sim, "100ms");
     let page = get(http, "/", None);
     assert_eq!(page.status, 200);
     assert!(
@@ -219,4 +228,40 @@ fn the_status_page_in_chromium_shows_the_simulator_values_and_updates_live_witho
     let png = std::fs::read(&shot).expect("the screenshot");
     assert!(png.starts_with(b"\x89PNG") && png.len() > 1000);
     eprintln!("screenshot of the status page: {}", shot.display());
+
+    // An open page does not hold up a clean stop.
+    let status = gw.terminate();
+    assert!(status.success(), "{status}: {}", gw.log());
+}
+
+#[test]
+fn an_http_listener_off_loopback_needs_broker_users_and_asks_every_request_for_one() {
+    let sim = ModbusSim::start(1);
+    // Without users, `check` refuses it with file, line and key, and exit code 2.
+    let dir = tempfile::tempdir().unwrap();
+    let file = config(&sim, "1h", "0.0.0.0", 8080).write(dir.path());
+    let out = fieldbridge(["check".as_ref(), "--config".as_ref(), file.as_os_str()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("key 'http.listen': 0.0.0.0:8080 is reachable from the network"),
+        "{}",
+        text(&out)
+    );
+
+    let (_gw, http) = gateway_on(&sim, "1h", "0.0.0.0");
+    for path in ["/", "/metrics", "/healthz", "/events"] {
+        let r = get(http, path, None);
+        assert_eq!(r.status, 401, "{path}");
+        assert_eq!(
+            r.header("www-authenticate"),
+            Some("Basic realm=\"fieldbridge\", charset=\"UTF-8\"")
+        );
+    }
+    // op:wrong, then op:pw.
+    assert_eq!(
+        get(http, "/healthz", Some("Basic b3A6d3Jvbmc=")).status,
+        401
+    );
+    assert_eq!(get(http, "/metrics", Some("Basic b3A6cHc=")).status, 200);
+    assert_eq!(get(http, "/", Some("Basic b3A6cHc=")).status, 200);
 }
