@@ -2,10 +2,12 @@
 //! what it needs from here: its channels, its counters and its liveness beat (one `Health`
 //! registry per run, no process-wide state).
 //!
-//! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers.
-//! Stop: pollers first (no new readings) → pipeline drains and commits everything queued →
-//! uplink gets `shutdown_timeout` for in-flight publishes, publishes `offline`, disconnects →
-//! the outbox commits the last acks and checkpoints its WAL (`Outbox::close`).
+//! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers → the
+//! HTTP listener (`[http]`; it only reads what the loops count).
+//! Stop: the HTTP listener (its event streams end) → pollers (no new readings) → pipeline
+//! drains and commits everything queued → uplink gets `shutdown_timeout` for in-flight
+//! publishes, publishes `offline`, disconnects → the outbox commits the last acks and
+//! checkpoints its WAL (`Outbox::close`).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
