@@ -2,11 +2,13 @@
 //! what it needs from here: its channels, its counters and its liveness beat (one `Health`
 //! registry per run, no process-wide state).
 //!
-//! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers.
-//! Stop: pollers first (no new readings) → pipeline drains and commits everything queued →
-//! uplink gets `shutdown_timeout` for in-flight publishes, publishes `offline`, disconnects →
-//! the outbox commits the last acks and checkpoints its WAL (`Outbox::close`). The whole stop has
-//! a hard deadline (`ops::shutdown`), so a hung loop cannot hold it up.
+//! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers → the
+//! HTTP listener (`[http]`; it only reads what the loops count).
+//! Stop: the HTTP listener (its event streams end) → pollers (no new readings) → pipeline
+//! drains and commits everything queued → uplink gets `shutdown_timeout` for in-flight
+//! publishes, publishes `offline`, disconnects → the outbox commits the last acks and
+//! checkpoints its WAL (`Outbox::close`). The whole stop has a hard deadline
+//! (`ops::shutdown`), so a hung loop cannot hold it up.
 //!
 //! Reload (`run_reloadable`, one request per SIGHUP): the file is loaded as `run` loads it,
 //! `reload::plan` says what changes or why it cannot, and this module applies it to the running
@@ -27,12 +29,14 @@ use crate::flow::{Command, Message, Route, Routed};
 use crate::guard::{self, Forwarder};
 use crate::homeassistant::{self, discovery, Discovery};
 use crate::mqtt::birth::BirthWatch;
+use crate::http::{self, HttpError};
 use crate::mqtt::broker::{BrokerError, LocalBroker};
 use crate::mqtt::topics::{self, Topics};
 use crate::mqtt::uplink::{self, Uplink, UplinkError};
 use crate::ops::health::Health;
 use crate::ops::stats::{
-    Board, BrokerCounters, LineCounters, Named, Reporter, SerialCounters, Sources, UplinkCounters,
+    Board, BrokerCounters, CommandCounters, LineCounters, Named, PollCounters, Reporter,
+    SerialCounters, Sources, UplinkCounters,
 };
 use crate::ops::{shutdown, watchdog};
 use crate::outbox::{Outbox, OutboxError};
@@ -50,6 +54,8 @@ pub enum AppError {
     Uplink(#[from] UplinkError),
     #[error(transparent)]
     Abandoned(#[from] shutdown::Abandoned),
+    #[error(transparent)]
+    Http(#[from] HttpError),
     #[error("internal: {0}")]
     Internal(String),
 }
@@ -166,6 +172,8 @@ pub async fn run_reloadable(
     let line_stats: Named<LineCounters> = Arc::default();
     let serial_stats: Named<SerialCounters> = Arc::default();
     let uplink_stats = uplink.as_ref().map(|u| u.stats());
+    let poll_stats: Named<PollCounters> = Arc::default();
+    let command_counters = Arc::new(CommandCounters::default());
     let sources = Sources {
         health: health.clone(),
         outbox: outbox.clone(),
@@ -174,6 +182,8 @@ pub async fn run_reloadable(
         lines: line_stats.clone(),
         serial: serial_stats.clone(),
         broker: broker_counters,
+        polls: poll_stats.clone(),
+        commands: command_counters.clone(),
         started,
     };
 
@@ -241,6 +251,7 @@ pub async fn run_reloadable(
             writers: writers.clone(),
             line_stats,
             serial_stats,
+            poll_stats,
         },
     );
     let commands = Commands {
@@ -248,8 +259,23 @@ pub async fn run_reloadable(
         topics: topics.clone(),
         results: routed_tx.clone(),
         max_age: cfg.upstream.as_ref().map(|u| u.command_max_age),
+        counters: command_counters,
     };
     let commands_task = tokio::spawn(commands.run(command_rx, commands_stop.clone()));
+    let http_stop = CancellationToken::new();
+    let http_task = match &cfg.http {
+        Some(h) => {
+            let users = cfg
+                .broker
+                .iter()
+                .flat_map(|b| &b.users)
+                .filter_map(|u| Some((u.name.clone(), u.password_hash.clone()?)))
+                .collect();
+            let gateway = Arc::from(cfg.gateway.id.as_str());
+            Some(http::start(h, users, sources.clone(), gateway, http_stop.clone()).await?)
+        }
+        None => None,
+    };
     // READY goes out only now: the outbox is open, the broker listens, every loop runs.
     let watchdog_task = tokio::spawn(watchdog::supervise(sources, stop.clone()));
     on_ready();
@@ -344,6 +370,10 @@ pub async fn run_reloadable(
         cfg.gateway.shutdown_timeout + shutdown::MARGIN,
         health.clone(),
     );
+    http_stop.cancel();
+    if let Some(t) = http_task {
+        let _ = t.await;
+    }
     stats_stop.cancel();
     fleet.stop_devices().await;
     commands_stop.cancel();

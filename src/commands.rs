@@ -26,6 +26,7 @@ use crate::flow::Message;
 use crate::flow::{excerpt, now_ms, Command, Origin, MAX_ECHO};
 use crate::flow::{Route, Routed};
 use crate::mqtt::topics::Topics;
+use crate::ops::stats::CommandCounters;
 
 /// The write handle of every Modbus device, by device name; a reload replaces a restarted
 /// device's handle (`app.rs`), so a command always reaches the device's current line.
@@ -38,6 +39,8 @@ pub struct Commands {
     /// `[upstream] command_max_age`: an upstream command sent longer ago than this (by its
     /// payload's `ts`) is refused. `None`: no upstream.
     pub max_age: Option<Duration>,
+    /// Commands by device and result (the `/metrics` page).
+    pub counters: Arc<CommandCounters>,
 }
 
 /// Why a command was not done: refused by validation (payload, unknown device or point, the
@@ -103,6 +106,17 @@ impl Commands {
     }
 
     async fn report(&self, cmd: &Command, outcome: Outcome, id: Option<serde_json::Value>) {
+        let known = self
+            .targets
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains_key(cmd.device.as_str());
+        let device = if known {
+            cmd.device.as_str()
+        } else {
+            ""
+        };
+        self.counters.record(device, result_kind(&outcome));
         match &outcome {
             Ok(v) => tracing::info!(
                 event = "write",
@@ -133,6 +147,18 @@ impl Commands {
         if self.results.send(routed).await.is_err() {
             tracing::debug!("pipeline stopped; write result not published");
         }
+    }
+}
+
+/// The result label of an outcome on `/metrics`.
+pub fn result_kind(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Ok(_) => "ok",
+        Err(WriteFailure::Refused(WriteError::Stale(_))) => "stale",
+        Err(WriteFailure::Refused(_)) => "refused",
+        Err(WriteFailure::Exception { .. }) => "exception",
+        Err(WriteFailure::NotConfirmed { .. }) => "not_confirmed",
+        Err(WriteFailure::Unexpected { .. }) => "unexpected",
     }
 }
 

@@ -28,7 +28,7 @@ use crate::device::serial;
 use crate::device::Driver;
 use crate::flow::DeviceEvent;
 use crate::ops::health::Health;
-use crate::ops::stats::{Board, LineCounters, Named, SerialCounters};
+use crate::ops::stats::{Board, LineCounters, Named, PollCounters, SerialCounters};
 use crate::poller;
 use crate::reload::Changes;
 
@@ -40,6 +40,7 @@ pub struct Deps {
     pub writers: Targets,
     pub line_stats: Named<LineCounters>,
     pub serial_stats: Named<SerialCounters>,
+    pub poll_stats: Named<PollCounters>,
 }
 
 struct Running {
@@ -160,6 +161,11 @@ impl Fleet {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .retain(|(n, _)| n != name);
+        self.deps
+            .poll_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(n, _)| n != name);
     }
 
     fn forget_line(&self, name: &str) {
@@ -255,6 +261,12 @@ impl Fleet {
             .health
             .register_device(&d.name, driver.max_poll_time());
         self.deps.board.add(&d.name);
+        let polls: Arc<PollCounters> = Arc::default();
+        self.deps
+            .poll_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((d.name.clone(), polls.clone()));
         let stop = self.devices_stop.child_token();
         let task = tokio::spawn(poller::run(
             d.name.clone(),
@@ -263,6 +275,7 @@ impl Fleet {
             self.deps.tx.clone(),
             stop.clone(),
             beat,
+            polls,
         ));
         self.devices.insert(d.name.clone(), Running { stop, task });
     }

@@ -13,6 +13,7 @@ pub mod fleet;
 pub mod flow;
 pub mod guard;
 pub mod homeassistant;
+pub mod http;
 pub mod mqtt;
 pub mod ops;
 pub mod outbox;

@@ -19,6 +19,7 @@ use crate::device::status::Status;
 use crate::device::Driver;
 use crate::flow::DeviceEvent;
 use crate::ops::health::Beat;
+use crate::ops::stats::PollCounters;
 
 pub async fn run<D: Driver>(
     name: Arc<str>,
@@ -27,6 +28,7 @@ pub async fn run<D: Driver>(
     tx: mpsc::Sender<DeviceEvent>,
     stop: CancellationToken,
     beat: Beat,
+    counters: Arc<PollCounters>,
 ) {
     let mut status = Status::new(name.clone());
     let mut failures: u32 = 0;
@@ -47,6 +49,7 @@ pub async fn run<D: Driver>(
             _ = stop.cancelled() => break,
             r = driver.poll() => r,
         };
+        counters.observe(started.elapsed(), result.as_ref().err().map(|e| e.kind()));
         let events = match result {
             Ok(readings) => {
                 // Ended after the next poll was due: the line (or the device) cannot keep up.

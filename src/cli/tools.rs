@@ -181,6 +181,7 @@ pub async fn write(
         topics: Topics::new(&cfg.gateway.topic_prefix, &cfg.gateway.id),
         results,
         max_age: None,
+        counters: Default::default(),
     };
     let cmd = Command {
         device: device.to_string(),

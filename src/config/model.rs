@@ -34,6 +34,15 @@ pub struct Config {
     pub subscribe: Vec<BridgeRule>,
     /// `None` when Home Assistant discovery is off.
     pub homeassistant: Option<HomeAssistant>,
+    /// `None` without `[http]`.
+    pub http: Option<Http>,
+}
+
+/// `[http]`: the listener of `/metrics`, the status page and `/healthz`. Off the loopback
+/// interface it asks for the broker's users (HTTP basic authentication).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Http {
+    pub listen: std::net::SocketAddr,
 }
 
 /// Home Assistant MQTT discovery (`[homeassistant]`, issue 16).

@@ -25,6 +25,20 @@ pub struct RawConfig {
     pub subscribe: Vec<RawBridgeRule>,
     /// Home Assistant MQTT discovery (issue 16); validated in validate/homeassistant.rs.
     pub homeassistant: Option<RawHomeAssistant>,
+    /// The HTTP listener (`/metrics`, `/`, `/healthz`); absent: none.
+    pub http: Option<RawHttp>,
+}
+
+/// `[http]`: checked in validate/http.rs.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    #[serde(default = "default_http_listen")]
+    pub listen: String,
+}
+
+fn default_http_listen() -> String {
+    "127.0.0.1:8080".into()
 }
 
 /// `[homeassistant]`: MQTT discovery of every device and point.

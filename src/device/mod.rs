@@ -46,6 +46,23 @@ pub enum DeviceError {
     Port(String),
 }
 
+impl DeviceError {
+    /// A short, fixed name of the kind of failure (a metric label: never device data).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DeviceError::Resolve { .. } => "resolve",
+            DeviceError::Connect { .. } => "connect",
+            DeviceError::Timeout(_) => "timeout",
+            DeviceError::BusGone { .. } => "bus_gone",
+            DeviceError::Link { .. } => "link",
+            DeviceError::BadAnswer { .. } => "bad_answer",
+            DeviceError::BadCrc { .. } => "bad_crc",
+            DeviceError::WrongUnit { .. } => "wrong_unit",
+            DeviceError::Port(_) => "port",
+        }
+    }
+}
+
 pub trait Driver: Send {
     /// One complete read of every point. Per-point failures that the device reported (e.g. a
     /// Modbus exception) come back as readings with bad quality; an `Err` means the device did

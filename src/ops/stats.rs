@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::flow::{now_ms, DeviceEvent, Message, Route, Routed};
+use crate::flow::{now_ms, DeviceEvent, Message, Reading, Route, Routed};
 use crate::ops::health::Health;
 use crate::outbox::Outbox;
 
@@ -311,29 +311,65 @@ pub struct UpstreamStats {
     pub reconnects: u64,
 }
 
-/// Reachability of every device, as last reported by its poller or serial task.
+/// Reachability of every device, as last reported by its poller or serial task, with the reason
+/// it went offline and the last reading of each point (for the status page).
 #[derive(Debug, Default)]
 pub struct Board {
-    devices: Mutex<HashMap<Arc<str>, Option<bool>>>,
+    devices: Mutex<HashMap<Arc<str>, DeviceCell>>,
+}
+
+#[derive(Debug, Default)]
+struct DeviceCell {
+    online: Option<bool>,
+    reason: Option<String>,
+    values: BTreeMap<Arc<str>, Reading>,
+}
+
+/// One device on the board: reachability, why it is offline, last readings in point order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceView {
+    pub online: Option<bool>,
+    pub reason: Option<String>,
+    pub values: Vec<Reading>,
 }
 
 impl Board {
     pub fn new<'a>(names: impl IntoIterator<Item = &'a Arc<str>>) -> Self {
         Board {
-            devices: Mutex::new(names.into_iter().map(|n| (n.clone(), None)).collect()),
+            devices: Mutex::new(
+                names
+                    .into_iter()
+                    .map(|n| (n.clone(), DeviceCell::default()))
+                    .collect(),
+            ),
         }
     }
 
     pub fn observe(&self, events: &[DeviceEvent]) {
-        // A poisoned lock only means another thread panicked mid-update of a bool map; the
+        // A poisoned lock only means another thread panicked mid-update of a plain map; the
         // data is still usable.
         let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
         for e in events {
-            if let DeviceEvent::Status { device, online, .. } = e {
-                // Only devices on the board: a device a reload removed may still have a last
-                // event in the pipeline's queue.
-                if let Some(v) = d.get_mut(device) {
-                    *v = Some(*online);
+            match e {
+                DeviceEvent::Status {
+                    device,
+                    online,
+                    reason,
+                } => {
+                    // Only devices on the board: a device a reload removed may still have a
+                    // last event in the pipeline's queue.
+                    if let Some(cell) = d.get_mut(device) {
+                        cell.online = Some(*online);
+                        cell.reason = if *online { None } else { reason.clone() };
+                    }
+                }
+                DeviceEvent::Readings(readings) => {
+                    for r in readings {
+                        // Only configured devices: the board's keys are fixed at start.
+                        if let Some(cell) = d.get_mut(&r.device) {
+                            cell.values.insert(r.point.clone(), r.clone());
+                        }
+                    }
                 }
             }
         }
@@ -342,7 +378,7 @@ impl Board {
     /// A device a reload added (not yet reported).
     pub fn add(&self, name: &Arc<str>) {
         let mut d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        d.entry(name.clone()).or_insert(None);
+        d.entry(name.clone()).or_default();
     }
 
     /// A device a reload removed.
@@ -354,13 +390,122 @@ impl Board {
     /// (online, total)
     pub fn counts(&self) -> (usize, usize) {
         let d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        (d.values().filter(|v| **v == Some(true)).count(), d.len())
+        (
+            d.values().filter(|c| c.online == Some(true)).count(),
+            d.len(),
+        )
     }
 
     /// Every device with its last reported reachability (`None`: not reported yet).
     pub fn devices(&self) -> BTreeMap<String, Option<bool>> {
         let d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
-        d.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+        d.iter().map(|(k, c)| (k.to_string(), c.online)).collect()
+    }
+
+    /// Every device with its reachability, offline reason and last readings.
+    pub fn view(&self) -> BTreeMap<String, DeviceView> {
+        let d = self.devices.lock().unwrap_or_else(|p| p.into_inner());
+        d.iter()
+            .map(|(k, c)| {
+                (
+                    k.to_string(),
+                    DeviceView {
+                        online: c.online,
+                        reason: c.reason.clone(),
+                        values: c.values.values().cloned().collect(),
+                    },
+                )
+            })
+            .collect()
+    }
+}
+
+/// Upper bounds, in seconds, of the poll duration histogram: a Modbus TCP poll on a LAN takes
+/// milliseconds, an RTU poll of a few requests at 9600 baud a few hundred, a timeout up to the
+/// device's `timeout` per attempt.
+pub const POLL_BUCKETS: [f64; 10] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
+/// How one Modbus device's polls went: how long each took (answered or not) and why the failed
+/// ones failed. Bumped by its poller only.
+#[derive(Debug, Default)]
+pub struct PollCounters {
+    /// Polls per bucket of `POLL_BUCKETS` (not cumulative; the last cell is above every bound).
+    buckets: [AtomicU64; POLL_BUCKETS.len() + 1],
+    sum_us: AtomicU64,
+    errors: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+/// A snapshot of `PollCounters`, in the shape of a Prometheus histogram.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PollTotals {
+    /// (upper bound in seconds, polls in this bucket and not in the one before), the last
+    /// bound infinite: the shape prometheus-client's encoder sums into cumulative buckets.
+    pub buckets: Vec<(f64, u64)>,
+    pub count: u64,
+    pub sum_s: f64,
+    /// Failed polls by reason (`DeviceError::kind`).
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+impl PollCounters {
+    /// One poll took `took`; `error` names why it failed, if it did.
+    pub fn observe(&self, took: Duration, error: Option<&'static str>) {
+        let s = took.as_secs_f64();
+        let i = POLL_BUCKETS
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(POLL_BUCKETS.len());
+        if let Some(cell) = self.buckets.get(i) {
+            bump(cell);
+        }
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        if let Some(kind) = error {
+            let mut e = self.errors.lock().unwrap_or_else(|p| p.into_inner());
+            *e.entry(kind).or_default() += 1;
+        }
+    }
+
+    pub fn snapshot(&self) -> PollTotals {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(POLL_BUCKETS.len() + 1);
+        for (i, cell) in self.buckets.iter().enumerate() {
+            let n = cell.load(Ordering::Relaxed);
+            total += n;
+            buckets.push((POLL_BUCKETS.get(i).copied().unwrap_or(f64::INFINITY), n));
+        }
+        PollTotals {
+            buckets,
+            count: total,
+            sum_s: self.sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+            errors: self
+                .errors
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        }
+    }
+}
+
+/// Commands by device and result (`ok`, `refused`, `stale`, `exception`, `not_confirmed`,
+/// `unexpected`). A command for a device that is not configured counts under device `""`, so a
+/// client cannot grow this table with names of its own.
+#[derive(Debug, Default)]
+pub struct CommandCounters {
+    counts: Mutex<BTreeMap<(String, &'static str), u64>>,
+}
+
+impl CommandCounters {
+    pub fn record(&self, device: &str, result: &'static str) {
+        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        *c.entry((device.to_owned(), result)).or_default() += 1;
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<(String, &'static str), u64> {
+        self.counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 }
 
@@ -378,6 +523,9 @@ pub struct Sources {
     pub lines: Named<LineCounters>,
     pub serial: Named<SerialCounters>,
     pub broker: Option<Arc<BrokerCounters>>,
+    /// Poll durations and failures of each Modbus device.
+    pub polls: Named<PollCounters>,
+    pub commands: Arc<CommandCounters>,
     pub started: Instant,
 }
 

@@ -11,6 +11,7 @@
 //! - [`modbus`]: the pymodbus simulators (TCP and RTU) and mbpoll.
 //! - [`homeassistant`]: retained discovery configs as Home Assistant reads them, and value
 //!   templates rendered with Jinja2.
+//! - [`http`]: GET on the gateway's HTTP listener, `promtool`, a headless Chromium.
 //! - [`serial`]: socat pty pairs and sensor frames.
 //! - [`notify`]: a `NOTIFY_SOCKET` listener that records sd_notify messages with their arrival
 //!   time (READY, STATUS, the watchdog pings).
@@ -26,6 +27,7 @@ pub mod certs;
 pub mod fuzz;
 pub mod gateway;
 pub mod homeassistant;
+pub mod http;
 pub mod modbus;
 pub mod mosquitto;
 pub mod mqtt;

@@ -196,7 +196,7 @@ pub(super) fn broker(c: &mut Check, b: KeyPath, raw: &RawBroker) -> Option<Broke
     Some(broker)
 }
 
-fn addr(c: &mut Check, p: KeyPath, s: &str, example: &str) -> SocketAddr {
+pub(super) fn addr(c: &mut Check, p: KeyPath, s: &str, example: &str) -> SocketAddr {
     match s.parse::<SocketAddr>() {
         Ok(a) => a,
         Err(_) => {

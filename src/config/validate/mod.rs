@@ -3,6 +3,7 @@
 mod broker;
 mod check;
 mod homeassistant;
+mod http;
 mod modbus;
 mod report;
 mod serial;
@@ -142,6 +143,10 @@ pub fn validate(raw: &RawConfig, profiles: &Profiles) -> Result<Config, Vec<Issu
             "forwarding needs the embedded broker ([broker] enabled = true)",
         );
     }
+    let http = raw
+        .http
+        .as_ref()
+        .map(|h| http::http(&mut c, root.key("http"), h, &raw.broker));
     if !subscribe.is_empty() && upstream.is_none() {
         c.push(
             root.key("subscribe"),
@@ -168,6 +173,7 @@ pub fn validate(raw: &RawConfig, profiles: &Profiles) -> Result<Config, Vec<Issu
             forward,
             subscribe,
             serial_devices,
+            http,
         })
     } else {
         Err(c.issues)
