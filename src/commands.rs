@@ -111,11 +111,7 @@ impl Commands {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .contains_key(cmd.device.as_str());
-        let device = if known {
-            cmd.device.as_str()
-        } else {
-            ""
-        };
+        let device = if known { cmd.device.as_str() } else { "" };
         self.counters.record(device, result_kind(&outcome));
         match &outcome {
             Ok(v) => tracing::info!(
