@@ -213,27 +213,7 @@ pub async fn run_reloadable(
         tx: routed_tx.clone(),
     };
     let stats_task = tokio::spawn(reporter.run(stats_stop.clone()));
-    let discovery_docs = match &cfg.homeassistant {
-        Some(ha) => discovery::documents(
-            &cfg,
-            &topics,
-            &discovery::Origin {
-                gateway_id: cfg.gateway.id.clone(),
-                version: env!("CARGO_PKG_VERSION").into(),
-                discovery_prefix: ha.discovery_prefix.clone(),
-            },
-        ),
-        None => Vec::new(),
-    };
-    let discovery_task =
-        homeassistant::has_work(&cfg.gateway.data_dir, &discovery_docs).then(|| {
-            let d = Discovery {
-                documents: discovery_docs.clone(),
-                data_dir: cfg.gateway.data_dir.clone(),
-                tx: routed_tx.clone(),
-            };
-            tokio::spawn(d.run(births, stats_stop.clone()))
-        });
+    let mut discovery = DiscoveryRun::start(&cfg, &topics, &routed_tx, births);
     let mut uplink_stop = CancellationToken::new();
     let mut uplink_task =
         uplink.map(|u| tokio::spawn(u.run(uplink_stop.clone(), cfg.gateway.shutdown_timeout)));
@@ -347,6 +327,15 @@ pub async fn run_reloadable(
                                 });
                             }
                             running.apply(&new, &plan).await;
+                            let d = &plan.devices;
+                            let touched = !(d.added.is_empty()
+                                && d.removed.is_empty()
+                                && d.changed.is_empty());
+                            if new.homeassistant.is_some() && touched {
+                                // What left the config is cleared, what came is announced.
+                                let births = discovery.stop().await;
+                                discovery = DiscoveryRun::start(&new, &topics, &routed_tx, births);
+                            }
                             log_applied(&plan);
                             cfg = new;
                             format!(
@@ -392,17 +381,15 @@ pub async fn run_reloadable(
     }
     fleet.stop_lines().await;
     let _ = stats_task.await;
-    let discovery_task_ran = discovery_task.is_some();
-    if let Some(t) = discovery_task {
-        let _ = t.await;
-    }
+    let discovery_ran = discovery.task.is_some();
+    discovery.stop().await;
     let _ = watchdog_task.await;
     pipe_stop.cancel();
     let local = pipe.await.map_err(|e| AppError::Internal(e.to_string()))?;
     outbox.flush().await?;
-    if discovery_task_ran {
+    if discovery_ran {
         // Everything published is committed now: the record narrows to what is current.
-        if let Err(e) = homeassistant::settle(&cfg.gateway.data_dir, &discovery_docs) {
+        if let Err(e) = homeassistant::settle(&cfg.gateway.data_dir, &discovery.documents) {
             tracing::error!(event = "discovery_state_failed", error = %e, "cannot record the published Home Assistant discovery topics");
         }
     }
@@ -425,6 +412,60 @@ pub async fn run_reloadable(
     );
     deadline.finish()?;
     Ok(())
+}
+
+/// The Home Assistant discovery publisher of the running config (see `homeassistant`).
+struct DiscoveryRun {
+    documents: Vec<Message>,
+    stop: CancellationToken,
+    task: Option<tokio::task::JoinHandle<Option<mpsc::Receiver<()>>>>,
+}
+
+impl DiscoveryRun {
+    /// Publishes `cfg`'s discovery configs and clears the stale ones, when discovery is on or
+    /// was on in an earlier run; `births` ask for a republish.
+    fn start(
+        cfg: &Config,
+        topics: &Topics,
+        tx: &mpsc::Sender<Routed>,
+        births: Option<mpsc::Receiver<()>>,
+    ) -> DiscoveryRun {
+        let documents = match &cfg.homeassistant {
+            Some(ha) => discovery::documents(
+                cfg,
+                topics,
+                &discovery::Origin {
+                    gateway_id: cfg.gateway.id.clone(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    discovery_prefix: ha.discovery_prefix.clone(),
+                },
+            ),
+            None => Vec::new(),
+        };
+        let stop = CancellationToken::new();
+        let task = homeassistant::has_work(&cfg.gateway.data_dir, &documents).then(|| {
+            let d = Discovery {
+                documents: documents.clone(),
+                data_dir: cfg.gateway.data_dir.clone(),
+                tx: tx.clone(),
+            };
+            tokio::spawn(d.run(births, stop.clone()))
+        });
+        DiscoveryRun {
+            documents,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops the publisher once it has sent what it had; the births channel comes back.
+    async fn stop(&mut self) -> Option<mpsc::Receiver<()>> {
+        self.stop.cancel();
+        match self.task.take() {
+            Some(t) => t.await.ok().flatten(),
+            None => None,
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -202,6 +202,15 @@ fn refusals(old: &Config, new: &Config) -> Vec<Issue> {
     if old.forward != new.forward {
         refuse(root.key("forward"), "[[forward]]");
     }
+    if old.homeassistant != new.homeassistant {
+        refuse(
+            root.key("homeassistant"),
+            "[homeassistant] (its birth topic is subscribed at start)",
+        );
+    }
+    if old.http != new.http {
+        refuse(root.key("http"), "[http] (its listener is bound at start)");
+    }
     match (&old.broker, &new.broker) {
         (Some(_), None) | (None, Some(_)) => {
             refuse(root.key("broker"), "turning the embedded broker on or off")

@@ -283,6 +283,26 @@ fn a_point_or_device_that_leaves_the_config_or_discovery_switched_off_is_removed
 }
 
 #[test]
+fn a_reload_clears_the_discovery_of_what_left_the_config_and_keeps_the_rest_without_a_restart() {
+    let mosq = Mosquitto::start();
+    let sim = ModbusSim::start(1);
+    let dir = tempfile::tempdir().unwrap();
+    let mut gw = config(&sim, &mosq, false).start(dir.path());
+    retained_configs(mosq.port, &ALL, LONG);
+    let live = MqttWatcher::connect(mosq.port, CONFIGS);
+    let text = gw.config_text();
+    let shrunk = text.replace(&devices(sim.port, false), &devices(sim.port, true));
+    assert_ne!(shrunk, text, "the test config has the full device list");
+    gw.reload_with(&shrunk);
+    gw.wait_log(&["config_reloaded"]);
+    for gone in [VOLTAGE, PANEL_TEMP] {
+        live.wait_for_sync(|m| m.topic == gone && m.payload.is_empty(), LONG);
+    }
+    retained_configs(mosq.port, &[GATEWAY, ENERGY, NUMBER, SWITCH, ALARM], LONG);
+    assert!(gw.try_wait().is_none(), "the gateway exited:\n{}", gw.log());
+}
+
+#[test]
 fn a_gateway_killed_after_publishing_still_clears_what_left_the_config_at_the_next_start() {
     let mosq = Mosquitto::start();
     let sim = ModbusSim::start(1);

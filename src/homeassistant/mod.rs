@@ -45,8 +45,12 @@ pub struct Discovery {
 
 impl Discovery {
     /// Clears stale topics, publishes the current configs, then publishes them again on every
-    /// birth until `stop`.
-    pub async fn run(self, mut births: Option<mpsc::Receiver<()>>, stop: CancellationToken) {
+    /// birth until `stop`. Gives the births back, for the publisher of a reloaded config.
+    pub async fn run(
+        self,
+        mut births: Option<mpsc::Receiver<()>>,
+        stop: CancellationToken,
+    ) -> Option<mpsc::Receiver<()>> {
         let path = self.data_dir.join(STATE_FILE);
         let previous = read_state(&path);
         let stale: Vec<String> = discovery::stale(&previous, &self.documents)
@@ -73,7 +77,7 @@ impl Discovery {
             .send(clears.chain(self.documents.iter().cloned()))
             .await
         {
-            return;
+            return births;
         }
         if !self.documents.is_empty() {
             tracing::info!(
@@ -81,21 +85,21 @@ impl Discovery {
                 "Home Assistant discovery published"
             );
         }
-        let Some(births) = births.as_mut() else {
-            return;
+        let Some(rx) = births.as_mut() else {
+            return births;
         };
         loop {
             tokio::select! {
-                b = births.recv() => {
+                b = rx.recv() => {
                     if b.is_none() {
-                        return;
+                        return None;
                     }
                     tracing::info!("Home Assistant came online: discovery published again");
                     if !self.send(self.documents.iter().cloned()).await {
-                        return;
+                        return births;
                     }
                 }
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return births,
             }
         }
     }
