@@ -91,9 +91,8 @@ impl Discovery {
         loop {
             tokio::select! {
                 b = rx.recv() => {
-                    if b.is_none() {
-                        return None;
-                    }
+                    // The birth watchers are gone: nothing left to give back.
+                    b?;
                     tracing::info!("Home Assistant came online: discovery published again");
                     if !self.send(self.documents.iter().cloned()).await {
                         return births;

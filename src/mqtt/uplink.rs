@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::FutureExt;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
     TlsConfiguration, Transport,
@@ -493,18 +492,6 @@ impl Uplink {
                     if let Err(end) = self.on_event(e, &mut inflight, strikes, &mut acks).await {
                         return end;
                     }
-                    // What rumqttc can hand over without waiting (one read brings a run of
-                    // PUBACKs; queued publishes go out one per poll): handled before the next
-                    // ack flush and fetch, so a busy link pays for those once per run, not
-                    // once per message.
-                    for _ in 0..EVENT_RUN {
-                        let Some(e) = ev.poll().now_or_never() else {
-                            break;
-                        };
-                        if let Err(end) = self.on_event(e, &mut inflight, strikes, &mut acks).await {
-                            return end;
-                        }
-                    }
                 }
                 r = latest.changed(), if wait.newer_rows => {
                     if r.is_err() {
@@ -685,9 +672,6 @@ impl Uplink {
         self.stats.acked.fetch_add(n, Ordering::Relaxed);
     }
 }
-
-/// Events handled at most per wake-up of the session loop, beyond the one it woke for.
-const EVENT_RUN: usize = 256;
 
 /// The largest packet we send or take upstream.
 const MAX_PACKET: usize = 1024 * 1024;
