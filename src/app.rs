@@ -132,8 +132,17 @@ pub async fn run_reloadable(
             let local_commands = writable.then(|| (topics.clone(), command_tx.clone()));
             let link_beat = health.register("broker link", Duration::from_secs(10));
             let local_birth = birth.clone();
+            let counters = broker_counters.clone().unwrap_or_default();
             let broker = tokio::task::spawn_blocking(move || {
-                LocalBroker::start(&b, &base, forward, local_commands, local_birth, link_beat)
+                LocalBroker::start(
+                    &b,
+                    &base,
+                    forward,
+                    local_commands,
+                    local_birth,
+                    link_beat,
+                    counters,
+                )
             })
             .await
             .map_err(|e| AppError::Internal(e.to_string()))??;

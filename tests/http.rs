@@ -159,6 +159,25 @@ fn metrics_pass_promtool_and_count_exactly_the_polls_requests_and_commands_of_a_
         r.header("content-type"),
         Some("text/plain; version=0.0.4; charset=utf-8")
     );
+
+    // Broker connections: an idle client socket is one open connection until it goes.
+    let open =
+        |want: f64| move || sample(&metrics(http), "fieldbridge_broker_connections") == Some(want);
+    wait_until(LONG, "no broker connection to be open", open(0.0));
+    let idle = std::net::TcpStream::connect(("127.0.0.1", gw.broker_port)).unwrap();
+    wait_until(LONG, "the idle connection to be counted open", open(1.0));
+    drop(idle);
+    wait_until(LONG, "the idle connection to be counted closed", open(0.0));
+    let m = metrics(http);
+    // The harness's readiness probe, the two command publishes and the idle socket.
+    assert!(
+        sample(&m, "fieldbridge_broker_connections_accepted_total").is_some_and(|n| n >= 4.0),
+        "{m}"
+    );
+    assert_eq!(
+        sample(&m, "fieldbridge_broker_connections_refused_total"),
+        Some(0.0)
+    );
     drop(gw);
 }
 

@@ -138,7 +138,9 @@ pub fn render(s: &Stats, now_ms: u64) -> String {
     out.push_str(&format!("upstream: {up}\n"));
     if let Some(b) = &s.broker {
         out.push_str(&format!(
-            "local broker: {} forwarded upstream, {} refused, {} lost; {} messages skipped for lagging subscribers ({} cursor jumps)\n",
+            "local broker: {} clients connected ({} connections refused); {} forwarded upstream, {} refused, {} lost; {} messages skipped for lagging subscribers ({} cursor jumps)\n",
+            b.connections_accepted.saturating_sub(b.connections_closed),
+            b.connections_refused,
             b.forwarded, b.forward_refused, b.forward_lost, b.subscriber_skipped, b.cursor_jumps
         ));
     }
@@ -229,6 +231,9 @@ mod tests {
                 forward_lost: 0,
                 cursor_jumps: 2,
                 subscriber_skipped: 3000,
+                connections_accepted: 5,
+                connections_refused: 1,
+                connections_closed: 3,
             }),
             serial: [(
                 "air".to_string(),
@@ -338,7 +343,7 @@ mod tests {
             "{r}"
         );
         assert!(
-            r.contains("local broker: 9 forwarded upstream, 1 refused, 0 lost; 3000 messages skipped for lagging subscribers (2 cursor jumps)"),
+            r.contains("local broker: 2 clients connected (1 connections refused); 9 forwarded upstream, 1 refused, 0 lost; 3000 messages skipped for lagging subscribers (2 cursor jumps)"),
             "{r}"
         );
         assert!(!r.contains("WATCHDOG"), "{r}");

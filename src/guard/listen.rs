@@ -9,6 +9,7 @@
 //! on the caller's runtime.
 
 use std::net::{SocketAddr, TcpListener as StdListener};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -163,6 +164,10 @@ async fn accept_loop(
             }
         };
         let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+            shared
+                .counters
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             refused += 1;
             if refused <= 5 || refused.is_power_of_two() {
                 tracing::warn!(event = "broker_connection_limit", listener = name, peer = %peer, refused_so_far = refused, "max_connections reached; closing a new connection");
@@ -171,6 +176,10 @@ async fn accept_loop(
             continue;
         };
         let Some(address_slot) = shared.per_address.try_take(peer.ip()) else {
+            shared
+                .counters
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
             refused += 1;
             if refused <= 5 || refused.is_power_of_two() {
                 tracing::warn!(event = "broker_connection_limit", listener = name, peer = %peer, refused_so_far = refused, "max_connections_per_address reached for this address; closing a new connection");
@@ -179,6 +188,10 @@ async fn accept_loop(
             continue;
         };
         let _ = stream.set_nodelay(true);
+        shared
+            .counters
+            .connections_accepted
+            .fetch_add(1, Ordering::Relaxed);
         let origin = Origin {
             listener: name,
             peer,
@@ -201,6 +214,7 @@ async fn connection(
     kind: Kind,
     _slots: (OwnedSemaphorePermit, AddressSlot),
 ) {
+    let counters = shared.counters.clone();
     match kind {
         Kind::Plain => serve(stream, origin, shared).await,
         Kind::Tls(acceptor, limit) => {
@@ -234,6 +248,8 @@ async fn connection(
             }
         }
     }
+    // Each arm above returns only once the connection is closed.
+    counters.connections_closed.fetch_add(1, Ordering::Relaxed);
 }
 
 /// MQTT over WebSocket uses the subprotocol `mqtt` (MQTT 3.1.1 §6); clients such as paho

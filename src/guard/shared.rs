@@ -21,6 +21,7 @@ use crate::config::Broker as BrokerConfig;
 use crate::guard::acl::Policy;
 use crate::guard::forward::Forwarder;
 use crate::guard::{auth, throttle};
+use crate::ops::stats::BrokerCounters;
 use crate::ops::telemetry::KeyedLimiter;
 
 #[derive(Debug, thiserror::Error)]
@@ -154,6 +155,8 @@ pub struct Shared {
     pub(super) refusal_log: std::sync::Mutex<KeyedLimiter<(std::net::IpAddr, String)>>,
     /// `[[forward]]`: matching publishes are committed to the outbox before rumqttd sees them.
     pub(super) forward: Option<Forwarder>,
+    /// Connections accepted, refused for want of a slot, and closed (open = accepted − closed).
+    pub(super) counters: Arc<BrokerCounters>,
 }
 
 impl Shared {
@@ -164,6 +167,7 @@ impl Shared {
         backend: SocketAddr,
         login: BackendLogin,
         forward: Option<Forwarder>,
+        counters: Arc<BrokerCounters>,
     ) -> Result<Shared, GuardError> {
         let dummy_hash = auth::hash_password(login.password.as_bytes())
             .map_err(|e| GuardError::Internal(e.to_string()))?;
@@ -180,6 +184,7 @@ impl Shared {
             verifier,
             refusal_log: std::sync::Mutex::new(KeyedLimiter::new(REFUSAL_LOG_EVERY, 4096)),
             forward,
+            counters,
             throttle: Default::default(),
             connections: Arc::new(Semaphore::new(cfg.max_connections)),
             per_address: Arc::new(PerAddress::new(cfg.max_connections_per_address)),

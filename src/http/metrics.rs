@@ -326,6 +326,27 @@ impl Collector for Exposition {
                 None,
                 one(b.subscriber_skipped),
             )?;
+            gauge(
+                e,
+                "broker_connections",
+                "Client connections of the embedded broker open now.",
+                None,
+                one(b.connections_accepted.saturating_sub(b.connections_closed) as i64),
+            )?;
+            counter(
+                e,
+                "broker_connections_accepted",
+                "Client connections the embedded broker accepted.",
+                None,
+                one(b.connections_accepted),
+            )?;
+            counter(
+                e,
+                "broker_connections_refused",
+                "Client connections closed at once for want of a slot.",
+                None,
+                one(b.connections_refused),
+            )?;
         }
         Ok(())
     }

@@ -42,6 +42,7 @@ use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound};
 use crate::mqtt::topics::Topics;
 use crate::ops::health::Beat;
+use crate::ops::stats::BrokerCounters;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
@@ -134,7 +135,7 @@ impl LocalBroker {
     /// With `commands`, local clients' `<device>/<point>/set` publishes (which the guard lets
     /// through only for users with `commands = true`) go to the command runner too. With
     /// `birth`, Home Assistant's birth messages from local clients are reported to it.
-    /// `beat` watches the link thread (see below).
+    /// `beat` watches the link thread (see below); the guard counts connections in `counters`.
     pub fn start(
         cfg: &BrokerConfig,
         base: &str,
@@ -142,6 +143,7 @@ impl LocalBroker {
         commands: Option<(Topics, mpsc::Sender<Command>)>,
         birth: Option<BirthWatch>,
         beat: Beat,
+        counters: Arc<BrokerCounters>,
     ) -> Result<LocalBroker, BrokerError> {
         let rt = tokio::runtime::Handle::try_current().map_err(|e| BrokerError::NoRuntime {
             reason: e.to_string(),
@@ -161,6 +163,7 @@ impl LocalBroker {
             backend,
             login.clone(),
             forward,
+            counters,
         )?);
         let mut broker = rumqttd::Broker::new(rumqttd_config(cfg, backend, &login));
         let (mut tx, mut rx) = broker.link("fieldbridge").map_err(|e| BrokerError::Link {

@@ -250,6 +250,12 @@ counter_set! {
         cursor_jumps,
         /// Messages a lagging local subscriber never received because of those jumps.
         subscriber_skipped,
+        /// Client connections the guard accepted (TCP, TLS, WebSocket), handshakes included.
+        connections_accepted,
+        /// Client connections closed at once: `max_connections` or the per-address share.
+        connections_refused,
+        /// Accepted client connections that have ended.
+        connections_closed,
     }
 }
 
