@@ -172,12 +172,18 @@ pub async fn run_reloadable(
             None
         }
     };
-    let board = Arc::new(Board::new(
+    let board = Board::new(
         cfg.devices
             .iter()
             .map(|d| &d.name)
             .chain(cfg.serial_devices.iter().map(|d| &d.name)),
-    ));
+    );
+    // A reload cannot add or remove [http], so this holds for the life of the process.
+    let board = Arc::new(if cfg.http.is_some() {
+        board.keeping_values()
+    } else {
+        board
+    });
     let line_stats: Named<LineCounters> = Arc::default();
     let serial_stats: Named<SerialCounters> = Arc::default();
     let uplink_stats = uplink.as_ref().map(|u| u.stats());

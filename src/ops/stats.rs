@@ -322,6 +322,9 @@ pub struct UpstreamStats {
 #[derive(Debug, Default)]
 pub struct Board {
     devices: Mutex<HashMap<Arc<str>, DeviceCell>>,
+    /// Whether the last reading of each point is kept: only the status page shows them, and
+    /// keeping them costs a copy and a map update per reading on the pipeline's path.
+    keep_values: bool,
 }
 
 #[derive(Debug, Default)]
@@ -348,7 +351,14 @@ impl Board {
                     .map(|n| (n.clone(), DeviceCell::default()))
                     .collect(),
             ),
+            keep_values: false,
         }
+    }
+
+    /// The board also keeps each point's last reading (for the status page).
+    pub fn keeping_values(mut self) -> Self {
+        self.keep_values = true;
+        self
     }
 
     pub fn observe(&self, events: &[DeviceEvent]) {
@@ -369,6 +379,7 @@ impl Board {
                         cell.reason = if *online { None } else { reason.clone() };
                     }
                 }
+                DeviceEvent::Readings(_) if !self.keep_values => {}
                 DeviceEvent::Readings(readings) => {
                     for r in readings {
                         // Only configured devices: the board's keys are fixed at start.
@@ -739,6 +750,30 @@ mod tests {
         board.observe(&[st(&a, true), st(&b, true), st(&b, false)]);
         assert_eq!(board.counts(), (1, 2));
         assert_eq!(board.devices().get("b"), Some(&Some(false)));
+    }
+
+    #[test]
+    fn the_board_keeps_last_readings_only_when_a_status_page_shows_them() {
+        let a: Arc<str> = "a".into();
+        let reading = |v: i64| Reading {
+            device: a.clone(),
+            point: "p".into(),
+            value: crate::flow::Value::Int(v),
+            unit: None,
+            ts_ms: v,
+            quality: crate::flow::Quality::Good,
+            error: None,
+        };
+        let evs = [
+            DeviceEvent::Readings(vec![reading(1)]),
+            DeviceEvent::Readings(vec![reading(2)]),
+        ];
+        for (keep, want) in [(false, vec![]), (true, vec![reading(2)])] {
+            let board = Board::new([&a]);
+            let board = if keep { board.keeping_values() } else { board };
+            board.observe(&evs);
+            assert_eq!(board.view()["a"].values, want, "keeping values: {keep}");
+        }
     }
 
     #[test]
