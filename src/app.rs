@@ -38,7 +38,7 @@ use crate::ops::stats::{
     Board, BrokerCounters, CommandCounters, LineCounters, Named, PollCounters, Reporter,
     SerialCounters, Sources, UplinkCounters,
 };
-use crate::ops::{shutdown, watchdog};
+use crate::ops::{memory, shutdown, watchdog};
 use crate::outbox::{Outbox, OutboxError};
 use crate::pipeline::{self, Pipeline};
 use crate::reload::{self, Plan};
@@ -274,7 +274,8 @@ pub async fn run_reloadable(
     // READY goes out only now: the outbox is open, the broker listens, every loop runs.
     let watchdog_task = tokio::spawn(watchdog::supervise(sources, stop.clone()));
     on_ready();
-    tracing::info!(devices = cfg.devices.len() + cfg.serial_devices.len(), gateway = %cfg.gateway.id, "fieldbridge running");
+    let released = memory::release_freed();
+    tracing::info!(devices = cfg.devices.len() + cfg.serial_devices.len(), gateway = %cfg.gateway.id, released_kib = released / 1024, "fieldbridge running");
 
     let mut cfg = cfg;
     if let Some(mut reloads) = reloads {
@@ -353,6 +354,8 @@ pub async fn run_reloadable(
                             }
                             log_applied(&plan);
                             cfg = new;
+                            // The old config and the stopped tasks are gone only now.
+                            memory::release_freed();
                             format!(
                                 "reloaded: {} device(s) added, {} removed, {} restarted",
                                 plan.devices.added.len(),

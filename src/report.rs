@@ -100,6 +100,8 @@ pub struct DevicePlan {
     pub shape: PayloadShape,
     /// For points not named in `points` (a serial driver's built-in points).
     pub default: ReportPolicy,
+    /// Only the points whose policy differs from `default`: most configs set a policy per
+    /// device, and a map of thousands of copies of it is a quarter MiB for nothing.
     pub points: HashMap<Arc<str>, ReportPolicy>,
     /// Half the poll interval (see `decide`); 0 for a sensor that streams.
     pub slack: Duration,
@@ -113,6 +115,7 @@ impl DevicePlan {
             points: d
                 .points
                 .iter()
+                .filter(|p| p.report != d.report)
                 .map(|p| (p.name.clone(), p.report))
                 .collect(),
             slack: d.interval / 2,
@@ -121,9 +124,11 @@ impl DevicePlan {
 
     pub fn serial(d: &crate::config::serial::SerialDevice) -> Self {
         let points = match &d.protocol {
-            Protocol::Custom { points, .. } => {
-                points.iter().map(|p| (p.name.clone(), p.report)).collect()
-            }
+            Protocol::Custom { points, .. } => points
+                .iter()
+                .filter(|p| p.report != d.report)
+                .map(|p| (p.name.clone(), p.report))
+                .collect(),
             Protocol::Sensor(_) => HashMap::new(),
         };
         let slack = match &d.mode {

@@ -101,7 +101,7 @@ pub fn explain(cfg: &Config, device: Option<&str>) -> Result<String, ToolError> 
         );
         let _ = writeln!(out, "  payload: {}; report:", d.payload.as_str());
         let width = d.points.iter().map(|p| p.name.len()).max().unwrap_or(0);
-        for p in &d.points {
+        for p in d.points.iter() {
             let _ = writeln!(out, "    {:width$}  {}", p.name, p.report);
         }
     }

@@ -256,7 +256,9 @@ pub struct Device {
     /// The profile's `manufacturer` and `model` (Home Assistant's device registry shows them).
     pub manufacturer: Option<String>,
     pub model: Option<String>,
-    pub points: Vec<Point>,
+    /// Shared, not copied: the fleet, each device's driver and its command writer all hold the
+    /// device, and a 50-device config carries thousands of points (~256 bytes each).
+    pub points: Arc<[Point]>,
     /// One message per point or one per poll.
     pub payload: PayloadShape,
     /// The default of its points (each point's own is in `Point::report`).

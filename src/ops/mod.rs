@@ -1,9 +1,11 @@
 //! Operating the gateway: liveness of every loop and the systemd watchdog (`health`, told to systemd by `watchdog`), the one
 //! set of counters and the stats snapshot (`stats`), logging to journald (`telemetry`), and the
-//! hard deadline that makes a shutdown finish even with a hung loop (`shutdown`).
+//! hard deadline that makes a shutdown finish even with a hung loop (`shutdown`), and giving
+//! freed heap back after startup and reloads (`memory`).
 //! Nothing here is process-wide: `app.rs` creates the registry and hands each loop its beat.
 
 pub mod health;
+pub mod memory;
 pub mod shutdown;
 pub mod stats;
 pub mod telemetry;

@@ -435,7 +435,7 @@ pub(super) fn device(
         profile: d.profile.clone(),
         manufacturer: prof.and_then(|r| r.profile.manufacturer.clone()),
         model: prof.and_then(|r| r.profile.model.clone()),
-        points,
+        points: points.into(),
         payload,
         report: device_report,
     }
