@@ -5,8 +5,9 @@
 //! arrive within `commit_interval` share one transaction of a few multi-row INSERTs (an SD card
 //! wears out on per-message fsyncs). `append` returns only after that transaction committed with
 //! `synchronous=FULL` in WAL mode, so a process crash loses nothing that was appended and a power
-//! cut at most the group being committed. Acks are deleted as id ranges within `ACK_INTERVAL`
-//! (10 ms), which bounds the duplicates after a crash. In-flight state is not persisted: after a
+//! cut at most the group being committed. Acks are deleted as id ranges, within `ACK_INTERVAL`
+//! (10 ms) once `ACK_BATCH` (64) wait and with the next group commit before that, which bounds
+//! the duplicates after a crash. In-flight state is not persisted: after a
 //! restart every row is sent again (O3). Reads are served in id order from a read-ahead page, so
 //! the uplink's many small fetches cost one query per page.
 //!
