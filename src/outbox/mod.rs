@@ -51,7 +51,7 @@ use db::{connect, highest_id, init_schema, is_corruption, raise_sequence};
 use mark::{Mark, MarkFile};
 use writer::{RunClock, WriteCmd, Writer};
 
-pub use writer::{Liveness, Stats};
+pub use writer::{Liveness, Stats, ACK_BATCH};
 
 /// A stored message with its row id.
 #[derive(Debug, Clone, PartialEq, Eq)]
