@@ -5,8 +5,9 @@
 //! Start: outbox (durable store first) → embedded broker → pipeline → uplink → pollers → the
 //! HTTP listener (`[http]`; it only reads what the loops count).
 //! Stop: the HTTP listener (its event streams end) → pollers (no new readings) → pipeline
-//! drains and commits everything queued → uplink gets `shutdown_timeout` for in-flight
-//! publishes, publishes `offline`, disconnects → the outbox commits the last acks and
+//! drains and commits everything queued → uplink gets what is left of the stop's one
+//! `shutdown_timeout` budget (`ops::shutdown::Budget`) for in-flight publishes, publishes
+//! `offline`, disconnects → the outbox commits the last acks and
 //! checkpoints its WAL (`Outbox::close`). The whole stop has a hard deadline
 //! (`ops::shutdown`), so a hung loop cannot hold it up.
 //!
@@ -230,8 +231,14 @@ pub async fn run_reloadable(
     let stats_task = tokio::spawn(reporter.run(stats_stop.clone()));
     let mut discovery = DiscoveryRun::start(&cfg, &topics, &routed_tx, births);
     let mut uplink_stop = CancellationToken::new();
-    let mut uplink_task =
-        uplink.map(|u| tokio::spawn(u.run(uplink_stop.clone(), cfg.gateway.shutdown_timeout)));
+    let budget = shutdown::Budget::default();
+    let mut uplink_task = uplink.map(|u| {
+        tokio::spawn(u.run(
+            uplink_stop.clone(),
+            cfg.gateway.shutdown_timeout,
+            budget.clone(),
+        ))
+    });
 
     let commands_stop = CancellationToken::new();
     let writers: Targets = Arc::default();
@@ -337,9 +344,11 @@ pub async fn run_reloadable(
                                     "[upstream] changed: the upstream connection restarts"
                                 );
                                 uplink_task = fresh.map(|u| {
-                                    tokio::spawn(
-                                        u.run(uplink_stop.clone(), new.gateway.shutdown_timeout),
-                                    )
+                                    tokio::spawn(u.run(
+                                        uplink_stop.clone(),
+                                        new.gateway.shutdown_timeout,
+                                        budget.clone(),
+                                    ))
                                 });
                             }
                             running.apply(&new, &plan).await;
@@ -372,6 +381,7 @@ pub async fn run_reloadable(
         stop.cancelled().await;
     }
     tracing::info!("shutting down");
+    budget.start(std::time::Instant::now(), cfg.gateway.shutdown_timeout);
     // Disarmed when this function returns; see `ops::shutdown`.
     let deadline = shutdown::Deadline::arm(
         cfg.gateway.shutdown_timeout + shutdown::MARGIN,
@@ -385,9 +395,11 @@ pub async fn run_reloadable(
     fleet.stop_devices().await;
     commands_stop.cancel();
     // A write in flight finishes (its device gets to confirm it) within the shutdown budget;
-    // past that it is abandoned, unconfirmed, rather than holding up the rest of the stop.
+    // past that it is abandoned, unconfirmed, rather than holding up the rest of the stop. What
+    // it used is gone from the uplink's wait for acknowledgements.
     let mut commands_task = commands_task;
-    if tokio::time::timeout(cfg.gateway.shutdown_timeout, &mut commands_task)
+    let left = budget.left(std::time::Instant::now(), cfg.gateway.shutdown_timeout);
+    if tokio::time::timeout(left, &mut commands_task)
         .await
         .is_err()
     {

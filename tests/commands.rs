@@ -1,7 +1,8 @@
 //! Commands (`…/set`) as an operator sends them, through mosquitto upstream or the embedded
 //! broker, to a pymodbus RTU unit on a socat pty: what a bad payload echoes, what the retain flag
 //! and empty payloads do, a command the gateway itself passes on, and commands sent while the
-//! gateway is stopped (persistent session, `command_max_age`).
+//! gateway is stopped (persistent session, `command_max_age`), and a write still running at
+//! shutdown (it shares one stop budget with the uplink).
 
 mod support;
 
@@ -221,4 +222,70 @@ fn commands_sent_while_the_gateway_is_stopped_run_once_after_it_starts_and_stale
         .count();
     assert_eq!(fresh_results, 1);
     assert_eq!(sim.writes(2), 1, "exactly one write\n{}", gw.log());
+}
+
+#[test]
+fn a_write_still_running_at_shutdown_leaves_the_uplink_only_what_is_left_of_one_stop_budget() {
+    use std::time::{Duration, Instant};
+    use support::relay::{Mode, Relay};
+
+    let mut sim = RtuSim::start_units(2);
+    let mosq = Mosquitto::start();
+    let relay = Relay::start(mosq.addr());
+    let dir = tempfile::tempdir().unwrap();
+    let op = format!(
+        "[[broker.users]]\nname = \"op\"\npassword_hash = \"{}\"\ncommands = true\n",
+        hash_of("op-pw")
+    );
+    let mut spec = config(&sim, Some(relay.port()), &op);
+    // A write that outlasts the stop budget (a unit that never answers, a 20 s timeout, no poll
+    // after the first), and an upstream link the keep-alive does not declare dead while it is
+    // black-holed: both waits are real.
+    spec.body = spec
+        .body
+        .replace("timeout = \"300ms\"", "timeout = \"20s\"")
+        .replace("interval = \"200ms\"", "interval = \"1h\"");
+    spec.shutdown_timeout = Some("6s");
+    if let Some(up) = spec.upstream.as_mut() {
+        up.keep_alive = "60s";
+    }
+    let up = MqttWatcher::connect(mosq.port, "fieldbridge/gw/#");
+    let mut gw = spec.start(dir.path());
+    up.wait_for_sync(|m| m.topic == "fieldbridge/gw/dev/setpoint", LONG);
+
+    // The stats snapshots go on being sent into the black hole: in flight, never acknowledged.
+    relay.set_mode(Mode::BlackHole);
+    let local = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/stats");
+    local.wait_for_sync(
+        |m| {
+            let s = m.json();
+            let (sent, acked) = (&s["upstream"]["sent"], &s["upstream"]["acked"]);
+            sent.as_u64().unwrap_or(0) >= acked.as_u64().unwrap_or(0) + 3
+        },
+        LONG,
+    );
+    sim.mute(2);
+    let late = r#"{"value": 7, "id": "late"}"#;
+    publish(
+        gw.broker_port,
+        &["-u", "op", "-P", "op-pw", "-q", "1", "-t", SET, "-m", late],
+    );
+    wait_until(LONG, "the write request at the unit", || sim.writes(2) == 1);
+
+    let t = Instant::now();
+    let status = gw.terminate_within(Duration::from_secs(30));
+    let took = t.elapsed();
+    let log = gw.log();
+    // The write takes the whole budget (6 s); the uplink gets what is left of it, not 6 s more,
+    // so the stop ends within the hard deadline (budget + 5 s) and cleanly.
+    assert!(status.success(), "exit {status:?} after {took:?}\n{log}");
+    assert!(!log.contains("shutdown_abandoned"), "{log}");
+    assert!(
+        log.contains("was abandoned"),
+        "the write was not cut off:\n{log}"
+    );
+    assert!(
+        took < Duration::from_secs(6 + 4),
+        "the stop took {took:?}\n{log}"
+    );
 }

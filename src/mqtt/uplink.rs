@@ -43,6 +43,7 @@ use crate::mqtt::plan::SendPlan;
 use crate::mqtt::strikes::Strikes;
 use crate::mqtt::topics::{self, Topics};
 use crate::ops::health::Beat;
+use crate::ops::shutdown::Budget;
 use crate::ops::stats::UplinkCounters;
 use crate::outbox::inflight::{InFlight, Mismatch, Tag};
 use crate::outbox::{Outbox, OutboxError, Row};
@@ -323,16 +324,22 @@ impl Uplink {
         o
     }
 
-    /// Runs until `stop` is cancelled; then gives in-flight publishes `grace` to be acknowledged,
-    /// publishes `offline` and disconnects cleanly.
-    pub async fn run(self, stop: CancellationToken, grace: Duration) {
+    /// Runs until `stop` is cancelled; then gives in-flight publishes what is left of the stop's
+    /// `budget` (at most `grace`) to be acknowledged, publishes `offline` and disconnects cleanly.
+    pub async fn run(self, stop: CancellationToken, grace: Duration, budget: Budget) {
         let mut attempt = 0u32;
         let mut strikes = Strikes::default();
         // A row the broker closed the connection on `STRIKES` times in a row: set aside.
         let mut refused = None;
         loop {
             let reason = match self
-                .session(&stop, grace, &mut attempt, &mut strikes, refused.take())
+                .session(
+                    &stop,
+                    (grace, &budget),
+                    &mut attempt,
+                    &mut strikes,
+                    refused.take(),
+                )
                 .await
             {
                 End::Stopped => return,
@@ -393,7 +400,7 @@ impl Uplink {
     async fn session(
         &self,
         stop: &CancellationToken,
-        grace: Duration,
+        (grace, budget): (Duration, &Budget),
         attempt: &mut u32,
         strikes: &mut Strikes,
         refused: Option<i64>,
@@ -485,7 +492,8 @@ impl Uplink {
             tokio::select! {
                 biased;
                 _ = stop.cancelled(), if !plan.stopping() => {
-                    plan.stop(std::time::Instant::now(), grace);
+                    let now = std::time::Instant::now();
+                    plan.stop(now, budget.left(now, grace));
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
                 e = ev.poll() => {

@@ -17,16 +17,41 @@
 //! stderr and journald writers are unbuffered.
 
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use crate::ops::health::Health;
 
-/// What the stop sequence may take beyond `shutdown_timeout` (which bounds the uplink's wait
-/// for acknowledgements): the goodbye to upstream, the last commit and the WAL checkpoint.
+/// What the stop sequence may take beyond `shutdown_timeout` (the `Budget` of its waits for a
+/// running write and for acknowledgements): the goodbye to upstream, the last commit and the WAL checkpoint.
 pub const MARGIN: Duration = Duration::from_secs(5);
 
 /// The exit status of an abandoned shutdown (a runtime failure, as in `main.rs`).
 pub const ABANDONED_EXIT: i32 = 1;
+
+/// The one time budget of a stop, `shutdown_timeout`: it starts when the stop begins, and each
+/// wait in the sequence (a device write finishing, the uplink's wait for acknowledgements) gets
+/// what is left of it, not a budget of its own. Two full budgets one after the other would run
+/// past the hard deadline (`shutdown_timeout + MARGIN`) and turn a slow stop into an abandoned one.
+#[derive(Clone, Debug, Default)]
+pub struct Budget(Arc<OnceLock<Instant>>);
+
+impl Budget {
+    /// The stop begins at `now` and must be done waiting `within` after it; later calls change
+    /// nothing.
+    pub fn start(&self, now: Instant, within: Duration) {
+        let _ = self.0.set(now + within);
+    }
+
+    /// What is left of the budget at `now`; `whole` while no stop has begun (an uplink replaced
+    /// by a reload gets its whole grace).
+    pub fn left(&self, now: Instant, whole: Duration) -> Duration {
+        match self.0.get() {
+            Some(end) => end.saturating_duration_since(now).min(whole),
+            None => whole,
+        }
+    }
+}
 
 /// An armed deadline; dropping it (the stop sequence ended, one way or another) disarms it.
 pub struct Deadline {
@@ -100,4 +125,48 @@ fn abandon(after: Duration, health: &Health) -> ! {
         "shutdown did not finish in time; exiting without these loops (committed messages stay in the outbox and are sent after restart)"
     );
     std::process::exit(ABANDONED_EXIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_wait_of_a_stop_gets_what_is_left_of_one_budget() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // (budget started (after t0, length), asked at t0 + secs, whole, left)
+        type Case = (Option<(u64, u64)>, u64, u64, u64);
+        let table: &[Case] = &[
+            (None, 0, 30, 30),
+            (None, 100, 30, 30),
+            (Some((0, 30)), 0, 30, 30),
+            (Some((0, 30)), 12, 30, 18),
+            (Some((0, 30)), 30, 30, 0),
+            (Some((0, 30)), 45, 30, 0),
+            (Some((5, 30)), 10, 30, 25),
+            // A reload may have shortened the uplink's own grace below what is left.
+            (Some((0, 30)), 10, 5, 5),
+        ];
+        for &(started, at, whole, want) in table {
+            let b = Budget::default();
+            if let Some((from, len)) = started {
+                b.start(t0 + s(from), s(len));
+            }
+            assert_eq!(b.left(t0 + s(at), s(whole)), s(want), "{started:?} at {at}");
+        }
+    }
+
+    #[test]
+    fn only_the_first_start_of_a_stop_counts() {
+        let t0 = Instant::now();
+        let b = Budget::default();
+        b.start(t0, Duration::from_secs(10));
+        b.clone()
+            .start(t0 + Duration::from_secs(8), Duration::from_secs(10));
+        assert_eq!(
+            b.left(t0 + Duration::from_secs(9), Duration::from_secs(60)),
+            Duration::from_secs(1)
+        );
+    }
 }
