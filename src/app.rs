@@ -213,7 +213,10 @@ pub async fn run_reloadable(
             local,
             topics: topics.clone(),
             board: board.clone(),
-            beat: health.register("pipeline", Duration::ZERO),
+            // Promised within `soon`, like every loop that has not run yet: a promise of zero
+            // made the watchdog name the pipeline stalled (an ERROR line) whenever its task was
+            // first polled a millisecond after the watchdog's first look, as on a loaded machine.
+            beat: health.register("pipeline", health.pace().soon),
             report: ReportState::from_config(&cfg),
             plans: plans_rx,
         },
