@@ -206,6 +206,8 @@ fn scan_spec(a: &ScanArgs) -> Result<tools::ScanSpec, String> {
 }
 
 fn main() -> ExitCode {
+    // Before any thread exists; see `ops::memory`.
+    fieldbridge::ops::memory::one_arena();
     let cli = Cli::parse();
     // One set per process: rumqttd reports skipped messages only through the log.
     let broker_counters = Arc::new(BrokerCounters::default());

@@ -1,5 +1,5 @@
 //! Handing memory the gateway no longer uses back to the kernel, at the two moments it frees a
-//! lot at once: after startup and after a reload.
+//! lot at once: after startup and after a reload; and one malloc arena for every thread.
 //!
 //! Parsing and validating a config of a few thousand points peaks at megabytes that are freed
 //! before the first poll. glibc keeps freed chunks in its arenas and gives back only the top of
@@ -10,6 +10,30 @@
 //! Trimming once a minute as well was measured and not kept: on the 50-device bench it saved
 //! under 0.2 MiB on average, because steady-state churn touches the same pages again within
 //! seconds.
+
+/// Makes every thread allocate from glibc's main arena. glibc gives a thread that meets a locked
+/// arena one of its own (up to 8 per core), each keeping its own free pages and high-water
+/// mark; this daemon allocates little and mostly off the data path's hot loop, so sharing one
+/// costs no measurable CPU. On the 50-device bench (device shape, paired runs) it kept RSS
+/// 0.7 MiB lower. Must run before any thread is started (it limits arenas made later). A
+/// `MALLOC_ARENA_MAX` in the environment wins; elsewhere than glibc it is a no-op.
+pub fn one_arena() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    limit_arenas();
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn limit_arenas() {
+    // SAFETY: mallopt only sets a glibc tunable; no thread but this one exists yet.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn limit_arenas() {}
 
 /// Returns free heap pages to the kernel; the bytes of RSS it gave back, as far as the process
 /// can tell (0 where that cannot be read).
