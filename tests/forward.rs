@@ -256,3 +256,40 @@ fn what_rumqttd_skips_for_a_lagging_local_subscriber_is_counted_and_logged() {
     let log = gw.wait_log(&["broker_subscriber_skipped", "ERROR"]);
     assert!(log.contains("skipped="), "{log}");
 }
+
+#[test]
+fn a_link_that_stalls_mid_write_loses_no_publish_and_needs_no_reconnect() {
+    // 60 × 400 kB is more than the loopback socket buffers hold, so while the relay reads
+    // nothing the uplink is left waiting inside a write, and its loop wakes around it every
+    // tick (0.25 s with this watchdog) throughout the stall.
+    const N: usize = 60;
+    let mosq = upstream();
+    let relay = Relay::start(mosq.addr());
+    let up = MqttWatcher::connect(mosq.port, "bench/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = forwarding_gateway(relay.port()).env("WATCHDOG_USEC", "2000000");
+    spec.broker = "max_payload_bytes = 524288\n".into();
+    if let Some(u) = spec.upstream.as_mut() {
+        // Neither the keep-alive nor the write timeout may end the stall: the link must recover
+        // by itself once the relay reads again.
+        u.keep_alive = "120s";
+        u.connect_timeout = Some("60s");
+    }
+    let gw = start(&spec, dir.path());
+    gw.wait_log(&["upstream_connected"]);
+    relay.set_mode(Mode::BlackHole);
+    publish_burst(&gw, "bench/data", N, 1, 400_000);
+    // The stall itself, not a synchronisation: a link that takes nothing for 3 s.
+    std::thread::sleep(Duration::from_secs(3));
+    relay.set_mode(Mode::Pass);
+    let all = poll(Duration::from_secs(60), || {
+        (seqs(&up, "bench/data").len() >= N).then_some(())
+    });
+    let seen = seqs(&up, "bench/data");
+    let missing: Vec<u64> = (0..N as u64).filter(|s| !seen.contains_key(s)).collect();
+    assert!(
+        all.is_some(),
+        "missing after the stall, without a reconnect to resend them: {missing:?}"
+    );
+    assert!(!gw.log().contains("upstream_disconnected"), "{}", gw.log());
+}

@@ -15,10 +15,12 @@
 //! a PUBACK names is decided by `outbox::inflight`. The session loop here only moves data between
 //! those two, the outbox and rumqttc.
 
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
 use rumqttc::{
     AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
     TlsConfiguration, Transport,
@@ -416,6 +418,7 @@ impl Uplink {
             _ = stop.cancelled() => return End::Stopped,
             r = self.connect(&mut ev) => if let Err(e) = r { return End::Failed(e) },
         }
+        let mut events = events(ev);
         *attempt = 0;
         self.stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(event = "upstream_connected", host = %self.cfg.host, port = self.cfg.port, "connected upstream");
@@ -496,7 +499,7 @@ impl Uplink {
                     plan.stop(now, budget.left(now, grace));
                 }
                 _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
-                e = ev.poll() => {
+                Some(e) = events.next() => {
                     if let Err(end) = self.on_event(e, &mut inflight, strikes, &mut acks).await {
                         return end;
                     }
@@ -523,7 +526,7 @@ impl Uplink {
         }
         self.say_goodbye(
             &client,
-            &mut ev,
+            &mut events,
             &mut inflight,
             &status,
             deadline.max(Instant::now() + Duration::from_secs(1)),
@@ -573,7 +576,7 @@ impl Uplink {
     async fn say_goodbye(
         &self,
         client: &AsyncClient,
-        ev: &mut EventLoop,
+        events: &mut Events,
         inflight: &mut InFlight,
         status: &str,
         deadline: Instant,
@@ -590,7 +593,10 @@ impl Uplink {
         loop {
             let e = tokio::select! {
                 _ = sleep_until(deadline) => break,
-                e = ev.poll() => e,
+                e = events.next() => match e {
+                    Some(e) => e,
+                    None => break,
+                },
             };
             match e {
                 Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
@@ -679,6 +685,20 @@ impl Uplink {
         }
         self.stats.acked.fetch_add(n, Ordering::Relaxed);
     }
+}
+
+/// rumqttc's event loop after CONNACK, as a stream. `EventLoop::poll` is not cancel-safe: a
+/// poll dropped while it waits for room in the socket (a slow or stalled link) drops the
+/// request it took from the client's queue, and the row's in-flight slot is never freed. The
+/// session's `select!` wakes for ticks and new rows all the time, so the poll in progress must
+/// live in the stream, which outlives every `next()`.
+type Events = Pin<Box<dyn Stream<Item = Result<Event, ConnectionError>> + Send>>;
+
+fn events(ev: EventLoop) -> Events {
+    Box::pin(futures_util::stream::unfold(ev, |mut ev| async move {
+        let e = ev.poll().await;
+        Some((e, ev))
+    }))
 }
 
 /// The largest packet we send or take upstream.
