@@ -554,20 +554,35 @@ fn every_example_config_validates_and_the_packaged_ones_load_as_shipped() {
             }
         }
     }
-    // The two the package installs: with the files they name, as `fieldbridge check` runs.
-    for name in ["fieldbridge.example.toml", "minimal.toml"] {
+    // Every example loads as shipped, with the files it names, as `fieldbridge check` runs.
+    for name in [
+        "fieldbridge.example.toml",
+        "minimal.toml",
+        "broker-lan.toml",
+    ] {
         if let Err(e) = load(&dir.join(name)) {
             panic!("{name} as shipped: {e}");
         }
     }
-    // broker-lan.toml names a password file and a TLS certificate the operator makes first (its
-    // header says how); everything else in it must validate.
-    let lan = dir.join("broker-lan.toml");
-    let src = std::fs::read_to_string(&lan).unwrap();
-    if let Err(issues) = fieldbridge::config::parse_in(&src, Some(&dir)) {
-        panic!("broker-lan.toml: {issues:#?}");
+    // broker-lan.toml's LAN part, uncommented as its header says, is valid and names the
+    // password file, certificate and key the operator makes first.
+    let src = std::fs::read_to_string(dir.join("broker-lan.toml")).unwrap();
+    let (shipped, lan) = src.split_once("# ---- LAN part ----\n").unwrap();
+    let uncommented: String = lan
+        .lines()
+        .map(|l| l.strip_prefix("# ").unwrap_or(l))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let full = format!("{shipped}{uncommented}");
+    if let Err(issues) = fieldbridge::config::parse_in(&full, Some(&dir)) {
+        panic!("broker-lan.toml uncommented: {issues:#?}");
     }
-    let e = load(&lan).unwrap_err().to_string();
+    let cfg = fieldbridge::config::parse_in(&full, Some(&dir)).unwrap();
+    assert_eq!(cfg.broker.map(|b| b.users.len()), Some(3), "{full}");
+    let lan_file = tempfile::tempdir().unwrap();
+    let path = lan_file.path().join("broker-lan.toml");
+    std::fs::write(&path, &full).unwrap();
+    let e = load(&path).unwrap_err().to_string();
     for file in ["broker.passwd", "broker.pem", "broker.key"] {
         assert!(e.contains(file), "{e}");
     }
