@@ -436,8 +436,10 @@ fn default_reconnect_max() -> String {
 fn default_command_max_age() -> String {
     "5m".into()
 }
+/// As many rows as `max_bytes` holds of 128-byte messages (a reading, a forwarded JSON line), so
+/// for typical traffic the byte bound, which is what the disk has, is the one that binds.
 fn default_max_rows() -> i64 {
-    1_000_000
+    2_000_000
 }
 fn default_max_bytes() -> i64 {
     256 * 1024 * 1024
