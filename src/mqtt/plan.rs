@@ -53,8 +53,9 @@ pub struct Fetch {
 pub struct Wait {
     /// Wake up when the outbox commits a newer row: nothing live is pending and there is room.
     pub newer_rows: bool,
-    /// Wake up after this long: the replay rate holds the backlog back (an hour if the bucket
-    /// is not empty, a fallback that never matters in practice).
+    /// Wake up after this long: the replay rate holds the backlog back. `None` while the bucket
+    /// has a token or the rate is unlimited: a timer armed on every turn of a fast drain costs
+    /// a timer-wheel registration per message, and the loop's tick covers the rest.
     pub replay_token: Option<Duration>,
     /// Stopping: end the session at this instant even with rows still unacknowledged.
     pub deadline: Option<Instant>,
@@ -168,11 +169,11 @@ impl SendPlan {
         let replay_held = room && !self.backlog_done;
         Wait {
             newer_rows: room && !self.latest_closed && newest <= self.live_sent,
-            replay_token: replay_held.then(|| {
-                self.bucket
-                    .next_token()
-                    .unwrap_or(Duration::from_secs(3600))
-            }),
+            replay_token: if replay_held {
+                self.bucket.next_token()
+            } else {
+                None
+            },
             deadline: self.deadline,
         }
     }

@@ -27,7 +27,7 @@ use rumqttc::{
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::time::{sleep, sleep_until, timeout, Instant};
+use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Mutex;
@@ -455,6 +455,10 @@ impl Uplink {
             std::time::Instant::now(),
         );
         let mut acks: Vec<i64> = Vec::new();
+        // One timer for the whole session: a `sleep` made on every turn of a drain would arm and
+        // disarm a timer per event.
+        let mut tick = interval(self.beat.tick());
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         loop {
             // The loop comes round at least every tick (the select below), so it can promise
             // its next beat soon even while nothing happens.
@@ -498,7 +502,7 @@ impl Uplink {
                     let now = std::time::Instant::now();
                     plan.stop(now, budget.left(now, grace));
                 }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => break,
+                _ = sleep_until_some(deadline) => break,
                 Some(e) = events.next() => {
                     if let Err(end) = self.on_event(e, &mut inflight, strikes, &mut acks).await {
                         return end;
@@ -509,8 +513,8 @@ impl Uplink {
                         plan.latest_closed();
                     }
                 }
-                _ = sleep(wait.replay_token.unwrap_or_default()), if wait.replay_token.is_some() => {}
-                _ = sleep(self.beat.tick()) => {}
+                _ = sleep_some(wait.replay_token) => {}
+                _ = tick.tick() => {}
             }
             self.flush_acks(&mut acks).await;
             if plan.finished(inflight.rows()) {
@@ -684,6 +688,23 @@ impl Uplink {
             tracing::error!(error = %e, "cannot record acknowledgements; rows will be sent again");
         }
         self.stats.acked.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// Sleeps until `at`; never without one. Nothing reads the clock or arms a timer until the
+/// future is polled, so a `select!` branch that waits for nothing costs nothing per turn.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `sleep_until_some` for a duration from when it is first polled.
+async fn sleep_some(d: Option<Duration>) {
+    match d {
+        Some(d) => sleep(d).await,
+        None => std::future::pending().await,
     }
 }
 

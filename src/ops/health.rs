@@ -161,7 +161,7 @@ impl Health {
         let now = ms_since(self.inner.start);
         let state = Arc::new(LoopState {
             name: name.into(),
-            due_ms: AtomicU64::new(due_after(self.inner.start, within)),
+            due_ms: AtomicU64::new(due_after(now, within)),
             beat_ms: AtomicU64::new(now),
             finished: AtomicBool::new(false),
         });
@@ -218,9 +218,10 @@ fn ms_since(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX - 1)
 }
 
-fn due_after(start: Instant, within: Duration) -> u64 {
+/// `now`: milliseconds since the registry's start.
+fn due_after(now: u64, within: Duration) -> u64 {
     let w = u64::try_from(within.as_millis()).unwrap_or(u64::MAX - 1);
-    ms_since(start).saturating_add(w).min(IDLE - 1)
+    now.saturating_add(w).min(IDLE - 1)
 }
 
 impl Beat {
@@ -263,12 +264,12 @@ impl Beat {
     }
 
     fn set(&self, within: Duration) {
-        self.state
-            .beat_ms
-            .store(ms_since(self.start), Ordering::Relaxed);
+        // One clock read: busy loops call this on every turn.
+        let now = ms_since(self.start);
+        self.state.beat_ms.store(now, Ordering::Relaxed);
         self.state
             .due_ms
-            .store(due_after(self.start, within), Ordering::Relaxed);
+            .store(due_after(now, within), Ordering::Relaxed);
     }
 
     /// `busy()` for a loop on a thread of its own (the broker link): it blocks instead of

@@ -22,6 +22,9 @@ pub struct InFlight {
     requested: VecDeque<Tag>,
     by_pkid: HashMap<u16, Tag>,
     collided: Option<(u16, Tag)>,
+    /// How many of the tags held are `Control`: `rows()` is asked on every turn of the uplink
+    /// loop, so it must not walk the window.
+    controls: usize,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -35,14 +38,26 @@ pub enum Mismatch {
 impl InFlight {
     /// A publish request was handed to the client.
     pub fn requested(&mut self, tag: Tag) {
+        self.controls += usize::from(tag == Tag::Control);
         self.requested.push_back(tag);
+    }
+
+    /// Holds `tag` under `pkid`; a tag it replaces (rumqttc reusing an id we still hold) is gone.
+    fn hold(&mut self, pkid: u16, tag: Tag) {
+        if let Some(old) = self.by_pkid.insert(pkid, tag) {
+            self.release(old);
+        }
+    }
+
+    fn release(&mut self, tag: Tag) {
+        self.controls -= usize::from(tag == Tag::Control);
     }
 
     pub fn on_outgoing_publish(&mut self, pkid: u16) -> Result<(), Mismatch> {
         if let Some((cp, tag)) = self.collided {
             if cp == pkid {
                 self.collided = None;
-                self.by_pkid.insert(pkid, tag);
+                self.hold(pkid, tag);
                 return Ok(());
             }
         }
@@ -50,7 +65,7 @@ impl InFlight {
             .requested
             .pop_front()
             .ok_or(Mismatch::UnexpectedPublish(pkid))?;
-        self.by_pkid.insert(pkid, tag);
+        self.hold(pkid, tag);
         Ok(())
     }
 
@@ -59,12 +74,19 @@ impl InFlight {
             .requested
             .pop_front()
             .ok_or(Mismatch::UnexpectedPublish(pkid))?;
-        self.collided = Some((pkid, tag));
+        if let Some((_, old)) = self.collided.replace((pkid, tag)) {
+            self.release(old);
+        }
         Ok(())
     }
 
     pub fn on_puback(&mut self, pkid: u16) -> Result<Tag, Mismatch> {
-        self.by_pkid.remove(&pkid).ok_or(Mismatch::UnknownAck(pkid))
+        let tag = self
+            .by_pkid
+            .remove(&pkid)
+            .ok_or(Mismatch::UnknownAck(pkid))?;
+        self.release(tag);
+        Ok(tag)
     }
 
     /// Everything requested and not yet acknowledged.
@@ -94,10 +116,7 @@ impl InFlight {
 
     /// Outbox rows requested and not yet acknowledged.
     pub fn rows(&self) -> usize {
-        let is_row = |t: &Tag| matches!(t, Tag::Row(_));
-        self.requested.iter().filter(|t| is_row(t)).count()
-            + self.by_pkid.values().filter(|t| is_row(t)).count()
-            + self.collided.iter().filter(|(_, t)| is_row(t)).count()
+        self.len() - self.controls
     }
 }
 
@@ -160,6 +179,28 @@ mod tests {
             Ack(1, Ok(Tag::Row(1))),
             Pub(1), // now sent, carrying row 2
             Ack(1, Ok(Tag::Row(2))),
+            Len(0, 0),
+        ]);
+    }
+
+    #[test]
+    fn a_control_message_is_never_counted_as_a_row_whichever_way_it_goes_out() {
+        use Step::*;
+        run(vec![
+            Req(Tag::Row(1)),
+            Pub(1),
+            Req(Tag::Control),
+            Await(1), // the status waits for pkid 1 like any publish
+            Len(2, 1),
+            Req(Tag::Row(2)),
+            Len(3, 2),
+            Ack(1, Ok(Tag::Row(1))),
+            Pub(1),
+            Pub(2),
+            Len(2, 1),
+            Ack(1, Ok(Tag::Control)),
+            Len(1, 1),
+            Ack(2, Ok(Tag::Row(2))),
             Len(0, 0),
         ]);
     }
