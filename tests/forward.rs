@@ -257,26 +257,31 @@ fn what_rumqttd_skips_for_a_lagging_local_subscriber_is_counted_and_logged() {
     assert!(log.contains("skipped="), "{log}");
 }
 
+/// Forwards 400 kB messages; neither the keep-alive nor the write timeout ends a stall of a
+/// few seconds: only the link recovering, or a stop, may end it.
+fn stalling_gateway(upstream_port: u16) -> GatewayConfig {
+    let mut spec = forwarding_gateway(upstream_port);
+    spec.broker = "max_payload_bytes = 524288\n".into();
+    if let Some(u) = spec.upstream.as_mut() {
+        u.keep_alive = "120s";
+        u.connect_timeout = Some("60s");
+    }
+    spec
+}
+
 #[test]
 fn a_link_that_stalls_mid_write_loses_no_publish_and_needs_no_reconnect() {
     // 60 × 400 kB is more than the loopback socket buffers hold, so while the relay reads
-    // nothing the uplink is left waiting inside a write, and its loop wakes around it every
-    // tick (0.25 s with this watchdog) throughout the stall.
+    // nothing the uplink is left waiting inside a write for the whole stall, under the
+    // watchdog (2 s) without tripping it.
     const N: usize = 60;
     let mosq = upstream();
     let relay = Relay::start(mosq.addr());
     let up = MqttWatcher::connect(mosq.port, "bench/#");
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = forwarding_gateway(relay.port()).env("WATCHDOG_USEC", "2000000");
-    spec.broker = "max_payload_bytes = 524288\n".into();
-    if let Some(u) = spec.upstream.as_mut() {
-        // Neither the keep-alive nor the write timeout may end the stall: the link must recover
-        // by itself once the relay reads again.
-        u.keep_alive = "120s";
-        u.connect_timeout = Some("60s");
-    }
+    let spec = stalling_gateway(relay.port()).env("WATCHDOG_USEC", "2000000");
     let gw = start(&spec, dir.path());
-    gw.wait_log(&["upstream_connected"]);
+    gw.wait_log(&["connected upstream"]);
     relay.set_mode(Mode::BlackHole);
     publish_burst(&gw, "bench/data", N, 1, 400_000);
     // The stall itself, not a synchronisation: a link that takes nothing for 3 s.
@@ -292,4 +297,39 @@ fn a_link_that_stalls_mid_write_loses_no_publish_and_needs_no_reconnect() {
         "missing after the stall, without a reconnect to resend them: {missing:?}"
     );
     assert!(!gw.log().contains("upstream_disconnected"), "{}", gw.log());
+}
+
+#[test]
+fn a_link_stalled_mid_write_at_shutdown_neither_holds_up_the_stop_nor_loses_a_publish() {
+    // As above, 60 × 400 kB cannot leave while the relay reads nothing: the uplink is inside a
+    // write when the stop comes, and a write cannot be abandoned half-way and resumed.
+    const N: usize = 60;
+    let mosq = upstream();
+    let relay = Relay::start(mosq.addr());
+    let up = MqttWatcher::connect(mosq.port, "bench/#");
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = stalling_gateway(relay.port());
+    spec.shutdown_timeout = Some("3s");
+    let mut gw = start(&spec, dir.path());
+    gw.wait_log(&["connected upstream"]);
+    relay.set_mode(Mode::BlackHole);
+    let stats = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/stats");
+    publish_burst(&gw, "bench/data", N, 1, 400_000);
+    // Once the uplink has handed rows to the link, it is inside the write (24 MB fit in no
+    // socket buffer) and stays there: no later snapshot shows more rows sent.
+    let sent = poll(Duration::from_secs(30), || {
+        let m = stats.messages();
+        m.iter()
+            .any(|m| m.json()["upstream"]["sent"].as_u64() >= Some(1))
+            .then_some(())
+    });
+    assert!(sent.is_some(), "no row handed to the link\n{}", gw.log());
+    let status = gw.terminate_within(Duration::from_secs(3 + 9));
+    assert!(status.success(), "{status:?}\n{}", gw.log());
+    assert!(gw.log().contains("stalled at shutdown"), "{}", gw.log());
+
+    relay.set_mode(Mode::Pass);
+    let _gw = start(&spec, dir.path());
+    let seen = wait_all(&up, N);
+    assert_eq!(seen.len(), N);
 }

@@ -1,5 +1,6 @@
-//! The uplink: the only owner of the rumqttc client and event loop. It sends outbox rows upstream
-//! in order at QoS 1 and deletes a row only on the broker's PUBACK for the PUBLISH that carried it.
+//! The uplink: the upstream session. It sends outbox rows upstream in order at QoS 1 through one
+//! connection at a time (`link`, which owns rumqttc) and deletes a row only on the broker's
+//! PUBACK for the PUBLISH that carried it.
 //!
 //! Every connection starts a fresh in-flight table: the outbox is the one source of truth, so
 //! after any disconnect sending restarts from the oldest row still stored (a row acked just
@@ -13,21 +14,21 @@
 //! What to read from the outbox next and what to wait for is decided by the pure send plan
 //! (`plan::SendPlan`: backlog and live cursors, window, replay rate, stop and grace); which row
 //! a PUBACK names is decided by `outbox::inflight`. The session loop here only moves data between
-//! those two, the outbox and rumqttc.
+//! those two, the outbox and the link: each turn queues what the plan allows, writes it in one
+//! flush, then waits for whatever comes first.
 
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
-use rumqttc::{
-    AsyncClient, ConnectionError, Event, EventLoop, Incoming, LastWill, MqttOptions, Outgoing, QoS,
-    TlsConfiguration, Transport,
-};
+use futures_util::FutureExt;
+use rumqttc::{EventLoop, LastWill, MqttOptions, QoS, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio::time::{interval, sleep, sleep_until, timeout, Instant, MissedTickBehavior};
+use tokio::time::{
+    interval, interval_at, sleep, sleep_until, timeout, timeout_at, Instant, Interval,
+    MissedTickBehavior,
+};
 use tokio_util::sync::CancellationToken;
 
 use std::sync::Mutex;
@@ -41,6 +42,7 @@ use crate::flow::{excerpt, Command, Message, Route, Routed};
 use crate::mqtt::birth::BirthWatch;
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound};
+use crate::mqtt::link::{Cause, Heard, Link, LinkError};
 use crate::mqtt::plan::SendPlan;
 use crate::mqtt::strikes::Strikes;
 use crate::mqtt::topics::{self, Topics};
@@ -82,49 +84,22 @@ pub struct Uplink {
 /// Why a session ended.
 enum End {
     Stopped,
-    Failed(LinkError),
+    Failed(SessionError),
     /// Lost after CONNACK, with the rows sent and not acknowledged.
-    Lost(LinkError, Vec<i64>),
+    Lost(SessionError, Vec<i64>),
 }
 
-/// Why a connection failed or ended without a stop: logged by `run` (as
-/// `upstream_connect_failed` or `upstream_disconnected`), then the uplink reconnects. rumqttc's
-/// errors are described in our words here; no rumqttc type leaves this module.
+/// Why a session ended without a stop; logged by `run` (as `upstream_connect_failed` or
+/// `upstream_disconnected`), then the uplink reconnects.
 #[derive(Debug, thiserror::Error)]
-pub enum LinkError {
-    #[error("no CONNACK within {}", humantime::format_duration(*wait))]
-    NoConnAck { wait: Duration },
-    /// Something answered the CONNECT, but not in MQTT (an HTTP server, a TLS port spoken to
-    /// in plain TCP, another protocol): `addr` is `host:port`.
-    #[error("{addr} does not answer as an MQTT broker ({reply})")]
-    NotMqtt { addr: String, reply: &'static str },
-    /// The broker answered the CONNECT with a refusal (`code`: the MQTT return code's name).
-    #[error("broker refused the connection: {code}")]
-    Refused { code: String },
-    /// The connection could not be set up (DNS, TCP, TLS, or the broker closed it).
-    #[error("{0}")]
-    Connect(Cause),
-    /// The connection was up and broke.
-    #[error("{0}")]
-    Lost(Cause),
+enum SessionError {
+    #[error(transparent)]
+    Link(#[from] LinkError),
     #[error("reading the outbox: {0}")]
     Outbox(#[source] OutboxError),
     /// rumqttc reported a packet the FIFO matching of `outbox::inflight` cannot place.
     #[error("in-flight bookkeeping: {0:?}")]
     InFlight(Mismatch),
-    /// The client did not take a publish or subscribe request (its queue is full or closed).
-    #[error("MQTT client did not take the request: {reason}")]
-    Request { reason: String },
-}
-
-/// What broke a connection, in our words.
-#[derive(Debug, thiserror::Error)]
-pub enum Cause {
-    #[error("no answer to keep-alive ping (link dead or broker hung)")]
-    PingTimeout,
-    /// Anything else, as rumqttc describes it (I/O, TLS, protocol).
-    #[error("{0}")]
-    Other(String),
 }
 
 fn tls_transport(t: &Tls) -> Result<Transport, UplinkError> {
@@ -221,14 +196,15 @@ impl Uplink {
         self
     }
 
-    /// Publishes at QoS 1, remembering the message if our own subscriptions will echo it.
+    /// Queues a QoS 1 publish, remembering the message if our own subscriptions will echo it;
+    /// returns its packet id.
     fn publish(
         &self,
-        client: &AsyncClient,
+        link: &mut Link,
         topic: String,
         payload: Vec<u8>,
         retain: bool,
-    ) -> Result<(), LinkError> {
+    ) -> Result<u16, LinkError> {
         // Our command subscription brings back what we publish on a command topic (a local
         // command a `[[forward]]` rule passes on) just as a `[[subscribe]]` filter would.
         let on_command_topic =
@@ -244,9 +220,7 @@ impl Uplink {
                 .unwrap_or_else(|e| e.into_inner())
                 .record(topic.as_bytes(), &payload);
         }
-        client
-            .try_publish(topic, QoS::AtLeastOnce, retain, payload)
-            .map_err(request_refused)
+        link.publish(topic, payload, retain)
     }
 
     /// A publish from upstream: a command goes to the command runner, a message for one of our
@@ -373,32 +347,6 @@ impl Uplink {
         }
     }
 
-    async fn connect(&self, ev: &mut EventLoop) -> Result<(), LinkError> {
-        let wait = self.cfg.connect_timeout + Duration::from_secs(1);
-        let connack = timeout(wait, async {
-            loop {
-                match ev.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(a))) => return Ok(a),
-                    Ok(_) => {}
-                    Err(e) => {
-                        let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
-                        return Err(
-                            not_mqtt(&e, addr).unwrap_or_else(|| describe(e, LinkError::Connect))
-                        );
-                    }
-                }
-            }
-        })
-        .await
-        .map_err(|_| LinkError::NoConnAck { wait })??;
-        if connack.code != rumqttc::ConnectReturnCode::Success {
-            return Err(LinkError::Refused {
-                code: format!("{:?}", connack.code),
-            });
-        }
-        Ok(())
-    }
-
     async fn session(
         &self,
         stop: &CancellationToken,
@@ -408,41 +356,30 @@ impl Uplink {
         refused: Option<i64>,
     ) -> End {
         let window = usize::from(self.cfg.inflight);
-        let (client, mut ev) = AsyncClient::new(self.options(), window + 16);
+        // Requests never go through rumqttc's channel (see `link`), so it stays small.
+        let mut ev = EventLoop::new(self.options(), 1);
         let mut net = ev.network_options();
         net.set_connection_timeout(self.cfg.connect_timeout.as_secs().max(1));
         ev.set_network_options(net);
 
         self.beat.waiting(connect_budget(&self.cfg));
-        tokio::select! {
+        let addr = format!("{}:{}", self.cfg.host, self.cfg.port);
+        let wait = self.cfg.connect_timeout + Duration::from_secs(1);
+        let mut link = tokio::select! {
             _ = stop.cancelled() => return End::Stopped,
-            r = self.connect(&mut ev) => if let Err(e) = r { return End::Failed(e) },
-        }
-        let mut events = events(ev);
+            r = Link::connect(ev, addr, wait, self.cfg.connect_timeout.max(Duration::from_secs(1))) => match r {
+                Ok(link) => link,
+                Err(e) => return End::Failed(e.into()),
+            },
+        };
         *attempt = 0;
         self.stats.connected.store(true, Ordering::Relaxed);
         tracing::info!(event = "upstream_connected", host = %self.cfg.host, port = self.cfg.port, "connected upstream");
 
         let mut inflight = InFlight::default();
         let status = self.topics.gateway_status();
-        if let Err(e) = self.publish(&client, status.clone(), topics::ONLINE.into(), true) {
+        if let Err(e) = self.hello(&mut link, &mut inflight, &status) {
             return End::Failed(e);
-        }
-        inflight.requested(Tag::Control);
-        for rule in &self.subscribe {
-            if let Err(e) = client.try_subscribe(rule.filter.clone(), QoS::AtLeastOnce) {
-                return End::Failed(request_refused(e));
-            }
-        }
-        if self.commands.is_some() {
-            if let Err(e) = client.try_subscribe(self.topics.command_filter(), QoS::AtLeastOnce) {
-                return End::Failed(request_refused(e));
-            }
-        }
-        if let Some(b) = &self.birth {
-            if let Err(e) = client.try_subscribe(b.topic.clone(), QoS::AtLeastOnce) {
-                return End::Failed(request_refused(e));
-            }
         }
 
         let mut latest = self.outbox.latest();
@@ -459,6 +396,14 @@ impl Uplink {
         // disarm a timer per event.
         let mut tick = interval(self.beat.tick());
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // rumqttc's pace: a PINGREQ every keep-alive whatever else is sent, and a link that did
+        // not answer the last one is dead.
+        let keep_alive = self.cfg.keep_alive;
+        let mut ping = (!keep_alive.is_zero()).then(|| {
+            let mut i = interval_at(Instant::now() + keep_alive, keep_alive);
+            i.set_missed_tick_behavior(MissedTickBehavior::Delay);
+            i
+        });
         loop {
             // The loop comes round at least every tick (the select below), so it can promise
             // its next beat soon even while nothing happens.
@@ -484,14 +429,23 @@ impl Uplink {
                     .await
                 {
                     Ok(rows) => rows,
-                    Err(e) => return End::Failed(LinkError::Outbox(e)),
+                    Err(e) => return End::Failed(SessionError::Outbox(e)),
                 };
                 if plan.fetched(&fetch, rows.len(), rows.last().map(|r| r.id)) {
                     tracing::debug!("backlog replayed");
                 }
-                match self.send_rows(&client, &mut inflight, rows, refused) {
+                match self.send_rows(&mut link, &mut inflight, rows, refused) {
                     Ok(dead) => self.dead_letter(dead).await,
                     Err(e) => return End::Failed(e),
+                }
+            }
+            if link.has_queued() {
+                if let Err(end) = self
+                    .write_out(&mut link, &inflight, stop, plan.deadline())
+                    .await
+                {
+                    self.flush_acks(&mut acks).await;
+                    return end;
                 }
             }
             let wait = plan.wait(inflight.len(), *latest.borrow());
@@ -503,9 +457,14 @@ impl Uplink {
                     plan.stop(now, budget.left(now, grace));
                 }
                 _ = sleep_until_some(deadline) => break,
-                Some(e) = events.next() => {
-                    if let Err(end) = self.on_event(e, &mut inflight, strikes, &mut acks).await {
-                        return end;
+                r = link.read() => {
+                    let heard = match r {
+                        Ok(()) => self.on_heard(&mut link, &mut inflight, strikes, &mut acks).await,
+                        Err(e) => Err(e.into()),
+                    };
+                    if let Err(e) = heard {
+                        self.flush_acks(&mut acks).await;
+                        return End::Lost(e, inflight.sent_rows());
                     }
                 }
                 r = latest.changed(), if wait.newer_rows => {
@@ -514,6 +473,12 @@ impl Uplink {
                     }
                 }
                 _ = sleep_some(wait.replay_token) => {}
+                _ = tick_some(ping.as_mut()) => {
+                    if let Err(e) = link.ping() {
+                        self.flush_acks(&mut acks).await;
+                        return End::Lost(e.into(), inflight.sent_rows());
+                    }
+                }
                 _ = tick.tick() => {}
             }
             self.flush_acks(&mut acks).await;
@@ -529,8 +494,7 @@ impl Uplink {
             );
         }
         self.say_goodbye(
-            &client,
-            &mut events,
+            &mut link,
             &mut inflight,
             &status,
             deadline.max(Instant::now() + Duration::from_secs(1)),
@@ -539,37 +503,91 @@ impl Uplink {
         End::Stopped
     }
 
-    /// Handles one event of rumqttc's loop; `Err` ends the session.
-    async fn on_event(
+    /// Queues what every connection starts with: `online` (retained) and the subscriptions.
+    fn hello(
         &self,
-        e: Result<Event, ConnectionError>,
+        link: &mut Link,
+        inflight: &mut InFlight,
+        status: &str,
+    ) -> Result<(), SessionError> {
+        let pkid = self.publish(link, status.into(), topics::ONLINE.into(), true)?;
+        inflight.requested(Tag::Control);
+        inflight
+            .on_outgoing_publish(pkid)
+            .map_err(SessionError::InFlight)?;
+        for rule in &self.subscribe {
+            link.subscribe(rule.filter.clone())?;
+        }
+        if self.commands.is_some() {
+            link.subscribe(self.topics.command_filter())?;
+        }
+        if let Some(b) = &self.birth {
+            link.subscribe(b.topic.clone())?;
+        }
+        Ok(())
+    }
+
+    /// Writes what the session queued. Almost always done at once; only when the socket has no
+    /// room does this arm a timer (`Link::write_timeout`: the link is stalled) and listen for a
+    /// stop, which then ends the session without the goodbye a stalled link cannot carry (the
+    /// Last Will says `offline`; unacknowledged rows stay in the outbox).
+    async fn write_out(
+        &self,
+        link: &mut Link,
+        inflight: &InFlight,
+        stop: &CancellationToken,
+        deadline: Option<std::time::Instant>,
+    ) -> Result<(), End> {
+        let limit = link.write_timeout();
+        let out = link.flush();
+        tokio::pin!(out);
+        let r = match (&mut out).now_or_never() {
+            Some(r) => r,
+            None => {
+                self.beat.waiting(limit);
+                let stopping = deadline.is_some();
+                tokio::select! {
+                    r = timeout(limit, &mut out) => {
+                        r.unwrap_or(Err(LinkError::Lost(Cause::WriteStalled(limit))))
+                    }
+                    _ = stop.cancelled(), if !stopping => return Err(self.abandon(inflight)),
+                    _ = sleep_until_some(deadline.map(Instant::from_std)) => return Err(self.abandon(inflight)),
+                }
+            }
+        };
+        r.map_err(|e| End::Lost(e.into(), inflight.sent_rows()))
+    }
+
+    /// Ends a session whose link is stalled at shutdown.
+    fn abandon(&self, inflight: &InFlight) -> End {
+        tracing::warn!(
+            event = "upstream_disconnected",
+            unacked = inflight.rows(),
+            "upstream link stalled at shutdown; dropped without a goodbye (the broker publishes our Last Will); unacknowledged rows stay in the outbox"
+        );
+        self.stats.connected.store(false, Ordering::Relaxed);
+        End::Stopped
+    }
+
+    /// Acts on what the last `Link::read` brought; `Err` ends the session.
+    async fn on_heard(
+        &self,
+        link: &mut Link,
         inflight: &mut InFlight,
         strikes: &mut Strikes,
         acks: &mut Vec<i64>,
-    ) -> Result<(), End> {
-        match e {
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => inflight
-                .on_outgoing_publish(pkid)
-                .map_err(|m| End::Failed(LinkError::InFlight(m)))?,
-            Ok(Event::Outgoing(Outgoing::AwaitAck(pkid))) => inflight
-                .on_await_ack(pkid)
-                .map_err(|m| End::Failed(LinkError::InFlight(m)))?,
-            Ok(Event::Incoming(Incoming::PubAck(a))) => match inflight.on_puback(a.pkid) {
-                Ok(Tag::Row(id)) => {
-                    strikes.acked(id);
-                    acks.push(id)
-                }
-                Ok(Tag::Control) => {}
-                Err(m) => tracing::warn!(pkid = a.pkid, "unexpected PUBACK: {m:?}"),
-            },
-            Ok(Event::Incoming(Incoming::Publish(p))) => self.receive(&p).await,
-            Ok(_) => {}
-            Err(e) => {
-                self.flush_acks(acks).await;
-                return Err(End::Lost(
-                    describe(e, LinkError::Lost),
-                    inflight.sent_rows(),
-                ));
+    ) -> Result<(), SessionError> {
+        while let Some(h) = link.heard() {
+            match h {
+                Heard::Acked(pkid) => match inflight.on_puback(pkid) {
+                    Ok(Tag::Row(id)) => {
+                        strikes.acked(id);
+                        acks.push(id)
+                    }
+                    Ok(Tag::Control) => {}
+                    Err(m) => tracing::warn!(pkid, "unexpected PUBACK: {m:?}"),
+                },
+                Heard::Publish(p) => self.receive(&p).await,
             }
         }
         Ok(())
@@ -579,47 +597,21 @@ impl Uplink {
     /// Last Will, so the status must be published explicitly.
     async fn say_goodbye(
         &self,
-        client: &AsyncClient,
-        events: &mut Events,
+        link: &mut Link,
         inflight: &mut InFlight,
         status: &str,
         deadline: Instant,
     ) {
-        if self
-            .publish(client, status.into(), topics::OFFLINE.into(), true)
-            .is_err()
-        {
-            return;
-        }
-        inflight.requested(Tag::Control);
         let mut acks = Vec::new();
-        let mut disconnecting = false;
-        loop {
-            let e = tokio::select! {
-                _ = sleep_until(deadline) => break,
-                e = events.next() => match e {
-                    Some(e) => e,
-                    None => break,
-                },
-            };
-            match e {
-                Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                    let _ = inflight.on_outgoing_publish(pkid);
-                }
-                Ok(Event::Incoming(Incoming::PubAck(a))) => {
-                    if let Ok(Tag::Row(id)) = inflight.on_puback(a.pkid) {
-                        acks.push(id);
-                    }
-                }
-                // Stop polling once the DISCONNECT is out, or rumqttc reconnects.
-                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
-                Ok(_) => {}
-                Err(_) => break,
+        let said = match self.publish(link, status.into(), topics::OFFLINE.into(), true) {
+            Ok(pkid) => {
+                inflight.requested(Tag::Control);
+                inflight.on_outgoing_publish(pkid).is_ok()
             }
-            if inflight.is_empty() && !disconnecting {
-                disconnecting = true;
-                let _ = client.try_disconnect();
-            }
+            Err(_) => false,
+        };
+        if said {
+            Self::see_off(link, inflight, &mut acks, deadline).await;
         }
         self.flush_acks(&mut acks).await;
         self.stats.connected.store(false, Ordering::Relaxed);
@@ -629,16 +621,54 @@ impl Uplink {
         );
     }
 
+    /// Sends what is queued and waits for the last PUBACKs, then the DISCONNECT; gives up at
+    /// `deadline` or when the link breaks (the rows stay in the outbox).
+    async fn see_off(
+        link: &mut Link,
+        inflight: &mut InFlight,
+        acks: &mut Vec<i64>,
+        deadline: Instant,
+    ) {
+        loop {
+            if !link.has_queued() && inflight.is_empty() {
+                if link.disconnect().is_ok() {
+                    let _ = timeout_at(deadline, link.flush()).await;
+                }
+                break;
+            }
+            if link.has_queued() {
+                match timeout_at(deadline, link.flush()).await {
+                    Ok(Ok(())) => {}
+                    _ => break,
+                }
+            }
+            if inflight.is_empty() {
+                continue;
+            }
+            match timeout_at(deadline, link.read()).await {
+                Ok(Ok(())) => {}
+                _ => break,
+            }
+            while let Some(h) = link.heard() {
+                if let Heard::Acked(pkid) = h {
+                    if let Ok(Tag::Row(id)) = inflight.on_puback(pkid) {
+                        acks.push(id);
+                    }
+                }
+            }
+        }
+    }
+
     /// Publishes `rows`, except those no broker would take (`unsendable`) and the one this
     /// broker refused (`refused`, see `strikes`): those come back with the reason, for the
     /// dead-letter table.
     fn send_rows(
         &self,
-        client: &AsyncClient,
+        link: &mut Link,
         inflight: &mut InFlight,
         rows: Vec<Row>,
         refused: Option<i64>,
-    ) -> Result<Vec<(Row, &'static str)>, LinkError> {
+    ) -> Result<Vec<(Row, &'static str)>, SessionError> {
         let mut dead = Vec::new();
         for r in rows {
             if refused == Some(r.id) {
@@ -650,8 +680,11 @@ impl Uplink {
                 continue;
             }
             let m = r.message;
-            self.publish(client, m.topic, m.payload, m.retain)?;
+            let pkid = self.publish(link, m.topic, m.payload, m.retain)?;
             inflight.requested(Tag::Row(r.id));
+            inflight
+                .on_outgoing_publish(pkid)
+                .map_err(SessionError::InFlight)?;
             self.stats.sent.fetch_add(1, Ordering::Relaxed);
         }
         Ok(dead)
@@ -708,18 +741,14 @@ async fn sleep_some(d: Option<Duration>) {
     }
 }
 
-/// rumqttc's event loop after CONNACK, as a stream. `EventLoop::poll` is not cancel-safe: a
-/// poll dropped while it waits for room in the socket (a slow or stalled link) drops the
-/// request it took from the client's queue, and the row's in-flight slot is never freed. The
-/// session's `select!` wakes for ticks and new rows all the time, so the poll in progress must
-/// live in the stream, which outlives every `next()`.
-type Events = Pin<Box<dyn Stream<Item = Result<Event, ConnectionError>> + Send>>;
-
-fn events(ev: EventLoop) -> Events {
-    Box::pin(futures_util::stream::unfold(ev, |mut ev| async move {
-        let e = ev.poll().await;
-        Some((e, ev))
-    }))
+/// `interval.tick()` when there is one; never without.
+async fn tick_some(i: Option<&mut Interval>) {
+    match i {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
 }
 
 /// The largest packet we send or take upstream.
@@ -744,81 +773,9 @@ pub fn connect_budget(cfg: &Upstream) -> Duration {
     cfg.connect_timeout + Duration::from_secs(10)
 }
 
-/// rumqttc's connection error in our words; `broke` says whether it hit a connection being set
-/// up (`LinkError::Connect`) or one that was up (`LinkError::Lost`).
-fn describe(e: ConnectionError, broke: fn(Cause) -> LinkError) -> LinkError {
-    match e {
-        ConnectionError::MqttState(rumqttc::StateError::AwaitPingResp) => broke(Cause::PingTimeout),
-        ConnectionError::ConnectionRefused(code) => LinkError::Refused {
-            code: format!("{code:?}"),
-        },
-        other => broke(Cause::Other(other.to_string())),
-    }
-}
-
-/// `Some` when the error says the peer's answer to our CONNECT was not MQTT: rumqttc's own
-/// words for that ("Promised boundary crossed: 39268", "Invalid Connect return code: 170") name
-/// its parser's internals, not the problem, which is the address.
-fn not_mqtt(e: &ConnectionError, addr: String) -> Option<LinkError> {
-    let reply = match e {
-        ConnectionError::NotConnAck(_) => "its first packet is not a CONNACK",
-        ConnectionError::MqttState(rumqttc::StateError::Deserialization(_)) => {
-            "its reply is not a valid MQTT packet"
-        }
-        ConnectionError::MqttState(rumqttc::StateError::WrongPacket) => {
-            "its reply is not a CONNACK"
-        }
-        _ => return None,
-    };
-    Some(LinkError::NotMqtt { addr, reply })
-}
-
-fn request_refused(e: rumqttc::ClientError) -> LinkError {
-    LinkError::Request {
-        reason: e.to_string(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_peer_that_does_not_speak_mqtt_is_named_by_its_address_not_by_parser_internals() {
-        use rumqttc::mqttbytes::Error as Parse;
-        let addr = || "plc.local:1883".to_string();
-        let cases: Vec<(ConnectionError, Option<&str>)> = vec![
-            (
-                ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-                    Parse::BoundaryCrossed(39268),
-                )),
-                Some("plc.local:1883 does not answer as an MQTT broker (its reply is not a valid MQTT packet)"),
-            ),
-            (
-                ConnectionError::MqttState(rumqttc::StateError::Deserialization(
-                    Parse::InvalidConnectReturnCode(170),
-                )),
-                Some("plc.local:1883 does not answer as an MQTT broker (its reply is not a valid MQTT packet)"),
-            ),
-            (
-                ConnectionError::NotConnAck(rumqttc::Packet::PingResp),
-                Some("plc.local:1883 does not answer as an MQTT broker (its first packet is not a CONNACK)"),
-            ),
-            (ConnectionError::NetworkTimeout, None),
-            (
-                ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into()),
-                None,
-            ),
-        ];
-        for (e, want) in cases {
-            let what = e.to_string();
-            assert_eq!(
-                not_mqtt(&e, addr()).map(|l| l.to_string()).as_deref(),
-                want,
-                "{what}"
-            );
-        }
-    }
 
     #[test]
     fn rows_no_broker_would_take_are_named_and_others_pass() {
