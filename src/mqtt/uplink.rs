@@ -360,6 +360,9 @@ impl Uplink {
         let mut ev = EventLoop::new(self.options(), 1);
         let mut net = ev.network_options();
         net.set_connection_timeout(self.cfg.connect_timeout.as_secs().max(1));
+        // The link batches its writes itself; Nagle would hold a batch back until the broker
+        // acknowledged the previous one at the TCP level.
+        net.set_tcp_nodelay(true);
         ev.set_network_options(net);
 
         self.beat.waiting(connect_budget(&self.cfg));
