@@ -97,7 +97,7 @@ enum SessionError {
     Link(#[from] LinkError),
     #[error("reading the outbox: {0}")]
     Outbox(#[source] OutboxError),
-    /// rumqttc reported a packet the FIFO matching of `outbox::inflight` cannot place.
+    /// The link handed back a packet id the FIFO matching of `outbox::inflight` cannot place.
     #[error("in-flight bookkeeping: {0:?}")]
     InFlight(Mismatch),
 }
