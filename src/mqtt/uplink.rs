@@ -460,6 +460,13 @@ impl Uplink {
                     plan.stop(now, budget.left(now, grace));
                 }
                 _ = sleep_until_some(deadline) => break,
+                // Before the read: a flood of incoming messages must not hold back our pings.
+                _ = tick_some(ping.as_mut()) => {
+                    if let Err(e) = link.ping() {
+                        self.flush_acks(&mut acks).await;
+                        return End::Lost(e.into(), inflight.sent_rows());
+                    }
+                }
                 r = link.read() => {
                     let heard = match r {
                         Ok(()) => self.on_heard(&mut link, &mut inflight, strikes, &mut acks).await,
@@ -476,12 +483,6 @@ impl Uplink {
                     }
                 }
                 _ = sleep_some(wait.replay_token) => {}
-                _ = tick_some(ping.as_mut()) => {
-                    if let Err(e) = link.ping() {
-                        self.flush_acks(&mut acks).await;
-                        return End::Lost(e.into(), inflight.sent_rows());
-                    }
-                }
                 _ = tick.tick() => {}
             }
             self.flush_acks(&mut acks).await;
