@@ -97,7 +97,7 @@ enum SessionError {
     Link(#[from] LinkError),
     #[error("reading the outbox: {0}")]
     Outbox(#[source] OutboxError),
-    /// The link handed back a packet id the FIFO matching of `outbox::inflight` cannot place.
+    /// The link handed back a packet id that still carries an unacknowledged publish.
     #[error("in-flight bookkeeping: {0:?}")]
     InFlight(Mismatch),
 }
@@ -515,9 +515,8 @@ impl Uplink {
         status: &str,
     ) -> Result<(), SessionError> {
         let pkid = self.publish(link, status.into(), topics::ONLINE.into(), true)?;
-        inflight.requested(Tag::Control);
         inflight
-            .on_outgoing_publish(pkid)
+            .sent(pkid, Tag::Control)
             .map_err(SessionError::InFlight)?;
         for rule in &self.subscribe {
             link.subscribe(rule.filter.clone())?;
@@ -608,10 +607,7 @@ impl Uplink {
     ) {
         let mut acks = Vec::new();
         let said = match self.publish(link, status.into(), topics::OFFLINE.into(), true) {
-            Ok(pkid) => {
-                inflight.requested(Tag::Control);
-                inflight.on_outgoing_publish(pkid).is_ok()
-            }
+            Ok(pkid) => inflight.sent(pkid, Tag::Control).is_ok(),
             Err(_) => false,
         };
         if said {
@@ -685,9 +681,8 @@ impl Uplink {
             }
             let m = r.message;
             let pkid = self.publish(link, m.topic, m.payload, m.retain)?;
-            inflight.requested(Tag::Row(r.id));
             inflight
-                .on_outgoing_publish(pkid)
+                .sent(pkid, Tag::Row(r.id))
                 .map_err(SessionError::InFlight)?;
             self.stats.sent.fetch_add(1, Ordering::Relaxed);
         }

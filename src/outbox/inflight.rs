@@ -1,13 +1,12 @@
 //! Pure bookkeeping of what is in flight upstream: which outbox row (or control message) each
 //! MQTT packet id carries.
 //!
-//! rumqttc's `publish()` does not return the packet id. It reports
-//! `Outgoing::Publish(pkid)` in the order it took the requests, so requests are matched to packet
-//! ids first-in first-out; `Incoming::PubAck(pkid)` then names the row to delete. When rumqttc
-//! finds a packet id still in use it reports `Outgoing::AwaitAck(pkid)` for the request it took and
-//! later `Outgoing::Publish(pkid)` when it really sends it; no other request is taken meanwhile.
+//! The link (`mqtt::link`) hands back the packet id of every PUBLISH it queues, so a tag is held
+//! under its id from the moment it is sent; `on_puback` then names the row to delete. A packet id
+//! is never held twice: the link ends the connection rather than reuse an unacknowledged one, and
+//! a second `sent` under a held id is reported, never allowed to replace the row it holds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
@@ -19,9 +18,7 @@ pub enum Tag {
 
 #[derive(Debug, Default)]
 pub struct InFlight {
-    requested: VecDeque<Tag>,
     by_pkid: HashMap<u16, Tag>,
-    collided: Option<(u16, Tag)>,
     /// How many of the tags held are `Control`: `rows()` is asked on every turn of the uplink
     /// loop, so it must not walk the window.
     controls: usize,
@@ -29,54 +26,20 @@ pub struct InFlight {
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Mismatch {
-    /// rumqttc reported a publish we did not request: the FIFO matching is broken.
-    UnexpectedPublish(u16),
+    /// A publish went out under a packet id that still carries an unacknowledged one.
+    IdInUse(u16),
     /// A PUBACK for a packet id we are not waiting for.
     UnknownAck(u16),
 }
 
 impl InFlight {
-    /// A publish request was handed to the client.
-    pub fn requested(&mut self, tag: Tag) {
+    /// `tag` went out under `pkid`.
+    pub fn sent(&mut self, pkid: u16, tag: Tag) -> Result<(), Mismatch> {
+        if self.by_pkid.contains_key(&pkid) {
+            return Err(Mismatch::IdInUse(pkid));
+        }
         self.controls += usize::from(tag == Tag::Control);
-        self.requested.push_back(tag);
-    }
-
-    /// Holds `tag` under `pkid`; a tag it replaces (rumqttc reusing an id we still hold) is gone.
-    fn hold(&mut self, pkid: u16, tag: Tag) {
-        if let Some(old) = self.by_pkid.insert(pkid, tag) {
-            self.release(old);
-        }
-    }
-
-    fn release(&mut self, tag: Tag) {
-        self.controls -= usize::from(tag == Tag::Control);
-    }
-
-    pub fn on_outgoing_publish(&mut self, pkid: u16) -> Result<(), Mismatch> {
-        if let Some((cp, tag)) = self.collided {
-            if cp == pkid {
-                self.collided = None;
-                self.hold(pkid, tag);
-                return Ok(());
-            }
-        }
-        let tag = self
-            .requested
-            .pop_front()
-            .ok_or(Mismatch::UnexpectedPublish(pkid))?;
-        self.hold(pkid, tag);
-        Ok(())
-    }
-
-    pub fn on_await_ack(&mut self, pkid: u16) -> Result<(), Mismatch> {
-        let tag = self
-            .requested
-            .pop_front()
-            .ok_or(Mismatch::UnexpectedPublish(pkid))?;
-        if let Some((_, old)) = self.collided.replace((pkid, tag)) {
-            self.release(old);
-        }
+        self.by_pkid.insert(pkid, tag);
         Ok(())
     }
 
@@ -85,26 +48,25 @@ impl InFlight {
             .by_pkid
             .remove(&pkid)
             .ok_or(Mismatch::UnknownAck(pkid))?;
-        self.release(tag);
+        self.controls -= usize::from(tag == Tag::Control);
         Ok(tag)
     }
 
-    /// Everything requested and not yet acknowledged.
+    /// Everything sent and not yet acknowledged.
     pub fn len(&self) -> usize {
-        self.requested.len() + self.by_pkid.len() + usize::from(self.collided.is_some())
+        self.by_pkid.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        self.by_pkid.is_empty()
     }
 
-    /// Outbox rows that went out on the wire and are not acknowledged, oldest first: what a
-    /// broker that closed the connection may have refused.
+    /// Outbox rows that went out and are not acknowledged, oldest first: what a broker that
+    /// closed the connection may have refused.
     pub fn sent_rows(&self) -> Vec<i64> {
         let mut rows: Vec<i64> = self
             .by_pkid
             .values()
-            .chain(self.collided.iter().map(|(_, t)| t))
             .filter_map(|t| match t {
                 Tag::Row(id) => Some(*id),
                 Tag::Control => None,
@@ -114,7 +76,7 @@ impl InFlight {
         rows
     }
 
-    /// Outbox rows requested and not yet acknowledged.
+    /// Outbox rows sent and not yet acknowledged.
     pub fn rows(&self) -> usize {
         self.len() - self.controls
     }
@@ -125,92 +87,69 @@ mod tests {
     use super::*;
 
     enum Step {
-        Req(Tag),
-        Pub(u16),
-        Await(u16),
+        Sent(u16, Tag, Result<(), Mismatch>),
         Ack(u16, Result<Tag, Mismatch>),
-        Len(usize, usize),
+        /// (all, rows, sent_rows)
+        Len(usize, usize, &'static [i64]),
     }
 
     fn run(steps: Vec<Step>) {
         let mut f = InFlight::default();
         for (i, s) in steps.into_iter().enumerate() {
             match s {
-                Step::Req(t) => f.requested(t),
-                Step::Pub(p) => f.on_outgoing_publish(p).unwrap(),
-                Step::Await(p) => f.on_await_ack(p).unwrap(),
+                Step::Sent(p, t, want) => assert_eq!(f.sent(p, t), want, "step {i}"),
                 Step::Ack(p, want) => assert_eq!(f.on_puback(p), want, "step {i}"),
-                Step::Len(all, rows) => {
-                    assert_eq!((f.len(), f.rows()), (all, rows), "step {i}")
+                Step::Len(all, rows, sent) => {
+                    assert_eq!((f.len(), f.rows()), (all, rows), "step {i}");
+                    assert_eq!(f.sent_rows(), sent, "step {i}");
                 }
             }
         }
     }
 
     #[test]
-    fn acks_name_the_rows_in_request_order_even_when_acked_out_of_order() {
+    fn acks_name_the_rows_their_packet_ids_carried_even_out_of_order() {
         use Step::*;
         run(vec![
-            Req(Tag::Control),
-            Req(Tag::Row(10)),
-            Req(Tag::Row(11)),
-            Len(3, 2),
-            Pub(1),
-            Pub(2),
-            Pub(3),
+            Sent(1, Tag::Control, Ok(())),
+            Sent(2, Tag::Row(10), Ok(())),
+            Sent(3, Tag::Row(11), Ok(())),
+            Len(3, 2, &[10, 11]),
             Ack(3, Ok(Tag::Row(11))),
             Ack(1, Ok(Tag::Control)),
-            Len(1, 1),
+            Len(1, 1, &[10]),
             Ack(2, Ok(Tag::Row(10))),
-            Len(0, 0),
+            Len(0, 0, &[]),
             Ack(2, Err(Mismatch::UnknownAck(2))),
         ]);
     }
 
     #[test]
-    fn a_packet_id_collision_keeps_the_row_until_it_is_really_sent() {
+    fn a_packet_id_still_held_is_reported_and_keeps_its_row() {
         use Step::*;
         run(vec![
-            Req(Tag::Row(1)),
-            Pub(1),
-            Req(Tag::Row(2)),
-            Await(1), // pkid 1 still in use: the request for row 2 waits
-            Len(2, 2),
+            Sent(1, Tag::Row(1), Ok(())),
+            Sent(1, Tag::Row(2), Err(Mismatch::IdInUse(1))),
+            Sent(1, Tag::Control, Err(Mismatch::IdInUse(1))),
+            Len(1, 1, &[1]),
             Ack(1, Ok(Tag::Row(1))),
-            Pub(1), // now sent, carrying row 2
+            Sent(1, Tag::Row(2), Ok(())),
             Ack(1, Ok(Tag::Row(2))),
-            Len(0, 0),
+            Len(0, 0, &[]),
         ]);
     }
 
     #[test]
-    fn a_control_message_is_never_counted_as_a_row_whichever_way_it_goes_out() {
+    fn a_control_message_is_never_counted_as_a_row() {
         use Step::*;
         run(vec![
-            Req(Tag::Row(1)),
-            Pub(1),
-            Req(Tag::Control),
-            Await(1), // the status waits for pkid 1 like any publish
-            Len(2, 1),
-            Req(Tag::Row(2)),
-            Len(3, 2),
-            Ack(1, Ok(Tag::Row(1))),
-            Pub(1),
-            Pub(2),
-            Len(2, 1),
-            Ack(1, Ok(Tag::Control)),
-            Len(1, 1),
-            Ack(2, Ok(Tag::Row(2))),
-            Len(0, 0),
+            Sent(5, Tag::Control, Ok(())),
+            Sent(6, Tag::Row(2), Ok(())),
+            Len(2, 1, &[2]),
+            Ack(5, Ok(Tag::Control)),
+            Len(1, 1, &[2]),
+            Ack(6, Ok(Tag::Row(2))),
+            Len(0, 0, &[]),
         ]);
-    }
-
-    #[test]
-    fn a_publish_nobody_requested_is_reported_not_guessed() {
-        let mut f = InFlight::default();
-        assert_eq!(
-            f.on_outgoing_publish(7),
-            Err(Mismatch::UnexpectedPublish(7))
-        );
     }
 }
