@@ -191,16 +191,20 @@ impl Link {
         net.flush().await.map_err(lost)
     }
 
-    /// Waits for at least one packet from the broker and takes every other one already here;
-    /// what they say is then available from `heard`, and their replies (a PUBACK for a publish
-    /// we received) are queued for the next flush. Cancel-safe: a packet half-read stays
-    /// buffered for the next call.
-    pub async fn read(&mut self) -> Result<(), LinkError> {
+    /// Waits for at least one packet from the broker and takes every other one already here
+    /// (at most `READ_BATCH`); what they say is then available from `heard`, and their replies
+    /// (a PUBACK for a publish we received) are queued for the next flush. Paced (`Some(d)`, see
+    /// `plan::read_pace`): waits `d` instead, then takes what has arrived, possibly nothing.
+    /// Cancel-safe: a packet half-read stays buffered for the next call.
+    pub async fn read(&mut self, pace: Option<Duration>) -> Result<(), LinkError> {
         let Some(net) = self.ev.network.as_mut() else {
             return std::future::pending().await;
         };
-        let first = net.read().await.map_err(lost)?;
-        let mut got = vec![first];
+        let mut got = Vec::new();
+        match pace {
+            Some(d) => tokio::time::sleep(d).await,
+            None => got.push(net.read().await.map_err(lost)?),
+        }
         while got.len() < READ_BATCH {
             match net.read().now_or_never() {
                 Some(p) => got.push(p.map_err(lost)?),

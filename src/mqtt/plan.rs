@@ -30,6 +30,25 @@ pub fn quotas(room: usize, live_pending: bool, backlog_pending: bool) -> (usize,
     }
 }
 
+/// From this many publishes in flight, the uplink reads acknowledgements every `PACE` instead of
+/// waking for each one that arrives.
+///
+/// Why: during a drain the broker returns PUBACKs a few at a time, and a wake-up for each small
+/// batch (a sleep in `epoll_wait`, a task switch, a write of two or three publishes) cost more
+/// CPU than the messages themselves. With this many in flight the broker still has more than a
+/// millisecond of work queued when we look, so pacing does not starve it, and each turn then
+/// refills the window with one write. Below it (the default window of 64, or a drain's tail)
+/// every arrival is read at once, because waiting would leave the broker idle.
+pub const PACED_DEPTH: usize = 256;
+/// How often a paced uplink reads (tokio's timer resolution: one millisecond).
+pub const PACE: Duration = Duration::from_millis(1);
+
+/// How long the uplink waits before reading what has arrived, or `None` to read each arrival
+/// at once. Never paced while stopping: the grace period is spent on acknowledgements.
+pub fn read_pace(in_flight: usize, stopping: bool) -> Option<Duration> {
+    (in_flight >= PACED_DEPTH && !stopping).then_some(PACE)
+}
+
 /// Which of the two id ranges a fetch reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -615,6 +634,26 @@ mod tests {
         ];
         for (room, live, backlog, want) in cases {
             assert_eq!(quotas(room, live, backlog), want, "{room} {live} {backlog}");
+        }
+    }
+
+    #[test]
+    fn acknowledgements_are_read_on_a_pace_only_with_a_deep_window_and_not_while_stopping() {
+        let cases = [
+            // in flight, stopping → pace
+            (0, false, None),
+            (64, false, None),
+            (PACED_DEPTH - 1, false, None),
+            (PACED_DEPTH, false, Some(PACE)),
+            (1000, false, Some(PACE)),
+            (1000, true, None),
+        ];
+        for (in_flight, stopping, want) in cases {
+            assert_eq!(
+                read_pace(in_flight, stopping),
+                want,
+                "{in_flight} {stopping}"
+            );
         }
     }
 

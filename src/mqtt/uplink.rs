@@ -43,7 +43,7 @@ use crate::mqtt::birth::BirthWatch;
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound};
 use crate::mqtt::link::{Cause, Heard, Link, LinkError};
-use crate::mqtt::plan::SendPlan;
+use crate::mqtt::plan::{read_pace, SendPlan};
 use crate::mqtt::strikes::Strikes;
 use crate::mqtt::topics::{self, Topics};
 use crate::ops::health::Beat;
@@ -467,7 +467,7 @@ impl Uplink {
                         return End::Lost(e.into(), inflight.sent_rows());
                     }
                 }
-                r = link.read() => {
+                r = link.read(read_pace(inflight.len(), plan.stopping())) => {
                     let heard = match r {
                         Ok(()) => self.on_heard(&mut link, &mut inflight, strikes, &mut acks).await,
                         Err(e) => Err(e.into()),
@@ -645,7 +645,7 @@ impl Uplink {
             if inflight.is_empty() {
                 continue;
             }
-            match timeout_at(deadline, link.read()).await {
+            match timeout_at(deadline, link.read(None)).await {
                 Ok(Ok(())) => {}
                 _ => break,
             }
