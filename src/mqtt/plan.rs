@@ -34,10 +34,11 @@ pub fn quotas(room: usize, live_pending: bool, backlog_pending: bool) -> (usize,
 /// waking for each one that arrives.
 ///
 /// Why: during a drain the broker returns PUBACKs a few at a time, and a wake-up for each small
-/// batch (a sleep in `epoll_wait`, a task switch, a write of two or three publishes) cost more
-/// CPU than the messages themselves. With this many in flight the broker still has more than a
-/// millisecond of work queued when we look, so pacing does not starve it, and each turn then
-/// refills the window with one write. Below it (the default window of 64, or a drain's tail)
+/// batch (a sleep in `epoll_wait`, a task switch, a write of two or three publishes) was a large
+/// share of the gateway's CPU: one wake-up per 2.2 messages, a fifth of its profile in the
+/// scheduler. With this many in flight the broker still has several milliseconds of work
+/// queued when we look, so pacing does not starve it, and each turn then refills the window
+/// with one write. Below it (the default window of 64, or a drain's tail)
 /// every arrival is read at once, because waiting would leave the broker idle.
 pub const PACED_DEPTH: usize = 256;
 /// How often a paced uplink reads (tokio's timer resolution: one millisecond).
