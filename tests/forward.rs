@@ -134,6 +134,40 @@ fn a_burst_drained_through_a_deep_paced_window_arrives_complete_once_and_in_orde
     a_burst_arrives_complete_once_and_in_order(Some(512));
 }
 
+/// A paced read that finds nothing makes the uplink wait on the socket instead of on the pace
+/// (`plan::read_pace`), so a broker that stops answering costs no wake-up a millisecond. The
+/// keep-alive ping must still find such a link dead in the middle of a deep-window drain, and
+/// every message arrive once it is back. The replay rate keeps the drain going long enough to
+/// cut it in the middle; without acknowledgements the window then fills to 512 at that rate.
+#[test]
+fn a_deep_window_that_goes_silent_mid_drain_is_found_dead_by_the_ping_and_loses_nothing() {
+    const N: usize = 20_000;
+    let mosq = upstream();
+    let relay = Relay::start(mosq.addr());
+    relay.set_mode(Mode::Refuse);
+    let up = MqttWatcher::connect(mosq.port, "#");
+    let dir = tempfile::tempdir().unwrap();
+    let spec =
+        forwarding_gateway(relay.port()).upstream_extra("inflight = 512\nreplay_rate = 4000\n");
+    let gw = start(&spec, dir.path());
+    publish_burst(&gw, "bench/data", N, 1, 100);
+    relay.set_mode(Mode::Pass);
+    wait_until(BURST, "the drain to be under way", || {
+        seqs(&up, "bench/data").len() >= 1000
+    });
+    relay.set_mode(Mode::BlackHole);
+    wait_until(BURST, "the keep-alive to find the silent link dead", || {
+        gw.log().contains("upstream_disconnected")
+    });
+    let before = seqs(&up, "bench/data").len();
+    assert!(
+        before < N,
+        "the link went silent only after the drain: {before} of {N}"
+    );
+    relay.set_mode(Mode::Pass);
+    wait_all(&up, N);
+}
+
 /// Publishes `count` messages at `qos` while the upstream is down, kills the gateway with
 /// SIGKILL right after the last acknowledgement, restarts it and brings the upstream back:
 /// every message must arrive.

@@ -195,8 +195,9 @@ impl Link {
     /// (at most `READ_BATCH`); what they say is then available from `heard`, and their replies
     /// (a PUBACK for a publish we received) are queued for the next flush. Paced (`Some(d)`, see
     /// `plan::read_pace`): waits `d` instead, then takes what has arrived, possibly nothing.
-    /// Cancel-safe: a packet half-read stays buffered for the next call.
-    pub async fn read(&mut self, pace: Option<Duration>) -> Result<(), LinkError> {
+    /// Returns how many packets it took. Cancel-safe: a packet half-read stays buffered for the
+    /// next call.
+    pub async fn read(&mut self, pace: Option<Duration>) -> Result<usize, LinkError> {
         let Some(net) = self.ev.network.as_mut() else {
             return std::future::pending().await;
         };
@@ -211,12 +212,13 @@ impl Link {
                 None => break,
             }
         }
+        let n = got.len();
         for p in got {
             if let Some(reply) = self.ev.state.handle_incoming_packet(p).map_err(lost)? {
                 self.queue.push(reply);
             }
         }
-        Ok(())
+        Ok(n)
     }
 
     /// The next thing the broker said that matters to the uplink, in order.

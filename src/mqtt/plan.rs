@@ -45,9 +45,12 @@ pub const PACED_DEPTH: usize = 256;
 pub const PACE: Duration = Duration::from_millis(1);
 
 /// How long the uplink waits before reading what has arrived, or `None` to read each arrival
-/// at once. Never paced while stopping: the grace period is spent on acknowledgements.
-pub fn read_pace(in_flight: usize, stopping: bool) -> Option<Duration> {
-    (in_flight >= PACED_DEPTH && !stopping).then_some(PACE)
+/// at once. Never paced while stopping: the grace period is spent on acknowledgements. Not
+/// paced either after a paced read that found nothing (`heard_nothing`): a broker that has
+/// stopped answering would otherwise wake the uplink every `PACE` until the keep-alive ping
+/// gives up on it; waiting on the socket costs nothing, and the next arrival resumes the pace.
+pub fn read_pace(in_flight: usize, stopping: bool, heard_nothing: bool) -> Option<Duration> {
+    (in_flight >= PACED_DEPTH && !stopping && !heard_nothing).then_some(PACE)
 }
 
 /// Which of the two id ranges a fetch reads.
@@ -639,21 +642,24 @@ mod tests {
     }
 
     #[test]
-    fn acknowledgements_are_read_on_a_pace_only_with_a_deep_window_and_not_while_stopping() {
+    fn acknowledgements_are_read_on_a_pace_only_with_a_deep_window_while_they_keep_coming_and_not_while_stopping(
+    ) {
         let cases = [
-            // in flight, stopping → pace
-            (0, false, None),
-            (64, false, None),
-            (PACED_DEPTH - 1, false, None),
-            (PACED_DEPTH, false, Some(PACE)),
-            (1000, false, Some(PACE)),
-            (1000, true, None),
+            // in flight, stopping, the last paced read found nothing → pace
+            (0, false, false, None),
+            (64, false, false, None),
+            (PACED_DEPTH - 1, false, false, None),
+            (PACED_DEPTH, false, false, Some(PACE)),
+            (1000, false, false, Some(PACE)),
+            (1000, true, false, None),
+            (1000, false, true, None),
+            (PACED_DEPTH - 1, false, true, None),
         ];
-        for (in_flight, stopping, want) in cases {
+        for (in_flight, stopping, heard_nothing, want) in cases {
             assert_eq!(
-                read_pace(in_flight, stopping),
+                read_pace(in_flight, stopping, heard_nothing),
                 want,
-                "{in_flight} {stopping}"
+                "{in_flight} {stopping} {heard_nothing}"
             );
         }
     }

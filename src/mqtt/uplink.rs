@@ -395,6 +395,8 @@ impl Uplink {
             std::time::Instant::now(),
         );
         let mut acks: Vec<i64> = Vec::new();
+        // The last paced read found nothing (see `plan::read_pace`).
+        let mut heard_nothing = false;
         // One timer for the whole session: a `sleep` made on every turn of a drain would arm and
         // disarm a timer per event.
         let mut tick = interval(self.beat.tick());
@@ -467,9 +469,12 @@ impl Uplink {
                         return End::Lost(e.into(), inflight.sent_rows());
                     }
                 }
-                r = link.read(read_pace(inflight.len(), plan.stopping())) => {
+                r = link.read(read_pace(inflight.len(), plan.stopping(), heard_nothing)) => {
                     let heard = match r {
-                        Ok(()) => self.on_heard(&mut link, &mut inflight, strikes, &mut acks).await,
+                        Ok(n) => {
+                            heard_nothing = n == 0;
+                            self.on_heard(&mut link, &mut inflight, strikes, &mut acks).await
+                        }
                         Err(e) => Err(e.into()),
                     };
                     if let Err(e) = heard {
@@ -646,7 +651,7 @@ impl Uplink {
                 continue;
             }
             match timeout_at(deadline, link.read(None)).await {
-                Ok(Ok(())) => {}
+                Ok(Ok(_)) => {}
                 _ => break,
             }
             while let Some(h) = link.heard() {
