@@ -148,7 +148,7 @@ fn a_deep_window_that_goes_silent_mid_drain_is_found_dead_by_the_ping_and_loses_
     let up = MqttWatcher::connect(mosq.port, "#");
     let dir = tempfile::tempdir().unwrap();
     let spec =
-        forwarding_gateway(relay.port()).upstream_extra("inflight = 512\nreplay_rate = 4000\n");
+        forwarding_gateway(relay.port()).upstream_extra("inflight = 512\nreplay_rate = 2000\n");
     let gw = start(&spec, dir.path());
     publish_burst(&gw, "bench/data", N, 1, 100);
     relay.set_mode(Mode::Pass);
