@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use tokio_util::sync::CancellationToken;
 
 use fieldbridge::cli::{demo, passwd, status, tools};
+use fieldbridge::ops::sched::Outcome;
 use fieldbridge::ops::stats::BrokerCounters;
 use fieldbridge::ops::telemetry;
 use fieldbridge::{app, config};
@@ -420,6 +421,16 @@ where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
+    // Before the runtime starts its threads, which inherit the policy; see `ops::sched`.
+    match fieldbridge::ops::sched::run_as_batch() {
+        Outcome::Batch => tracing::debug!("scheduling policy: SCHED_BATCH"),
+        Outcome::Kept(policy) => {
+            tracing::info!(policy, "scheduling policy chosen before start kept")
+        }
+        Outcome::Failed(e) => {
+            tracing::warn!(error = %e, "cannot make the gateway's threads SCHED_BATCH; they preempt other work on wake-up")
+        }
+    }
     runtime_on(f, true)
 }
 

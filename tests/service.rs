@@ -328,3 +328,43 @@ fn a_reload_right_at_ready_says_reloading_then_ready_and_never_stops_the_daemon(
     let status = gw.terminate();
     assert!(status.success(), "{status}");
 }
+
+/// The scheduling policy of every thread of process `pid`, by thread name: field 41 of
+/// `/proc/<pid>/task/<tid>/stat` (3 is `SCHED_BATCH`).
+fn thread_policies(pid: u32) -> Vec<(String, u32)> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let path = task.unwrap().path();
+        let Ok(stat) = std::fs::read_to_string(path.join("stat")) else {
+            continue; // the thread ended meanwhile
+        };
+        // The name (field 2) is in parentheses and may hold spaces: count from the last ')'.
+        let (head, rest) = stat.rsplit_once(')').unwrap();
+        let name = head.split_once('(').unwrap().1.to_string();
+        let policy = rest
+            .split_whitespace()
+            .nth(41 - 3)
+            .unwrap()
+            .parse()
+            .unwrap();
+        out.push((name, policy));
+    }
+    out
+}
+
+#[test]
+fn every_thread_of_a_running_gateway_is_sched_batch_so_its_wake_ups_preempt_nothing() {
+    let sim = ModbusSim::start(1);
+    let mosq = Mosquitto::start();
+    let dir = tempfile::tempdir().unwrap();
+    let gw = GatewayConfig::standard()
+        .upstream(mosq.port)
+        .with(SimDevice::new(sim.port))
+        .start(dir.path());
+    gw.wait_log(&["connected upstream"]);
+    let threads = thread_policies(gw.pid().as_raw() as u32);
+    // The runtime's workers, SQLite's, the embedded broker's, and the main thread at least.
+    assert!(threads.len() >= 5, "{threads:?}");
+    let other: Vec<_> = threads.iter().filter(|(_, p)| *p != 3).collect();
+    assert!(other.is_empty(), "threads not SCHED_BATCH: {other:?}");
+}
