@@ -45,7 +45,9 @@ pub fn run_as_batch() -> Outcome {
     let Some(policy) = wanted(current) else {
         return Outcome::Kept(current);
     };
-    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `sched_param` is plain integers (musl adds fields beyond `sched_priority`), for
+    // which all zeros is a valid value; priority 0 is the only one `SCHED_BATCH` takes.
+    let param: libc::sched_param = unsafe { std::mem::zeroed() };
     // SAFETY: `param` outlives the call, which only reads it.
     let rc = unsafe {
         libc::syscall(
