@@ -32,6 +32,17 @@ fn upstream() -> Mosquitto {
     Mosquitto::start_with_config("max_queued_messages 0\n")
 }
 
+/// The upstream behind a relay that refuses connections (an outage until the test lets it
+/// through), and a watcher of everything that reaches it. Keep the broker bound as long as the
+/// other two.
+fn refused_upstream() -> (Mosquitto, Relay, MqttWatcher) {
+    let mosq = upstream();
+    let relay = Relay::start(mosq.addr());
+    relay.set_mode(Mode::Refuse);
+    let up = MqttWatcher::connect(mosq.port, "#");
+    (mosq, relay, up)
+}
+
 /// How many times each seq of `topic` arrived.
 fn seqs(up: &MqttWatcher, topic: &str) -> BTreeMap<u64, usize> {
     let mut seen = BTreeMap::new();
@@ -90,10 +101,7 @@ fn start(spec: &GatewayConfig, dir: &Path) -> Gateway {
 /// checks that every one arrives once, in order, and is counted.
 fn a_burst_arrives_complete_once_and_in_order(inflight: Option<u16>) {
     const N: usize = 20_000;
-    let mosq = upstream();
-    let relay = Relay::start(mosq.addr());
-    relay.set_mode(Mode::Refuse);
-    let up = MqttWatcher::connect(mosq.port, "#");
+    let (_mosq, relay, up) = refused_upstream();
     let dir = tempfile::tempdir().unwrap();
     let mut spec = forwarding_gateway(relay.port());
     if let Some(n) = inflight {
@@ -142,10 +150,7 @@ fn a_burst_drained_through_a_deep_paced_window_arrives_complete_once_and_in_orde
 #[test]
 fn a_deep_window_that_goes_silent_mid_drain_is_found_dead_by_the_ping_and_loses_nothing() {
     const N: usize = 20_000;
-    let mosq = upstream();
-    let relay = Relay::start(mosq.addr());
-    relay.set_mode(Mode::Refuse);
-    let up = MqttWatcher::connect(mosq.port, "#");
+    let (_mosq, relay, up) = refused_upstream();
     let dir = tempfile::tempdir().unwrap();
     let spec =
         forwarding_gateway(relay.port()).upstream_extra("inflight = 512\nreplay_rate = 2000\n");
@@ -172,10 +177,7 @@ fn a_deep_window_that_goes_silent_mid_drain_is_found_dead_by_the_ping_and_loses_
 /// SIGKILL right after the last acknowledgement, restarts it and brings the upstream back:
 /// every message must arrive.
 fn kill_9_after_the_last_ack_loses_nothing(count: usize, qos: u8) {
-    let mosq = upstream();
-    let relay = Relay::start(mosq.addr());
-    relay.set_mode(Mode::Refuse);
-    let up = MqttWatcher::connect(mosq.port, "#");
+    let (_mosq, relay, up) = refused_upstream();
     let dir = tempfile::tempdir().unwrap();
     let spec = forwarding_gateway(relay.port());
     let mut gw = start(&spec, dir.path());
