@@ -867,6 +867,49 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_backlog_and_a_live_stream_read_side_by_side_each_get_every_row_once_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &settings(1_000_000, 1 << 30))
+            .await
+            .unwrap();
+        ob.append((0..5_000).map(reading).collect()).await.unwrap();
+        let replay_end = *ob.latest().borrow();
+        let (mut backlog, mut live) = (Vec::new(), Vec::new());
+        let (mut after_b, mut after_l, mut next) = (0i64, replay_end, 5_000usize);
+        for round in 0..400 {
+            let rows = ob.fetch_range(after_b, replay_end, 37).await.unwrap();
+            if let Some(r) = rows.last() {
+                after_b = r.id;
+            }
+            backlog.extend(rows);
+            ob.append((next..next + 7).map(reading).collect())
+                .await
+                .unwrap();
+            next += 7;
+            let newest = *ob.latest().borrow();
+            let rows = ob
+                .fetch_range(after_l, newest, 1 + round % 13)
+                .await
+                .unwrap();
+            if let Some(r) = rows.last() {
+                after_l = r.id;
+            }
+            live.extend(rows);
+        }
+        loop {
+            let rows = ob.fetch_range(after_l, i64::MAX, 500).await.unwrap();
+            let Some(r) = rows.last() else { break };
+            after_l = r.id;
+            live.extend(rows);
+        }
+        assert_eq!(backlog.len(), 5_000);
+        assert_eq!(live.len(), next - 5_000);
+        for (i, r) in backlog.iter().chain(&live).enumerate() {
+            assert_eq!(r.message, reading(i), "row {i}");
+        }
+    }
+
+    #[tokio::test]
     async fn rows_dropped_by_the_limit_are_not_served_from_a_read_ahead_page() {
         let dir = tempfile::tempdir().unwrap();
         let ob = Outbox::open(dir.path(), &settings(1_000, 1 << 30))
