@@ -368,15 +368,26 @@ fn a_link_stalled_mid_write_at_shutdown_neither_holds_up_the_stop_nor_loses_a_pu
     relay.set_mode(Mode::BlackHole);
     let stats = MqttWatcher::connect(gw.broker_port, "fieldbridge/gw/stats");
     publish_burst(&gw, "bench/data", N, 1, 400_000);
-    // Once the uplink has handed rows to the link, it is inside the write (24 MB fit in no
-    // socket buffer) and stays there: no later snapshot shows more rows sent.
+    // Every row is committed now (each PUBACK says so), and 24 MB fit in no socket buffer, so
+    // the uplink ends up inside a write it cannot finish. It is there once two snapshots a
+    // second apart, both taken after the burst, show the same rows handed to the link: a
+    // free uplink would have read the committed rows within milliseconds. Seeing one snapshot
+    // with a row sent is not enough: the first commit may hold few enough rows to fit.
+    let before = stats.messages().len();
     let sent = poll(Duration::from_secs(30), || {
-        let m = stats.messages();
-        m.iter()
-            .any(|m| m.json()["upstream"]["sent"].as_u64() >= Some(1))
+        let sent: Vec<Option<u64>> = stats.messages()[before..]
+            .iter()
+            .map(|m| m.json()["upstream"]["sent"].as_u64())
+            .collect();
+        sent.windows(2)
+            .any(|w| w[0] >= Some(1) && w[0] == w[1])
             .then_some(())
     });
-    assert!(sent.is_some(), "no row handed to the link\n{}", gw.log());
+    assert!(
+        sent.is_some(),
+        "the uplink never settled in a write\n{}",
+        gw.log()
+    );
     let status = gw.terminate_within(Duration::from_secs(3 + 9));
     assert!(status.success(), "{status:?}\n{}", gw.log());
     assert!(gw.log().contains("stalled at shutdown"), "{}", gw.log());
