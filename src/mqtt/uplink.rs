@@ -385,6 +385,9 @@ impl Uplink {
             return End::Failed(e);
         }
 
+        if let Err(e) = self.outbox.reread().await {
+            return End::Failed(SessionError::Outbox(e));
+        }
         let mut latest = self.outbox.latest();
         // Rows up to the newest id now were stored before this connection: the backlog.
         let replay_end = *latest.borrow_and_update();

@@ -479,6 +479,15 @@ impl Outbox {
         }
     }
 
+    /// Prepares a new upstream session that reads from its start: commits the acks of the
+    /// sessions before it, which would otherwise still be in the table and be sent again, and
+    /// forgets the read-ahead pages, which may hold rows acknowledged since they were read.
+    pub async fn reread(&self) -> Result<(), OutboxError> {
+        self.flush().await?;
+        self.reader.lock().await.pages.clear();
+        Ok(())
+    }
+
     /// Up to `limit` rows with an id greater than `after` (and at most `upto`), oldest first.
     /// Served from a read-ahead page when an earlier read covered the range.
     pub async fn fetch_range(
@@ -828,6 +837,39 @@ mod tests {
             payload: format!(r#"{{"id":"b-{i}","v":{i},"ts":1764500000000}}"#).into_bytes(),
             retain: false,
         }
+    }
+
+    /// The uplink's pattern around reconnects: each session reads from the start again, and
+    /// the rows it sent and got acknowledged are deleted. A read-ahead page left from an earlier
+    /// session still holds such rows; `reread` at each connection keeps them from being sent twice.
+    #[tokio::test]
+    async fn a_session_that_rereads_never_gets_rows_acknowledged_in_an_earlier_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ob = Outbox::open(dir.path(), &settings(1_000_000, 1 << 30))
+            .await
+            .unwrap();
+        ob.append((0..100).map(reading).collect()).await.unwrap();
+        let ids = |rows: Vec<Row>| rows.iter().map(|r| r.id).collect::<Vec<_>>();
+        // Session 1 reads five rows; nothing is acknowledged.
+        assert_eq!(
+            ids(ob.fetch_range(0, 100, 5).await.unwrap()),
+            [1, 2, 3, 4, 5]
+        );
+        // Session 2 starts over and sends 1..=15; the broker acknowledges all but 7.
+        ob.reread().await.unwrap();
+        assert_eq!(
+            ids(ob.fetch_range(0, 100, 5).await.unwrap()),
+            [1, 2, 3, 4, 5]
+        );
+        let more = ids(ob.fetch_range(5, 100, 10).await.unwrap());
+        assert_eq!(more, (6..=15).collect::<Vec<_>>());
+        ob.ack((1..=15).filter(|&i| i != 7).collect())
+            .await
+            .unwrap();
+        // Session 3, at once: 7 again, then what nobody has acknowledged yet.
+        ob.reread().await.unwrap();
+        assert_eq!(ids(ob.fetch_range(0, 100, 1).await.unwrap()), [7]);
+        assert_eq!(ids(ob.fetch_range(7, 100, 3).await.unwrap()), [16, 17, 18]);
     }
 
     #[tokio::test]
