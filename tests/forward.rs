@@ -171,6 +171,72 @@ fn a_deep_window_that_goes_silent_mid_drain_is_found_dead_by_the_ping_and_loses_
     );
     relay.set_mode(Mode::Pass);
     wait_all(&up, N);
+    let log = gw.log();
+    assert!(
+        !log.contains("upstream_ack_timeout"),
+        "a silent link is the keep-alive's, not a reason to shrink the window: {log}"
+    );
+}
+
+/// The newest `upstream` figures on the stats topic.
+fn upstream_stats(up: &MqttWatcher) -> Option<serde_json::Value> {
+    up.messages()
+        .iter()
+        .rfind(|m| m.topic == "fieldbridge/gw/stats")
+        .map(|m| m.json()["upstream"].clone())
+}
+
+/// A broker that takes at most 10 publishes unacknowledged and silently drops any beyond them,
+/// as AWS IoT Core does past 100, with the gateway's window at 40: the uplink gives up on the
+/// dropped publishes (they wait while the broker answers others), halves its window until it
+/// fits, and every message arrives. Before this, the dropped publishes held the window until a
+/// reconnect that never came, since the broker answered every ping.
+#[test]
+fn an_upstream_that_drops_publishes_beyond_its_cap_gets_every_message_once_the_window_fits() {
+    const N: usize = 3_000;
+    let (_mosq, relay, up) = refused_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    // The harness's keep-alive of 1 s has the broker answer a ping every second.
+    let spec =
+        forwarding_gateway(relay.port()).upstream_extra("inflight = 40\nack_timeout = \"2s\"\n");
+    let gw = start(&spec, dir.path());
+    publish_burst(&gw, "bench/data", N, 1, 100);
+    relay.set_mode(Mode::Cap(10));
+    let seen = wait_all(&up, N);
+    let dups: usize = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "{} publishes dropped by the cap, {dups} duplicates",
+        relay.dropped()
+    );
+    assert!(relay.dropped() > 0, "the cap never dropped a publish");
+    // 40 → 20 → 10: ten in flight (the status message among them) fit the cap.
+    let settled = poll(Duration::from_secs(30), || {
+        upstream_stats(&up).filter(|u| u["window"] == 10 && u["ack_timeouts"] == 2)
+    });
+    let uplink_log = || {
+        let log = gw.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("upstream")).collect();
+        lines.join("\n")
+    };
+    assert!(
+        settled.is_some(),
+        "stats: {:?}\n{}",
+        upstream_stats(&up),
+        uplink_log()
+    );
+    let line = gw.wait_log(&["upstream_ack_timeout", "ERROR"]);
+    assert!(
+        line.contains("window=10") || line.contains("window=20"),
+        "{line}"
+    );
+    // Each of the two reconnects sends again what was in flight then (40, then 20). Before a
+    // connection committed the acks of the one before it and forgot the read-ahead, rows
+    // acknowledged in an earlier session came back too (158 here).
+    assert!(
+        dups <= 40 + 20,
+        "at most the windows given up on sent twice: {dups}\n{}",
+        uplink_log()
+    );
 }
 
 /// Publishes `count` messages at `qos` while the upstream is down, kills the gateway with
@@ -287,7 +353,7 @@ fn what_rumqttd_skips_for_a_lagging_local_subscriber_is_counted_and_logged() {
             .unwrap_or(0)
     };
     // Every message either reached the slow subscriber or is counted as skipped for it.
-    let settled = poll(BURST, || {
+    let settled = poll(Duration::from_secs(30), || {
         let got = slow
             .messages()
             .iter()

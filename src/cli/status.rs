@@ -136,6 +136,14 @@ pub fn render(s: &Stats, now_ms: u64) -> String {
         )
     };
     out.push_str(&format!("upstream: {up}\n"));
+    if s.upstream.ack_timeouts > 0 {
+        out.push_str(&format!(
+            "upstream window: {} in flight after {} ack timeouts (the broker left publishes \
+             unacknowledged; it may cap them below upstream.inflight); see \
+             EVENT=upstream_ack_timeout in the journal\n",
+            s.upstream.window, s.upstream.ack_timeouts
+        ));
+    }
     if let Some(b) = &s.broker {
         out.push_str(&format!(
             "local broker: {} clients connected ({} connections refused); {} forwarded upstream, {} refused, {} lost; {} messages skipped for lagging subscribers ({} cursor jumps)\n",
@@ -307,6 +315,8 @@ mod tests {
                 sent: 5,
                 acked: 4,
                 reconnects: 2,
+                ack_timeouts: 2,
+                window: 16,
             },
             stalled: vec![],
         };
@@ -328,6 +338,10 @@ mod tests {
         );
         assert!(
             r.contains("upstream: connected (sent 5, acked 4, reconnects 2)"),
+            "{r}"
+        );
+        assert!(
+            r.contains("upstream window: 16 in flight after 2 ack timeouts"),
             "{r}"
         );
         assert!(

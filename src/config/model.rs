@@ -176,6 +176,9 @@ pub struct Upstream {
     pub keep_alive: Duration,
     pub connect_timeout: Duration,
     pub inflight: u16,
+    /// A publish left unacknowledged this long while the broker answers other packets is
+    /// given up on (see `mqtt::window`).
+    pub ack_timeout: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     /// Messages per second for the backlog replay after a reconnect; `None` = unlimited.

@@ -223,6 +223,8 @@ pub struct RawUpstream {
     pub connect_timeout: String,
     #[serde(default = "default_inflight")]
     pub inflight: i64,
+    #[serde(default = "default_ack_timeout")]
+    pub ack_timeout: String,
     #[serde(default = "default_reconnect_min")]
     pub reconnect_min: String,
     #[serde(default = "default_reconnect_max")]
@@ -426,6 +428,9 @@ fn default_connect_timeout() -> String {
 }
 fn default_inflight() -> i64 {
     64
+}
+fn default_ack_timeout() -> String {
+    "30s".into()
 }
 fn default_reconnect_min() -> String {
     "1s".into()

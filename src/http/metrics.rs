@@ -283,6 +283,20 @@ impl Collector for Exposition {
                 None,
                 one(u.reconnects),
             )?;
+            counter(
+                e,
+                "upstream_ack_timeouts",
+                "Publishes the upstream broker left unacknowledged past upstream.ack_timeout while answering others; each halves the window.",
+                None,
+                one(u.ack_timeouts),
+            )?;
+            gauge(
+                e,
+                "upstream_window",
+                "Publishes allowed in flight upstream: upstream.inflight until an ack timeout halved it.",
+                None,
+                one(u.window),
+            )?;
         }
 
         // Commands.

@@ -171,6 +171,8 @@ pub(crate) mod tests {
                     sent: 10,
                     acked: 9,
                     reconnects: 1,
+                    ack_timeouts: 0,
+                    window: 64,
                 },
                 lines: BTreeMap::new(),
                 serial: BTreeMap::new(),

@@ -13,7 +13,8 @@
 //!
 //! What to read from the outbox next and what to wait for is decided by the pure send plan
 //! (`plan::SendPlan`: backlog and live cursors, window, replay rate, stop and grace); which row
-//! a PUBACK names is decided by `outbox::inflight`. The session loop here only moves data between
+//! a PUBACK names is decided by `outbox::inflight`; how wide the window is, and when a publish
+//! the broker sits on is given up on, by `window`. The session loop here only moves data between
 //! those two, the outbox and the link: each turn queues what the plan allows, writes it in one
 //! flush, then waits for whatever comes first.
 
@@ -46,6 +47,7 @@ use crate::mqtt::link::{Cause, Heard, Link, LinkError};
 use crate::mqtt::plan::{read_pace, SendPlan};
 use crate::mqtt::strikes::Strikes;
 use crate::mqtt::topics::{self, Topics};
+use crate::mqtt::window::{given_up, Unacked, Window};
 use crate::ops::health::Beat;
 use crate::ops::shutdown::Budget;
 use crate::ops::stats::UplinkCounters;
@@ -100,6 +102,9 @@ enum SessionError {
     /// The link handed back a packet id that still carries an unacknowledged publish.
     #[error("in-flight bookkeeping: {0:?}")]
     InFlight(Mismatch),
+    /// The broker kept answering but left a publish unacknowledged (see `window`).
+    #[error(transparent)]
+    Unacknowledged(Unacked),
 }
 
 fn tls_transport(t: &Tls) -> Result<Transport, UplinkError> {
@@ -305,6 +310,10 @@ impl Uplink {
     pub async fn run(self, stop: CancellationToken, grace: Duration, budget: Budget) {
         let mut attempt = 0u32;
         let mut strikes = Strikes::default();
+        let mut window = Window::new(usize::from(self.cfg.inflight));
+        self.stats
+            .window
+            .store(window.size() as u64, Ordering::Relaxed);
         // A row the broker closed the connection on `STRIKES` times in a row: set aside.
         let mut refused = None;
         loop {
@@ -313,7 +322,7 @@ impl Uplink {
                     &stop,
                     (grace, &budget),
                     &mut attempt,
-                    &mut strikes,
+                    (&mut strikes, &mut window),
                     refused.take(),
                 )
                 .await
@@ -352,10 +361,10 @@ impl Uplink {
         stop: &CancellationToken,
         (grace, budget): (Duration, &Budget),
         attempt: &mut u32,
-        strikes: &mut Strikes,
+        (strikes, window): (&mut Strikes, &mut Window),
         refused: Option<i64>,
     ) -> End {
-        let window = usize::from(self.cfg.inflight);
+        let size = window.size();
         // Requests never go through rumqttc's channel (see `link`), so it stays small.
         let mut ev = EventLoop::new(self.options(), 1);
         let mut net = ev.network_options();
@@ -392,7 +401,7 @@ impl Uplink {
         // Rows up to the newest id now were stored before this connection: the backlog.
         let replay_end = *latest.borrow_and_update();
         let mut plan = SendPlan::new(
-            window,
+            size,
             replay_end,
             self.cfg.replay_rate,
             std::time::Instant::now(),
@@ -400,6 +409,10 @@ impl Uplink {
         let mut acks: Vec<i64> = Vec::new();
         // The last paced read found nothing (see `plan::read_pace`).
         let mut heard_nothing = false;
+        // When the broker last sent us anything, and when to look next for a publish it sits on
+        // (`window::given_up` walks the window, so not on every turn of a drain).
+        let mut heard_at = None;
+        let mut look_at = std::time::Instant::now();
         // One timer for the whole session: a `sleep` made on every turn of a drain would arm and
         // disarm a timer per event.
         let mut tick = interval(self.beat.tick());
@@ -421,7 +434,7 @@ impl Uplink {
                 // While probing for a refused row (see `strikes`), one row in flight at a time.
                 let probing = strikes.probing();
                 let busy = match probing && inflight.rows() > 0 {
-                    true => window,
+                    true => size,
                     false => inflight.len(),
                 };
                 let Some(mut fetch) = plan.next_fetch(busy, newest, std::time::Instant::now())
@@ -444,6 +457,10 @@ impl Uplink {
                 }
                 match self.send_rows(&mut link, &mut inflight, rows, refused) {
                     Ok(dead) => self.dead_letter(dead).await,
+                    Err(SessionError::Link(LinkError::Lost(Cause::PacketIdInUse(pkid)))) => {
+                        let why = Unacked::Overtaken(pkid);
+                        return self.give_up(link, &inflight, window, why).await;
+                    }
                     Err(e) => return End::Failed(e),
                 }
             }
@@ -476,6 +493,9 @@ impl Uplink {
                     let heard = match r {
                         Ok(n) => {
                             heard_nothing = n == 0;
+                            if n > 0 {
+                                heard_at = Some(std::time::Instant::now());
+                            }
                             self.on_heard(&mut link, &mut inflight, strikes, &mut acks).await
                         }
                         Err(e) => Err(e.into()),
@@ -496,6 +516,15 @@ impl Uplink {
             self.flush_acks(&mut acks).await;
             if plan.finished(inflight.rows()) {
                 break;
+            }
+            let now = std::time::Instant::now();
+            if now >= look_at && !plan.stopping() {
+                look_at = now + self.beat.tick();
+                let limit = self.cfg.ack_timeout;
+                if given_up(inflight.oldest_sent(), heard_at, now, limit) {
+                    let why = Unacked::Waited(limit);
+                    return self.give_up(link, &inflight, window, why).await;
+                }
             }
         }
         let deadline = plan.deadline().map_or_else(Instant::now, Instant::from_std);
@@ -524,7 +553,7 @@ impl Uplink {
     ) -> Result<(), SessionError> {
         let pkid = self.publish(link, status.into(), topics::ONLINE.into(), true)?;
         inflight
-            .sent(pkid, Tag::Control)
+            .sent(pkid, Tag::Control, std::time::Instant::now())
             .map_err(SessionError::InFlight)?;
         for rule in &self.subscribe {
             link.subscribe(rule.filter.clone())?;
@@ -567,6 +596,40 @@ impl Uplink {
             }
         };
         r.map_err(|e| End::Lost(e.into(), inflight.sent_rows()))
+    }
+
+    /// Ends a session whose broker left a publish unacknowledged (see `window`): halves the
+    /// window; the rows in flight go again from the outbox, and `strikes` sends them one at a
+    /// time until each is acknowledged, so a row this broker never takes is found and set aside.
+    /// Says goodbye without a Will when nothing is queued, since the reconnect follows at once;
+    /// publishes queued and not yet written are not sent into a session about to end (the Will
+    /// then marks the gateway offline until it is back).
+    async fn give_up(
+        &self,
+        mut link: Link,
+        inflight: &InFlight,
+        window: &mut Window,
+        why: Unacked,
+    ) -> End {
+        let was = window.size();
+        let now = window.shrink().unwrap_or(was);
+        self.stats.ack_timeouts.fetch_add(1, Ordering::Relaxed);
+        self.stats.window.store(now as u64, Ordering::Relaxed);
+        let rows = inflight.sent_rows();
+        tracing::error!(
+            event = "upstream_ack_timeout",
+            oldest_row = rows.first().copied(),
+            unacked = rows.len(),
+            window_was = was,
+            window = now,
+            "upstream broker answers but {why}; it may cap unacknowledged publishes below the \
+             window (AWS IoT Core takes 100): reconnecting to send again from the outbox with \
+             {now} in flight (was {was}); set upstream.inflight to at most {now} to start there"
+        );
+        if !link.has_queued() && link.disconnect().is_ok() {
+            let _ = timeout(Duration::from_secs(1), link.flush()).await;
+        }
+        End::Lost(SessionError::Unacknowledged(why), rows)
     }
 
     /// Ends a session whose link is stalled at shutdown.
@@ -615,7 +678,9 @@ impl Uplink {
     ) {
         let mut acks = Vec::new();
         let said = match self.publish(link, status.into(), topics::OFFLINE.into(), true) {
-            Ok(pkid) => inflight.sent(pkid, Tag::Control).is_ok(),
+            Ok(pkid) => inflight
+                .sent(pkid, Tag::Control, std::time::Instant::now())
+                .is_ok(),
             Err(_) => false,
         };
         if said {
@@ -678,6 +743,7 @@ impl Uplink {
         refused: Option<i64>,
     ) -> Result<Vec<(Row, &'static str)>, SessionError> {
         let mut dead = Vec::new();
+        let now = std::time::Instant::now();
         for r in rows {
             if refused == Some(r.id) {
                 dead.push((r, "refused_by_upstream"));
@@ -690,7 +756,7 @@ impl Uplink {
             let m = r.message;
             let pkid = self.publish(link, m.topic, m.payload, m.retain)?;
             inflight
-                .sent(pkid, Tag::Row(r.id))
+                .sent(pkid, Tag::Row(r.id), now)
                 .map_err(SessionError::InFlight)?;
             self.stats.sent.fetch_add(1, Ordering::Relaxed);
         }

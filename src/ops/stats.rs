@@ -266,6 +266,10 @@ pub struct UplinkCounters {
     pub sent: AtomicU64,
     pub acked: AtomicU64,
     pub reconnects: AtomicU64,
+    /// Publishes the broker kept unacknowledged past `upstream.ack_timeout` (see `mqtt::window`).
+    pub ack_timeouts: AtomicU64,
+    /// The in-flight window in use: `upstream.inflight` until an ack timeout halved it.
+    pub window: AtomicU64,
 }
 
 /// The retained JSON snapshot on `<prefix>/<gateway>/stats`, read by `fieldbridge status`.
@@ -315,6 +319,10 @@ pub struct UpstreamStats {
     pub sent: u64,
     pub acked: u64,
     pub reconnects: u64,
+    #[serde(default)]
+    pub ack_timeouts: u64,
+    #[serde(default)]
+    pub window: u64,
 }
 
 /// Reachability of every device, as last reported by its poller or serial task, with the reason
@@ -566,6 +574,8 @@ impl Sources {
                 sent: u.sent.load(Ordering::Relaxed),
                 acked: u.acked.load(Ordering::Relaxed),
                 reconnects: u.reconnects.load(Ordering::Relaxed),
+                ack_timeouts: u.ack_timeouts.load(Ordering::Relaxed),
+                window: u.window.load(Ordering::Relaxed),
             },
             None => UpstreamStats::default(),
         };
@@ -709,6 +719,7 @@ impl Reporter {
             sent = s.upstream.sent,
             acked = s.upstream.acked,
             reconnects = s.upstream.reconnects,
+            ack_timeouts = s.upstream.ack_timeouts,
             upstream_connected = s.upstream.connected,
             devices_online = online,
             devices_total = total,
@@ -849,6 +860,8 @@ mod tests {
                 sent: 0,
                 acked: 0,
                 reconnects: 0,
+                ack_timeouts: 0,
+                window: 64,
             },
             stalled: vec![],
         };

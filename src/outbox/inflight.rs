@@ -5,8 +5,11 @@
 //! under its id from the moment it is sent; `on_puback` then names the row to delete. A packet id
 //! is never held twice: the link ends the connection rather than reuse an unacknowledged one, and
 //! a second `sent` under a held id is reported, never allowed to replace the row it holds.
+//! Each entry also keeps when it went out, so the uplink can tell a publish the broker has sat
+//! on for too long (`oldest_sent`); the caller passes the clock in.
 
 use std::collections::HashMap;
+use std::time::Instant;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tag {
@@ -18,7 +21,7 @@ pub enum Tag {
 
 #[derive(Debug, Default)]
 pub struct InFlight {
-    by_pkid: HashMap<u16, Tag>,
+    by_pkid: HashMap<u16, (Tag, Instant)>,
     /// How many of the tags held are `Control`: `rows()` is asked on every turn of the uplink
     /// loop, so it must not walk the window.
     controls: usize,
@@ -33,18 +36,18 @@ pub enum Mismatch {
 }
 
 impl InFlight {
-    /// `tag` went out under `pkid`.
-    pub fn sent(&mut self, pkid: u16, tag: Tag) -> Result<(), Mismatch> {
+    /// `tag` went out under `pkid` at `now`.
+    pub fn sent(&mut self, pkid: u16, tag: Tag, now: Instant) -> Result<(), Mismatch> {
         if self.by_pkid.contains_key(&pkid) {
             return Err(Mismatch::IdInUse(pkid));
         }
         self.controls += usize::from(tag == Tag::Control);
-        self.by_pkid.insert(pkid, tag);
+        self.by_pkid.insert(pkid, (tag, now));
         Ok(())
     }
 
     pub fn on_puback(&mut self, pkid: u16) -> Result<Tag, Mismatch> {
-        let tag = self
+        let (tag, _) = self
             .by_pkid
             .remove(&pkid)
             .ok_or(Mismatch::UnknownAck(pkid))?;
@@ -67,7 +70,7 @@ impl InFlight {
         let mut rows: Vec<i64> = self
             .by_pkid
             .values()
-            .filter_map(|t| match t {
+            .filter_map(|(t, _)| match t {
                 Tag::Row(id) => Some(*id),
                 Tag::Control => None,
             })
@@ -79,6 +82,12 @@ impl InFlight {
     /// Outbox rows sent and not yet acknowledged.
     pub fn rows(&self) -> usize {
         self.len() - self.controls
+    }
+
+    /// When the longest-waiting publish went out. Walks the window: asked once per tick of the
+    /// uplink loop, not per message.
+    pub fn oldest_sent(&self) -> Option<Instant> {
+        self.by_pkid.values().map(|(_, at)| *at).min()
     }
 }
 
@@ -95,9 +104,10 @@ mod tests {
 
     fn run(steps: Vec<Step>) {
         let mut f = InFlight::default();
+        let now = Instant::now();
         for (i, s) in steps.into_iter().enumerate() {
             match s {
-                Step::Sent(p, t, want) => assert_eq!(f.sent(p, t), want, "step {i}"),
+                Step::Sent(p, t, want) => assert_eq!(f.sent(p, t, now), want, "step {i}"),
                 Step::Ack(p, want) => assert_eq!(f.on_puback(p), want, "step {i}"),
                 Step::Len(all, rows, sent) => {
                     assert_eq!((f.len(), f.rows()), (all, rows), "step {i}");
@@ -151,5 +161,22 @@ mod tests {
             Ack(6, Ok(Tag::Row(2))),
             Len(0, 0, &[]),
         ]);
+    }
+
+    #[test]
+    fn the_oldest_sent_time_is_that_of_the_longest_unacknowledged_publish() {
+        let t0 = Instant::now();
+        let at = |ms| t0 + std::time::Duration::from_millis(ms);
+        let mut f = InFlight::default();
+        assert_eq!(f.oldest_sent(), None);
+        f.sent(7, Tag::Row(1), at(10)).unwrap();
+        f.sent(3, Tag::Row(2), at(20)).unwrap();
+        f.sent(9, Tag::Control, at(30)).unwrap();
+        assert_eq!(f.oldest_sent(), Some(at(10)));
+        f.on_puback(7).unwrap();
+        assert_eq!(f.oldest_sent(), Some(at(20)));
+        f.on_puback(3).unwrap();
+        f.on_puback(9).unwrap();
+        assert_eq!(f.oldest_sent(), None);
     }
 }

@@ -1,5 +1,5 @@
 //! An in-process TCP relay that can pass, black-hole, delay, reset or refuse a link without
-//! touching either end.
+//! touching either end, or play a broker that caps the publishes it takes unacknowledged.
 
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,6 +33,11 @@ pub enum Mode {
     /// Do not reach the target: answer each new connection's first bytes with these, then
     /// close (a host that speaks another protocol on that port).
     Answer(&'static [u8]),
+    /// For connections made while set: forward MQTT both ways, but let at most this many QoS 1
+    /// PUBLISHes from the client wait for the target's PUBACK; one beyond them is read and
+    /// dropped, neither forwarded nor answered (AWS IoT Core past its 100). Counted in
+    /// [`Relay::dropped`].
+    Cap(usize),
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +57,7 @@ pub struct Relay {
     port: u16,
     state: watch::Sender<RelayState>,
     open: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -66,9 +72,11 @@ impl Relay {
             generation: 0,
         });
         let open = Arc::new(AtomicUsize::new(0));
+        let dropped = Arc::new(AtomicUsize::new(0));
         let (stop, stop_rx) = oneshot::channel();
         let thread = {
             let open = open.clone();
+            let dropped = dropped.clone();
             thread::Builder::new()
                 .name(format!("relay-{port}"))
                 .spawn(move || {
@@ -80,7 +88,7 @@ impl Relay {
                         let listener = TcpListener::from_std(listener).expect("relay listener");
                         tokio::select! {
                             _ = stop_rx => {}
-                            () = accept_loop(listener, target, state_rx, open) => {}
+                            () = accept_loop(listener, target, state_rx, open, dropped) => {}
                         }
                     });
                     // Dropping the runtime drops every connection task, closing its sockets.
@@ -91,6 +99,7 @@ impl Relay {
             port,
             state,
             open,
+            dropped,
             stop: Some(stop),
             thread: Some(thread),
         }
@@ -114,13 +123,20 @@ impl Relay {
                 s.generation += 1;
                 s.mode = Mode::Refuse;
             }
-            Mode::Pass | Mode::BlackHole | Mode::Delay(_) | Mode::Answer(_) => s.mode = mode,
+            Mode::Pass | Mode::BlackHole | Mode::Delay(_) | Mode::Answer(_) | Mode::Cap(_) => {
+                s.mode = mode
+            }
         });
     }
 
     /// Client connections currently open through the relay.
     pub fn connections(&self) -> usize {
         self.open.load(Ordering::SeqCst)
+    }
+
+    /// Publishes dropped by [`Mode::Cap`] so far.
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::SeqCst)
     }
 }
 
@@ -155,6 +171,7 @@ async fn accept_loop(
     target: SocketAddr,
     state: watch::Receiver<RelayState>,
     open: Arc<AtomicUsize>,
+    dropped: Arc<AtomicUsize>,
 ) {
     loop {
         let Ok((client, _)) = listener.accept().await else {
@@ -171,6 +188,14 @@ async fn accept_loop(
             continue;
         }
         let guard = OpenConnection::new(&open);
+        if let Mode::Cap(cap) = current.mode {
+            let dropped = dropped.clone();
+            tokio::spawn(async move {
+                capped_connection(client, target, cap, &dropped).await;
+                drop(guard);
+            });
+            continue;
+        }
         let state = state.clone();
         tokio::spawn(async move {
             relay_connection(client, target, state, current.generation).await;
@@ -304,4 +329,112 @@ async fn pump(
             }
         }
     }
+}
+
+/// [`Mode::Cap`]: relays whole MQTT packets, keeping the packet ids of the client's QoS 1
+/// publishes the target has not acknowledged yet.
+async fn capped_connection(
+    mut client: TcpStream,
+    target: SocketAddr,
+    cap: usize,
+    dropped: &AtomicUsize,
+) {
+    let Ok(mut upstream) = TcpStream::connect(target).await else {
+        return abort(&client);
+    };
+    let waiting = std::sync::Mutex::new(std::collections::HashSet::new());
+    let (client_rx, client_tx) = client.split();
+    let (upstream_rx, upstream_tx) = upstream.split();
+    let up = pump_packets(client_rx, upstream_tx, |packet| {
+        match qos1_publish_id(packet) {
+            Some(id) => {
+                let mut w = waiting.lock().unwrap();
+                if w.len() >= cap && !w.contains(&id) {
+                    dropped.fetch_add(1, Ordering::SeqCst);
+                    return false;
+                }
+                w.insert(id);
+                true
+            }
+            None => true,
+        }
+    });
+    let down = pump_packets(upstream_rx, client_tx, |packet| {
+        if let Some(id) = puback_id(packet) {
+            waiting.lock().unwrap().remove(&id);
+        }
+        true
+    });
+    // Either side closing ends the connection, as a broker's would.
+    tokio::select! {
+        _ = up => {}
+        _ = down => {}
+    }
+}
+
+/// Copies whole MQTT packets from `from` to `to`, those `keep` accepts; returns when a side
+/// closes or fails.
+async fn pump_packets(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    mut keep: impl FnMut(&[u8]) -> bool,
+) {
+    let mut buf = Vec::new();
+    let mut chunk = vec![0; 16 * 1024];
+    loop {
+        let n = match from.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(len) = packet_len(&buf[start..]) {
+            let packet = &buf[start..start + len];
+            if keep(packet) {
+                out.extend_from_slice(packet);
+            }
+            start += len;
+        }
+        buf.drain(..start);
+        if to.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The length of the whole MQTT packet at the start of `b`, once all of it is there.
+fn packet_len(b: &[u8]) -> Option<usize> {
+    let mut remaining = 0usize;
+    for i in 0..4 {
+        let byte = *b.get(1 + i)?;
+        remaining |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            let len = 2 + i + remaining;
+            return (b.len() >= len).then_some(len);
+        }
+    }
+    None
+}
+
+/// Where the variable header of a whole packet starts.
+fn header_start(packet: &[u8]) -> usize {
+    1 + packet[1..].iter().position(|b| b & 0x80 == 0).unwrap_or(0) + 1
+}
+
+/// The packet id of a QoS 1 PUBLISH.
+fn qos1_publish_id(packet: &[u8]) -> Option<u16> {
+    if packet[0] >> 4 != 3 || (packet[0] >> 1) & 3 != 1 {
+        return None;
+    }
+    let h = header_start(packet);
+    let topic = usize::from(u16::from_be_bytes([packet[h], packet[h + 1]]));
+    let at = h + 2 + topic;
+    Some(u16::from_be_bytes([packet[at], packet[at + 1]]))
+}
+
+/// The packet id of a PUBACK.
+fn puback_id(packet: &[u8]) -> Option<u16> {
+    let h = header_start(packet);
+    (packet[0] >> 4 == 4).then(|| u16::from_be_bytes([packet[h], packet[h + 1]]))
 }

@@ -132,6 +132,12 @@ pub(super) fn upstream(c: &mut Check, p: KeyPath, u: &RawUpstream, gateway_id: &
             Duration::from_secs(300),
         ),
         inflight: c.int(p.key("inflight"), u.inflight, 1, 1000),
+        ack_timeout: c.duration(
+            p.key("ack_timeout"),
+            &u.ack_timeout,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+        ),
         reconnect_min,
         reconnect_max,
         replay_rate: u.replay_rate,
