@@ -185,7 +185,8 @@ impl SendPlan {
         }
     }
 
-    /// Ends the round: what to wait for, given what is in flight and the newest committed id.
+    /// Ends the round: what to wait for, given what is in flight and the newest committed id the
+    /// caller had seen when it asked for this round's fetches (a newer one is announced to it).
     pub fn wait(&mut self, in_flight: usize, newest: i64) -> Wait {
         self.phase = Phase::Live;
         let room = self.deadline.is_none() && in_flight < self.window;
