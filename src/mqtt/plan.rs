@@ -102,6 +102,9 @@ pub struct SendPlan {
     bucket: Bucket,
     /// Where the current round is: live first, then the backlog, then wait.
     phase: Phase,
+    /// The newest committed row id of this round, as `next_fetch` was told it. `wait` asks to be
+    /// woken for anything newer, so a commit during the round is announced, not missed.
+    seen: i64,
     /// The outbox's "newest row" channel is closed: do not wait on it.
     latest_closed: bool,
     /// Set by `stop`: the end of the grace period.
@@ -120,6 +123,7 @@ impl SendPlan {
             live_sent: replay_end,
             bucket: Bucket::new(replay_rate, now),
             phase: Phase::Live,
+            seen: replay_end,
             latest_closed: false,
             deadline: None,
         }
@@ -127,8 +131,10 @@ impl SendPlan {
 
     /// The next page to read in this round, or `None` when the round is over (then `wait`).
     /// `in_flight` counts every publish requested and not yet acknowledged (control messages
-    /// too); `newest` is the newest committed row id, read once at the start of the round.
+    /// too); `newest` is the newest committed row id, read once at the start of the round (the
+    /// caller marks it seen on the channel that announces newer ones).
     pub fn next_fetch(&mut self, in_flight: usize, newest: i64, now: Instant) -> Option<Fetch> {
+        self.seen = self.seen.max(newest);
         if self.deadline.is_some() || in_flight >= self.window {
             self.phase = Phase::Over;
             return None;
@@ -185,14 +191,14 @@ impl SendPlan {
         }
     }
 
-    /// Ends the round: what to wait for, given what is in flight and the newest committed id the
-    /// caller had seen when it asked for this round's fetches (a newer one is announced to it).
-    pub fn wait(&mut self, in_flight: usize, newest: i64) -> Wait {
+    /// Ends the round: what to wait for, given what is in flight. Newer rows are waited for when
+    /// the round sent every live row it saw: ids committed since are announced to the caller.
+    pub fn wait(&mut self, in_flight: usize) -> Wait {
         self.phase = Phase::Live;
         let room = self.deadline.is_none() && in_flight < self.window;
         let replay_held = room && !self.backlog_done;
         Wait {
-            newer_rows: room && !self.latest_closed && newest <= self.live_sent,
+            newer_rows: room && !self.latest_closed && self.seen <= self.live_sent,
             replay_token: if replay_held {
                 self.bucket.next_token()
             } else {
@@ -289,6 +295,9 @@ mod tests {
         At(u64),
         /// One turn of the uplink loop: fetch what the plan asks for (sending it all), then wait.
         Round,
+        /// A `Round` while whose writes rows up to this id are committed: after its fetches,
+        /// before its wait.
+        CommitMidRound(i64),
         /// The oldest `n` publishes in flight are acknowledged.
         Ack(usize),
         /// A control message (the gateway status) is published.
@@ -334,7 +343,7 @@ mod tests {
                 }
                 Vanish(n) => rows.retain(|id| *id > n),
                 At(t) => now = t0 + Duration::from_millis(t),
-                Round => {
+                Round | CommitMidRound(_) => {
                     while let Some(f) = plan.next_fetch(flight.len(), newest, now) {
                         let page: Vec<i64> = rows
                             .iter()
@@ -346,7 +355,11 @@ mod tests {
                         flight.extend(page.iter().map(|id| Some(*id)));
                         out.push(Fetch(f.stream, f.after, f.upto, f.max, page.len()));
                     }
-                    let w = plan.wait(flight.len(), newest);
+                    if let CommitMidRound(n) = *ev {
+                        rows.extend(newest + 1..=n);
+                        newest = newest.max(n);
+                    }
+                    let w = plan.wait(flight.len());
                     let token = w.replay_token.map(|d| d.as_millis() as u64);
                     out.push(Wait(w.newer_rows, token, w.deadline.map(ms)));
                 }
@@ -577,6 +590,15 @@ mod tests {
                 rate: None,
                 events: &[Commit(1), Round, Commit(2), Round],
                 want: &[Fetch(L, 0, 1, 4, 1), IDLE, Fetch(L, 1, 2, 3, 1), IDLE],
+            },
+            Case {
+                // The wake-up for them must stay on: nothing else may come (no PUBACK due).
+                name: "live rows committed while the round was writing",
+                window: 4,
+                stored: 0,
+                rate: None,
+                events: &[Commit(1), CommitMidRound(3), Round],
+                want: &[Fetch(L, 0, 1, 4, 1), IDLE, Fetch(L, 1, 3, 3, 2), IDLE],
             },
             Case {
                 name: "the outbox is closed",

@@ -473,10 +473,10 @@ impl Uplink {
                     return end;
                 }
             }
-            // `newest` as marked seen at the top of the round, not the id now: a commit since
-            // then must wake `changed()` below, or the rows it brought wait for a PUBACK or the
-            // tick (7.5 s without a watchdog) while the window has room.
-            let wait = plan.wait(inflight.len(), newest);
+            // The plan compares with `newest` as marked seen at the top of the round, not with
+            // the id now: a commit since then must wake `changed()` below, or its rows would wait
+            // for a PUBACK or the tick (7.5 s without a watchdog) while the window has room.
+            let wait = plan.wait(inflight.len());
             let deadline = wait.deadline.map(Instant::from_std);
             tokio::select! {
                 biased;
