@@ -28,9 +28,11 @@
 //! `event=outbox_salvaged`), and the gateway starts. `close` checkpoints the WAL into the main
 //! file at shutdown.
 
+mod ahead;
 mod db;
 pub mod inflight;
 mod mark;
+mod row;
 mod salvage;
 mod sql;
 mod writer;
@@ -47,18 +49,13 @@ use tokio::time::Instant;
 
 use crate::config::OutboxSettings;
 use crate::flow::Message;
+use ahead::{Pages, Refill, READ_AHEAD};
 use db::{connect, highest_id, init_schema, is_corruption, raise_sequence};
 use mark::{Mark, MarkFile};
 use writer::{RunClock, WriteCmd, Writer};
 
+pub use row::Row;
 pub use writer::{Liveness, Stats, ACK_BATCH};
-
-/// A stored message with its row id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Row {
-    pub id: i64,
-    pub message: Message,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboxError {
@@ -86,24 +83,18 @@ pub enum OutboxError {
     Closed,
 }
 
-/// Rows fetched ahead of the uplink's request: one query serves many small fetches.
-const READ_AHEAD: usize = 512;
-
-/// Rows read ahead for one stream of fetches: every row with an id in `(after, upto]` as of the
-/// read, oldest first. Ids only grow, so no later commit can add a row inside that interval.
-#[derive(Debug)]
-struct Page {
-    after: i64,
-    upto: i64,
-    rows: VecDeque<Row>,
-    /// `Writer::evictions` when read: limits or age deleted rows since, so the page is stale.
-    evictions: u64,
+/// The read connection and its read-ahead pages. The pages have their own lock, never held
+/// across an await, so a fetch served from memory never waits for a query under way.
+struct Reader {
+    conn: Mutex<SqliteConnection>,
+    pages: std::sync::Mutex<Pages>,
 }
 
-/// The read connection and its read-ahead pages (one per stream: backlog and live).
-struct Reader {
-    conn: SqliteConnection,
-    pages: Vec<Page>,
+impl Reader {
+    fn pages(&self) -> std::sync::MutexGuard<'_, Pages> {
+        // Plain bookkeeping, left consistent at every step: a panic elsewhere cannot break it.
+        self.pages.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Resolves when the messages of one `Outbox::submit` are committed (or their commit failed).
@@ -123,7 +114,7 @@ impl Receipt {
 #[derive(Clone)]
 pub struct Outbox {
     tx: mpsc::Sender<WriteCmd>,
-    reader: Arc<Mutex<Reader>>,
+    reader: Arc<Reader>,
     latest: watch::Receiver<i64>,
     stats: Arc<Stats>,
     clock: Arc<RunClock>,
@@ -222,6 +213,35 @@ async fn check_mark(path: &Path, o: &mut Opened, mark: &Mark) -> Result<u64, sql
         );
     }
     Ok(lost)
+}
+
+/// Rows with `after < id ≤ upto`, oldest first, at most `limit`.
+async fn read_rows(
+    conn: &mut SqliteConnection,
+    after: i64,
+    upto: i64,
+    limit: usize,
+) -> Result<Vec<Row>, sqlx::Error> {
+    let fetched: Vec<(i64, String, Vec<u8>, bool)> = sqlx::query_as(
+        "SELECT id, topic, payload, retain FROM outbox WHERE id > ? AND id <= ?
+         ORDER BY id LIMIT ?",
+    )
+    .bind(after)
+    .bind(upto)
+    .bind(limit as i64)
+    .fetch_all(conn)
+    .await?;
+    Ok(fetched
+        .into_iter()
+        .map(|(id, topic, payload, retain)| Row {
+            id,
+            message: Message {
+                topic,
+                payload,
+                retain,
+            },
+        })
+        .collect())
 }
 
 impl Outbox {
@@ -362,10 +382,10 @@ impl Outbox {
         tokio::spawn(w.run(rx));
         Ok(Outbox {
             tx,
-            reader: Arc::new(Mutex::new(Reader {
-                conn: opened.reader,
-                pages: Vec::new(),
-            })),
+            reader: Arc::new(Reader {
+                conn: Mutex::new(opened.reader),
+                pages: std::sync::Mutex::new(Pages::default()),
+            }),
             latest,
             stats,
             clock,
@@ -484,7 +504,7 @@ impl Outbox {
     /// forgets the read-ahead pages, which may hold rows acknowledged since they were read.
     pub async fn reread(&self) -> Result<(), OutboxError> {
         self.flush().await?;
-        self.reader.lock().await.pages.clear();
+        self.reader.pages().clear();
         Ok(())
     }
 
@@ -500,79 +520,63 @@ impl Outbox {
             return Ok(Vec::new());
         }
         let evictions = self.evictions.load(Ordering::Acquire);
-        let mut guard = self.reader.lock().await;
-        let reader = &mut *guard;
-        reader.pages.retain(|p| p.evictions == evictions);
-        if let Some(i) = reader
-            .pages
-            .iter()
-            .position(|p| p.after <= after && after < p.upto)
-        {
-            let page = &mut reader.pages[i];
-            while page.rows.front().is_some_and(|r| r.id <= after) {
-                page.rows.pop_front();
-            }
-            let take = page
-                .rows
-                .iter()
-                .take(limit)
-                .take_while(|r| r.id <= upto)
-                .count();
-            // Complete if the limit is reached or the page covers the whole requested range.
-            if take == limit || upto <= page.upto || take < page.rows.len() {
-                let rows: Vec<Row> = page.rows.drain(..take).collect();
-                page.after = rows.last().map_or(after, |r| r.id);
-                if page.rows.is_empty() && page.after >= page.upto {
-                    reader.pages.remove(i);
-                }
-                return Ok(rows);
-            }
-            reader.pages.remove(i);
+        let want = (after, upto, limit);
+        if let Some(rows) = self.serve_from_pages(want, evictions, false) {
+            return Ok(rows);
         }
-        let want = limit.max(READ_AHEAD);
+        let mut conn = self.reader.conn.lock().await;
+        // A background read may have completed the page while this waited for the connection.
+        if let Some(rows) = self.serve_from_pages(want, evictions, true) {
+            return Ok(rows);
+        }
+        let read = limit.max(READ_AHEAD);
         // Every row up to this id was committed before the query below, so it sees all of them.
         let committed = *self.latest.borrow();
-        let fetched: Vec<(i64, String, Vec<u8>, bool)> = sqlx::query_as(
-            "SELECT id, topic, payload, retain FROM outbox WHERE id > ? AND id <= ?
-             ORDER BY id LIMIT ?",
-        )
-        .bind(after)
-        .bind(upto)
-        .bind(want as i64)
-        .fetch_all(&mut reader.conn)
-        .await
-        .map_err(db_err(&self.path))?;
-        let covered = if fetched.len() == want {
-            fetched.last().map_or(after, |r| r.0)
-        } else {
-            upto.min(committed.max(fetched.last().map_or(after, |r| r.0)))
-        };
-        let mut rows: VecDeque<Row> = fetched
-            .into_iter()
-            .map(|(id, topic, payload, retain)| Row {
-                id,
-                message: Message {
-                    topic,
-                    payload,
-                    retain,
-                },
-            })
-            .collect();
-        let out: Vec<Row> = rows.drain(..limit.min(rows.len())).collect();
+        let fetched = read_rows(&mut conn, after, upto, read)
+            .await
+            .map_err(db_err(&self.path))?;
+        let covered = ahead::covered(after, upto, read, &fetched, committed);
+        let mut rest: VecDeque<Row> = fetched.into();
+        let out: Vec<Row> = rest.drain(..limit.min(rest.len())).collect();
         let last = out.last().map_or(after, |r| r.id);
-        if !rows.is_empty() {
-            // Two streams read at once (backlog and live); keep the newer pages.
-            if reader.pages.len() >= 2 {
-                reader.pages.remove(0);
-            }
-            reader.pages.push(Page {
-                after: last,
-                upto: covered,
-                rows,
-                evictions,
-            });
-        }
+        self.reader.pages().keep(last, covered, rest, evictions);
         Ok(out)
+    }
+
+    fn serve_from_pages(
+        &self,
+        want: (i64, i64, usize),
+        evictions: u64,
+        settled: bool,
+    ) -> Option<Vec<Row>> {
+        let (rows, refill) = self.reader.pages().serve(want, evictions, settled);
+        if let Some(r) = refill {
+            self.read_ahead(r);
+        }
+        rows
+    }
+
+    /// Reads the next page in the background (see `ahead`). It takes the connection like any
+    /// fetch, so a fetch that needs its rows waits for it rather than reading them twice.
+    fn read_ahead(&self, r: Refill) {
+        let reader = self.reader.clone();
+        let latest = self.latest.clone();
+        tokio::spawn(async move {
+            let mut conn = reader.conn.lock().await;
+            let committed = *latest.borrow();
+            match read_rows(&mut conn, r.after, r.upto, READ_AHEAD).await {
+                Ok(rows) => {
+                    let covered = ahead::covered(r.after, r.upto, READ_AHEAD, &rows, committed);
+                    reader.pages().extend(&r, rows, covered);
+                }
+                // Nothing is lost: the fetch that needs these rows reads them itself and
+                // reports the error if it persists.
+                Err(e) => {
+                    tracing::debug!(error = %e, "outbox: read-ahead failed; the next fetch reads inline");
+                    reader.pages().refill_failed(&r);
+                }
+            }
+        });
     }
 
     /// Up to `limit` rows with an id greater than `after`, oldest first.
@@ -582,9 +586,9 @@ impl Outbox {
 
     /// How long the oldest stored message has waited (in gateway running time).
     pub async fn oldest_age(&self) -> Result<Option<Duration>, OutboxError> {
-        let mut reader = self.reader.lock().await;
+        let mut conn = self.reader.conn.lock().await;
         let row: Option<(i64,)> = sqlx::query_as("SELECT mono_ms FROM outbox ORDER BY id LIMIT 1")
-            .fetch_optional(&mut reader.conn)
+            .fetch_optional(&mut *conn)
             .await
             .map_err(db_err(&self.path))?;
         Ok(row.map(|(m,)| Duration::from_millis((self.clock.now_ms() - m).max(0) as u64)))
