@@ -20,7 +20,7 @@ use support::{eventually, wait_until};
 
 const LONG: Duration = Duration::from_secs(60);
 /// The gateway's in-flight window (upstream.inflight default) plus its status message.
-const WINDOW: usize = 64 + 1;
+const WINDOW: usize = fieldbridge::config::raw::DEFAULT_INFLIGHT as usize + 1;
 
 /// Readings the local broker has shown so far (any boot).
 /// (boot, sequence number) of a reading's message id.

@@ -214,16 +214,17 @@ fn a_kill_in_the_middle_of_a_fast_drain_resends_at_most_the_window_and_the_uncom
     );
     let got = counts(&up);
     let dups: usize = got.values().map(|n| n - 1).sum();
-    // inflight (64) + the gateway's status + the acks not yet committed when the kill came
+    // the default inflight + the gateway's status + the acks not yet committed when the kill came
     // (fewer than a batch waiting for the group commit, or the acks of one ack interval of
     // 10 ms) and those of the commit being written; 100 ms leaves room for a loaded test
     // machine and a debug build, and is a tenth of the commit interval that held acks back
     // before.
-    let bound = 65 + fieldbridge::outbox::ACK_BATCH + (rate * 0.100) as usize;
+    let window = fieldbridge::config::raw::DEFAULT_INFLIGHT as usize + 1;
+    let bound = window + fieldbridge::outbox::ACK_BATCH + (rate * 0.100) as usize;
     eprintln!(
         "backlog {}, {drained} drained before the kill at {rate:.0} msg/s; {dups} duplicates (bound {bound}; holding acks for the 1 s commit interval would allow up to {})",
         want.len(),
-        65 + rate as usize
+        window + rate as usize
     );
     assert!(dups <= bound, "{dups} duplicates > {bound}");
     drop(gw);
