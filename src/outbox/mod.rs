@@ -369,6 +369,7 @@ impl Outbox {
         let (tx, rx) = mpsc::channel(256);
         let w = Writer {
             conn: Some(opened.writer),
+            light_sync: false,
             settings: settings.clone(),
             stats: stats.clone(),
             latest: latest_tx,

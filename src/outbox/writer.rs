@@ -105,7 +105,7 @@ const AGE_TICK: Duration = Duration::from_secs(1);
 /// `ACK_BATCH` are waiting.
 pub const ACK_INTERVAL: Duration = Duration::from_millis(10);
 /// Below this many waiting acks (and dead letters) they wait for the next group commit, at most
-/// `commit_interval`. The default in-flight window: a trickle, not a drain.
+/// `commit_interval`: fewer than that is a trickle of live readings, not a drain.
 pub const ACK_BATCH: usize = 64;
 
 /// Why messages were given up, for the log line.
@@ -151,6 +151,9 @@ impl Group {
 pub struct Writer {
     /// `None` after a failed commit until a fresh connection is open.
     pub conn: Option<SqliteConnection>,
+    /// `conn` is at `synchronous=NORMAL` (a fresh one opens at FULL): the PRAGMA is sent only
+    /// when a commit needs the other setting, one thread hand-off less per ack commit.
+    pub light_sync: bool,
     pub settings: OutboxSettings,
     pub stats: Arc<Stats>,
     pub latest: watch::Sender<i64>,
@@ -381,6 +384,7 @@ impl Writer {
             let mut fresh = connect(&self.path).await?;
             init_schema(&mut fresh).await?;
             self.conn = Some(fresh);
+            self.light_sync = false;
             tracing::info!(path = %self.path.display(), "outbox write connection reopened");
         }
         self.conn.as_mut().ok_or(sqlx::Error::PoolClosed)
@@ -405,14 +409,17 @@ impl Writer {
             self.stats.bytes.load(Ordering::Relaxed),
         );
         let mark_low = self.mark.low_id;
+        let switch = light != self.light_sync;
         let conn = self.connection().await?;
-        sqlx::query(if light {
-            "PRAGMA synchronous = NORMAL"
-        } else {
-            "PRAGMA synchronous = FULL"
-        })
-        .execute(&mut *conn)
-        .await?;
+        if switch {
+            sqlx::query(if light {
+                "PRAGMA synchronous = NORMAL"
+            } else {
+                "PRAGMA synchronous = FULL"
+            })
+            .execute(&mut *conn)
+            .await?;
+        }
         let mut tx = conn.begin().await?;
 
         // Dead letters: copied aside with their reason, then deleted like acked rows.
@@ -549,6 +556,7 @@ impl Writer {
             mark_low
         };
         tx.commit().await?;
+        self.light_sync = light;
         if !light {
             *last_sync = Some(started);
         }
