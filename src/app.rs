@@ -523,7 +523,8 @@ fn make_uplink(
         cfg.subscribe.clone(),
         routed_tx.clone(),
         beat,
-    )?;
+    )?
+    .with_learned_window(&cfg.gateway.data_dir);
     // Only a gateway with writable points listens for commands.
     if let Some(tx) = commands {
         u = u.with_commands(tx.clone());

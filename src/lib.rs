@@ -21,3 +21,4 @@ pub mod pipeline;
 pub mod poller;
 pub mod reload;
 pub mod report;
+pub mod sidefile;

@@ -190,7 +190,8 @@ fn upstream_stats(up: &MqttWatcher) -> Option<serde_json::Value> {
 /// as AWS IoT Core does past 100, with the gateway's window at 40: the uplink gives up on the
 /// dropped publishes (they wait while the broker answers others), halves its window until it
 /// fits, and every message arrives. Before this, the dropped publishes held the window until a
-/// reconnect that never came, since the broker answered every ping.
+/// reconnect that never came, since the broker answered every ping. After a restart the
+/// gateway starts with the window it learned, so the cap costs no second round of timeouts.
 #[test]
 fn an_upstream_that_drops_publishes_beyond_its_cap_gets_every_message_once_the_window_fits() {
     const N: usize = 3_000;
@@ -199,7 +200,7 @@ fn an_upstream_that_drops_publishes_beyond_its_cap_gets_every_message_once_the_w
     // The harness's keep-alive of 1 s has the broker answer a ping every second.
     let spec =
         forwarding_gateway(relay.port()).upstream_extra("inflight = 40\nack_timeout = \"2s\"\n");
-    let gw = start(&spec, dir.path());
+    let mut gw = start(&spec, dir.path());
     publish_burst(&gw, "bench/data", N, 1, 100);
     relay.set_mode(Mode::Cap(10));
     let seen = wait_all(&up, N);
@@ -236,6 +237,35 @@ fn an_upstream_that_drops_publishes_beyond_its_cap_gets_every_message_once_the_w
         dups <= 40 + 20,
         "at most the windows given up on sent twice: {dups}\n{}",
         uplink_log()
+    );
+
+    assert!(gw.terminate().success(), "{}", gw.log());
+    let gw = start(&spec, dir.path());
+    let line = gw.wait_log(&["upstream_window_learned"]);
+    assert!(line.contains("window=10"), "{line}");
+    publish_burst(&gw, "bench/again", N, 1, 100);
+    let arrived = poll(BURST, || {
+        (seqs(&up, "bench/again").len() >= N).then_some(())
+    });
+    assert!(
+        arrived.is_some(),
+        "{} of {N} arrived after the restart",
+        seqs(&up, "bench/again").len()
+    );
+    // The new process's counters start at zero: its stats say no publish was given up on.
+    let fresh = poll(BURST, || {
+        upstream_stats(&up)
+            .filter(|u| u["ack_timeouts"] == 0 && u["sent"].as_u64() >= Some(N as u64))
+    });
+    assert!(
+        fresh.as_ref().is_some_and(|u| u["window"] == 10),
+        "stats after the restart: {fresh:?}\n{}",
+        gw.log()
+    );
+    assert!(
+        !gw.log().contains("upstream_ack_timeout"),
+        "the learned window fits the cap from the start:\n{}",
+        gw.log()
     );
 }
 

@@ -162,21 +162,14 @@ fn read_state(path: &Path) -> BTreeSet<String> {
     }
 }
 
-/// Written to a side file and renamed over the old one, so a crash leaves one or the other.
+/// Replaced whole (`sidefile`), so a crash leaves the old list or the new one.
 fn write_state(path: &Path, topics: &BTreeSet<String>) -> Result<(), StateError> {
     let io = |source| StateError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let tmp = path.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(topics).map_err(|e| io(e.into()))?;
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp).map_err(io)?;
-        f.write_all(&text).map_err(io)?;
-        f.sync_all().map_err(io)?;
-    }
-    std::fs::rename(&tmp, path).map_err(io)
+    crate::sidefile::replace(path, &text).map_err(io)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@
 //! those two, the outbox and the link: each turn queues what the plan allows, writes it in one
 //! flush, then waits for whatever comes first.
 
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,11 +44,12 @@ use crate::flow::{excerpt, Command, Message, Route, Routed};
 use crate::mqtt::birth::BirthWatch;
 use crate::mqtt::echo::Echoes;
 use crate::mqtt::inbound::{CommandTopic, Inbound};
+use crate::mqtt::learned;
 use crate::mqtt::link::{Cause, Heard, Link, LinkError};
 use crate::mqtt::plan::{read_pace, SendPlan};
 use crate::mqtt::strikes::Strikes;
 use crate::mqtt::topics::{self, Topics};
-use crate::mqtt::window::{given_up, Unacked, Window};
+use crate::mqtt::window::{given_up, Learned, Unacked, Window};
 use crate::ops::health::Beat;
 use crate::ops::shutdown::Budget;
 use crate::ops::stats::UplinkCounters;
@@ -81,6 +83,8 @@ pub struct Uplink {
     birth: Option<BirthWatch>,
     /// What an incoming publish is (command, message for a subscription, echo).
     inbound: Inbound,
+    /// Where the window learned from this broker is kept (`learned`); `None`: not kept.
+    learned: Option<PathBuf>,
 }
 
 /// Why a session ended.
@@ -179,6 +183,7 @@ impl Uplink {
             beat,
             commands: None,
             birth: None,
+            learned: None,
         })
     }
 
@@ -192,6 +197,13 @@ impl Uplink {
     pub fn with_commands(mut self, tx: mpsc::Sender<Command>) -> Self {
         self.commands = Some(tx);
         self.inbound = Inbound::upstream(self.subscribe.clone(), Some(self.topics.clone()));
+        self
+    }
+
+    /// Starts with the window learned from this broker in an earlier run, and keeps what it
+    /// learns, in `data_dir` (see `window::Learned`).
+    pub fn with_learned_window(mut self, data_dir: &Path) -> Self {
+        self.learned = Some(data_dir.join(learned::FILE));
         self
     }
 
@@ -310,7 +322,7 @@ impl Uplink {
     pub async fn run(self, stop: CancellationToken, grace: Duration, budget: Budget) {
         let mut attempt = 0u32;
         let mut strikes = Strikes::default();
-        let mut window = Window::new(usize::from(self.cfg.inflight));
+        let mut window = self.first_window();
         self.stats
             .window
             .store(window.size() as u64, Ordering::Relaxed);
@@ -354,6 +366,52 @@ impl Uplink {
             }
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// The configured window, or the narrower one learned from this broker in an earlier run.
+    fn first_window(&self) -> Window {
+        let configured = usize::from(self.cfg.inflight);
+        let Some(path) = &self.learned else {
+            return Window::new(configured);
+        };
+        let window = Window::resume(configured, &self.broker(), learned::read(path).as_ref());
+        if window.size() < configured {
+            tracing::info!(
+                event = "upstream_window_learned",
+                window = window.size(),
+                inflight = configured,
+                path = %path.display(),
+                "starting with {} publishes in flight, learned from this broker in an earlier \
+                 run (upstream.inflight = {configured}); delete the file to try {configured} again",
+                window.size()
+            );
+        }
+        window
+    }
+
+    /// Keeps the window after a halving for the next start; a failure costs that start the
+    /// `ack_timeout`s of learning it again, nothing else.
+    async fn remember(&self, window: usize) {
+        let Some(path) = self.learned.clone() else {
+            return;
+        };
+        let learned = Learned {
+            broker: self.broker(),
+            configured: usize::from(self.cfg.inflight),
+            window,
+        };
+        let written = tokio::task::spawn_blocking(move || {
+            learned::write(&path, &learned).map_err(|e| (path, e))
+        })
+        .await;
+        if let Ok(Err((path, e))) = written {
+            tracing::error!(event = "upstream_window_not_kept", path = %path.display(), error = %e, "cannot keep the learned upstream window; the next start learns it again");
+        }
+    }
+
+    /// `host:port`: the broker a learned window belongs to.
+    fn broker(&self) -> String {
+        format!("{}:{}", self.cfg.host, self.cfg.port)
     }
 
     async fn session(
@@ -618,6 +676,7 @@ impl Uplink {
         let now = window.shrink().unwrap_or(was);
         self.stats.ack_timeouts.fetch_add(1, Ordering::Relaxed);
         self.stats.window.store(now as u64, Ordering::Relaxed);
+        self.remember(now).await;
         let rows = inflight.sent_rows();
         tracing::error!(
             event = "upstream_ack_timeout",
@@ -627,7 +686,7 @@ impl Uplink {
             window = now,
             "upstream broker answers but {why}; it may cap unacknowledged publishes below the \
              window (AWS IoT Core takes 100): reconnecting to send again from the outbox with \
-             {now} in flight (was {was}); set upstream.inflight to at most {now} to start there"
+             {now} in flight (was {was}), and starting there after a restart"
         );
         if !link.has_queued() && link.disconnect().is_ok() {
             let _ = timeout(Duration::from_secs(1), link.flush()).await;

@@ -11,8 +11,13 @@
 //! QoS 1 publishes in the order it received them, so that PUBACK is not coming), or when the
 //! broker acknowledged so many later publishes that its packet id came round again. The session
 //! then ends, its rows go again from the outbox on the next connection, and the window halves
-//! (down to 1) for the life of the process. A link that went silent is not this: the
-//! keep-alive ends it and the window stays as it was.
+//! (down to 1). A link that went silent is not this: the keep-alive ends it and the window
+//! stays as it was.
+//!
+//! The halved window is remembered across restarts (`Learned`, kept in the data dir by
+//! `mqtt::learned`) for the broker and the `upstream.inflight` it was learned under, so a broker
+//! that caps below the configured window costs its `ack_timeout`s once per installation, not on
+//! every start.
 
 use std::time::{Duration, Instant};
 
@@ -29,6 +34,20 @@ impl Window {
         }
     }
 
+    /// The window of a process's first session: what was learned from this broker (`host:port`)
+    /// under the same configured size, or the configured size. A learned window only ever
+    /// narrows the configured one; a changed `upstream.inflight` or another broker starts afresh.
+    pub fn resume(configured: usize, broker: &str, learned: Option<&Learned>) -> Self {
+        match learned {
+            Some(l)
+                if l.broker == broker && l.configured == configured && l.window < configured =>
+            {
+                Window::new(l.window)
+            }
+            _ => Window::new(configured),
+        }
+    }
+
     pub fn size(&self) -> usize {
         self.size
     }
@@ -41,6 +60,17 @@ impl Window {
             self.size
         })
     }
+}
+
+/// A window the broker was found to need, remembered across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Learned {
+    /// `host:port` of the broker it was learned from.
+    pub broker: String,
+    /// The `upstream.inflight` it was learned under.
+    pub configured: usize,
+    /// The window after the last halving.
+    pub window: usize,
 }
 
 /// Why a publish was given up on.
@@ -116,5 +146,33 @@ mod tests {
         let mut odd = Window::new(100);
         assert_eq!(odd.shrink(), Some(50));
         assert_eq!(Window::new(0).size(), 1);
+    }
+
+    #[test]
+    fn a_learned_window_narrows_only_the_same_broker_under_the_same_setting() {
+        let learned = |broker: &str, configured, window| Learned {
+            broker: broker.to_string(),
+            configured,
+            window,
+        };
+        // (configured now, broker now, learned, window of the first session)
+        let table: &[(usize, &str, Option<Learned>, usize)] = &[
+            (200, "aws:8883", None, 200),
+            (200, "aws:8883", Some(learned("aws:8883", 200, 100)), 100),
+            (200, "aws:8883", Some(learned("aws:8883", 200, 0)), 1),
+            // Another broker, or a setting changed since: the configured window.
+            (200, "hivemq:8883", Some(learned("aws:8883", 200, 100)), 200),
+            (100, "aws:8883", Some(learned("aws:8883", 200, 50)), 100),
+            (400, "aws:8883", Some(learned("aws:8883", 200, 50)), 400),
+            // Never wider than configured, whatever the file says.
+            (200, "aws:8883", Some(learned("aws:8883", 200, 300)), 200),
+        ];
+        for (configured, broker, learned, want) in table {
+            assert_eq!(
+                Window::resume(*configured, broker, learned.as_ref()).size(),
+                *want,
+                "{configured} {broker} {learned:?}"
+            );
+        }
     }
 }
