@@ -427,11 +427,13 @@ fn default_connect_timeout() -> String {
     "10s".into()
 }
 /// `upstream.inflight` when the file does not set it. A window carries at most its size per
-/// round trip: 200 over a 100 ms cellular link is 2,000 messages a second, and on the drain
-/// bench (broker, gateway and collector on 2 cores) 200 keeps pace with the mosquitto bridge
-/// where 64 fell behind. Brokers that cap the window lower (AWS IoT Core: 100) are found by the
-/// ack-timeout guard and documented in the example config.
-pub const DEFAULT_INFLIGHT: u16 = 200;
+/// round trip: 512 over a 100 ms cellular link is 5,120 messages a second. From 256 in flight
+/// the uplink reads PUBACKs on a 1 ms pace (`mqtt::plan::read_pace`), which cuts its CPU per
+/// message; on the drain bench (broker, gateway and collector on 2 cores) 512 drained at
+/// 0.98-1.05 times the mosquitto bridge's rate, 200 at 0.83-1.03 times (BENCHMARKS.md). A broker
+/// that caps the window lower (AWS IoT Core: 100) is found by the ack-timeout guard, once per
+/// installation: the halved window is kept in the data dir (`mqtt::learned`).
+pub const DEFAULT_INFLIGHT: u16 = 512;
 
 fn default_inflight() -> i64 {
     DEFAULT_INFLIGHT.into()

@@ -38,8 +38,8 @@ pub fn quotas(room: usize, live_pending: bool, backlog_pending: bool) -> (usize,
 /// share of the gateway's CPU: one wake-up per 2.2 messages, a fifth of its profile in the
 /// scheduler. With this many in flight the broker still has several milliseconds of work
 /// queued when we look, so pacing does not starve it, and each turn then refills the window
-/// with one write. Below it (the default window of 64, or a drain's tail)
-/// every arrival is read at once, because waiting would leave the broker idle.
+/// with one write. Below it (a window a broker capped at 100, or a drain's tail) every arrival
+/// is read at once, because waiting would leave the broker idle.
 pub const PACED_DEPTH: usize = 256;
 /// How often a paced uplink reads (tokio's timer resolution: one millisecond).
 pub const PACE: Duration = Duration::from_millis(1);
