@@ -404,8 +404,15 @@ impl Uplink {
             learned::write(&path, &learned).map_err(|e| (path, e))
         })
         .await;
-        if let Ok(Err((path, e))) = written {
-            tracing::error!(event = "upstream_window_not_kept", path = %path.display(), error = %e, "cannot keep the learned upstream window; the next start learns it again");
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err((path, e))) => {
+                tracing::error!(event = "upstream_window_not_kept", path = %path.display(), error = %e, "cannot keep the learned upstream window; the next start learns it again");
+            }
+            // The blocking task itself failed (a panic, or the runtime shutting down).
+            Err(e) => {
+                tracing::error!(event = "upstream_window_not_kept", error = %e, "cannot keep the learned upstream window; the next start learns it again");
+            }
         }
     }
 
